@@ -1,0 +1,49 @@
+// pybind11 bindings for the CPU kernels. Pointers arrive as integers
+// (tensor.data_ptr()); the Python layer owns validation and allocation.
+#include <pybind11/pybind11.h>
+#include <stdexcept>
+#include <string>
+
+#include "rq.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void check(int status, const char* what) {
+  if (status == pysid::kOk) return;
+  std::string msg = std::string("pysid native ") + what + " failed: ";
+  switch (status) {
+    case pysid::kBadArgument: msg += "bad argument"; throw std::invalid_argument(msg);
+    case pysid::kOutOfMemory: msg += "out of memory"; throw std::runtime_error(msg);
+    default: msg += "status " + std::to_string(status); throw std::runtime_error(msg);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pysid CPU kernels (no libtorch; raw pointers)";
+  m.def("cpu_isa", &pysid::cpu_isa);
+  m.def(
+      "rq_encode",
+      [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t codebooks, std::uintptr_t offsets,
+         int64_t levels, int64_t beam_width, std::uintptr_t quantized, std::uintptr_t distances,
+         std::uintptr_t codes) {
+        int status;
+        {
+          py::gil_scoped_release release;
+          status = pysid::rq_encode_cpu(ptr<const float>(x), n, d, ptr<const float>(codebooks),
+                                        ptr<const int64_t>(offsets), levels, beam_width,
+                                        ptr<float>(quantized), ptr<float>(distances),
+                                        ptr<int32_t>(codes));
+        }
+        check(status, "rq_encode");
+      },
+      py::arg("x"), py::arg("n"), py::arg("d"), py::arg("codebooks"), py::arg("offsets"),
+      py::arg("levels"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),
+      py::arg("codes"));
+}

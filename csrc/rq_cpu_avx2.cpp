@@ -1,0 +1,1 @@
+// AVX2 variant: see rq_cpu.cpp

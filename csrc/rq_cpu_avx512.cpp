@@ -1,0 +1,1 @@
+// AVX-512 variant: see rq_cpu.cpp

@@ -1,0 +1,60 @@
+"""Backend selection: which implementation an op runs.
+
+``pysid/ops`` is the only place that chooses a backend. Users and tests can
+force one with the ``PYSID_BACKEND`` environment variable or the
+:func:`backend` context manager (the context manager wins):
+
+* ``"auto"`` (default): CUDA tensor -> fastest measured GPU kernel (Triton or
+  CUDA); CPU tensor -> native C++ kernel.
+* ``"reference"``: the pure-PyTorch reference (``pysid.reference``).
+* ``"native"``: the C++ CPU kernel for CPU tensors, the CUDA kernel for CUDA tensors.
+* ``"cpu"``: the C++ CPU kernel (CPU tensors only).
+* ``"triton"``: the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+* ``"cuda"``: the CUDA C++ kernel (CUDA tensors only).
+
+A forced backend that cannot run the given input raises; it never falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+BACKENDS = ("auto", "reference", "native", "cpu", "triton", "cuda")
+
+_local = threading.local()
+
+
+def _check(name: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown pysid backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def get_backend() -> str:
+    """The backend in force: the innermost :func:`backend` context, else ``$PYSID_BACKEND``, else ``"auto"``."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    return _check(os.environ.get("PYSID_BACKEND", "auto") or "auto")
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[str]:
+    """Force a backend inside a ``with`` block (thread-local)::
+
+        with pysid.backend("reference"):
+            out = pysid.residual_quantize(x, codebooks)
+    """
+    name = _check(name)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield name
+    finally:
+        stack.pop()
