@@ -1,0 +1,332 @@
+"""``pysid::residual_quantize``: fused residual codeword search as a PyTorch op.
+
+Backends (chosen here and nowhere else, see ``pysid._backend``):
+
+========== ==================================== =====================================
+backend    CPU tensors                          CUDA tensors
+========== ==================================== =====================================
+auto       C++ kernel (``pysid._C``)            Triton kernel, else CUDA kernel
+reference  ``pysid.reference`` (PyTorch)        ``pysid.reference`` (PyTorch)
+native     C++ kernel                           CUDA kernel (``pysid._cuda``)
+cpu        C++ kernel                           error
+triton     Triton (``TRITON_INTERPRET=1`` only) Triton kernel
+cuda       error                                CUDA kernel
+========== ==================================== =====================================
+
+float64 inputs run on the reference under ``auto`` (no kernel computes in
+float64); a forced kernel backend rejects them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import _backend, _native
+from ..reference.residual_quantize import residual_quantize_ref, rq_vae_loss_ref
+
+__all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
+
+Codebooks = Union[Tensor, Sequence[Tensor]]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+class ResidualQuantizeOutput(NamedTuple):
+    """Result of :func:`residual_quantize`.
+
+    quantized: [N, D], dtype of x - the sum of the chosen codewords (straight-through to x).
+    distances: [N, L] float32 (float64 for float64 input) - squared distance left after each level.
+    codes:     [N, L] int32 - chosen row of each level's codebook.
+    """
+
+    quantized: Tensor
+    distances: Tensor
+    codes: Tensor
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_list(codebooks: Codebooks) -> list[Tensor]:
+    if isinstance(codebooks, Tensor):
+        if codebooks.dim() != 3:
+            raise ValueError(
+                f"codebooks must be a [L, K, D] tensor or a list of [K_l, D] tensors, got a tensor of shape {tuple(codebooks.shape)}"
+            )
+        return list(codebooks.unbind(0))
+    if not isinstance(codebooks, (list, tuple)) or not all(isinstance(c, Tensor) for c in codebooks):
+        raise TypeError("codebooks must be a [L, K, D] tensor or a list/tuple of [K_l, D] tensors")
+    return list(codebooks)
+
+
+def _check_inputs(x: Tensor, cbs: list[Tensor], beam_width: int) -> None:
+    """Static checks (shapes, dtypes, devices): trace-safe, no host sync."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point (float32, float16 or bfloat16), got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [N, D], got shape {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError("x must have D >= 1 columns")
+    if len(cbs) == 0:
+        raise ValueError("codebooks is empty: need at least one level")
+    for level, c in enumerate(cbs):
+        if not c.is_floating_point():
+            raise TypeError(f"codebooks[{level}] must be floating point, got {c.dtype}")
+        if c.dim() != 2:
+            raise ValueError(f"codebooks[{level}] must be 2-D [K, D], got shape {tuple(c.shape)}")
+        if c.shape[0] < 1:
+            raise ValueError(f"codebooks[{level}] is empty (K = 0)")
+        if c.shape[1] != x.shape[1]:
+            raise ValueError(f"codebooks[{level}] has D = {c.shape[1]} but x has D = {x.shape[1]}")
+        if c.device != x.device:
+            raise ValueError(f"codebooks[{level}] is on {c.device} but x is on {x.device}")
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+
+
+def _raise_non_finite(x: Tensor, cbs: list[Tensor], distances: Tensor) -> None:
+    for level, c in enumerate(cbs):
+        bad = (~torch.isfinite(c)).any(1).nonzero().flatten()
+        if bad.numel():
+            raise ValueError(f"codebooks[{level}] has NaN/Inf in rows {bad[:10].tolist()}")
+    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
+    if bad.numel():
+        raise ValueError(f"x has NaN/Inf in {bad.numel()} rows, e.g. rows {bad[:10].tolist()}")
+    bad = (~torch.isfinite(distances)).any(1).nonzero().flatten()
+    raise ValueError(
+        f"residual distances overflow float32 in {bad.numel()} rows, e.g. rows {bad[:10].tolist()}: rescale x and codebooks"
+    )
+
+
+def _check_finite(x: Tensor, cbs: list[Tensor], distances: Tensor) -> None:
+    """NaN/Inf anywhere in x makes that row's distance non-finite; codebooks are checked directly.
+    One host sync on small tensors; skipped while a CUDA graph is being captured."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    ok = torch.isfinite(distances).all()
+    for c in cbs:
+        ok = ok & torch.isfinite(c).all()
+    if not bool(ok):
+        _raise_non_finite(x, cbs, distances)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def _pack(cbs: list[Tensor]) -> tuple[Tensor, list[int]]:
+    """Codebooks as one contiguous float32 [sum K_l, D] tensor and the row offsets of each level."""
+    offsets = [0]
+    for c in cbs:
+        offsets.append(offsets[-1] + c.shape[0])
+    if len(cbs) == 1:
+        packed = cbs[0]
+    else:
+        packed = torch.cat([c.to(torch.float32) for c in cbs])
+    return packed.to(torch.float32).contiguous(), offsets
+
+
+def _run_cpu(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    ext = _native.cpu()
+    xf = x.to(torch.float32).contiguous()
+    packed, offsets = _pack(cbs)
+    n, d = xf.shape
+    off = torch.tensor(offsets, dtype=torch.int64)
+    q = torch.empty((n, d), dtype=torch.float32)
+    dist = torch.empty((n, len(cbs)), dtype=torch.float32)
+    codes = torch.empty((n, len(cbs)), dtype=torch.int32)
+    if n:
+        ext.rq_encode(xf.data_ptr(), n, d, packed.data_ptr(), off.data_ptr(), len(cbs), beam_width,
+                      q.data_ptr(), dist.data_ptr(), codes.data_ptr())
+    return q, dist, codes
+
+
+def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    ext = _native.cuda()
+    xc = x.contiguous()
+    packed, offsets = _pack(cbs)
+    n, d = xc.shape
+    q = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    dist = torch.empty((n, len(cbs)), dtype=torch.float32, device=x.device)
+    codes = torch.empty((n, len(cbs)), dtype=torch.int32, device=x.device)
+    if n:
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream().cuda_stream
+            ext.rq_encode(xc.data_ptr(), _DTYPE_CODE[xc.dtype], n, d, packed.data_ptr(), offsets, beam_width,
+                          q.data_ptr(), dist.data_ptr(), codes.data_ptr(), stream)
+    return q, dist, codes
+
+
+def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if not _native.has_triton():
+        raise RuntimeError("the triton backend needs the `triton` package (pip install triton)")
+    from ..kernels.residual_quantize import residual_quantize_triton
+
+    packed, offsets = _pack(cbs)
+    return residual_quantize_triton(x.contiguous(), packed, offsets, beam_width)
+
+
+def _select(x: Tensor) -> str:
+    """The concrete implementation for this input under the backend in force."""
+    name = _backend.get_backend()
+    kernel_dtype = x.dtype in _KERNEL_DTYPES
+    if name == "reference" or (name == "auto" and not kernel_dtype):
+        return "reference"
+    if not kernel_dtype:
+        raise TypeError(f"the {name} backend takes float32, float16 or bfloat16 x, got {x.dtype} (float64 runs on the reference)")
+    if x.is_cuda:
+        if name == "cpu":
+            raise RuntimeError("backend 'cpu' was forced but x is a CUDA tensor")
+        if name == "auto":
+            if _native.has_triton():
+                return "triton"
+            return "cuda" if _native.has_cuda() else "reference"
+        return "cuda" if name == "native" else name
+    if x.device.type != "cpu":
+        if name == "auto":
+            return "reference"
+        raise RuntimeError(f"pysid has no {name} kernel for {x.device.type} tensors")
+    if name == "cuda":
+        raise RuntimeError("backend 'cuda' was forced but x is a CPU tensor")
+    return "triton" if name == "triton" else "cpu"
+
+
+_RUN = {"cpu": _run_cpu, "cuda": _run_cuda, "triton": _run_triton}
+
+
+# --------------------------------------------------------------------------- the custom op
+
+
+@torch.library.custom_op("pysid::residual_quantize", mutates_args=())
+def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    _check_inputs(x, codebooks, beam_width)
+    impl = _select(x)
+    if impl == "reference":
+        q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
+    else:
+        q, dist, codes = _RUN[impl](x, codebooks, beam_width)
+    _check_finite(x, codebooks, dist)
+    return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
+
+
+def _dist_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@_residual_quantize_op.register_fake
+def _(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    n, levels = x.shape[0], len(codebooks)
+    return (
+        x.new_empty(x.shape),
+        x.new_empty((n, levels), dtype=_dist_dtype(x)),
+        x.new_empty((n, levels), dtype=torch.int32),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, codebooks, _ = inputs
+    _, _, codes = output
+    ctx.save_for_backward(x, codes, *codebooks)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_q: Tensor | None, grad_dist: Tensor | None, _grad_codes):
+    """quantized = sum_l e_l, straight-through to x: dq/dx = I, dq/de_l = I (scatter-add into chosen rows).
+    distances_l = ||x - sum_{j<=l} e_j||^2: d/dx = 2 r_{l+1}, d/de_j = -2 r_{l+1} for every j <= l."""
+    x, codes, *cbs = ctx.saved_tensors
+    levels = len(cbs)
+    gx = None
+    g_rows = [None] * levels  # gradient w.r.t. the chosen codeword of each level, [N, D]
+    if grad_q is not None:
+        gx = grad_q
+        g_rows = [grad_q] * levels
+    if grad_dist is not None:
+        acc = x.dtype if x.dtype == torch.float64 else torch.float32
+        r = x.to(acc)
+        s = []  # 2 g_l r_{l+1}
+        for level, c in enumerate(cbs):
+            r = r - c.to(acc)[codes[:, level].long()]
+            s.append(2.0 * grad_dist[:, level : level + 1].to(acc) * r)
+        total = torch.stack(s).sum(0)
+        gx = total if gx is None else gx.to(acc) + total
+        tail = torch.stack(s).flip(0).cumsum(0).flip(0)  # tail[j] = sum_{l>=j} 2 g_l r_{l+1}
+        g_rows = [(-tail[j]) if g_rows[j] is None else g_rows[j].to(acc) - tail[j] for j in range(levels)]
+    grad_cbs = []
+    for level, c in enumerate(cbs):
+        if not ctx.needs_input_grad[1] or g_rows[level] is None:
+            grad_cbs.append(None)
+            continue
+        g = torch.zeros(c.shape, dtype=g_rows[level].dtype, device=c.device)
+        g.index_add_(0, codes[:, level].long(), g_rows[level])
+        grad_cbs.append(g.to(c.dtype))
+    if gx is not None:
+        gx = gx.to(x.dtype)
+    return gx, grad_cbs, None
+
+
+_residual_quantize_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -> ResidualQuantizeOutput:
+    """Encode vectors with residual codebooks, level by level (RQ / RQ-VAE forward).
+
+    Args:
+        x: [N, D] float32, float16 or bfloat16 (float64 runs on the reference);
+            any strides. Accumulation is float32.
+        codebooks: [L, K, D] tensor, or a list of L tensors [K_l, D] whose sizes may
+            differ per level; floating point, on x's device.
+        beam_width: 1 (default) = greedy: at each level the nearest codeword of the
+            current residual, exact ties to the lowest index. B > 1 = beam-search
+            encoding (faiss's ``max_beam_size``): the best B partial encodings are
+            kept per vector; total distortion is never worse than greedy.
+
+    Returns:
+        :class:`ResidualQuantizeOutput` ``(quantized [N, D] x.dtype, distances [N, L] float32,
+        codes [N, L] int32)``.
+
+    Autograd: ``quantized`` passes its gradient straight through to ``x`` and
+    scatter-adds it into the chosen rows of each codebook; ``distances`` has
+    its exact gradient (codes held fixed); see :func:`rq_vae_loss` for TIGER's loss.
+
+    Raises:
+        TypeError: non-floating x or codebooks. ValueError: wrong ranks, D
+        mismatch, empty codebook, device mismatch, beam_width < 1, NaN/Inf in
+        x or codebooks (rows named).
+    """
+    cbs = _as_list(codebooks)
+    _check_inputs(x, cbs, beam_width)
+    q, dist, codes = _residual_quantize_op(x, cbs, beam_width)
+    return ResidualQuantizeOutput(q, dist, codes)
+
+
+def rq_vae_loss(x: Tensor, codebooks: Codebooks, codes: Tensor, *, beta: float = 0.25) -> Tensor:
+    """TIGER's RQ-VAE quantization loss for the codes of a :func:`residual_quantize` pass
+    (gathers the chosen codewords; no second search)::
+
+        sum_l  mean ||sg(r_l) - e_l||^2  +  beta * mean ||r_l - sg(e_l)||^2
+
+    with r_0 = x, r_{l+1} = r_l - sg(e_l), means over the N x D elements. The first term
+    trains the codebooks, the second (commitment) trains the encoder that produced x.
+
+    Args:
+        x: [N, D]; codebooks: as for :func:`residual_quantize`; codes: [N, L] integer.
+    Returns:
+        scalar tensor.
+    """
+    cbs = _as_list(codebooks)
+    if codes.dim() != 2 or codes.shape != (x.shape[0], len(cbs)):
+        raise ValueError(f"codes must be [N, L] = [{x.shape[0]}, {len(cbs)}], got {tuple(codes.shape)}")
+    if codes.is_floating_point():
+        raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
+    return rq_vae_loss_ref(x, cbs, codes, beta)
