@@ -1,0 +1,559 @@
+"""Triton kernels for residual quantization (greedy and beam search).
+
+Imports only torch and triton; knows nothing of autograd or of the rest of pysid.
+
+Entry point: :func:`residual_quantize_triton`.
+
+Greedy (``beam_width == 1``): ONE launch for all levels, persistent programs (grid =
+min(#tiles, 2 x #SMs)). Each program takes tiles of ``BLOCK_M`` rows; a tile's residual
+``r`` [BLOCK_M, DP] stays in registers across all levels, and each level also writes it
+(and its tf32 rounding) to the program's own scratch slot, which stays in L2 (<= ~30 MB
+in all): the MMA's A operand is loaded from there (Triton then feeds wgmma from shared
+memory instead of pinning a [BLOCK_M, DP] fragment in registers), and the float32
+re-check / exact passes read it in D-slices. Per level the program streams the
+level's codebook in ``BLOCK_K`` chunks through ``tl.dot`` and keeps the best candidates of
+``score = ||c||^2 - 2 r.c`` (float32), exact ties to the lowest index; then it subtracts
+the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
+path (``fast=False``) runs the same loop with ``input_precision="ieee"``, D-chunked.
+
+Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 answer:
+
+* Both operands are rounded to tf32 explicitly (the codebook on the host, the
+  residual in the kernel), so the MMA multiplies exactly representable values and the
+  only difference to the exact dot is ``r_lo.c_hi + r.c_lo`` plus float32 accumulation
+  error, where ``r_lo = r - tf32(r)`` and ``c_lo = c - tf32(c)`` are known exactly.
+  By Cauchy-Schwarz every candidate's tf32 score is within
+  ``E = 2 (||r_lo|| max||c_hi|| + ||r|| max||c_lo|| + gamma ||r|| max||c_hi||) + packing``
+  of its exact score, a bound computed per row and level.
+* The chunk loop keeps the 4 smallest tf32 scores per row (the chunk-local index is
+  packed into the low mantissa bits, so one ``min`` gives value and index; the
+  packing error is part of ``E``).  The best 3 are re-scored in full float32
+  (gather the codeword, ``sum(r * c)``) and the best of them by (score, index) is taken.
+* Rows whose tf32 winner is provably the float32 winner (``v1 - E > v0 + E``) skip the
+  re-check (its loads are masked off for them).
+* The 4th score ``v3`` is the smallest tf32 score of every candidate that was NOT
+  re-checked, so if ``v3 - E > best_exact`` no unchecked candidate can be as good:
+  the choice is the float32 argmin (ties included).  Rows where this cannot be proven
+  are "unsure"; if a tile has any, the program re-runs that level for the tile with
+  an exact (``input_precision="ieee"``) pass and uses its answer for those rows.
+  The candidate count therefore affects speed only, never the answer.  With 3
+  re-checked candidates the fallback is rare: for a random-looking row the window
+  ``2E`` is ~2^-10 sqrt(D) standard deviations of the score spread, and the fallback
+  needs 3 more candidates inside it (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for
+  D=256, ~3e-5 for D=64); on clustered data it is higher but stays correct.
+
+Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel; the
+(row, beam) pairs form the rows of the dot; top-B over (beam, code) pairs via repeated
+min-extraction ordered by (score, beam rank, code); parents are gathered with one-hot
+sums (no scratch memory).  ``fast`` does not apply to beam search.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["residual_quantize_triton"]
+
+_PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real one
+_MAX_BEAM = 16
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# --------------------------------------------------------------------------- helpers
+@triton.jit
+def _round_tf32(v):
+    """Round float32 to the nearest tf32 value (10 explicit mantissa bits), ties away."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x1000) & -8192  # -8192 == 0xFFFFE000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+                 BD: tl.constexpr):
+    """Exact float32 argmin over rows kbeg..kend-1 (padded) of the packed codebook: global row index.
+
+    The residual is read back from this program's scratch tile sp_ptr [BM, DP] in BD-column
+    slices, so the FMA dot never holds a [BM, DP] operand in registers."""
+    kk = tl.arange(0, BK)
+    dd = tl.arange(0, BD)
+    mm = tl.arange(0, BM)
+    bv = tl.full([BM], float("inf"), tl.float32)
+    bi = tl.zeros([BM], dtype=tl.int32) + kbeg
+    for kb in range(kbeg, kend, BK):
+        acc = tl.zeros([BM, BK], dtype=tl.float32)
+        for d0 in range(0, DP, BD):
+            ddz = d0 + dd + _opaque_zero(zero_ptr)
+            a = tl.load(sp_ptr + mm[:, None] * DP + ddz[None, :])  # [BM, BD]
+            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + ddz[:, None])  # [BD, BK]
+            acc = tl.dot(a, c, acc, input_precision="ieee")
+        cn = tl.load(cn_ptr + kb + kk)
+        s = cn[None, :] - 2.0 * acc
+        m = tl.min(s, 1)
+        idx = tl.min(tl.where(s == m[:, None], kk[None, :], BK), 1)
+        better = m < bv  # strict: an earlier chunk (lower index) keeps exact ties
+        bv = tl.where(better, m, bv)
+        bi = tl.where(better, kb + idx, bi)
+    return bi
+
+
+@triton.jit
+def _opaque_zero(zero_ptr):
+    """0, read from memory inside the loop that uses it. Offsets built on it are not hoisted
+    out of the loop by the compiler: a hoisted [BM, DP] pointer or offset tensor would stay
+    live in registers for the whole kernel (measured: ~200 extra registers and spills)."""
+    return tl.load(zero_ptr)
+
+
+@triton.jit
+def _to_scratch(sp_ptr, v, zero_ptr, DP: tl.constexpr, BM: tl.constexpr):
+    """Write a [BM, DP] tile to a scratch slot of this program (L2-resident) and make it
+    visible to every thread of the program."""
+    mm = tl.arange(0, BM)
+    cols = tl.arange(0, DP) + _opaque_zero(zero_ptr)
+    tl.debug_barrier()  # earlier reads of the slot are done
+    tl.store(sp_ptr + mm[:, None] * DP + cols[None, :], v)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cswap(a, ai, b, bi):
+    sw = b < a
+    return tl.where(sw, b, a), tl.where(sw, bi, ai), tl.where(sw, a, b), tl.where(sw, ai, bi)
+
+
+@triton.jit
+def _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal,
+             BM: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr):
+    """Float32 scores ||c||^2 - 2 r.c of candidates i0, i1, i2 (global rows) for the rows in
+    `need`; r is read from the scratch slot rs_ptr [BM, DP] in BD-column slices (loads of the
+    other rows are masked off: no traffic)."""
+    mm = tl.arange(0, BM)
+    dd = tl.arange(0, BD)
+    s0 = tl.zeros([BM], dtype=tl.float32)
+    s1 = s0
+    s2 = s0
+    nm = need[:, None]
+    for d0 in range(0, DP, BD):
+        ddz = d0 + dd + _opaque_zero(zero_ptr)
+        rr = tl.load(rs_ptr + mm[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        c0 = tl.load(cb_ptr + i0[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        s0 += tl.sum(rr * c0, 1)
+        c1 = tl.load(cb_ptr + i1[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        s1 += tl.sum(rr * c1, 1)
+        c2 = tl.load(cb_ptr + i2[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        s2 += tl.sum(rr * c2, 1)
+    e0 = tl.where(i0 - kbeg < kreal, tl.load(cn_ptr + i0) - 2.0 * s0, float("inf"))
+    e1 = tl.where(i1 - kbeg < kreal, tl.load(cn_ptr + i1) - 2.0 * s1, float("inf"))
+    e2 = tl.where(i2 - kbeg < kreal, tl.load(cn_ptr + i2) - 2.0 * s2, float("inf"))
+    return e0, e1, e2
+
+
+@triton.jit
+def _better(e, i, be, bi):
+    b = (e < be) | ((e == be) & (i < bi))
+    return tl.where(b, e, be), tl.where(b, i, bi)
+
+
+@triton.jit
+def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, kend, kreal, chimax, clomax, cnmax,
+                gamma, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+                PACK_BITS: tl.constexpr):
+    """tf32 search keeping the 4 best per row, float32 re-check of the best 3.
+
+    Returns (global row index of the choice, unsure mask)."""
+    kk = tl.arange(0, BK)
+    INF: tl.constexpr = float("inf")
+    rhi = _round_tf32(r)
+    rlo = r - rhi
+    rlo_n = tl.sqrt(tl.sum(rlo * rlo, 1))
+    r_n = tl.sqrt(tl.sum(r * r, 1))
+    # The MMA's A operand is loaded back from the scratch slot: Triton then feeds wgmma from
+    # shared memory; computed in registers it would keep a [BM, DP] fragment live in registers.
+    _to_scratch(sp_ptr, rhi, zero_ptr, DP, BM)
+    _to_scratch(rs_ptr, r, zero_ptr, DP, BM)  # float32 residual: re-check and fallback read it
+    cols = tl.arange(0, DP) + _opaque_zero(zero_ptr)
+    a = tl.load(sp_ptr + tl.arange(0, BM)[:, None] * DP + cols[None, :])
+    v0 = tl.full([BM], INF, tl.float32)
+    v1 = v0
+    v2 = v0
+    v3 = v0
+    i0 = tl.zeros([BM], dtype=tl.int32) + kbeg
+    i1 = i0
+    i2 = i0
+    i3 = i0
+    for kb in range(kbeg, kend, BK):
+        colk = tl.arange(0, DP) + _opaque_zero(zero_ptr)
+        c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + colk[:, None])  # [DP, BK], tf32-exact
+        acc = tl.dot(a, c, input_precision="tf32")
+        cn = tl.load(cn_ptr + kb + kk)
+        s = cn[None, :] - 2.0 * acc
+        # pack the chunk-local index into the low mantissa bits: keys are unique per row
+        key = ((s.to(tl.int32, bitcast=True) & -(1 << PACK_BITS)) | kk[None, :]).to(tl.float32, bitcast=True)
+        m0 = tl.min(key, 1)
+        key = tl.where(key == m0[:, None], INF, key)
+        m1 = tl.min(key, 1)
+        key = tl.where(key == m1[:, None], INF, key)
+        m2 = tl.min(key, 1)
+        key = tl.where(key == m2[:, None], INF, key)
+        m3 = tl.min(key, 1)
+        j0 = kb + (m0.to(tl.int32, bitcast=True) & (BK - 1))
+        j1 = kb + (m1.to(tl.int32, bitcast=True) & (BK - 1))
+        j2 = kb + (m2.to(tl.int32, bitcast=True) & (BK - 1))
+        j3 = kb + (m3.to(tl.int32, bitcast=True) & (BK - 1))
+        # merge two ascending lists of 4, keep the 4 smallest: bitonic min + 4-sorter
+        t = m3 < v0
+        c0 = tl.where(t, m3, v0)
+        d0 = tl.where(t, j3, i0)
+        t = m2 < v1
+        c1 = tl.where(t, m2, v1)
+        d1 = tl.where(t, j2, i1)
+        t = m1 < v2
+        c2 = tl.where(t, m1, v2)
+        d2 = tl.where(t, j1, i2)
+        t = m0 < v3
+        c3 = tl.where(t, m0, v3)
+        d3 = tl.where(t, j0, i3)
+        c0, d0, c2, d2 = _cswap(c0, d0, c2, d2)
+        c1, d1, c3, d3 = _cswap(c1, d1, c3, d3)
+        v0, i0, v1, i1 = _cswap(c0, d0, c1, d1)
+        v2, i2, v3, i3 = _cswap(c2, d2, c3, d3)
+    # error bound on every tf32 key (see module docstring)
+    err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
+    pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
+    e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
+    # rows whose tf32 winner is provably the float32 winner need no re-check
+    need = (v1 - e_bound) <= (v0 + e_bound)
+    # float32 re-check of the best three, (score, index) order
+    e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
+    be, bi = _better(e1, i1, e0, i0)
+    be, bi = _better(e2, i2, be, bi)
+    unsure = need & ((v3 - e_bound) <= be)
+    bi = tl.where(need, bi, i0)
+    return bi, unsure
+
+
+# --------------------------------------------------------------------------- greedy kernel
+@triton.jit
+def _rq_greedy_kernel(
+    x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr, fallback_ptr,
+    N, D, L, stride_xm, stride_xd, gamma,
+    BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+    FAST: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    sp_ptr = scratch_ptr + pid.to(tl.int64) * (2 * BM * DP)  # this program's slots: [2, BM, DP]
+    rs_ptr = sp_ptr + BM * DP  # slot 1: float32 residual (slot 0: its tf32 rounding, the MMA operand)
+    cols = tl.arange(0, DP)
+    num_tiles = tl.cdiv(N, BM)
+    for tile in range(pid, num_tiles, nprog):  # persistent: the scratch slots stay in L2
+        rows = tile * BM + tl.arange(0, BM)
+        rmask = rows < N
+        rows64 = rows.to(tl.int64)
+        colz = cols + _opaque_zero(poff_ptr)
+        xmask = rmask[:, None] & (colz < D)[None, :]
+        x_ptrs = x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd
+        r = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)  # residual, registers, all levels
+        for l in range(L):
+            kbeg = tl.load(poff_ptr + l)
+            kend = tl.load(poff_ptr + l + 1)
+            kreal = tl.load(kreal_ptr + l)
+            if FAST:
+                chimax = tl.load(stat_ptr + 3 * l)
+                clomax = tl.load(stat_ptr + 3 * l + 1)
+                cnmax = tl.load(stat_ptr + 3 * l + 2)
+                best, unsure = _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kbeg, kend, kreal,
+                                           chimax, clomax, cnmax, gamma, BM, BK, DP, BD, PACK_BITS)
+                unsure = unsure & rmask
+                n_unsure = tl.sum(unsure.to(tl.int32), 0)
+                if n_unsure > 0:
+                    exact = _level_exact(rs_ptr, cb_ptr, cn_ptr, poff_ptr, kbeg, kend, BM, BK, DP, BD)
+                    best = tl.where(unsure, exact, best)
+                    if COUNT_FALLBACK:
+                        tl.atomic_add(fallback_ptr, n_unsure)
+                        tl.atomic_add(fallback_ptr + 1, 1)
+            else:
+                _to_scratch(rs_ptr, r, poff_ptr, DP, BM)
+                best = _level_exact(rs_ptr, cb_ptr, cn_ptr, poff_ptr, kbeg, kend, BM, BK, DP, BD)
+            colz = cols + _opaque_zero(poff_ptr)
+            c = tl.load(cb_ptr + best[:, None] * DP + colz[None, :])  # [BM, DP] gather
+            r = r - c
+            tl.store(dist_ptr + rows64 * L + l, tl.sum(r * r, 1), mask=rmask)
+            tl.store(code_ptr + rows64 * L + l, best - kbeg, mask=rmask)
+        # quantized = x - residual (x reloaded: usually still in L2, and it keeps registers free)
+        colz = cols + _opaque_zero(poff_ptr)
+        xmask = rmask[:, None] & (colz < D)[None, :]
+        x = tl.load(x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd, mask=xmask, other=0.0)
+        tl.store(q_ptr + rows64[:, None] * D + colz[None, :], x.to(tl.float32) - r, mask=xmask)
+
+
+# --------------------------------------------------------------------------- beam kernel
+@triton.jit
+def _rq_beam_kernel(
+    x_ptr, cb_ptr, cn_ptr, poff_ptr, kreal_ptr,
+    q_ptr, dist_ptr, code_ptr,
+    N, D, L, stride_xm, stride_xd,
+    BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+    LP: tl.constexpr,
+):
+    INF: tl.constexpr = float("inf")
+    BIG: tl.constexpr = 2147483647
+    pid = tl.program_id(0)
+    rows = pid * BM + tl.arange(0, BM)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, DP)
+    cmask = cols < D
+    bidx = tl.arange(0, BP)
+    lidx = tl.arange(0, LP)
+    kk = tl.arange(0, BK)
+    xmask = rmask[:, None] & cmask[None, :]
+    x_ptrs = x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xd
+    x = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)
+    # state: residual per beam [BM, BP, DP]; beams sorted by rank; only beam 0 is valid at first
+    r = x[:, None, :] + tl.zeros([BM, BP, DP], dtype=tl.float32)
+    valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
+    pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
+    pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
+    for l in range(L):
+        kbeg = tl.load(poff_ptr + l)
+        kend = tl.load(poff_ptr + l + 1)
+        kreal = tl.load(kreal_ptr + l)
+        rn = tl.sum(r * r, 2)  # [BM, BP]
+        r2 = tl.reshape(r, [BM * BP, DP])
+        sel_s = tl.full([BM, BP], INF, tl.float32)
+        sel_f = tl.full([BM, BP], BIG, tl.int32)
+        for kb in range(kbeg, kend, BK):
+            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [DP, BK]
+            acc = tl.reshape(tl.dot(r2, c, input_precision="ieee"), [BM, BP, BK])
+            cn = tl.load(cn_ptr + kb + kk)
+            code = kb - kbeg + kk  # [BK]
+            s = rn[:, :, None] + cn[None, None, :] - 2.0 * acc
+            ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
+            s = tl.where(ok, s, INF)
+            flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
+            new_s = tl.full([BM, BP], INF, tl.float32)
+            new_f = tl.full([BM, BP], BIG, tl.int32)
+            for t in tl.static_range(BEAM):
+                m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
+                fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
+                fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
+                f = tl.minimum(fa, fb)
+                f = tl.where(m < INF, f, BIG)
+                new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
+                new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
+                s = tl.where(flat == f[:, None, None], INF, s)
+                sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
+            sel_s = new_s
+            sel_f = new_f
+        valid = sel_s < INF
+        parent = tl.where(valid, sel_f // kreal, 0)
+        code = tl.where(valid, sel_f % kreal, 0)
+        # gather the parents' residuals and paths (one-hot sums over the old beams)
+        r_new = tl.zeros([BM, BP, DP], dtype=tl.float32)
+        pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
+        pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
+        for b in tl.static_range(BP):
+            hot = (bidx == b)[None, :, None]
+            rb = tl.sum(tl.where(hot, r, 0.0), 1)  # [BM, DP]
+            pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
+            pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
+            take = (parent == b)[:, :, None]
+            r_new = tl.where(take, rb[:, None, :], r_new)
+            pc_new = tl.where(take, pcb[:, None, :], pc_new)
+            pd_new = tl.where(take, pdb[:, None, :], pd_new)
+        cw = tl.load(cb_ptr + (kbeg + code)[:, :, None].to(tl.int64) * DP + cols[None, None, :])  # [BM, BP, DP]
+        r = tl.where(valid[:, :, None], r_new - cw, 0.0)
+        dl = tl.sum(r * r, 2)
+        pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
+        pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
+    # best beam = rank 0
+    hot0 = (bidx == 0)[None, :, None]
+    r0 = tl.sum(tl.where(hot0, r, 0.0), 1)
+    c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
+    d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
+    omask = rmask[:, None] & (lidx < L)[None, :]
+    tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
+    tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
+    tl.store(q_ptr + rows64[:, None] * D + cols[None, :], x - r0, mask=xmask)
+
+
+# --------------------------------------------------------------------------- host side
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _greedy_config(dp: int, n: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps, num_stages) for the greedy kernel.
+
+    Shared memory (fast path) = BLOCK_M*DP*4 (the MMA's A operand) + num_stages *
+    BLOCK_K*DP*4 (codebook chunks) must stay under ~227 KB on sm_90; each codebook byte
+    brought on chip is reused BLOCK_M times (L2 traffic per level = N/BLOCK_M * K*D*4).
+    Register use checked by compiling for sm_90 (ptxas -v), see the report."""
+    if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles
+        return (max(16, min(128, _next_pow2(max(n, 1)))), 64, 4, 1)
+    if dp <= 64:
+        return (128, 64, 8, 3)   # smem 80 KB
+    if dp <= 128:
+        return (64, 64, 8, 3)    # 128 KB
+    if dp <= 256:
+        return (64, 64, 8, 2)    # 192 KB
+    if dp <= 512:
+        return (32, 32, 4, 2)    # 192 KB
+    return (16, 16, 4, 2)        # dp <= 1024: 192 KB; larger dp runs the exact path
+
+
+def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
+    bits = c.contiguous().view(torch.int32)
+    hi = ((bits + 0x1000) & -8192).view(torch.float32)
+    return torch.where(torch.isfinite(hi), hi, (bits & -8192).view(torch.float32))
+
+
+def residual_quantize_triton(
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    offsets: Sequence[int],
+    beam_width: int = 1,
+    *,
+    fast: bool = True,
+    block_m: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    block_d: int | None = None,
+    _fallback_counter: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Residual quantization with Triton kernels.
+
+    Args:
+        x: [N, D] float32, float16 or bfloat16 (any strides); accumulation in float32.
+        codebooks: [sum_l K_l, D] float32 contiguous, level l owns rows offsets[l]..offsets[l+1]-1.
+        offsets: L+1 increasing ints, offsets[0] == 0, offsets[-1] == codebooks.shape[0].
+        beam_width: 1 = greedy (exact ties to the lowest index); 2..16 = beam search
+            (candidates (beam, code) ordered by (score, beam rank, code)).
+        fast: greedy only: tf32 tensor cores with a float32 re-check of the best
+            candidates and an exact fallback where the re-check cannot prove the choice
+            (same answer as ``fast=False`` up to float32 rounding). ``fast=False``:
+            float32 (``input_precision="ieee"``) dot products throughout.
+        block_m, block_k, num_warps, num_stages, block_d: override the tile heuristic (tuning;
+            block_d: D-slice of the float32 re-check / exact passes).
+        _fallback_counter: optional int32 [2] tensor: adds (#unsure rows, #tile-levels that
+            ran the exact fallback) - for tests and tuning.
+
+    Returns:
+        quantized [N, D] float32 (x - final residual = sum of the chosen codewords),
+        distances [N, L] float32 (||x - sum_{j<=l} c_j||^2 after each level),
+        codes [N, L] int32.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be [N, D], got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if codebooks.dim() != 2 or codebooks.dtype != torch.float32 or not codebooks.is_contiguous():
+        raise ValueError("codebooks must be a contiguous float32 [sum_k, D] tensor")
+    if codebooks.device != x.device:
+        raise ValueError("x and codebooks must be on the same device")
+    offsets = [int(o) for o in offsets]
+    levels = len(offsets) - 1
+    n, d = x.shape
+    if levels < 1 or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"offsets must start at 0 and strictly increase (every K_l >= 1), got {offsets}")
+    if offsets[-1] != codebooks.shape[0] or codebooks.shape[1] != d:
+        raise ValueError(f"codebooks {tuple(codebooks.shape)} do not match offsets[-1]={offsets[-1]}, D={d}")
+    if d < 1:
+        raise ValueError("D must be >= 1")
+    beam_width = int(beam_width)
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    if beam_width > _MAX_BEAM:
+        raise NotImplementedError(
+            f"the Triton residual_quantize kernel supports beam_width <= {_MAX_BEAM}, got {beam_width}; "
+            "use the reference backend for wider beams")
+    dev = x.device
+    q = torch.empty((n, d), dtype=torch.float32, device=dev)
+    dist = torch.empty((n, levels), dtype=torch.float32, device=dev)
+    codes = torch.empty((n, levels), dtype=torch.int32, device=dev)
+    if n == 0:
+        return q, dist, codes
+
+    dp = max(16, _next_pow2(d))
+    ks = [b - a for a, b in zip(offsets, offsets[1:])]
+
+    if beam_width == 1:
+        bm, bk, nw, ns = _greedy_config(dp, n)
+        if dp > 1024 and not _INTERPRET:
+            fast = False  # the tf32 path's shared-memory tiles do not fit; exact path instead
+    else:
+        bp = _next_pow2(beam_width)
+        bm = max(1, (64 if _INTERPRET else 32) // bp)
+        bk = 32 if dp <= 256 else 16
+        nw, ns = 4, 2
+    bm = block_m or bm
+    bk = block_k or bk
+    nw = num_warps or nw
+    ns = num_stages or ns
+
+    # codebook padded per level to a multiple of BLOCK_K rows and to DP columns (no masks
+    # in the kernel); padding rows get ||c||^2 = 3e38 so they never win.
+    kpad = [-(-k // bk) * bk for k in ks]
+    poff = [0]
+    for kp in kpad:
+        poff.append(poff[-1] + kp)
+    dst = torch.cat([torch.arange(k, device=dev) + p for k, p in zip(ks, poff)])
+    if poff[-1] * dp >= 2**31:
+        raise ValueError("codebooks too large for the Triton kernel (int32 offsets): sum_k * D must be < 2^31")
+    cb = torch.zeros((poff[-1], dp), dtype=torch.float32, device=dev)
+    cb[dst, :d] = codebooks
+    cn = torch.full((poff[-1],), _PAD_SCORE, dtype=torch.float32, device=dev)
+    cn[dst] = (codebooks * codebooks).sum(1)
+    poff_t = torch.tensor(poff, dtype=torch.int32, device=dev)
+    kreal_t = torch.tensor(ks, dtype=torch.int32, device=dev)
+    grid = (triton.cdiv(n, bm),)
+
+    if beam_width > 1:
+        _rq_beam_kernel[grid](
+            x, cb, cn, poff_t, kreal_t, q, dist, codes,
+            n, d, levels, x.stride(0), x.stride(1),
+            BEAM=beam_width, BP=_next_pow2(beam_width), BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels),
+            num_warps=nw, num_stages=ns,
+        )
+        return q, dist, codes
+
+    if fast:
+        cbhi = _round_tf32_host(cb)
+        lvl = torch.repeat_interleave(torch.arange(levels, device=dev), torch.tensor(ks, device=dev))
+        real_hi = cbhi[dst]
+        real_lo = cb[dst] - real_hi
+        per_row = torch.stack([real_hi.norm(dim=1), real_lo.norm(dim=1), cn[dst]])  # [3, sum_k]
+        stat = torch.zeros((3, levels), dtype=torch.float32, device=dev)
+        stat.scatter_reduce_(1, lvl[None, :].expand(3, -1), per_row, reduce="amax", include_self=True)
+        stat = stat.t().contiguous()  # [L, 3]: max ||c_hi||, max ||c_lo||, max ||c||^2
+    else:
+        cbhi, stat = cb, cn
+    counter = _fallback_counter if _fallback_counter is not None else poff_t
+    tiles = triton.cdiv(n, bm)
+    if dev.type == "cuda":
+        smem = (bm * dp + ns * bk * dp) * 4 if fast else 0  # fast path's A operand + codebook stages
+        per_sm = 1 if smem > 110 * 1024 else 2  # programs resident per SM
+        nprog = min(tiles, per_sm * torch.cuda.get_device_properties(dev).multi_processor_count)  # scratch in L2
+    else:
+        nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
+    scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
+    # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
+    gamma = (dp + 8) * 2.0 ** -21
+    _rq_greedy_kernel[(nprog,)](
+        x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, counter,
+        n, d, levels, x.stride(0), x.stride(1), gamma,
+        BM=bm, BK=bk, DP=dp, BD=min(dp, block_d or (16 if not _INTERPRET else dp)), FAST=bool(fast), PACK_BITS=int(math.log2(bk)),
+        COUNT_FALLBACK=_fallback_counter is not None,
+        num_warps=nw, num_stages=ns,
+    )
+    return q, dist, codes
