@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _native
-from ..reference.residual_quantize import residual_quantize_ref, rq_vae_loss_ref
+from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
 
 __all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
 
@@ -213,6 +213,8 @@ def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -
         q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
     else:
         q, dist, codes = _RUN[impl](x, codebooks, beam_width)
+        if beam_width > 1:  # never worse than greedy: the greedy pass costs ~1/B of the beam's
+            q, dist, codes = better_of((q, dist, codes), _RUN[impl](x, codebooks, 1))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
 
@@ -289,7 +291,9 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
         beam_width: 1 (default) = greedy: at each level the nearest codeword of the
             current residual, exact ties to the lowest index. B > 1 = beam-search
             encoding (faiss's ``max_beam_size``): the best B partial encodings are
-            kept per vector; total distortion is never worse than greedy.
+            kept per vector. Beam search alone can end above greedy (e.g. when a later
+            level has few codewords), so rows where greedy ends strictly lower take the
+            greedy encoding: total distortion is never worse than greedy.
 
     Returns:
         :class:`ResidualQuantizeOutput` ``(quantized [N, D] x.dtype, distances [N, L] float32,

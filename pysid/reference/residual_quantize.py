@@ -25,7 +25,9 @@ def residual_quantize_ref(
             exact ties to the lowest index); B > 1 = beam search: at each level
             every (beam b, code k) pair is scored by ||r_b||^2 + ||c_k||^2 - 2 r_b.c_k,
             the best min(B, #pairs) are kept in (score, beam rank, code) order, and
-            the best beam is returned at the end.
+            the best beam is returned at the end - unless the greedy encoding ends
+            strictly lower (beam search alone can lose to greedy, e.g. when a later
+            level has one codeword), so the result is never worse than greedy.
         dtype: computation dtype (default: float64 for float64 input, else float32).
 
     Returns:
@@ -51,6 +53,18 @@ def residual_quantize_ref(
         dists_t = torch.stack(dists, 1) if n else x.new_zeros((0, levels))
         return x - r, dists_t, codes_t.to(torch.int32)
 
+    return better_of(_beam(x, cbs, beam_width), residual_quantize_ref(x, cbs, 1, dtype))
+
+
+def better_of(beam: tuple[Tensor, Tensor, Tensor], greedy: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the greedy encoding where its final distance is strictly lower, else the beam's."""
+    take = greedy[1][:, -1] < beam[1][:, -1]
+    return tuple(torch.where(take[:, None], g, b) for b, g in zip(beam, greedy))  # type: ignore[return-value]
+
+
+def _beam(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pure beam search (may end above greedy)."""
+    n, d = x.shape
     # Beam search. State per row: B beams with residual [N, B, D], codes [N, B, l], distances [N, B, l].
     r = x[:, None, :]
     path_codes = x.new_zeros((n, 1, 0), dtype=torch.long)
