@@ -8,6 +8,8 @@
 
 namespace py = pybind11;
 
+void pysid_bind_trie(pybind11::module_& m);  // bind_trie.cpp
+
 namespace {
 
 template <typename T>
@@ -46,4 +48,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("n"), py::arg("d"), py::arg("codebooks"), py::arg("offsets"),
       py::arg("levels"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),
       py::arg("codes"));
+  pysid_bind_trie(m);
 }

@@ -3,14 +3,29 @@
 Ops:
     residual_quantize  fused residual codeword search (greedy or beam), autograd-aware
     rq_vae_loss        TIGER's RQ-VAE quantization loss from the codes of a pass
+    Trie               compact per-level CSR index of the valid Semantic IDs
+    beam_search        exact trie-constrained beam search over a model's next-code logits
 
 Backend control: ``pysid.backend("reference" | "native" | "cpu" | "triton" | "cuda" | "auto")``
 context manager or the ``PYSID_BACKEND`` environment variable.
 """
 
 from ._backend import backend, get_backend
-from .ops import ResidualQuantizeOutput, residual_quantize, rq_vae_loss
+from .ops import ResidualQuantizeOutput, constrained_beam_step, residual_quantize, rq_vae_loss
+from .search import BeamSearchOutput, beam_search
+from .trie import Trie
 
 __version__ = "0.1.0"
 
-__all__ = ["ResidualQuantizeOutput", "backend", "get_backend", "residual_quantize", "rq_vae_loss", "__version__"]
+__all__ = [
+    "BeamSearchOutput",
+    "ResidualQuantizeOutput",
+    "Trie",
+    "__version__",
+    "backend",
+    "beam_search",
+    "constrained_beam_step",
+    "get_backend",
+    "residual_quantize",
+    "rq_vae_loss",
+]

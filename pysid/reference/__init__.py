@@ -4,6 +4,15 @@ Nothing here imports from the rest of pysid. Every function is short, readable
 and runs in float64 when given float64 inputs.
 """
 
+from .beam_search import beam_search_ref, build_trie_ref, constrained_beam_step_ref, score_catalogue_ref, walk_trie_ref
 from .residual_quantize import residual_quantize_ref, rq_vae_loss_ref
 
-__all__ = ["residual_quantize_ref", "rq_vae_loss_ref"]
+__all__ = [
+    "beam_search_ref",
+    "build_trie_ref",
+    "constrained_beam_step_ref",
+    "residual_quantize_ref",
+    "rq_vae_loss_ref",
+    "score_catalogue_ref",
+    "walk_trie_ref",
+]
