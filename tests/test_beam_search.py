@@ -346,3 +346,140 @@ def test_zero_queries():
     trie = Trie(torch.tensor([[0, 1], [1, 0]]))
     res = beam_search(lambda tok, par: torch.zeros(tok.shape[0], 2), trie, 0, 3)
     assert res.items.shape == (0, 3) and res.codes.shape == (0, 3, 2)
+
+
+# --------------------------------------------------------------------------- the Triton step
+
+import os  # noqa: E402
+
+from conftest import triton_devices  # noqa: E402
+
+TRITON = triton_devices()
+needs_triton = pytest.mark.skipif(not TRITON, reason="triton is not installed")
+
+
+def _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned, dead_frac=0.3):
+    codes = random_catalogue(seed, L, [vocab] * L, M, skew)
+    trie = Trie(codes)
+    level = seed % L
+    lp, scores, nodes, ban = random_step_inputs(seed, trie, level, B, K, ties, dead_frac=dead_frac, banned=banned)
+    if ties and lp.numel():  # whole rows equal: ties across parents and tokens
+        lp[::2] = lp[0].clone()
+    want = constrained_beam_step_ref(lp, scores, nodes, trie.offsets[level], trie.codes[level], ban)
+    return trie.to(TRITON[0]), level, [x.to(TRITON[0]) if x is not None else None for x in (lp, scores, nodes, ban)], want
+
+
+@needs_triton
+@settings(max_examples=25)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    L=st.integers(1, 3),
+    vocab=st.integers(1, 9),
+    M=st.integers(1, 120),
+    skew=st.floats(1.0, 4.0),
+    B=st.integers(0, 3),
+    K=st.integers(1, 9),
+    ties=st.booleans(),
+    banned=st.booleans(),
+)
+def test_triton_step_matches_reference(seed, L, vocab, M, skew, B, K, ties, banned):
+    trie, level, (lp, scores, nodes, ban), want = _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned)
+    with pysid.backend("triton"):
+        got = constrained_beam_step(lp, scores, nodes, trie, level, banned=ban)
+    for w, a in zip(want, got):  # exact: ties have a specified order
+        assert a.dtype == w.dtype and torch.equal(a.cpu(), w)
+
+
+@needs_triton
+@pytest.mark.parametrize("block", [(1, 1), (2, 4), (4, 2)])
+def test_triton_step_multi_tile(block):
+    """Tiles smaller than the candidate grid: the running top-K merge, the K-th-best filter."""
+    from pysid.kernels.beam_step import beam_step_triton
+
+    for seed in range(4):
+        trie, level, (lp, scores, nodes, ban), want = _triton_step_case(
+            seed, 2, 6, 60, 1.5, 2, 5 + seed, ties=seed % 2 == 0, banned=True, dead_frac=0.1)
+        got = beam_step_triton(lp, scores, nodes, trie.offsets[level], trie.codes[level], ban,
+                               trie.max_children[level], block_rows=block[0], block_cols=block[1])
+        assert (got[4] == 0).all()
+        for w, a in zip(want, got[:4]):
+            assert torch.equal(a.cpu(), w)
+
+
+@needs_triton
+def test_triton_step_edge_cases():
+    dev = TRITON[0]
+    trie = Trie(torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 2]]), device=dev)
+    with pysid.backend("triton"):
+        # all children tie: (parent, token) order
+        s, p, t, n = constrained_beam_step(torch.zeros(2, 3, device=dev), torch.zeros(1, 2, device=dev),
+                                           torch.tensor([[1, 0]], device=dev), trie, 1)
+        assert p.tolist() == [[0, 0]] and t.tolist() == [[0, 2]]
+        # -0.0 and +0.0 are equal scores; fewer candidates than beams pad with -inf / -1
+        lp = torch.tensor([[-0.0, 0.0, 0.0]] * 4, device=dev)
+        lp[:, 1] = NEG
+        s, p, t, n = constrained_beam_step(lp, torch.tensor([[0.0, NEG], [0.0, 0.0]], device=dev),
+                                           torch.tensor([[1, 0], [-1, 1]], device=dev), trie, 1)
+        assert s.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+        assert p.tolist() == [[0, 0], [1, 1]] and t.tolist() == [[0, 2], [0, 2]] and n.tolist() == [[3, 4], [3, 4]]
+        s, p, t, n = constrained_beam_step(lp, torch.zeros(2, 2, device=dev), torch.tensor([[-1, -1], [1, -1]], device=dev),
+                                           trie, 1, banned=torch.tensor([[-1, 3], [-1, 4]], device=dev))
+        assert s[0].tolist() == [NEG, NEG] and (p[0] == -1).all() and (t[0] == -1).all() and (n[0] == -1).all()
+        assert n[1].tolist() == [3, -1]
+        if dev == "cpu":  # the interpreter path checks its status (no host sync on CUDA)
+            bad = torch.zeros(4, 3)
+            bad[2, 0] = float("nan")
+            with pytest.raises(ValueError, match="NaN"):
+                constrained_beam_step(bad, torch.zeros(2, 2), torch.tensor([[0, 1], [0, 1]]), trie, 1)
+            with pytest.raises(ValueError, match="out of range"):
+                constrained_beam_step(torch.zeros(4, 3), torch.zeros(2, 2), torch.full((2, 2), 5), trie, 1)
+    # a direct op call without max_children derives it
+    args = (torch.zeros(2, 3, device=dev), torch.zeros(1, 2, device=dev), torch.tensor([[1, 0]], device=dev),
+            trie.offsets[1], trie.codes[1], None)
+    with pysid.backend("triton"):
+        assert torch.ops.pysid.constrained_beam_step(*args)[1].tolist() == [[0, 0]]
+
+
+@needs_triton
+def test_triton_backend_dispatch_errors():
+    trie = Trie(torch.tensor([[0, 1], [1, 0]]))
+    lp, scores, nodes = torch.zeros(2, 2), torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(RuntimeError, match="CUDA tensors"), pysid.backend("triton"):
+            constrained_beam_step(lp, scores, nodes, trie, 0)
+    for name in ("cuda",):
+        with pytest.raises(RuntimeError), pysid.backend(name):
+            constrained_beam_step(lp, scores, nodes, trie, 0)
+
+
+@needs_triton
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triton_beam_search_matches_reference_backend(seed):
+    L, B, K = 3, 2, 4
+    codes = random_catalogue(seed, L, [4, 5, 3], 40, 1.5)
+    dev = TRITON[0]
+    trie = Trie(codes, device=dev)
+    model = TableModel(seed, B, K, L, 6, ties=seed == 1)
+
+    def step(tokens, parent):
+        return model.step(tokens.cpu(), parent).to(dev)
+
+    exclude = [[1, 2, 3], []] if seed == 2 else None
+    with pysid.backend("reference"):
+        want = beam_search(step, trie, B, K, exclude=exclude)
+    with pysid.backend("triton"):
+        got = beam_search(step, trie, B, K, exclude=exclude)
+    for w, a in zip(want, got):
+        assert torch.equal(a.cpu(), w.cpu())
+    check_valid(tuple(x.cpu() for x in got), trie.to("cpu"), codes, exclude)
+
+
+@needs_triton
+def test_triton_step_opcheck():
+    trie = Trie(random_catalogue(0, 3, [5, 5, 5], 60))
+    lp, scores, nodes, ban = random_step_inputs(1, trie, 1, 3, 4, False, banned=True)
+    dev = TRITON[0]
+    args = tuple(x.to(dev) for x in (lp, scores, nodes, trie.offsets[1], trie.codes[1], ban)) + (trie.max_children[1],)
+    with pysid.backend("triton"):
+        torch.library.opcheck(torch.ops.pysid.constrained_beam_step, args)
+        torch.library.opcheck(torch.ops.pysid.constrained_beam_step, args[:5] + (None,))

@@ -5,13 +5,23 @@ Backends (chosen here and nowhere else, see ``pysid._backend``):
 ========== ==================================== =====================================
 backend    CPU tensors                          CUDA tensors
 ========== ==================================== =====================================
-auto       C++ kernel (``pysid._C``)            PyTorch reference (GPU kernels: later)
+auto       C++ kernel (``pysid._C``)            Triton kernel, else PyTorch reference
 reference  ``pysid.reference`` (PyTorch)        ``pysid.reference`` (PyTorch)
-native     C++ kernel                           error (no CUDA beam step yet)
+native     C++ kernel                           error (no CUDA C++ beam step)
 cpu        C++ kernel                           error
-triton     error (no Triton beam step yet)      error
+triton     Triton (``TRITON_INTERPRET=1`` only) Triton kernel (``pysid.kernels.beam_step``)
 cuda       error                                error
 ========== ==================================== =====================================
+
+The table is for the beam step; the trie build / walk run the C++ kernels on CPU
+tensors (any backend but ``reference``) and the reference on CUDA tensors (``auto``).
+
+The Triton beam step has fixed launch shapes (its widest-node parameter is the trie's
+``max_children[level]``, computed once at build time). It reports NaN log-probs / beam
+scores and out-of-range node ids in a status tensor, which the op checks (one small host
+sync per step) and raises on like the other backends - except while a CUDA graph is
+being captured, where the check is skipped: a NaN-scored child is then never chosen and
+such a beam counts as dead.
 
 The trie build sorts in native code: the C++ radix sort on CPU, ``torch.sort``
 (the reference build) for CUDA tensors.
@@ -19,6 +29,7 @@ The trie build sorts in native code: the C++ radix sort on CPU, ``torch.sort``
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
@@ -101,13 +112,65 @@ def trie_walk(offsets: Sequence[Tensor], child_codes: Sequence[Tensor], prefixes
 # --------------------------------------------------------------------------- beam step op
 
 
+def _step_impl(device: torch.device) -> str:
+    """The beam step implementation for this device under the backend in force:
+    "reference", "cpu" or "triton". Raises for a backend that cannot run."""
+    b = _backend.get_backend()
+    if b == "reference":
+        return "reference"
+    if b == "triton":
+        if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise RuntimeError(
+                "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors) for the constrained beam step"
+            )
+        if not _native.has_triton():
+            raise RuntimeError("the triton backend needs the `triton` package (pip install triton)")
+        return "triton"
+    if device.type == "cuda" and b == "auto":
+        return "triton" if _native.has_triton() else "reference"
+    return "cpu" if _use_cpu_kernel(device, "constrained beam step") else "reference"
+
+
+_STEP_ERRORS = {
+    11: "NaN in the log-probs or beam scores of a live beam",
+    12: "a node id is out of range for this level",
+}
+
+
+def _run_triton(logprobs: Tensor, beam_scores: Tensor, nodes: Tensor, offsets: Tensor, child_codes: Tensor,
+                banned: Optional[Tensor], max_children: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ..kernels.beam_step import beam_step_triton
+
+    if max_children < 0:  # direct op call without the trie's metadata: derive it (a host sync)
+        max_children = int(offsets.diff().max()) if offsets.numel() > 1 else 0
+    s, p, t, n, status = beam_step_triton(
+        logprobs.float().contiguous() if logprobs.stride(-1) != 1 or logprobs.dtype != torch.float32 else logprobs,
+        beam_scores.float().contiguous(), nodes.long().contiguous(), offsets.to(torch.int32).contiguous(),
+        child_codes.contiguous(), None if banned is None else banned.long().contiguous(), max_children,
+    )
+    # NaN logits / bad nodes are errors, as on the CPU path. One host sync per step on CUDA,
+    # skipped while a CUDA graph is captured (the kernel then never picks a NaN child).
+    capturing = logprobs.is_cuda and torch.cuda.is_current_stream_capturing()
+    if status.numel() and not capturing:
+        err = int(status.max())
+        if err:
+            raise ValueError(f"pysid triton constrained beam step failed: {_STEP_ERRORS.get(err, f'status {err}')}")
+    return s, p, t, n
+
+
 @torch.library.custom_op("pysid::constrained_beam_step", mutates_args=())
 def _beam_step_op(
-    logprobs: Tensor, beam_scores: Tensor, nodes: Tensor, offsets: Tensor, child_codes: Tensor, banned: Optional[Tensor]
+    logprobs: Tensor, beam_scores: Tensor, nodes: Tensor, offsets: Tensor, child_codes: Tensor, banned: Optional[Tensor],
+    max_children: int = -1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not _use_cpu_kernel(logprobs.device, "constrained beam step"):
+    """max_children: the level's widest node (``Trie.max_children[level]``), the Triton kernel's
+    launch parameter; -1: derive it from ``offsets`` (a host sync)."""
+    impl = _step_impl(logprobs.device)
+    if impl == "reference":
         s, p, t, n = constrained_beam_step_ref(logprobs, beam_scores, nodes, offsets, child_codes, banned)
         return s.float(), p, t, n
+    if impl == "triton":
+        return _run_triton(logprobs, beam_scores, nodes, offsets, child_codes, banned, max_children)
     B, K = beam_scores.shape
     V = logprobs.shape[1]
     out_s = torch.empty(B, K, dtype=torch.float32)
@@ -127,7 +190,7 @@ def _beam_step_op(
 
 
 @_beam_step_op.register_fake
-def _(logprobs, beam_scores, nodes, offsets, child_codes, banned):
+def _(logprobs, beam_scores, nodes, offsets, child_codes, banned, max_children=-1):
     B, K = beam_scores.shape
     new = beam_scores.new_empty
     return (new((B, K), dtype=torch.float32), new((B, K), dtype=torch.int64),
@@ -194,5 +257,5 @@ def constrained_beam_step(
         banned = banned.long().contiguous()
     return torch.ops.pysid.constrained_beam_step(
         logprobs, beam_scores.float().contiguous(), nodes.long().contiguous(),
-        trie.offsets[level], trie.codes[level], banned,
+        trie.offsets[level], trie.codes[level], banned, trie.max_children[level],
     )
