@@ -1,0 +1,401 @@
+// Residual-quantization block kernel, written once over a tiny SIMD "traits"
+// type and compiled once per ISA (rq_cpu.cpp: scalar, rq_cpu_avx2.cpp,
+// rq_cpu_avx512.cpp). Include it from a .cpp that, before the include,
+// defines inside an anonymous namespace:
+//
+//   struct Isa {
+//     static constexpr int W;                   // lanes (floats) per vector
+//     using V / VI / M;                         // float vector, int32 vector, lane mask
+//     V zero(); V load(const float*); void store(float*, V); V set1(float);
+//     V fmadd(V a, V b, V c);                   // a*b + c
+//     V add(V, V); V sub(V, V); V min(V, V); float hsum(V); float hmin(V);
+//     M lt(V a, V b); M le(V a, V b); M eq(V a, V b);  // false on NaN
+//     V blend(M m, V a, V b); VI blendi(M m, VI a, VI b);   // m ? b : a
+//     VI loadi(const int32_t*); void storei(int32_t*, VI); VI iota(int32_t base); // base + lane
+//     unsigned movemask(M);
+//   };
+//   constexpr int kRowsMax, kPanelsMax;         // register tile: rows x panels of W codes
+//
+// Everything here has internal linkage (anonymous namespace, no std:: templates),
+// so code compiled with AVX-512 flags can never be shared with the scalar path.
+//
+// Algorithm (per block of input rows, residuals kept in this thread's scratch):
+//   level l: scores s[row][k] = ||c_k||^2 - 2 r_row . c_k for every beam row and
+//   code, from a register-blocked microkernel (kRowsMax rows x kPanelsMax panels
+//   of W codes, broadcast r[row][j], FMA against the packed panel row [j][W]).
+//   Greedy fuses a per-lane running (min, argmin) into the microkernel epilogue
+//   (no score matrix); beam search writes the tile's scores to a small buffer and
+//   keeps a sorted top-B list per input row in (score, beam rank, code) order.
+
+namespace {
+
+using pysid::rqcpu::Plan;
+using pysid::rqcpu::Scratch;
+
+using V = Isa::V;
+using VI = Isa::VI;
+using M = Isa::M;
+constexpr int W = Isa::W;
+
+// ---------------------------------------------------------------- microkernel
+// a: R rows of residuals (stride lda floats) ; b: P panels [d][W] (stride ldb floats) ;
+// bn: P*W norms. AM=false: store scores to out[r*ldo + p*W + t].
+// AM=true: merge into the running per-lane (min, argmin) minv/mini[r*W + t];
+// panels are visited in increasing code order and the compare is strict, so each
+// lane keeps its lowest index among exact ties.
+template <int R, int P, bool AM>
+void micro(const float* __restrict a, int64_t lda, int64_t d, const float* __restrict b,
+           int64_t ldb, const float* __restrict bn, int32_t k0, float* __restrict out,
+           int64_t ldo, float* __restrict minv, int32_t* __restrict mini) {
+  V acc[R][P];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) acc[r][p] = Isa::zero();
+  for (int64_t j = 0; j < d; ++j) {
+    V bv[P];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) bv[p] = Isa::load(b + p * ldb + j * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V av = Isa::set1(a[r * lda + j]);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) acc[r][p] = Isa::fmadd(av, bv[p], acc[r][p]);
+    }
+  }
+  const V m2 = Isa::set1(-2.0f);
+  if constexpr (!AM) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p)
+        Isa::store(out + r * ldo + p * W, Isa::fmadd(acc[r][p], m2, Isa::load(bn + p * W)));
+  } else {
+    (void)out;
+    (void)ldo;
+    VI id[P];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) id[p] = Isa::iota(k0 + p * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      V mv = Isa::load(minv + r * W);
+      VI mi = Isa::loadi(mini + r * W);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const V s = Isa::fmadd(acc[r][p], m2, Isa::load(bn + p * W));
+        const M lt = Isa::lt(s, mv);
+        mv = Isa::blend(lt, mv, s);
+        mi = Isa::blendi(lt, mi, id[p]);
+      }
+      Isa::store(minv + r * W, mv);
+      Isa::storei(mini + r * W, mi);
+    }
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, const float*,
+                         int32_t, float*, int64_t, float*, int32_t*);
+
+template <bool AM, int R, int P>
+void fill_table(MicroFn* t) {
+  t[(R - 1) * kPanelsMax + (P - 1)] = &micro<R, P, AM>;
+  if constexpr (P > 1) {
+    fill_table<AM, R, P - 1>(t);
+  } else if constexpr (R > 1) {
+    fill_table<AM, R - 1, kPanelsMax>(t);
+  }
+}
+
+// Scores of `rows` residual rows (stride d) against the np panels of one level.
+template <bool AM>
+void level_scores(const float* a, int64_t rows, int64_t d, const float* panels,
+                  const float* norms, int64_t np, float* out, int64_t ldo, float* minv,
+                  int32_t* mini) {
+  MicroFn tab[kRowsMax * kPanelsMax];
+  fill_table<AM, kRowsMax, kPanelsMax>(tab);
+  const int64_t ldb = d * W;
+  // Panel group outer, row tile inner: the group's panels (kPanelsMax*d*W floats)
+  // stay in L1 while the block's residual rows stream from L2.
+  for (int64_t pg = 0; pg < np; pg += kPanelsMax) {
+    const int64_t P = (np - pg < kPanelsMax) ? np - pg : kPanelsMax;
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowsMax) {
+      const int64_t R = (rows - r0 < kRowsMax) ? rows - r0 : kRowsMax;
+      tab[(R - 1) * kPanelsMax + (P - 1)](a + r0 * d, d, d, panels + pg * ldb, ldb,
+                                          norms + pg * W, static_cast<int32_t>(pg * W),
+                                          out ? out + r0 * ldo + pg * W : nullptr, ldo,
+                                          minv ? minv + r0 * W : nullptr,
+                                          mini ? mini + r0 * W : nullptr);
+    }
+  }
+}
+
+// ------------------------------------------------------------ vector helpers
+inline float hsum(V v) { return Isa::hsum(v); }
+
+// dst = src - c (dst may alias src); returns ||dst||^2 (fp32).
+inline float sub_sqnorm(float* dst, const float* src, const float* c, int64_t d) {
+  V acc = Isa::zero();
+  int64_t j = 0;
+  for (; j + W <= d; j += W) {
+    const V r = Isa::sub(Isa::load(src + j), Isa::load(c + j));
+    Isa::store(dst + j, r);
+    acc = Isa::fmadd(r, r, acc);
+  }
+  float s = hsum(acc);
+  for (; j < d; ++j) {
+    const float r = src[j] - c[j];
+    dst[j] = r;
+    s += r * r;
+  }
+  return s;
+}
+
+inline float sqnorm(const float* v, int64_t d) {
+  V acc = Isa::zero();
+  int64_t j = 0;
+  for (; j + W <= d; j += W) {
+    const V r = Isa::load(v + j);
+    acc = Isa::fmadd(r, r, acc);
+  }
+  float s = hsum(acc);
+  for (; j < d; ++j) s += v[j] * v[j];
+  return s;
+}
+
+inline void copy_floats(float* dst, const float* src, int64_t cnt) {
+  for (int64_t j = 0; j < cnt; ++j) dst[j] = src[j];
+}
+
+// q = sum_l cb[off[l] + codes[l]] in level order.
+inline void sum_codewords(const Plan& p, const int32_t* code_row, float* q) {
+  const int64_t d = p.d;
+  const float* c0 = p.cb + (p.off[0] + code_row[0]) * d;
+  copy_floats(q, c0, d);
+  for (int64_t l = 1; l < p.levels; ++l) {
+    const float* c = p.cb + (p.off[l] + code_row[l]) * d;
+    int64_t j = 0;
+    for (; j + W <= d; j += W) Isa::store(q + j, Isa::add(Isa::load(q + j), Isa::load(c + j)));
+    for (; j < d; ++j) q[j] += c[j];
+  }
+}
+
+// ------------------------------------------------------------------- greedy
+// res = src - c, q = c (first level) or q + c; returns ||res||^2 (fp32).
+inline float sub_acc_sqnorm(float* res, const float* src, const float* c, float* q, bool first,
+                            int64_t d) {
+  V acc = Isa::zero();
+  int64_t j = 0;
+  for (; j + W <= d; j += W) {
+    const V cv = Isa::load(c + j);
+    const V r = Isa::sub(Isa::load(src + j), cv);
+    Isa::store(res + j, r);
+    Isa::store(q + j, first ? cv : Isa::add(Isa::load(q + j), cv));
+    acc = Isa::fmadd(r, r, acc);
+  }
+  float s = hsum(acc);
+  for (; j < d; ++j) {
+    const float r = src[j] - c[j];
+    res[j] = r;
+    q[j] = first ? c[j] : q[j] + c[j];
+    s += r * r;
+  }
+  return s;
+}
+
+inline void prefetch_row(const float* row, int64_t d) {
+  for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(row + j);
+}
+
+void block_greedy(const Plan& p, int64_t i0, int64_t m, float* scratch, const Scratch& S) {
+  const int64_t d = p.d, L = p.levels;
+  const float* x = p.x + i0 * d;
+  float* res = scratch + S.res[0];
+  float* qacc = scratch + S.qacc;  // the block's quantized rows, written out once at the end
+  float* minv = scratch + S.minv;
+  int32_t* mini = reinterpret_cast<int32_t*>(scratch + S.mini);
+  int32_t* codes = p.codes + i0 * L;
+  const V inf = Isa::set1(__builtin_inff());
+  const VI zi = Isa::iota(0);
+  constexpr int64_t kAhead = 4;  // codeword rows prefetched ahead of the residual update
+  for (int64_t l = 0; l < L; ++l) {
+    const float* src = (l == 0) ? x : res;  // level 0 reads the input rows in place
+    const int64_t pb = p.pofs[l], np = p.pofs[l + 1] - pb;
+    for (int64_t i = 0; i < m; ++i) {
+      Isa::store(minv + i * W, inf);
+      Isa::storei(mini + i * W, zi);  // any valid code: lanes beyond k_l hold +inf scores
+    }
+    level_scores<true>(src, m, d, p.panels + pb * d * W, p.pnorms + pb * W, np, nullptr, 0, minv,
+                       mini);
+    const float* cbl = p.cb + p.off[l] * d;
+    for (int64_t i = 0; i < m; ++i) {
+      // lowest index among the lanes holding the minimum (each lane already holds
+      // its own first minimum); branch-free but for the rare exact tie across lanes
+      const V mv = Isa::load(minv + i * W);
+      const int32_t* mi = mini + i * W;
+      unsigned mask = Isa::movemask(Isa::eq(mv, Isa::set1(Isa::hmin(mv))));
+      int32_t bk = mi[0];  // (no lane equal: NaN scores only; keep a valid code)
+      if (mask) {
+        bk = mi[__builtin_ctz(mask)];
+        for (mask &= mask - 1; mask; mask &= mask - 1) {
+          const int32_t k = mi[__builtin_ctz(mask)];
+          bk = k < bk ? k : bk;
+        }
+      }
+      codes[i * L + l] = bk;
+      if (i < kAhead) prefetch_row(cbl + bk * d, d);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      if (i + kAhead < m) prefetch_row(cbl + codes[(i + kAhead) * L + l] * d, d);
+      p.dist[(i0 + i) * L + l] = sub_acc_sqnorm(res + i * d, src + i * d,
+                                                cbl + codes[i * L + l] * d, qacc + i * d, l == 0, d);
+    }
+  }
+  copy_floats(p.q + i0 * d, qacc, m * d);  // the block's rows of q are contiguous
+}
+
+// -------------------------------------------------------------- beam search
+struct TopB {
+  float* s;
+  int32_t* b;
+  int32_t* k;
+  int64_t cap, cnt;
+  // Keep the best `cap` by (score, beam rank, code): candidates arrive in
+  // (beam rank, code) order, so a newcomer goes after every equal score.
+  inline void push(float sc, int32_t beam, int32_t code) {
+    int64_t j;
+    if (cnt < cap) {
+      j = cnt++;
+    } else {
+      if (!(sc < s[cap - 1])) return;
+      j = cap - 1;
+    }
+    while (j > 0 && s[j - 1] > sc) {
+      s[j] = s[j - 1];
+      b[j] = b[j - 1];
+      k[j] = k[j - 1];
+      --j;
+    }
+    s[j] = sc;
+    b[j] = beam;
+    k[j] = code;
+  }
+};
+
+// An upper bound on the cap-th best total score of one input row: the W lane
+// minima of its best beam's scores are W distinct candidates, so the cap-th
+// smallest of them (cap <= W) bounds the final cut. +inf when it cannot tell.
+inline float beam_bound(const float* srow, float rb, int64_t kl, int64_t cap) {
+  if (cap > W) return __builtin_inff();
+  V mn = Isa::load(srow);  // lanes >= kl hold +inf scores (zero-padded panels)
+  for (int64_t k0 = W; k0 < kl; k0 += W) mn = Isa::min(mn, Isa::load(srow + k0));
+  alignas(64) float t[W];
+  Isa::store(t, mn);
+  // partial selection sort: the cap smallest to the front
+  for (int64_t a = 0; a < cap; ++a) {
+    int64_t best = a;
+    for (int64_t c = a + 1; c < W; ++c)
+      if (t[c] < t[best]) best = c;
+    const float tmp = t[a];
+    t[a] = t[best];
+    t[best] = tmp;
+  }
+  return t[cap - 1] + rb;  // same fp sum as the candidates' totals (monotone rounding)
+}
+
+void block_beam(const Plan& p, int64_t i0, int64_t m, float* scratch, const Scratch& S) {
+  const int64_t d = p.d, L = p.levels;
+  int cur = 0;
+  int64_t nb = 1;
+  const float* x = p.x + i0 * d;
+  {
+    float* rn = scratch + S.rn[0];
+    for (int64_t i = 0; i < m; ++i) rn[i] = sqnorm(x + i * d, d);
+  }
+  float* scores = scratch + S.scores;
+  const int64_t ldo = p.kpad_max;
+  TopB top;
+  top.s = scratch + S.cand;
+  top.b = reinterpret_cast<int32_t*>(scratch + S.cand + p.bcap);
+  top.k = reinterpret_cast<int32_t*>(scratch + S.cand + 2 * p.bcap);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t pb = p.pofs[l], np = p.pofs[l + 1] - pb;
+    const int64_t kl = p.off[l + 1] - p.off[l];
+    const int64_t nbn = p.nbeams[l];
+    const float* res = (l == 0) ? x : scratch + S.res[cur];  // level 0 reads the input in place
+    const float* rn = scratch + S.rn[cur];
+    const int32_t* hc = reinterpret_cast<const int32_t*>(scratch + S.hc[cur]);
+    const float* hd = scratch + S.hd[cur];
+    float* res2 = scratch + S.res[cur ^ 1];
+    float* rn2 = scratch + S.rn[cur ^ 1];
+    int32_t* hc2 = reinterpret_cast<int32_t*>(scratch + S.hc[cur ^ 1]);
+    float* hd2 = scratch + S.hd[cur ^ 1];
+    level_scores<false>(res, m * nb, d, p.panels + pb * d * W, p.pnorms + pb * W, np, scores, ldo,
+                        nullptr, nullptr);
+    const float* cbl = p.cb + p.off[l] * d;
+    for (int64_t o = 0; o < m; ++o) {
+      top.cap = nbn;
+      top.cnt = 0;
+      // candidates above the bound can never make the cut: skip them unseen
+      const V bound = Isa::set1(beam_bound(scores + o * nb * ldo, rn[o * nb], kl, nbn));
+      for (int64_t bb = 0; bb < nb; ++bb) {
+        const int64_t row = o * nb + bb;
+        const float rb = rn[row];
+        const V rbv = Isa::set1(rb);
+        const float* srow = scores + row * ldo;
+        for (int64_t k0 = 0; k0 < kl; k0 += W) {
+          const V tot = Isa::add(Isa::load(srow + k0), rbv);
+          unsigned mask = Isa::movemask(Isa::le(tot, bound));
+          while (mask) {
+            const int t = __builtin_ctz(mask);
+            mask &= mask - 1;
+            const int64_t k = k0 + t;
+            if (k >= kl) break;
+            top.push(srow[k] + rb, static_cast<int32_t>(bb), static_cast<int32_t>(k));
+          }
+        }
+      }
+      // only NaN scores can leave the list short: keep every beam index valid anyway
+      for (int64_t j = top.cnt; j < nbn; ++j) {
+        top.s[j] = __builtin_inff();
+        top.b[j] = 0;
+        top.k[j] = 0;
+      }
+      // new beams of input row o, in rank order
+      for (int64_t j = 0; j < nbn; ++j) {
+        const int64_t parent = o * nb + top.b[j];
+        const int64_t dst = o * nbn + j;
+        rn2[dst] = sub_sqnorm(res2 + dst * d, res + parent * d, cbl + top.k[j] * d, d);
+        for (int64_t t = 0; t < l; ++t) {
+          hc2[dst * L + t] = hc[parent * L + t];
+          hd2[dst * L + t] = hd[parent * L + t];
+        }
+        hc2[dst * L + l] = top.k[j];
+        hd2[dst * L + l] = rn2[dst];
+      }
+    }
+    cur ^= 1;
+    nb = nbn;
+  }
+  const int32_t* hc = reinterpret_cast<const int32_t*>(scratch + S.hc[cur]);
+  const float* hd = scratch + S.hd[cur];
+  for (int64_t o = 0; o < m; ++o) {
+    const int64_t best = o * nb;  // rank 0
+    for (int64_t l = 0; l < L; ++l) {
+      p.codes[(i0 + o) * L + l] = hc[best * L + l];
+      p.dist[(i0 + o) * L + l] = hd[best * L + l];
+    }
+    sum_codewords(p, p.codes + (i0 + o) * L, p.q + (i0 + o) * d);
+  }
+}
+
+constexpr int64_t tile_rows() { return kRowsMax; }
+
+void block_impl(const Plan& p, int64_t i0, int64_t m, float* scratch) {
+  const Scratch S = pysid::rqcpu::rq_scratch_layout(p);
+  if (p.beam == 1)
+    block_greedy(p, i0, m, scratch, S);
+  else
+    block_beam(p, i0, m, scratch, S);
+}
+
+}  // namespace

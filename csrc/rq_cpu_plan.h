@@ -1,0 +1,83 @@
+// Shared, ISA-neutral description of one rq_encode_cpu call, passed from the
+// dispatcher (rq_cpu.cpp) to the per-ISA block kernels (rq_cpu_kernel.h
+// instantiated in rq_cpu.cpp / rq_cpu_avx2.cpp / rq_cpu_avx512.cpp).
+//
+// Only plain data and `static` functions live here: every translation unit
+// gets its own copy, so no inline function compiled with -mavx512f can be
+// picked by the linker for the scalar path (the classic multi-ISA ODR trap).
+#pragma once
+#include <cstdint>
+
+namespace pysid {
+namespace rqcpu {
+
+constexpr int64_t kAlign = 16;  // floats (64 bytes): every scratch sub-buffer starts on a cache line
+
+struct Plan {
+  // inputs / outputs of the call
+  const float* x;
+  int64_t n, d, levels;
+  const float* cb;       // [sum_k, d] row-major (original layout, used for residual updates)
+  const int64_t* off;    // [levels + 1]
+  float* q;
+  float* dist;
+  int32_t* codes;
+  // packed codebooks: level l owns panels pofs[l] .. pofs[l+1]-1; panel p is
+  // [d][W] floats at panels + p*d*W (lane t = code p_local*W + t of the level),
+  // its squared norms at pnorms + p*W (+inf for padding lanes).
+  const float* panels;
+  const float* pnorms;
+  const int64_t* pofs;   // [levels + 1]
+  int64_t W;             // panel width of the chosen ISA
+  int64_t kpad_max;      // max over levels of panels * W
+  // beam bookkeeping
+  int64_t beam;          // requested beam width (1 = greedy)
+  const int64_t* nbeams; // [levels]: live beams after level l = min(beam, nbeams[l-1] * k_l)
+  int64_t bcap;          // max live beams (nbeams[levels-1]); 1 for greedy
+  int64_t block_rows;    // input rows per block (a block = one unit of OpenMP work)
+};
+
+// Scratch layout of one thread (all sizes in 4-byte words, each rounded up to kAlign).
+struct Scratch {
+  int64_t res[2], rn[2], hc[2], hd[2], minv, mini, qacc, scores, cand, total;
+};
+
+static inline int64_t rq_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+static inline Scratch rq_scratch_layout(const Plan& p) {
+  Scratch s;
+  const int64_t T = p.block_rows * p.bcap;  // beam rows per block
+  int64_t o = 0;
+  const int nbuf = (p.beam > 1) ? 2 : 1;  // beam search double-buffers the beams' state
+  s.res[1] = s.rn[1] = s.hc[1] = s.hd[1] = 0;
+  for (int b = 0; b < nbuf; ++b) { s.res[b] = o; o += rq_round_up(T * p.d, kAlign); }
+  for (int b = 0; b < nbuf; ++b) { s.rn[b] = o; o += rq_round_up(T, kAlign); }
+  for (int b = 0; b < nbuf; ++b) { s.hc[b] = o; o += rq_round_up(T * p.levels, kAlign); }
+  for (int b = 0; b < nbuf; ++b) { s.hd[b] = o; o += rq_round_up(T * p.levels, kAlign); }
+  s.minv = o; o += rq_round_up(T * 16, kAlign);
+  s.mini = o; o += rq_round_up(T * 16, kAlign);
+  s.qacc = o; o += (p.beam == 1) ? rq_round_up(T * p.d, kAlign) : 0;
+  s.scores = o; o += (p.beam > 1) ? rq_round_up(T * p.kpad_max, kAlign) : 0;
+  s.cand = o; o += (p.beam > 1) ? rq_round_up(3 * T, kAlign) : 0;
+  s.total = o;
+  return s;
+}
+
+// Per-ISA block kernels: encode input rows [i0, i0 + m) with m <= plan.block_rows,
+// using `scratch` (rq_scratch_layout(plan).total words, 64-byte aligned).
+// rq_lanes_*: panel width W the kernel expects the codebooks packed with;
+// rq_tile_rows_*: rows of its register tile (block sizes are chosen as multiples).
+void rq_block_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch);
+int64_t rq_tile_rows_scalar();
+int64_t rq_lanes_scalar();
+#if defined(PYSID_X86)
+void rq_block_avx2(const Plan& plan, int64_t i0, int64_t m, float* scratch);
+void rq_block_avx512(const Plan& plan, int64_t i0, int64_t m, float* scratch);
+int64_t rq_tile_rows_avx2();
+int64_t rq_tile_rows_avx512();
+int64_t rq_lanes_avx2();
+int64_t rq_lanes_avx512();
+#endif
+
+}  // namespace rqcpu
+}  // namespace pysid
