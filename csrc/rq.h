@@ -18,6 +18,8 @@ enum Status : int {
 //                            offsets[l] .. offsets[l+1]-1 (k_l = offsets[l+1]-offsets[l] >= 1)
 //   offsets    [levels + 1]  int64, offsets[0] == 0
 //   beam_width >= 1          1: greedy; >1: keep the best beam_width partial encodings
+//                            (ties by score, beam rank, code); rows where the greedy
+//                            encoding ends strictly lower take it (never worse than greedy)
 // Outputs (fully written on kOk):
 //   quantized  [n, d]        float32: sum of the chosen codewords
 //   distances  [n, levels]   float32: ||x - sum_{j<=l} c_j||^2 after each level

@@ -120,20 +120,10 @@ constexpr int64_t kScoreBudget = 1 << 18;       // floats of beam score buffer p
 constexpr int64_t kResidualBudget = 1 << 19;    // floats of residuals per thread and buffer (2 MiB)
 constexpr double kParallelMinWork = 2.0e6;      // multiply-adds below which threads are not woken
 
-}  // namespace
-
-const char* cpu_isa() { return level_name(chosen_level()); }
-
-int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
-                  const int64_t* offsets, int64_t levels, int64_t beam_width, float* quantized,
-                  float* distances, int32_t* codes) {
+// Greedy (beam_width == 1) or pure beam search; inputs already checked.
+int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const int64_t* offsets,
+           int64_t levels, int64_t beam_width, float* quantized, float* distances, int32_t* codes) {
   using namespace rqcpu;
-  if (n < 0 || d < 1 || levels < 1 || beam_width < 1 || offsets == nullptr) return kBadArgument;
-  if (offsets[0] != 0) return kBadArgument;
-  for (int64_t l = 0; l < levels; ++l)
-    if (offsets[l + 1] <= offsets[l] || offsets[l + 1] - offsets[l] > INT32_MAX) return kBadArgument;
-  if (n == 0) return kOk;
-  if (!x || !codebooks || !quantized || !distances || !codes) return kBadArgument;
 
   const int level = chosen_level();
   void (*block_fn)(const Plan&, int64_t, int64_t, float*) = rq_block_scalar;
@@ -245,6 +235,49 @@ int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * rows;
       block_fn(plan, i0, (n - i0 < rows) ? n - i0 : rows, s);
+    }
+  }
+  return kOk;
+}
+
+}  // namespace
+
+const char* cpu_isa() { return level_name(chosen_level()); }
+
+int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
+                  const int64_t* offsets, int64_t levels, int64_t beam_width, float* quantized,
+                  float* distances, int32_t* codes) {
+  if (n < 0 || d < 1 || levels < 1 || beam_width < 1 || offsets == nullptr) return kBadArgument;
+  if (offsets[0] != 0) return kBadArgument;
+  for (int64_t l = 0; l < levels; ++l)
+    if (offsets[l + 1] <= offsets[l] || offsets[l + 1] - offsets[l] > INT32_MAX) return kBadArgument;
+  if (n == 0) return kOk;
+  if (!x || !codebooks || !quantized || !distances || !codes) return kBadArgument;
+  if (beam_width == 1)
+    return encode(x, n, d, codebooks, offsets, levels, 1, quantized, distances, codes);
+
+  // Beam search alone can end above the greedy encoding (e.g. when a later level has few
+  // codewords): encode greedily first (its quantized rows go to the output, overwritten by
+  // the beam pass), then keep the greedy codes wherever their final distance is strictly lower.
+  AlignedBuf greedy;
+  if (!greedy.alloc(static_cast<int64_t>(sizeof(float)) * 2 * n * levels)) return kOutOfMemory;
+  float* gdist = static_cast<float*>(greedy.p);
+  int32_t* gcodes = reinterpret_cast<int32_t*>(gdist + n * levels);
+  int status = encode(x, n, d, codebooks, offsets, levels, 1, quantized, gdist, gcodes);
+  if (status != kOk) return status;
+  status = encode(x, n, d, codebooks, offsets, levels, beam_width, quantized, distances, codes);
+  if (status != kOk) return status;
+  const int64_t L = levels;
+#pragma omp parallel for schedule(static) if (n > 4096)
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(gdist[i * L + L - 1] < distances[i * L + L - 1])) continue;
+    float* q = quantized + i * d;
+    for (int64_t j = 0; j < d; ++j) q[j] = 0.0f;
+    for (int64_t l = 0; l < L; ++l) {  // the sum of the chosen codewords, in level order
+      distances[i * L + l] = gdist[i * L + l];
+      codes[i * L + l] = gcodes[i * L + l];
+      const float* c = codebooks + (offsets[l] + gcodes[i * L + l]) * d;
+      for (int64_t j = 0; j < d; ++j) q[j] += c[j];
     }
   }
   return kOk;

@@ -148,6 +148,8 @@ def _run_cpu(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Ten
 
 
 def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    if beam_width > 1:
+        raise NotImplementedError("the CUDA kernel encodes greedily only: use backend 'triton' (or 'auto') for beam_width > 1")
     ext = _native.cuda()
     xc = x.contiguous()
     packed, offsets = _pack(cbs)
@@ -213,7 +215,7 @@ def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -
         q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
     else:
         q, dist, codes = _RUN[impl](x, codebooks, beam_width)
-        if beam_width > 1:  # never worse than greedy: the greedy pass costs ~1/B of the beam's
+        if beam_width > 1 and impl == "triton":  # the C++ kernel keeps greedy rows itself
             q, dist, codes = better_of((q, dist, codes), _RUN[impl](x, codebooks, 1))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
