@@ -10,7 +10,8 @@ from torch import Tensor
 
 def _scores(r: Tensor, c: Tensor) -> Tensor:
     """||c||^2 - 2 r.c for every (row of r, row of c): [..., K]. The ||r||^2 term is left out."""
-    return (c * c).sum(-1) - 2.0 * (r @ c.T)
+    flat = torch.addmm((c * c).sum(-1), r.reshape(-1, r.shape[-1]), c.T, alpha=-2.0)
+    return flat.reshape(*r.shape[:-1], c.shape[0])
 
 
 def residual_quantize_ref(
