@@ -169,11 +169,17 @@ def bench_one(M: int, args, rows: list) -> None:
     if transformers is not None and not args.no_hf:
         from pysid.integrations.transformers import TrieLogitsProcessor
 
-        def allowed(batch_id, sent):  # the usual callback, here backed by the trie
-            prefix = (sent[1:] - offs_t[: sent.shape[0] - 1]).view(1, -1)
-            t = prefix.shape[1]
-            ch, n = trie.children(prefix)
-            return (ch[0, : int(n[0])] + offs[t]).tolist()
+        # the usual callback: a dict from each valid prefix (as model tokens) to its allowed
+        # next tokens, built once outside the timed region
+        allowed_map: dict[tuple, list] = {}
+        for row in (codes + offs_t).tolist():
+            for t in range(L):
+                allowed_map.setdefault(tuple(row[:t]), []).append(row[t])
+        for key, toks in allowed_map.items():
+            allowed_map[key] = sorted(set(toks))
+
+        def allowed(batch_id, sent):
+            return allowed_map.get(tuple(sent[1:].tolist()), [])
 
         def hf(**kw):
             with torch.no_grad():
