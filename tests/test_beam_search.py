@@ -483,3 +483,70 @@ def test_triton_step_opcheck():
     with pysid.backend("triton"):
         torch.library.opcheck(torch.ops.pysid.constrained_beam_step, args)
         torch.library.opcheck(torch.ops.pysid.constrained_beam_step, args[:5] + (None,))
+
+
+# --------------------------------------------------------------------------- GPU (run only where CUDA exists)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class DeviceTableModel(TableModel):
+    """TableModel with its table on a device; pure tensor ops (CUDA-graph capturable)."""
+
+    def __init__(self, *args, device="cuda", **kw):
+        super().__init__(*args, **kw)
+        self.table = self.table.to(device)
+
+    def _hash(self, prefixes):
+        h = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
+        for i in range(prefixes.shape[1]):
+            h = (h * 31 + prefixes[:, i] + 7) % self.H
+        return h
+
+    def step(self, tokens, parent):
+        q = torch.arange(tokens.shape[0], device=tokens.device) // self.K
+        return self.logits(q, tokens)
+
+
+@requires_cuda
+@pytest.mark.parametrize("seed", range(3))
+def test_beam_search_cuda_matches_cpu(seed):
+    L, V, B, K = 3, 40, 8, 6
+    codes = random_catalogue(seed, L, [V] * L, 3000)
+    exclude = [[int(i) for i in torch.randint(0, codes.shape[0], (5,))] for _ in range(B)]
+    cpu = DeviceTableModel(seed, B, K, L, V, device="cpu", ties=seed == 1)
+    gpu = DeviceTableModel(seed, B, K, L, V, device="cuda", ties=seed == 1)
+    want = beam_search(cpu.step, Trie(codes), B, K, exclude=exclude)
+    trie = Trie(codes, device="cuda")
+    for name in ("auto", "triton"):
+        with pysid.backend(name):
+            got = beam_search(gpu.step, trie, B, K, exclude=exclude)
+        assert torch.equal(got.items.cpu(), want.items)
+        torch.testing.assert_close(got.scores.cpu(), want.scores, rtol=1e-5, atol=1e-5)
+        check_valid(tuple(t.cpu() for t in got), Trie(codes), codes, exclude)
+
+
+@requires_cuda
+def test_beam_search_cuda_graph_capture():
+    """The decode loop has fixed shapes and no host sync: it captures in a CUDA graph and
+    replays with new model inputs."""
+    L, V, B, K = 3, 64, 16, 8
+    codes = random_catalogue(7, L, [V] * L, 5000)
+    trie = Trie(codes, device="cuda")
+    model = DeviceTableModel(7, B, K, L, V, device="cuda")
+    eager = beam_search(model.step, trie, B, K)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (Triton compilation) outside the capture
+        beam_search(model.step, trie, B, K)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = beam_search(model.step, trie, B, K)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static.items, eager.items)
+    model.table.copy_(torch.randn_like(model.table))  # new inputs, same graph
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static.items, beam_search(model.step, trie, B, K).items)
