@@ -226,9 +226,9 @@ class Trie:
             raise ValueError(f"prefixes of length {t} are complete items: no children (L = {self.num_levels})")
         node = trie_walk(self.offsets, self.codes, p)
         off = self.offsets[t]  # index first, widen after: never copy a whole level
-        n = node.clamp_min(0)
+        n = node.clamp(0, off.numel() - 1)  # clamped so that a level with no nodes still indexes
         lo = off[n].long()
-        cnt = torch.where(node >= 0, off[n + 1].long() - lo, 0)
+        cnt = torch.where(node >= 0, off[(n + 1).clamp(max=off.numel() - 1)].long() - lo, 0)
         W = self.max_children[t]
         ar = torch.arange(W, device=self.device)
         valid = ar < cnt[:, None]
@@ -254,7 +254,8 @@ class Trie:
         lo, hi = nodes.long(), nodes.long() + 1
         for d in range(depth, self.num_levels):
             off = self.offsets[d]
-            lo, hi = off[lo].long(), off[hi].long()
+            last = off.numel() - 1  # ids past the level's end (e.g. an empty trie) get empty ranges
+            lo, hi = off[lo.clamp(0, last)].long(), off[hi.clamp(0, last)].long()
         return lo, hi
 
     def parents(self, depth: int, nodes: Tensor) -> Tensor:
@@ -286,5 +287,36 @@ class Trie:
             raise ValueError(f"{path} is not a saved pysid.Trie")
         if sd.get("version") != _VERSION:
             raise ValueError(f"{path}: unsupported pysid.Trie format version {sd.get('version')}")
+        _check_arrays(path, sd)
         t = cls._from_arrays(sd["offsets"], sd["codes"], sd["item_ids"], sd["vocab_sizes"])
         return t.to(device) if device is not None else t
+
+
+def _check_arrays(path, sd: dict) -> None:
+    """Structure of a loaded trie (the native walk trusts it): dtypes, CSR sizes, monotone
+    offsets, codes within the vocabulary. A corrupt file is an error, never a crash."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid pysid.Trie: {why}")
+
+    offsets, codes, ids, vocab = sd.get("offsets"), sd.get("codes"), sd.get("item_ids"), sd.get("vocab_sizes")
+    if not (isinstance(offsets, list) and isinstance(codes, list) and isinstance(ids, Tensor)):
+        raise bad("missing arrays")
+    if not (len(offsets) == len(codes) == len(vocab) >= 1):
+        raise bad("levels disagree")
+    if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64):
+        raise bad("item_ids must be a 1-D int32/int64 tensor")
+    code_dtype = codes[0].dtype if isinstance(codes[0], Tensor) else None
+    nodes = 1  # nodes at the current depth
+    for d, (off, cc) in enumerate(zip(offsets, codes)):
+        if not isinstance(off, Tensor) or off.dtype != torch.int32 or off.dim() != 1 or off.numel() != nodes + 1:
+            raise bad(f"offsets[{d}] must be int32 of length {nodes + 1}")
+        if not isinstance(cc, Tensor) or cc.dtype not in (torch.int16, torch.int32) or cc.dtype != code_dtype:
+            raise bad(f"codes[{d}] must be int16 or int32 like codes[0]")
+        if int(off[0]) != 0 or bool((off.diff() < 0).any()) or int(off[-1]) != cc.numel():
+            raise bad(f"offsets[{d}] must rise from 0 to len(codes[{d}])")
+        if cc.numel() and (int(cc.min()) < 0 or int(cc.max()) >= int(vocab[d])):
+            raise bad(f"codes[{d}] out of the vocabulary")
+        nodes = cc.numel()
+    if ids.numel() != nodes:
+        raise bad(f"{ids.numel()} item ids for {nodes} leaves")

@@ -550,3 +550,19 @@ def test_beam_search_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static.items, beam_search(model.step, trie, B, K).items)
+
+
+def test_banned_in_any_order_and_direct_op_dtypes():
+    trie = Trie(torch.tensor([[0, 0], [1, 0], [2, 0]]))
+    lp = torch.zeros(2, 3)
+    lp[0, 1] = 1.0
+    bs = torch.tensor([[0.0, NEG]])
+    nodes = torch.tensor([[0, -1]])
+    for banned in ([[2, 1, -1]], [[-1, 1, 2]], [[1, -1, 2]]):
+        s, p, t, n = constrained_beam_step(lp, bs, nodes, trie, 0, banned=torch.tensor(banned))
+        assert t.tolist() == [[0, -1]]
+    # the registered op normalises dtypes itself (a direct call must not misread memory)
+    want = torch.ops.pysid.constrained_beam_step(lp, bs, nodes, trie.offsets[0], trie.codes[0], None, -1)
+    got = torch.ops.pysid.constrained_beam_step(lp.double(), bs, nodes.int(), trie.offsets[0].long(), trie.codes[0], None, -1)
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)

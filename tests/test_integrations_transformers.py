@@ -89,3 +89,20 @@ def test_processor_bad_input():
     assert torch.isfinite(done).sum() == 2 and (done[:, 0] == 0).all()
     with pytest.raises(ValueError, match="prompt_length"):
         proc(torch.ones(2, 1, dtype=torch.long), scores)
+
+
+def test_processor_restarts_on_a_new_generate():
+    """Without prompt_length, a call that does not extend the last one starts a new generate."""
+    trie = Trie(torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    proc = TrieLogitsProcessor(trie, 10)
+    vocab = 20
+
+    def allowed(ids):
+        out = proc(ids, torch.zeros(ids.shape[0], vocab))
+        return set(torch.isfinite(out[0]).nonzero().flatten().tolist())
+
+    assert allowed(torch.zeros(2, 4, dtype=torch.long)) == {10, 13}  # prompt of 4: level 0
+    assert allowed(torch.tensor([[0, 0, 0, 0, 10]] * 2)) == {11}
+    assert allowed(torch.tensor([[0, 0, 0, 0, 10, 11]] * 2)) == {12}
+    assert allowed(torch.zeros(2, 8, dtype=torch.long)) == {10, 13}  # longer prompt: restarts
+    assert allowed(torch.zeros(3, 9, dtype=torch.long)) == {10, 13}  # other batch: restarts

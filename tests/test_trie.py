@@ -173,3 +173,33 @@ def test_native_backend_is_used():
     off, cc, perm = build_trie_ref(codes)
     assert all(torch.equal(a.long(), b) for a, b in zip(t.offsets, off))
     assert torch.equal(t.item_ids.long(), perm)
+
+
+def test_empty_catalogue_children_and_search():
+    t = Trie(torch.zeros(0, 3, dtype=torch.long))
+    codes, counts = t.children([[0]])
+    assert codes.shape == (1, 0) and counts.tolist() == [0]
+    f = lambda tokens, parent: torch.zeros(tokens.shape[0], 4)  # noqa: E731
+    for name in ("auto", "reference"):
+        with pysid.backend(name):
+            out = pysid.beam_search(f, t, 2, 3, exclude=[[1], [2]])
+        assert (out.items == -1).all()
+
+
+def test_load_rejects_corrupt_files(tmp_path):
+    t = Trie(torch.tensor([[0, 1], [0, 2], [3, 1]]))
+    good = tmp_path / "t.pt"
+    t.save(good)
+    sd = torch.load(good, weights_only=True)
+    sd["offsets"][1][1] = 10**9  # would make the native walk read out of bounds
+    torch.save(sd, tmp_path / "bad1.pt")
+    sd = torch.load(good, weights_only=True)
+    sd["offsets"] = [o.long() for o in sd["offsets"]]  # wrong dtype: would be misread
+    torch.save(sd, tmp_path / "bad2.pt")
+    sd = torch.load(good, weights_only=True)
+    sd["item_ids"] = sd["item_ids"][:2]
+    torch.save(sd, tmp_path / "bad3.pt")
+    for name in ("bad1.pt", "bad2.pt", "bad3.pt"):
+        with pytest.raises(ValueError, match="not a valid pysid.Trie"):
+            Trie.load(tmp_path / name)
+    assert torch.equal(Trie.load(good).lookup(torch.tensor([[3, 1]])), torch.tensor([2]))

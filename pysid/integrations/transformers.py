@@ -37,8 +37,11 @@ class TrieLogitsProcessor(_Base):  # type: ignore[misc, valid-type]
         token_offset: token id of code 0 of each level: an int (the same for every level) or
             one int per level. Code c of level t is token ``token_offset[t] + c``.
         prompt_length: number of tokens before the Semantic ID in ``input_ids`` (the prompt,
-            or 1 for an encoder-decoder's decoder start token). None: taken from the first call
-            of each ``generate`` (a call with a shorter sequence than the last one starts anew).
+            or 1 for an encoder-decoder's decoder start token). None: inferred - a call that is
+            not one token longer than the previous call, or has another number of rows, starts a
+            new ``generate``. The inference cannot tell a new prompt that happens to be exactly
+            one token longer than the last sequence of the same batch size: pass
+            ``prompt_length`` or call :meth:`reset` between ``generate`` calls when reusing it.
         eos_token_id: once the L codes are out, only this token is allowed (None: leave the
             scores unchanged after the last level).
 
@@ -70,20 +73,22 @@ class TrieLogitsProcessor(_Base):  # type: ignore[misc, valid-type]
         self.eos_token_id = eos_token_id
         self._start: Optional[int] = None
         self._last = -1
+        self._rows = -1
         self._offs = torch.tensor(offs, dtype=torch.long)
 
     def reset(self) -> None:
         """Forget the inferred prompt length (when ``prompt_length`` is None)."""
-        self._start, self._last = None, -1
+        self._start, self._last, self._rows = None, -1, -1
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         cur = input_ids.shape[1]
         if self.prompt_length is not None:
             start = self.prompt_length
         else:
-            if self._start is None or cur <= self._last:
+            # a new generate(): not the next length of the last call, or another batch
+            if self._start is None or cur != self._last + 1 or input_ids.shape[0] != self._rows:
                 self._start = cur
-            self._last = cur
+            self._last, self._rows = cur, input_ids.shape[0]
             start = self._start
         t = cur - start
         if t < 0:

@@ -171,6 +171,13 @@ def _beam_step_op(
         return s.float(), p, t, n
     if impl == "triton":
         return _run_triton(logprobs, beam_scores, nodes, offsets, child_codes, banned, max_children)
+    # the C++ kernel reads raw memory: normalise dtypes and layout (also for direct op calls)
+    logprobs, beam_scores, nodes = logprobs.float(), beam_scores.float().contiguous(), nodes.long().contiguous()
+    offsets = offsets.to(torch.int32).contiguous()
+    if child_codes.dtype not in (torch.int16, torch.int32):
+        child_codes = child_codes.to(torch.int32)
+    child_codes = child_codes.contiguous()
+    banned = None if banned is None else banned.long().contiguous()
     B, K = beam_scores.shape
     V = logprobs.shape[1]
     out_s = torch.empty(B, K, dtype=torch.float32)
@@ -210,9 +217,9 @@ def constrained_beam_step(
                      level 0: node 0 (the root).
         trie:        the :class:`pysid.Trie`.
         level:       0 <= level < trie.num_levels.
-        banned:      optional [B, E] int64, per query ascending node ids at depth level+1
-                     never to choose (values that are not such ids are ignored, so pad
-                     with -1 at the front). Built by :func:`pysid.beam_search` from ``exclude``.
+        banned:      optional [B, E] integer, per query node ids at depth level+1 never to
+                     choose, in any order (values that are not such ids, e.g. -1 padding, are
+                     ignored). Built by :func:`pysid.beam_search` from ``exclude``.
 
     Returns (scores [B, K] float32, parent [B, K] int64, token [B, K] int64, node [B, K] int64):
     the exact top-K over all valid children of all live beams, scores = beam score +
@@ -254,7 +261,7 @@ def constrained_beam_step(
             raise ValueError(f"banned must be a [B={B}, E] int64 tensor")
         if banned.device != trie.device:
             raise ValueError(f"banned is on {banned.device} but the trie is on {trie.device}")
-        banned = banned.long().contiguous()
+        banned = torch.sort(banned.long(), dim=1).values.contiguous()  # the kernels need ascending rows
     return torch.ops.pysid.constrained_beam_step(
         logprobs, beam_scores.float().contiguous(), nodes.long().contiguous(),
         trie.offsets[level], trie.codes[level], banned, trie.max_children[level],

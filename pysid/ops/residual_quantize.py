@@ -5,7 +5,8 @@ Backends (chosen here and nowhere else, see ``pysid._backend``):
 ========== ==================================== =====================================
 backend    CPU tensors                          CUDA tensors
 ========== ==================================== =====================================
-auto       C++ kernel (``pysid._C``)            Triton kernel, else CUDA kernel
+auto       C++ kernel (``pysid._C``)            Triton kernel (beam <= 16), else CUDA
+                                                kernel (greedy), else the reference
 reference  ``pysid.reference`` (PyTorch)        ``pysid.reference`` (PyTorch)
 native     C++ kernel                           CUDA kernel (``pysid._cuda``)
 cpu        C++ kernel                           error
@@ -176,7 +177,10 @@ def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, 
     return residual_quantize_triton(x.contiguous(), packed, offsets, beam_width)
 
 
-def _select(x: Tensor) -> str:
+_TRITON_MAX_BEAM = 16  # the Triton beam kernel keeps the beams on chip
+
+
+def _select(x: Tensor, beam_width: int) -> str:
     """The concrete implementation for this input under the backend in force."""
     name = _backend.get_backend()
     kernel_dtype = x.dtype in _KERNEL_DTYPES
@@ -187,10 +191,10 @@ def _select(x: Tensor) -> str:
     if x.is_cuda:
         if name == "cpu":
             raise RuntimeError("backend 'cpu' was forced but x is a CUDA tensor")
-        if name == "auto":
-            if _native.has_triton():
+        if name == "auto":  # no GPU kernel for beams wider than 16: the reference runs them
+            if _native.has_triton() and beam_width <= _TRITON_MAX_BEAM:
                 return "triton"
-            return "cuda" if _native.has_cuda() else "reference"
+            return "cuda" if _native.has_cuda() and beam_width == 1 else "reference"
         return "cuda" if name == "native" else name
     if x.device.type != "cpu":
         if name == "auto":
@@ -210,7 +214,7 @@ _RUN = {"cpu": _run_cpu, "cuda": _run_cuda, "triton": _run_triton}
 @torch.library.custom_op("pysid::residual_quantize", mutates_args=())
 def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
     _check_inputs(x, codebooks, beam_width)
-    impl = _select(x)
+    impl = _select(x, beam_width)
     if impl == "reference":
         q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
     else:
@@ -268,8 +272,9 @@ def _backward(ctx, grad_q: Tensor | None, grad_dist: Tensor | None, _grad_codes)
         if not ctx.needs_input_grad[1] or g_rows[level] is None:
             grad_cbs.append(None)
             continue
-        g = torch.zeros(c.shape, dtype=g_rows[level].dtype, device=c.device)
-        g.index_add_(0, codes[:, level].long(), g_rows[level])
+        acc = torch.promote_types(c.dtype, torch.float32)  # sums over many rows: never in half
+        g = torch.zeros(c.shape, dtype=acc, device=c.device)
+        g.index_add_(0, codes[:, level].long(), g_rows[level].to(acc))
         grad_cbs.append(g.to(c.dtype))
     if gx is not None:
         gx = gx.to(x.dtype)
@@ -312,7 +317,11 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
     """
     cbs = _as_list(codebooks)
     _check_inputs(x, cbs, beam_width)
-    q, dist, codes = _residual_quantize_op(x, cbs, beam_width)
+    # a beam wider than every possible tuple changes nothing: cap it (also keeps it an int64)
+    tuples = 1
+    for c in cbs:
+        tuples = min(tuples * c.shape[0], beam_width)
+    q, dist, codes = _residual_quantize_op(x, cbs, min(beam_width, tuples))
     return ResidualQuantizeOutput(q, dist, codes)
 
 

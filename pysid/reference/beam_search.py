@@ -113,9 +113,9 @@ def constrained_beam_step_ref(
     if torch.isnan(beam_scores[live]).any():
         raise ValueError("NaN beam score on a live beam")
     live &= beam_scores > float("-inf")
-    n = nodes.clamp_min(0)
+    n = nodes.clamp(0, offsets.numel() - 1)  # a level with no nodes has offsets [0]
     lo = offsets[n].long()
-    cnt = torch.where(live, offsets[n + 1].long() - lo, 0)
+    cnt = torch.where(live, offsets[(n + 1).clamp(max=offsets.numel() - 1)].long() - lo, 0)
     W = int(cnt.max()) if cnt.numel() else 0
     neg = torch.full((B, K), float("-inf"), dtype=logprobs.dtype, device=dev)
     minus = torch.full((B, K), -1, dtype=torch.long, device=dev)
