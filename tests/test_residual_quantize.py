@@ -397,10 +397,11 @@ def test_bad_beam_width(beam):
         pysid.residual_quantize(x, cbs, beam_width=beam)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu"])
+@pytest.mark.parametrize("impl", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("where", ["x_nan", "x_inf", "cb_nan", "cb_inf"])
 def test_non_finite_is_an_error(impl, where):
-    x, cbs = make_problem(15, 10, 5, [4, 4])
+    device = (TRITON or ["cpu"])[0] if impl == "triton" else "cpu"
+    x, cbs = make_problem(15, 10, 5, [4, 4], device=device)
     if where.startswith("x"):
         x[3, 1] = float("nan") if where == "x_nan" else float("inf")
         match = r"x has NaN/Inf .*rows \[3\]"
