@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bind_status.h"
 #include "rq.h"
 
 namespace py = pybind11;
@@ -14,16 +15,6 @@ namespace {
 
 template <typename T>
 T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
-void check(int status, const char* what) {
-  if (status == pysid::kOk) return;
-  std::string msg = std::string("pysid native ") + what + " failed: ";
-  switch (status) {
-    case pysid::kBadArgument: msg += "bad argument"; throw std::invalid_argument(msg);
-    case pysid::kOutOfMemory: msg += "out of memory"; throw std::runtime_error(msg);
-    default: msg += "status " + std::to_string(status); throw std::runtime_error(msg);
-  }
-}
 
 }  // namespace
 
@@ -43,7 +34,7 @@ PYBIND11_MODULE(_C, m) {
                                         ptr<float>(quantized), ptr<float>(distances),
                                         ptr<int32_t>(codes));
         }
-        check(status, "rq_encode");
+        pysid::raise_for_status(status, "rq_encode");
       },
       py::arg("x"), py::arg("n"), py::arg("d"), py::arg("codebooks"), py::arg("offsets"),
       py::arg("levels"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),

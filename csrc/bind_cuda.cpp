@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "bind_status.h"
 #include "rq.h"
 #include "cuda/rq_cuda.h"
 
@@ -28,8 +29,7 @@ PYBIND11_MODULE(_cuda, m) {
               reinterpret_cast<float*>(quantized), reinterpret_cast<float*>(distances),
               reinterpret_cast<int32_t*>(codes), stream);
         }
-        if (status == pysid::kBadArgument) throw std::invalid_argument("pysid CUDA rq_encode: bad argument");
-        if (status != pysid::kOk) throw std::runtime_error("pysid CUDA rq_encode failed: status " + std::to_string(status));
+        pysid::raise_for_status(status, "CUDA rq_encode");
       },
       py::arg("x"), py::arg("x_dtype"), py::arg("n"), py::arg("d"), py::arg("codebooks"),
       py::arg("offsets"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bind_status.h"
 #include "trie.h"
 
 namespace py = pybind11;
@@ -17,22 +18,6 @@ namespace {
 
 template <typename T>
 T* tptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
-void check_trie(int status, const char* what) {
-  if (status == pysid::kOk) return;
-  std::string msg = std::string("pysid native ") + what + " failed: ";
-  switch (status) {
-    case pysid::kBadArgument: msg += "bad argument"; throw std::invalid_argument(msg);
-    case pysid::kOutOfMemory: msg += "out of memory"; throw std::runtime_error(msg);
-    case pysid::kNonFinite:
-      msg += "NaN in the log-probs or beam scores of a live beam";
-      throw std::invalid_argument(msg);
-    case pysid::kBadNode:
-      msg += "a node id is out of range for this level";
-      throw std::invalid_argument(msg);
-    default: msg += "status " + std::to_string(status); throw std::runtime_error(msg);
-  }
-}
 
 }  // namespace
 
@@ -50,7 +35,7 @@ void pysid_bind_trie(py::module_& m) {
                                         tptr<const int64_t>(vocab), tptr<int64_t>(perm),
                                         tptr<int8_t>(lcp), dup);
         }
-        if (status != pysid::kDuplicateCodes) check_trie(status, "trie_sort");
+        if (status != pysid::kDuplicateCodes) pysid::raise_for_status(status, "trie_sort");
         return py::make_tuple(status, dup[0], dup[1]);
       },
       py::arg("codes"), py::arg("M"), py::arg("L"), py::arg("vocab"), py::arg("perm"),
@@ -76,7 +61,7 @@ void pysid_bind_trie(py::module_& m) {
                                         tptr<const int64_t>(perm), tptr<const int8_t>(lcp),
                                         off.data(), cc.data(), code_bytes);
         }
-        check_trie(status, "trie_fill");
+        pysid::raise_for_status(status, "trie_fill");
       },
       py::arg("codes"), py::arg("M"), py::arg("L"), py::arg("perm"), py::arg("lcp"),
       py::arg("offsets"), py::arg("child_codes"), py::arg("code_bytes"));
@@ -98,7 +83,7 @@ void pysid_bind_trie(py::module_& m) {
           status = pysid::trie_walk_cpu(tptr<const int64_t>(prefixes), N, t, stride, off.data(),
                                         cc.data(), code_bytes, tptr<int64_t>(nodes));
         }
-        check_trie(status, "trie_walk");
+        pysid::raise_for_status(status, "trie_walk");
       },
       py::arg("prefixes"), py::arg("N"), py::arg("t"), py::arg("stride"), py::arg("offsets"),
       py::arg("child_codes"), py::arg("code_bytes"), py::arg("nodes"));
@@ -119,7 +104,7 @@ void pysid_bind_trie(py::module_& m) {
               banned ? tptr<const int64_t>(banned) : nullptr, E, tptr<float>(out_scores),
               tptr<int64_t>(out_parent), tptr<int64_t>(out_token), tptr<int64_t>(out_node));
         }
-        check_trie(status, "beam_step");
+        pysid::raise_for_status(status, "beam_step");
       },
       py::arg("logprobs"), py::arg("lp_stride"), py::arg("V"), py::arg("beam_scores"),
       py::arg("nodes"), py::arg("B"), py::arg("K"), py::arg("offsets"), py::arg("n_nodes"),
