@@ -56,18 +56,26 @@ def catalogue(M: int, base: int, levels: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([c, dis[:, None]], 1)
 
 
-class Timed:
-    """Accumulates the time spent inside a module's forward (hooks)."""
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
-    def __init__(self, model):
+
+class Timed:
+    """Accumulates the time spent inside a module's forward (hooks; synchronises on CUDA)."""
+
+    def __init__(self, model, device="cpu"):
         self.total = 0.0
+        self.device = device
         model.register_forward_pre_hook(self._pre)
         model.register_forward_hook(self._post)
 
     def _pre(self, *a):
+        _sync(self.device)
         self._t0 = time.perf_counter()
 
     def _post(self, *a):
+        _sync(self.device)
         self.total += time.perf_counter() - self._t0
 
 
@@ -104,8 +112,10 @@ def run(fn, reps: int, timer: Timed):
     walls, searches, out = [], [], None
     for _ in range(reps):
         timer.total = 0.0
+        _sync(timer.device)
         t0 = time.perf_counter()
         out = fn()
+        _sync(timer.device)
         w = time.perf_counter() - t0
         walls.append(w * 1e3)
         searches.append((w - timer.total) * 1e3)
@@ -114,23 +124,28 @@ def run(fn, reps: int, timer: Timed):
 
 def bench_one(M: int, args, rows: list) -> None:
     L = args.levels + 1
+    dev = args.device
     codes = catalogue(M, args.base, args.levels)
+    Trie(codes.to(dev))  # warm-up (CUDA context, kernels)
+    _sync(dev)
     t0 = time.perf_counter()
-    trie = Trie(codes)
+    trie = Trie(codes.to(dev))
+    _sync(dev)
     build_s = time.perf_counter() - t0
     with pysid.backend("reference"):
         t0 = time.perf_counter()
-        Trie(codes)
+        Trie(codes.to(dev))
+        _sync(dev)
         build_ref_s = time.perf_counter() - t0
     Vl = list(trie.vocab_sizes)
     offs = [1 + sum(Vl[:t]) for t in range(L)]
     vocab = 1 + sum(Vl)
-    model = make_model(vocab) if transformers is not None else TinyLM(vocab)
-    timer = Timed(model)
+    model = (make_model(vocab) if transformers is not None else TinyLM(vocab)).to(dev)
+    timer = Timed(model, dev)
     B, K = args.batch, args.beam
     g = torch.Generator().manual_seed(1)
-    prompt = torch.randint(1, vocab, (B, 1), generator=g)
-    offs_t = torch.tensor(offs)
+    prompt = torch.randint(1, vocab, (B, 1), generator=g).to(dev)
+    offs_t = torch.tensor(offs, device=dev)
     rep_prompt = prompt.repeat_interleave(K, 0)
 
     @torch.no_grad()
@@ -141,11 +156,11 @@ def bench_one(M: int, args, rows: list) -> None:
         return logits[:, offs[t] : offs[t] + Vl[t]]
 
     def unconstrained():
-        scores = torch.full((B, K), float("-inf"))
+        scores = torch.full((B, K), float("-inf"), device=dev)
         scores[:, 0] = 0
-        seqs = torch.zeros(B, K, 0, dtype=torch.long)
+        seqs = torch.zeros(B, K, 0, dtype=torch.long, device=dev)
         parent = None
-        base = torch.arange(B)[:, None] * K
+        base = torch.arange(B, device=dev)[:, None] * K
         for t in range(L):
             lp = torch.log_softmax(step_fn(seqs.reshape(B * K, t), parent).float(), -1)
             v = lp.shape[1]
@@ -172,7 +187,7 @@ def bench_one(M: int, args, rows: list) -> None:
         # the usual callback: a dict from each valid prefix (as model tokens) to its allowed
         # next tokens, built once outside the timed region
         allowed_map: dict[tuple, list] = {}
-        for row in (codes + offs_t).tolist():
+        for row in (codes + offs_t.cpu()).tolist():
             for t in range(L):
                 allowed_map.setdefault(tuple(row[:t]), []).append(row[t])
         for key, toks in allowed_map.items():
@@ -196,7 +211,7 @@ def bench_one(M: int, args, rows: list) -> None:
         if name == "unconstrained":
             base_search = search
         invalid = int((items < 0).sum())
-        row = dict(items=M, method=name, batch=B, beam=K, wall_ms=wall, search_ms=search,
+        row = dict(items=M, method=name, device=dev, batch=B, beam=K, wall_ms=wall, search_ms=search,
                    search_vs_unconstrained=search / base_search, invalid_items=invalid, **common)
         rows.append(row)
         print(f"{M:>9} {name:<15} {wall:9.2f} {search:10.2f} {search / base_search:8.2f}x {invalid:8d} "
@@ -214,6 +229,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers generate rows")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (CI smoke)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (model, trie and search on that device)")
     ap.add_argument("--out", default="bench/results/beam_search.json")
     args = ap.parse_args()
     if args.quick:
@@ -230,6 +246,7 @@ def main() -> None:
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
         transformers=getattr(transformers, "__version__", None), machine=platform.machine(),
+        gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         processor=platform.processor(), cpu_count=os.cpu_count(),
         loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None,
         cpu_isa=pysid._native.cpu().cpu_isa() if pysid._native.has_cpu() else None,

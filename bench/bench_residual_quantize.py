@@ -100,8 +100,20 @@ def pysid_row(name: str, backend: str, x, cb, beam: int, repeat: int) -> dict[st
         t = time_fn(run, device=str(x.device), repeat=repeat)
     except (RuntimeError, NotImplementedError, ValueError) as e:
         return {"method": name, "beam": beam, "note": f"failed: {e}"}
-    out = run()
-    return {"method": name, "beam": beam, "seconds": t, "distortion": out.distances[:, -1].mean().item(), "codes": out.codes.long().cpu()}
+    extra: dict[str, Any] = {}
+    if x.is_cuda:  # peak memory of one call above what it returns: shows no N x K matrix is allocated
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = run()
+        torch.cuda.synchronize()
+        held = sum(t.numel() * t.element_size() for t in (out.quantized, out.distances, out.codes))
+        extra["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base - held) / 2**20
+        extra["n_by_k_fp32_mb"] = x.shape[0] * cb.shape[1] * 4 / 2**20
+    else:
+        out = run()
+    return {"method": name, "beam": beam, "seconds": t, "distortion": out.distances[:, -1].mean().item(),
+            "codes": out.codes.long().cpu(), **extra}
 
 
 def bench_case(n: int, d: int, k: int, levels: int, device: str, repeat: int, peers: bool) -> list[dict[str, Any]]:
@@ -177,7 +189,7 @@ def main() -> None:
     for n, d, k, levels in cases:
         rows += bench_case(n, d, k, levels, device, repeat, peers=not args.no_peers)
     print()
-    print_table(rows, ["n", "d", "k", "levels", "method", "seconds", "vs_eager", "distortion", "same_codes", "note"])
+    print_table(rows, ["n", "d", "k", "levels", "method", "seconds", "vs_eager", "distortion", "same_codes", "peak_extra_mb", "note"])
     write_json(args.out, {"benchmark": "residual_quantize", "env": environment(), "args": vars(args), "rows": rows})
 
 

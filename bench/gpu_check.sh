@@ -1,23 +1,57 @@
 #!/usr/bin/env bash
-# One prepared GPU run: build pysid with CUDA, run the whole test suite (GPU tests
-# included), run the GPU benchmarks, write logs and JSON to OUTDIR, print a summary.
-#   bench/gpu_check.sh OUTDIR
-# Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc, scikit-build-core,
-# pybind11, cmake, ninja); installs nothing from the network.
+# One prepared GPU run: build pysid with CUDA, measure the card's ceilings, run the test
+# suite (GPU tests included), run the GPU benchmarks; logs and JSON go to OUTDIR and a
+# short summary is printed last. With TAR_TO=FILE, OUTDIR is also packed into FILE after
+# every stage.
+#   bench/gpu_check.sh OUTDIR [STAGES]
+# STAGES: space-separated subset of "build ceilings tests bench_rq bench_beam bench_kmeans"
+# (default: all). Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
+# scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
+# Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
 set -uo pipefail
-OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
+OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
+STAGES=${2:-"build ceilings tests bench_rq bench_beam bench_kmeans"}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+export PYTHONUNBUFFERED=1
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check: no CUDA GPU is visible to torch on this machine; nothing to do" >&2
   exit 2
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-t0=$(date +%s)
-PYSID_CUDA=ON pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { echo "build failed:"; tail -40 "$OUT/build.log"; exit 3; }
-echo "build: $(( $(date +%s) - t0 )) s"
-timeout 480 pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
-echo "pytest: $(tail -1 "$OUT/pytest.log")"
-python bench/bench_residual_quantize.py --gpu --out "$OUT/bench_residual_quantize.json" > "$OUT/bench.log" 2>&1 \
-  || echo "bench_residual_quantize failed (see bench.log)"
-tail -20 "$OUT/bench.log"
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+summary=()
+stage() {  # stage NAME TIMEOUT CMD...: run with a time limit, log to OUT/NAME.log
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-13s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(tail -1 "$OUT/$name.log" | cut -c1-90)")")
+  printf '%s\n' "${summary[@]}" > "$OUT/summary.txt"
+  [ -n "${TAR_TO:-}" ] && tar czf "$TAR_TO" -C "$OUT" .  # one file back from the device, even if killed later
+  return $rc
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt" 2>&1
+if ls .whl/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > "$OUT/peers.log" 2>&1 \
+    && export PYTHONPATH=/tmp/site
+fi
+if has build; then
+  PYSID_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    stage build 240 $PY -m pip install --no-build-isolation --no-deps -e . \
+    || { echo "build failed:"; tail -40 "$OUT/build.log"; exit 3; }
+fi
+$PY -c "from pysid import _native; print('cpu', _native.has_cpu(), 'cuda', _native.has_cuda(), 'triton', _native.has_triton())" >> "$OUT/gpu.txt" 2>&1
+has ceilings && stage ceilings 60 $PY bench/gpu_ceilings.py --out "$OUT/ceilings.json"
+has tests && stage tests "${TEST_TIMEOUT:-200}" $PY -m pytest -q -p no:cacheprovider -n 8 ${TEST_ARGS:-tests}
+has bench_rq && stage bench_rq 180 $PY bench/bench_residual_quantize.py --gpu --out "$OUT/bench_rq.json"
+has bench_beam && stage bench_beam 150 $PY bench/bench_beam_search.py --device cuda --out "$OUT/bench_beam.json"
+has bench_kmeans && [ -f bench/bench_kmeans.py ] && stage bench_kmeans 300 $PY bench/bench_kmeans.py --gpu --out "$OUT/bench_kmeans.json"
+echo "=== $(head -2 "$OUT/gpu.txt" | tail -1)"
+for f in "$OUT"/*.log; do
+  case $f in *tests.log) grep -E "FAILED|ERROR|passed|failed" "$f" | tail -25;; esac
+done
+for f in bench_rq bench_beam bench_kmeans; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; tail -22 "$OUT/$f.log"; }; done
+[ -f "$OUT/ceilings.json" ] && cat "$OUT/ceilings.json"
+printf '%s\n' "${summary[@]}"
