@@ -1,0 +1,376 @@
+"""Triton kernels for k-means: the Lloyd update (per-cluster sums) and k-means++ candidate scoring.
+
+Imports only torch and triton; knows nothing of autograd or of the rest of pysid.
+
+Entry points: :func:`kmeans_update_triton`, :func:`kmeanspp_candidates_triton`.
+
+Both are deterministic: no float atomics; every sum is taken in an order fixed by the
+inputs and the launch configuration, so two runs give bit-identical results.
+
+Update (sort-based segmented sum, two launches after ``torch.sort``):
+
+* ``sorted_codes, order = torch.sort(codes, stable=True)`` and
+  ``offs = searchsorted(sorted_codes, 0..k)`` give each cluster's range ``[offs[c], offs[c+1])``
+  of sorted positions; ``x`` is never permuted (rows are gathered through ``order``).
+* Pass 1, grid ``(#chunks, #D-blocks)``: the sorted positions are cut into chunks of
+  ``CHUNK`` rows, so every program has the same number of rows whatever the cluster
+  sizes (one huge cluster is spread over many programs). A program walks the clusters
+  present in its chunk (``sorted_codes[first] .. sorted_codes[last]``) and, for each,
+  sums its rows in tiles of ``BLOCK_R`` gathered rows into a [BLOCK_R, BLOCK_D] float32
+  tile that is reduced over rows at the end. The partial of (cluster c, chunk j) goes
+  to slot ``c + j`` of a scratch buffer: along the sorted order each new (cluster, chunk)
+  piece increases c or j, so ``c + j`` is unique per piece, and cluster c's pieces are
+  the consecutive slots ``c + offs[c] // CHUNK .. c + (offs[c+1] - 1) // CHUNK`` - no scan
+  and no host sync are needed to lay the segments out.
+* Pass 2, grid ``(k, #D-blocks)``: cluster c adds its slots in ascending order (its size / CHUNK
+  + 1 at most) and writes ``sums[c]`` and ``counts[c]`` (empty clusters: zeros).
+* sm_90 (BLOCK_R=32, BLOCK_D=256, 8 warps, D a multiple of 16): 64 registers, no spills;
+  each gathered row is read as contiguous 512-byte (fp32) warp segments. Other D: scalar
+  loads, BLOCK_R=16, 74 registers.
+
+k-means++ candidates (one streaming pass over x; launches: pad of the candidates, kernel, ``sum``):
+
+* Program = ``BLOCK_N`` rows x all ``T`` candidates (padded with zero candidates to ``TP``, a
+  power of two); loop over D in slices of ``BLOCK_D`` columns with the next slice of x
+  prefetched: ``diff = x[:, None, :] - cand[:, :, None]`` on a [BLOCK_D, TP, BLOCK_N] register
+  tile, ``acc3 += diff * diff`` (float32, from the difference - never via norms), and one
+  register-local sum over the BLOCK_D phases after the loop.
+* Writes ``dist[rows, :T]`` and a per-program float64 partial of
+  ``sum_i w_i * min(mind_i, dist_it)`` to ``partial[pid, :T]``; ``pot = partial.sum(0)``.
+* sm_90 (fp32/bf16 x, default blocks, 4 warps): no spills; 64-96 registers for T <= 32
+  (168 at T = 64; up to ~160 when D is not a multiple of 16); ~80% of the loop's
+  instructions are the FADD + FFMA pair per element.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["kmeans_update_triton", "kmeanspp_candidates_triton"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_MAX_T = 64
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _num_sms(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return 4
+
+
+# --------------------------------------------------------------------------- update: pass 1
+@triton.jit
+def _kmeans_chunk_kernel(
+    x_ptr, w_ptr, order_ptr, scode_ptr, offs_ptr, psum_ptr, pcnt_ptr,
+    N, D, stride_xm, stride_xd, CHUNK,
+    HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Partial sums of every (cluster, chunk) piece of chunk j = program_id(0), D-block program_id(1)."""
+    j = tl.program_id(0)
+    db = tl.program_id(1)
+    p0 = j * CHUNK
+    p1 = tl.minimum(p0 + CHUNK, N)
+    c_first = tl.load(scode_ptr + p0)
+    c_last = tl.load(scode_ptr + p1 - 1)
+    cols = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    xcol = cols.to(tl.int64) * stride_xd
+    rr = tl.arange(0, BLOCK_R)
+    for c in range(c_first, c_last + 1):
+        a = tl.maximum(tl.load(offs_ptr + c), p0)
+        b = tl.minimum(tl.load(offs_ptr + c + 1), p1)
+        acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+        wacc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for r0 in range(a, b, BLOCK_R):
+            pos = r0 + rr
+            pm = pos < b
+            idx = tl.load(order_ptr + pos, mask=pm, other=0).to(tl.int64)
+            xv = tl.load(x_ptr + idx[:, None] * stride_xm + xcol[None, :], mask=pm[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            if HAS_W:
+                wv = tl.load(w_ptr + idx, mask=pm, other=0.0)
+                acc += xv * wv[:, None]
+                wacc += wv
+            else:
+                acc += xv
+        # an empty cluster between c_first and c_last has no piece here (a >= b): nothing written
+        slot = (c + j).to(tl.int64)
+        tl.store(psum_ptr + slot * D + cols, tl.sum(acc, 0), mask=cmask & (a < b))
+        if HAS_W:
+            tl.store(pcnt_ptr + slot, tl.sum(wacc, 0), mask=(a < b) & (db == 0))
+
+
+# --------------------------------------------------------------------------- update: pass 2
+@triton.jit
+def _kmeans_reduce_kernel(
+    psum_ptr, pcnt_ptr, offs_ptr, sums_ptr, counts_ptr,
+    D, CHUNK,
+    HAS_W: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """sums[c] = sum of cluster c's slots in ascending order; counts[c] likewise (or the row count)."""
+    c = tl.program_id(0)
+    db = tl.program_id(1)
+    a = tl.load(offs_ptr + c)
+    b = tl.load(offs_ptr + c + 1)
+    j0 = a // CHUNK
+    j1 = tl.where(b > a, (b - 1) // CHUNK + 1, j0)  # chunks j0 .. j1-1 hold the cluster's rows
+    cols = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    wsum = tl.zeros([], dtype=tl.float32)
+    for j in range(j0, j1):
+        slot = (c + j).to(tl.int64)
+        acc += tl.load(psum_ptr + slot * D + cols, mask=cmask, other=0.0)
+        if HAS_W:
+            wsum += tl.load(pcnt_ptr + slot)
+    tl.store(sums_ptr + c.to(tl.int64) * D + cols, acc, mask=cmask)
+    if db == 0:
+        if HAS_W:
+            tl.store(counts_ptr + c, wsum)
+        else:
+            tl.store(counts_ptr + c, (b - a).to(tl.float32))
+
+
+def _check_x(x: torch.Tensor) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"x must be [N, D], got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+
+
+def _check_weights(weights: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    if weights is None:
+        return None
+    if weights.shape != (x.shape[0],) or weights.device != x.device:
+        raise ValueError(f"weights must be [N={x.shape[0]}] on {x.device}, "
+                         f"got {tuple(weights.shape)} on {weights.device}")
+    return weights.to(torch.float32).contiguous()
+
+
+def kmeans_update_triton(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    weights: Optional[torch.Tensor],
+    k: int,
+    *,
+    block_r: Optional[int] = None,
+    block_d: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+    num_warps: Optional[int] = None,
+    num_stages: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster weighted sums and weights of the rows of x (the Lloyd update), deterministic.
+
+    Args:
+        x: [N, D] float32, float16 or bfloat16 (any strides).
+        codes: [N] int32 (int64 accepted), every value in [0, k) (not checked here).
+        weights: None (all 1) or [N] float32.
+        k: number of clusters (>= 1).
+        block_r, block_d, chunk_rows, num_warps, num_stages: override the launch heuristic
+            (tuning and tests). The result is bit-reproducible for a given configuration.
+
+    Returns:
+        sums [k, D] float32: ``sums[c] = sum_{i: codes[i] == c} w_i * x_i`` (float32 accumulation),
+        counts [k] float32: ``counts[c] = sum_{i: codes[i] == c} w_i``.
+        Empty clusters get zeros.
+    """
+    _check_x(x)
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n, d = x.shape
+    if codes.shape != (n,) or codes.device != x.device:
+        raise ValueError(f"codes must be [N={n}] on {x.device}, got {tuple(codes.shape)} on {codes.device}")
+    if codes.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"codes must be int32 or int64, got {codes.dtype}")
+    w = _check_weights(weights, x)
+    dev = x.device
+    sums = torch.empty((k, d), dtype=torch.float32, device=dev)
+    counts = torch.empty((k,), dtype=torch.float32, device=dev)
+    if n == 0 or d == 0:
+        sums.zero_()
+        if n == 0:
+            counts.zero_()
+            return sums, counts
+    if n >= 2**31:
+        raise ValueError("the Triton k-means update needs N < 2^31")
+
+    sorted_codes, order = torch.sort(codes, stable=True)
+    bounds = torch.arange(k + 1, dtype=codes.dtype, device=dev)
+    offs = torch.searchsorted(sorted_codes, bounds, out_int32=True)  # [k+1]: cluster c is offs[c]..offs[c+1]-1
+
+    dp = _next_pow2(max(d, 1))
+    if _INTERPRET:
+        br, bd, chunk, nw, ns = 64, min(dp, 256), 256, 4, 1
+    else:
+        bd = min(dp, 256)
+        br = 32 if bd >= 128 else 64
+        nw = 8 if bd >= 256 else 4
+        # Triton vectorises the row loads only when it can prove 16-element alignment (D and the
+        # row stride multiples of 16); scalar loads hold a 64-bit address per element: fewer rows
+        # per tile keep that at ~74 registers instead of ~200 (sm_90)
+        if not (d % 16 == 0 and x.stride(0) % 16 == 0 and x.stride(1) == 1 and x.data_ptr() % 16 == 0):
+            br //= 2
+        ns = 2
+        # enough equal chunks for ~8 programs per SM, >= 4 row tiles each, at most 2048 rows
+        target = n // (8 * _num_sms(dev))
+        chunk = max(4 * br, min(2048, 1 << max(0, target.bit_length() - 1)))
+    br = block_r or br
+    bd = block_d or bd
+    chunk = chunk_rows or chunk
+    nw = num_warps or nw
+    ns = num_stages or ns
+    nchunks = triton.cdiv(n, chunk)
+    ndb = triton.cdiv(max(d, 1), bd)
+    has_w = w is not None
+
+    psum = torch.empty((k + nchunks, max(d, 1)), dtype=torch.float32, device=dev)  # slot c + j
+    pcnt = torch.empty((k + nchunks,), dtype=torch.float32, device=dev) if has_w else psum
+    wt = w if has_w else psum
+    if d > 0:
+        _kmeans_chunk_kernel[(nchunks, ndb)](
+            x, wt, order, sorted_codes, offs, psum, pcnt,
+            n, d, x.stride(0), x.stride(1), chunk,
+            HAS_W=has_w, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, num_stages=ns,
+        )
+    elif has_w:  # D == 0: only the counts are needed; pass 1 still provides the weight sums
+        _kmeans_chunk_kernel[(nchunks, 1)](
+            x, wt, order, sorted_codes, offs, psum, pcnt,
+            n, 0, 0, 0, chunk,
+            HAS_W=True, BLOCK_R=br, BLOCK_D=16, num_warps=nw, num_stages=ns,
+        )
+    bd2 = min(dp, 1024)
+    _kmeans_reduce_kernel[(k, triton.cdiv(max(d, 1), bd2))](
+        psum, pcnt, offs, sums, counts, d, chunk,
+        HAS_W=has_w, BLOCK_D=bd2, num_warps=4 if bd2 >= 512 else 1,
+    )
+    return sums, counts
+
+
+# --------------------------------------------------------------------------- k-means++ candidates
+@triton.jit
+def _kmeanspp_kernel(
+    x_ptr, candt_ptr, mind_ptr, w_ptr, dist_ptr, part_ptr,
+    N, D, T, stride_xm, stride_xd,
+    HAS_W: tl.constexpr, TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dist[rows, :T] and the program's float64 partial pot sums for BLOCK_N rows.
+
+    The work is laid out as [BLOCK_D, TP, BLOCK_N] (columns, candidates, rows): Triton's default
+    layout puts the threads on the last (row) dimension, so a thread holds BLOCK_N / #threads rows
+    x TP candidates x BLOCK_D columns of accumulators in registers: each x value (coalesced load,
+    transposed through shared memory by Triton) is reused TP times, each candidate value
+    BLOCK_N / #threads times, and the loop body is one FADD + one FFMA per element (the sum over
+    the BLOCK_D column phases is taken once, after the loop, in registers)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    tt = tl.arange(0, TP)
+    tmask = tt < T
+    dd = tl.arange(0, BLOCK_D)
+    acc3 = tl.zeros([BLOCK_D, TP, BLOCK_N], dtype=tl.float32)
+    x_rows = x_ptr + rows64[None, :] * stride_xm
+    xv = tl.load(x_rows + dd[:, None].to(tl.int64) * stride_xd, mask=rmask[None, :] & (dd < D)[:, None],
+                 other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_N]
+    for d0 in range(0, D, BLOCK_D):
+        # prefetch the next column slice (fully masked - no traffic - after the last one): a
+        # program keeps two slices in flight, which the memory system needs at this tile size
+        ncols = d0 + BLOCK_D + dd
+        xn = tl.load(x_rows + ncols[:, None].to(tl.int64) * stride_xd, mask=rmask[None, :] & (ncols < D)[:, None],
+                     other=0.0).to(tl.float32)
+        cols = d0 + dd
+        # candidates transposed and zero-padded to [D, TP] on the host: vector loads, no masks on t
+        cv = tl.load(candt_ptr + cols[:, None] * TP + tt[None, :], mask=(cols < D)[:, None], other=0.0)
+        diff = xv[:, None, :] - cv[:, :, None]  # [BLOCK_D, TP, BLOCK_N]; padded columns: 0 - 0
+        acc3 += diff * diff  # one FADD + one FFMA per (column, candidate, row)
+        xv = xn
+    acc = tl.sum(acc3, 0)  # register-local
+    tl.store(dist_ptr + rows64[None, :] * T + tt[:, None], acc, mask=rmask[None, :] & tmask[:, None])
+    md = tl.load(mind_ptr + rows, mask=rmask, other=0.0)
+    m = tl.minimum(acc, md[None, :])
+    if HAS_W:
+        wv = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+        m = m * wv[None, :]
+    m = tl.where(rmask[None, :], m, 0.0)
+    part = tl.sum(m.to(tl.float64), 1)  # [TP]
+    tl.store(part_ptr + pid.to(tl.int64) * T + tt, part, mask=tmask)
+
+
+def kmeanspp_candidates_triton(
+    x: torch.Tensor,
+    cand: torch.Tensor,
+    mind: torch.Tensor,
+    weights: Optional[torch.Tensor],
+    *,
+    block_n: Optional[int] = None,
+    block_d: Optional[int] = None,
+    num_warps: Optional[int] = None,
+    num_stages: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Score T k-means++ candidate centres against every row in one pass over x, deterministic.
+
+    Args:
+        x: [N, D] float32, float16 or bfloat16 (any strides).
+        cand: [T, D] float32, 1 <= T <= 64.
+        mind: [N] float32, current squared distance of each row to its nearest chosen centre
+            (+inf before the first centre).
+        weights: None (all 1) or [N] float32.
+        block_n, block_d, num_warps, num_stages: override the launch heuristic (tuning, tests).
+
+    Returns:
+        dist [N, T] float32: ``dist[i, t] = sum_d (x[i, d] - cand[t, d])^2``, float32 from the difference,
+        pot [T] float64: ``pot[t] = sum_i w_i * min(mind[i], dist[i, t])`` (float64 partials per program,
+        summed by torch in a fixed order).
+    """
+    _check_x(x)
+    n, d = x.shape
+    if cand.dim() != 2 or cand.shape[1] != d or cand.device != x.device:
+        raise ValueError(f"cand must be [T, D={d}] on {x.device}, got {tuple(cand.shape)} on {cand.device}")
+    t = cand.shape[0]
+    if not 1 <= t <= _MAX_T:
+        raise ValueError(f"the number of candidates must be in [1, {_MAX_T}], got {t}")
+    if mind.shape != (n,) or mind.device != x.device:
+        raise ValueError(f"mind must be [N={n}] on {x.device}, got {tuple(mind.shape)} on {mind.device}")
+    cand = cand.to(torch.float32)
+    mind = mind.to(torch.float32).contiguous()
+    w = _check_weights(weights, x)
+    dev = x.device
+    dist = torch.empty((n, t), dtype=torch.float32, device=dev)
+    if n == 0:
+        return dist, torch.zeros((t,), dtype=torch.float64, device=dev)
+    tp = _next_pow2(t)
+    if _INTERPRET:
+        bn = max(16, min(256, _next_pow2(n)))
+        bd = min(_next_pow2(max(d, 1)), 64)
+        nw, ns = 4, 1
+    else:
+        nw = 4
+        r = 2 if tp <= 8 else 1  # rows per thread
+        bn = 32 * nw * r
+        # <= 64 accumulator registers per thread (<= 100 registers in all: ~5 programs per SM)
+        bd = max(1, min(8 if tp <= 2 else 4, 64 // (tp * r)))
+        ns = 3
+    bn = block_n or bn
+    bd = block_d or bd
+    nw = num_warps or nw
+    ns = num_stages or ns
+    # candidates as [D, TP], zero-padded: the kernel loads a column slice of all of them as vectors
+    candt = torch.nn.functional.pad(cand.t(), (0, tp - t)).contiguous()
+    nprog = triton.cdiv(n, bn)
+    part = torch.empty((nprog, t), dtype=torch.float64, device=dev)
+    _kmeanspp_kernel[(nprog,)](
+        x, candt, mind, w if w is not None else mind, dist, part,
+        n, d, t, x.stride(0), x.stride(1),
+        HAS_W=w is not None, TP=tp, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, num_stages=ns,
+    )
+    return dist, part.sum(0)

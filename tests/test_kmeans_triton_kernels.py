@@ -1,0 +1,335 @@
+"""Triton k-means kernels (pysid.kernels.kmeans) against float64 torch on random shapes.
+
+Runs in the Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1 without a GPU) and
+on CUDA where there is one. Outputs and scratch buffers are poisoned (torch.empty returns
+NaN-filled tensors) so an entry the kernels fail to write shows up as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import requires_cuda, triton_devices
+
+TRITON = triton_devices()
+pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
+DEV = TRITON[0] if TRITON else "cpu"
+
+if TRITON:
+    from pysid.kernels.kmeans import kmeans_update_triton, kmeanspp_candidates_triton
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """torch.empty returns NaN-filled float tensors (and -7-filled integer ones) for the test's duration."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        t.fill_(float("nan") if t.is_floating_point() else -7)
+        return t
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_x(n, d, dtype, seed, device=DEV):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, d, generator=g) * 3 + 1).to(dtype)
+    return x.to(device)
+
+
+def update_ref(x, codes, weights, k):
+    """float64 sums / counts, and the per-cluster sum of |w x| that bounds the float32 error."""
+    xd = x.double().cpu()
+    w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else weights.double().cpu()
+    idx = codes.long().cpu()
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, idx, xd * w[:, None])
+    mag = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, idx, (xd * w[:, None]).abs())
+    counts = torch.zeros(k, dtype=torch.float64).index_add_(0, idx, w)
+    return sums, counts, mag
+
+
+def check_update(x, codes, weights, k, **cfg):
+    sums, counts = kmeans_update_triton(x, codes, weights, k, **cfg)
+    assert sums.shape == (k, x.shape[1]) and sums.dtype == torch.float32 and sums.device == x.device
+    assert counts.shape == (k,) and counts.dtype == torch.float32
+    assert not torch.isnan(sums).any() and not torch.isnan(counts).any(), "unwritten outputs"
+    rs, rc, mag = update_ref(x, codes, weights, k)
+    # float32 error bound for sums of depth <= 256 (row tile loop + tile reduction + chunk slots:
+    # < 150 for every configuration used here); tight enough that one missing row shows
+    rel = 2.0**-16
+    assert ((sums.double().cpu() - rs).abs() <= rel * mag + 1e-30).all(), (sums.double().cpu() - rs).abs().max()
+    assert ((counts.double().cpu() - rc).abs() <= rel * rc.abs() + 1e-30).all()
+    if weights is None:
+        assert torch.equal(counts.cpu(), rc.float()), "unweighted counts are exact"
+    used = torch.zeros(k, dtype=torch.bool)
+    used[codes.long().cpu()] = True
+    assert (sums.cpu()[~used] == 0).all() and (counts.cpu()[~used] == 0).all(), "empty clusters must be zero"
+    again = kmeans_update_triton(x, codes, weights, k, **cfg)
+    assert torch.equal(sums, again[0]) and torch.equal(counts, again[1]), "not deterministic"
+    return sums, counts
+
+
+# small blocks and chunks: clusters spread over several chunks, several D-blocks, partial tiles
+SMALL = dict(block_r=4, block_d=16, chunk_rows=8)
+
+
+# --------------------------------------------------------------------------- update
+
+
+@pytest.mark.parametrize(
+    "n,d,k,used,dtype,weighted,cfg",
+    [
+        (1, 1, 1, 1, torch.float32, False, {}),
+        (37, 3, 5, 5, torch.float32, True, {}),
+        (101, 17, 40, 13, torch.float32, False, SMALL),
+        (101, 17, 40, 13, torch.float32, True, SMALL),
+        (77, 130, 9, 6, torch.float32, True, dict(block_r=8, block_d=64, chunk_rows=16)),
+        (63, 33, 7, 3, torch.float16, True, SMALL),
+        (63, 33, 7, 7, torch.bfloat16, False, {}),
+        (90, 5, 130, 60, torch.float32, True, dict(block_r=8, chunk_rows=16)),  # k > N
+    ],
+)
+def test_update_matches_float64(poisoned, n, d, k, used, dtype, weighted, cfg):
+    x = make_x(n, d, dtype, seed=n * 1000 + d)
+    g = torch.Generator().manual_seed(d)
+    pool = torch.randperm(k, generator=g)[:used]  # k larger than the number of used codes: empty clusters
+    codes = pool[torch.randint(0, used, (n,), generator=g)].to(torch.int32).to(DEV)
+    w = (torch.rand(n, generator=g) * 2).to(DEV) if weighted else None
+    check_update(x, codes, w, k, **cfg)
+
+
+def test_update_skewed_clusters(poisoned):
+    """One cluster holding most rows (spread over many chunks) beside single-row clusters, unsorted codes."""
+    n, d, k = 150, 10, 12
+    x = make_x(n, d, torch.float32, seed=5)
+    codes = torch.full((n,), 7, dtype=torch.int32)
+    codes[::37] = torch.arange(len(codes[::37]), dtype=torch.int32)  # a few tiny clusters
+    codes[-1] = k - 1
+    codes = codes.to(DEV)
+    w = torch.rand(n).to(DEV)
+    check_update(x, codes, None, k, block_r=4, chunk_rows=16)
+    check_update(x, codes, w, k, block_r=4, chunk_rows=16)
+    check_update(x, codes, w, k)
+
+
+def test_update_int64_codes_and_strided_x(poisoned):
+    n, d, k = 45, 9, 6
+    base = make_x(n, 2 * d, torch.float32, seed=3)
+    x = base[:, ::2]  # non-contiguous rows and columns
+    codes = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(1)).to(DEV)
+    check_update(x, codes, None, k, block_r=4, chunk_rows=8)
+    s1, c1 = kmeans_update_triton(x, codes, None, k)
+    s2, c2 = kmeans_update_triton(x.contiguous(), codes.to(torch.int32), None, k)
+    assert torch.equal(s1, s2) and torch.equal(c1, c2)
+
+
+def test_update_empty_input(poisoned):
+    x = torch.zeros(0, 4, device=DEV)
+    codes = torch.zeros(0, dtype=torch.int32, device=DEV)
+    sums, counts = kmeans_update_triton(x, codes, None, 3)
+    assert sums.shape == (3, 4) and (sums == 0).all() and (counts == 0).all()
+
+
+def test_update_rejects_bad_arguments():
+    x = make_x(4, 2, torch.float32, seed=0)
+    codes = torch.zeros(4, dtype=torch.int32, device=DEV)
+    with pytest.raises(ValueError):
+        kmeans_update_triton(x, codes, None, 0)
+    with pytest.raises(ValueError):
+        kmeans_update_triton(x, codes[:3], None, 2)
+    with pytest.raises(TypeError):
+        kmeans_update_triton(x.double(), codes, None, 2)
+
+
+# --------------------------------------------------------------------------- k-means++ candidates
+
+
+def kpp_ref(x, cand, mind, weights):
+    xd, cd = x.double().cpu(), cand.double().cpu()
+    dist = torch.stack([((xd - c) ** 2).sum(1) for c in cd], 1)  # [N, T], no [N, T, D] temporary
+    w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else weights.double().cpu()
+    pot = (w[:, None] * torch.minimum(mind.double().cpu()[:, None], dist)).sum(0)
+    return dist, pot
+
+
+@pytest.mark.parametrize(
+    "n,d,t,dtype,weighted,cfg",
+    [
+        (1, 1, 1, torch.float32, False, {}),
+        (53, 3, 7, torch.float32, True, {}),
+        (97, 17, 64, torch.float32, False, {}),
+        (97, 17, 64, torch.float32, True, dict(block_n=16, block_d=4)),
+        (41, 130, 7, torch.float32, True, dict(block_n=16, block_d=8)),
+        (300, 130, 1, torch.float32, False, {}),
+        (33, 20, 5, torch.float16, True, {}),
+        (33, 20, 16, torch.bfloat16, False, dict(block_n=16, block_d=8)),
+    ],
+)
+def test_candidates_match_float64(poisoned, n, d, t, dtype, weighted, cfg):
+    g = torch.Generator().manual_seed(n + d + t)
+    x = make_x(n, d, dtype, seed=n + 7 * d)
+    cand = (torch.randn(t, d, generator=g) * 3 + 1).to(DEV)
+    mind = (torch.rand(n, generator=g) * 4 * d).to(DEV)
+    mind[::3] = float("inf")  # rows with no centre yet
+    w = (torch.rand(n, generator=g) * 2).to(DEV) if weighted else None
+    dist, pot = kmeanspp_candidates_triton(x, cand, mind, w, **cfg)
+    assert dist.shape == (n, t) and dist.dtype == torch.float32 and dist.device == x.device
+    assert pot.shape == (t,) and pot.dtype == torch.float64
+    assert not torch.isnan(dist).any() and not torch.isnan(pot).any(), "unwritten outputs"
+    rd, rp = kpp_ref(x, cand, mind, w)
+    # float32 sum of d squared differences, each exact to 1 ulp: relative error <= ~d ulp
+    assert ((dist.double().cpu() - rd).abs() <= (d + 2) * 2.0**-23 * rd + 1e-30).all()
+    assert torch.allclose(pot.cpu(), rp, rtol=(d + 2) * 2.0**-23, atol=0)
+    again = kmeanspp_candidates_triton(x, cand, mind, w, **cfg)
+    assert torch.equal(dist, again[0]) and torch.equal(pot, again[1]), "not deterministic"
+
+
+def test_candidates_exact_hits_and_zero_weights(poisoned):
+    """A candidate equal to a row gives distance exactly 0; zero weights drop rows from the potential."""
+    n, d = 20, 6
+    x = make_x(n, d, torch.float32, seed=11)
+    cand = x[[3, 3, 17]].clone()
+    mind = torch.full((n,), float("inf"), device=DEV)
+    w = torch.ones(n, device=DEV)
+    w[5:] = 0
+    dist, pot = kmeanspp_candidates_triton(x, cand, mind, w)
+    assert dist[3, 0] == 0 and dist[3, 1] == 0 and dist[17, 2] == 0
+    rd, rp = kpp_ref(x, cand, mind, w)
+    assert torch.allclose(pot.cpu(), rp, rtol=1e-6)
+    assert torch.equal(dist[:, 0], dist[:, 1])
+
+
+def test_candidates_strided_x(poisoned):
+    n, d, t = 30, 5, 3
+    base = make_x(n, 3 * d, torch.float32, seed=2)
+    x = base[:, ::3]
+    cand = torch.randn(t, d).to(DEV)
+    mind = torch.rand(n).to(DEV) * 10
+    dist, pot = kmeanspp_candidates_triton(x, cand, mind, None)
+    d2, p2 = kmeanspp_candidates_triton(x.contiguous(), cand, mind, None)
+    assert torch.equal(dist, d2) and torch.equal(pot, p2)
+
+
+def test_candidates_reject_bad_arguments():
+    x = make_x(4, 2, torch.float32, seed=0)
+    mind = torch.zeros(4, device=DEV)
+    with pytest.raises(ValueError):
+        kmeanspp_candidates_triton(x, torch.zeros(65, 2, device=DEV), mind, None)
+    with pytest.raises(ValueError):
+        kmeanspp_candidates_triton(x, torch.zeros(0, 2, device=DEV), mind, None)
+    with pytest.raises(ValueError):
+        kmeanspp_candidates_triton(x, torch.zeros(3, 3, device=DEV), mind, None)
+
+
+# --------------------------------------------------------------------------- GPU sizes (CUDA only)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [256, 4096])
+def test_gpu_update_goal_shapes(poisoned, k, dtype):
+    n, d = (1 << 16) + 3, 256
+    x = make_x(n, d, dtype, seed=k, device="cuda")
+    g = torch.Generator().manual_seed(k)
+    # skewed sizes: a quarter of the rows in cluster 0
+    codes = torch.randint(0, k, (n,), generator=g)
+    codes[: n // 4] = 0
+    codes = codes[torch.randperm(n, generator=g)].to(torch.int32).cuda()
+    w = torch.rand(n, generator=g).cuda()
+    for weights in (None, w):
+        check_update(x, codes, weights, k)
+
+
+@requires_cuda
+@pytest.mark.parametrize("t", [1, 8, 17, 64])
+def test_gpu_candidates_goal_shapes(poisoned, t):
+    n, d = (1 << 15) + 5, 256
+    x = make_x(n, d, torch.float32, seed=t, device="cuda")
+    cand = x[torch.randperm(n)[:t].cuda()] + 0.01
+    mind = torch.rand(n, device="cuda") * 2 * d
+    dist, pot = kmeanspp_candidates_triton(x, cand, mind, None)
+    rd, rp = kpp_ref(x, cand, mind, None)
+    assert ((dist.double().cpu() - rd).abs() <= (d + 2) * 2.0**-23 * rd + 1e-30).all()
+    assert torch.allclose(pot.cpu(), rp, rtol=1e-5)
+    again = kmeanspp_candidates_triton(x, cand, mind, None)
+    assert torch.equal(dist, again[0]) and torch.equal(pot, again[1])
+    assert math.isfinite(float(pot.sum()))
+
+
+# --------------------------------------------------------------------------- sm_90 compilation (no GPU needed)
+
+_SM90_SCRIPT = r"""
+import importlib.util, json, os, re, shutil, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+spec = importlib.util.spec_from_file_location("_kmeans_sm90", sys.argv[1])
+km = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(km)
+tool_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+cuobjdump = shutil.which("cuobjdump", path=tool_dir) or shutil.which("cuobjdump")
+if cuobjdump is None:
+    print(json.dumps(None))
+    sys.exit(0)
+
+def resources(fn, signature, constexprs, num_warps):
+    # as a launch on contiguous x with D = 256 specialises: stride_xd == 1 becomes a constant,
+    # pointers and D, stride_xm (multiples of 16) get the divisibility attribute
+    constexprs = dict(constexprs, stride_xd=1)
+    signature = {k: v for k, v in signature.items() if k != "stride_xd"}
+    sig = dict(signature, **{name: "constexpr" for name in constexprs})
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+             for a, v in signature.items() if v.startswith("*") or a in ("D", "stride_xm")}
+    kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
+    return [int(m.group(1)), int(m.group(2))]
+
+i32, f32 = "i32", "*fp32"
+res = {}
+chunk_sig = {"x_ptr": f32, "w_ptr": f32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
+             "psum_ptr": f32, "pcnt_ptr": f32, "N": i32, "D": i32, "stride_xm": i32, "stride_xd": i32, "CHUNK": i32}
+res["update"] = resources(km._kmeans_chunk_kernel, chunk_sig, {"HAS_W": True, "BLOCK_R": 32, "BLOCK_D": 256}, 8)
+kpp_sig = {"x_ptr": f32, "candt_ptr": f32, "mind_ptr": f32, "w_ptr": f32, "dist_ptr": f32, "part_ptr": "*fp64",
+           "N": i32, "D": i32, "T": i32, "stride_xm": i32, "stride_xd": i32}
+for tp, bn, bd in [(8, 256, 4), (64, 128, 1)]:
+    consts = {"HAS_W": True, "TP": tp, "BLOCK_N": bn, "BLOCK_D": bd}
+    res[f"kpp{tp}"] = resources(km._kmeanspp_kernel, kpp_sig, consts, 4)
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="compile-only check for machines without a GPU")
+def test_sm90_compiles_without_spills():
+    """The kernels compile for sm_90 (Hopper) at their default GPU blocks, with no spills (in a
+    subprocess: Triton cannot compile kernels in a process that runs its interpreter)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import pysid.kernels.kmeans as module
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _SM90_SCRIPT, module.__file__], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res is None:
+        pytest.skip("cuobjdump not found")
+    assert res["update"][1] == 0 and res["update"][0] <= 128, res
+    assert res["kpp8"][1] == 0 and res["kpp8"][0] <= 128, res
+    assert res["kpp64"][1] == 0, res
