@@ -10,6 +10,7 @@
 namespace py = pybind11;
 
 void pysid_bind_trie(pybind11::module_& m);  // bind_trie.cpp
+void pysid_bind_kmeans(pybind11::module_& m);  // bind_kmeans.cpp
 
 namespace {
 
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("levels"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),
       py::arg("codes"));
   pysid_bind_trie(m);
+  pysid_bind_kmeans(m);
 }

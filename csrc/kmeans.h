@@ -1,0 +1,66 @@
+// pysid native kernels: the two passes over the data that k-means needs on the
+// CPU (issue 3). No torch headers: raw pointers and sizes only. The binding
+// (bind_kmeans.cpp) validates shapes, dtypes and contiguity and allocates the
+// outputs; these functions trust their inputs except where noted.
+//
+// x dtypes (x_dtype): 0 = float32, 1 = float16, 2 = bfloat16 (the same codes as
+// rq_encode's CUDA binding). x is [n, d], row-major, contiguous; float16 and
+// bfloat16 rows are converted to float32 exactly before any arithmetic.
+//
+// Determinism: both kernels produce bit-identical results for any number of
+// OpenMP threads (fixed partition of the work into chunks whose boundaries do
+// not depend on the thread count; partial sums combined in chunk order).
+// kmeans_update_cpu is moreover bit-identical across the SIMD paths (every
+// product it forms is exact in float64).
+#pragma once
+#include <cstdint>
+
+#include "rq.h"  // Status codes (kOk, kBadArgument, kOutOfMemory), cpu_isa()
+
+namespace pysid {
+
+// Extra status code of the k-means kernels.
+constexpr int kCodeOutOfRange = 20;  // codes[bad_row] is not in [0, k)
+
+// Per-cluster weighted sums (the M-step of Lloyd's algorithm).
+//   x         [n, d]  float32 / float16 / bfloat16 (x_dtype), n >= 0, d >= 0
+//   codes     [n]     int32, each in [0, k)
+//   weights   [n]     float32 or nullptr (all ones); the caller ensures w >= 0
+//   k >= 1
+// Outputs (fully written on kOk, untouched on any error):
+//   sums      [k, d]  float64: sums[c] = sum_{i: codes[i] == c} w_i * x_i
+//   counts    [k]     float64: counts[c] = sum_{i: codes[i] == c} w_i
+//   bad_row   [1]     int64 (may be nullptr): on kCodeOutOfRange, the first row whose code
+//                     is out of range
+// Empty clusters get sums 0 and counts 0. Method: a stable counting sort of the
+// row ids by code (O(n + k)); then each cluster's rows, in increasing row order,
+// are cut into fixed chunks of kmeans_update_chunk_rows() rows; one thread sums a
+// chunk in float64 (row order), and a cluster's chunk sums are added in chunk order.
+// Memory: O(n + k + chunks * d), never n * k.
+int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const int32_t* codes,
+                      const float* weights, int64_t k, double* sums, double* counts,
+                      int64_t* bad_row);
+
+// Scores of T candidate centres for greedy k-means++ (one streaming pass over x).
+//   x         [n, d]  float32 / float16 / bfloat16 (x_dtype)
+//   cand      [t, d]  float32, 1 <= t <= kmeanspp_max_candidates
+//   mind      [n]     float32: each row's squared distance to its nearest chosen centre
+//                     (+inf allowed)
+//   weights   [n]     float32 or nullptr (all ones)
+// Outputs (fully written on kOk):
+//   dist      [n, t]  float32: dist[i][j] = sum_d (x[i][d] - cand[j][d])^2, from the
+//                     differences in float32 (no norm expansion, so no cancellation)
+//   pot       [t]     float64: pot[j] = sum_i w_i * min(mind[i], dist[i][j]), summed in
+//                     float64 over fixed chunks of kmeanspp_chunk_rows() rows (row order
+//                     inside a chunk), the chunk sums added in chunk order.
+// min(mind, dist) takes dist only when dist < mind (a NaN dist keeps mind).
+constexpr int64_t kmeanspp_max_candidates = 64;
+int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
+                            int64_t t, const float* mind, const float* weights, float* dist,
+                            double* pot);
+
+// The fixed chunk sizes (part of the summation-order contract above).
+int64_t kmeans_update_chunk_rows();
+int64_t kmeanspp_chunk_rows();
+
+}  // namespace pysid

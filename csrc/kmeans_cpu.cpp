@@ -1,0 +1,260 @@
+// k-means on the CPU (issue 3): argument checks, the counting sort of rows by
+// code, the fixed chunking that makes the sums independent of the thread count,
+// run-time ISA dispatch and the OpenMP loops. The row kernels are
+// kmeans_cpu_kernel.h, compiled three times: here without ISA flags (portable
+// "scalar" path, also the one used off x86), and in kmeans_cpu_avx2.cpp /
+// kmeans_cpu_avx512.cpp with their -m flags. The path is the one cpu_isa()
+// names (rq_cpu.cpp: the hardware's best, lowered by PYSID_CPU_ISA).
+#include <omp.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "kmeans.h"
+#include "kmeans_cpu_plan.h"
+
+namespace {
+
+// Portable "vector" of 8 floats; the compiler maps the fixed-size loops onto
+// whatever SIMD the baseline target has (SSE2 on x86-64, NEON on aarch64).
+struct Isa {
+  static constexpr int W = 8;
+  struct V { float v[8]; };
+  static inline V zero() { V r; for (int i = 0; i < 8; ++i) r.v[i] = 0.0f; return r; }
+  static inline V load(const float* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = p[i]; return r; }
+  static inline void store(float* p, V a) { for (int i = 0; i < 8; ++i) p[i] = a.v[i]; }
+  static inline V sub(V a, V b) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] - b.v[i]; return r; }
+  static inline V fmadd(V a, V b, V c) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+  static inline void reduce8(const V* a, float* out) {
+    for (int j = 0; j < 8; ++j) {
+      float t[4];
+      for (int i = 0; i < 4; ++i) t[i] = a[j].v[i] + a[j].v[i + 4];
+      out[j] = (t[0] + t[2]) + (t[1] + t[3]);
+    }
+  }
+  static inline V load_f16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_half_to_float(p[i]); return r; }
+  static inline V load_bf16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_bf16_to_float(p[i]); return r; }
+};
+constexpr int kGroup = 4;
+constexpr int kRows = 2;
+
+}  // namespace
+
+#include "kmeans_cpu_kernel.h"
+
+namespace pysid {
+namespace kmcpu {
+void km_update_scalar(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
+                      float* rowbuf) {
+  km_update_any(a, j0, j1, acc, cnt, rowbuf);
+}
+void km_pp_scalar(const PPArgs& a, int64_t i0, int64_t i1, double* pot) { km_pp_any(a, i0, i1, pot); }
+}  // namespace kmcpu
+
+namespace {
+
+using kmcpu::PPArgs;
+using kmcpu::PPFn;
+using kmcpu::UpdateArgs;
+using kmcpu::UpdateFn;
+
+// Fixed chunk sizes: part of the summation order, so never derived from the thread count.
+constexpr int64_t kUpdateChunkRows = 2048;  // rows of one cluster summed by one thread
+constexpr int64_t kPPChunkRows = 1024;      // rows per partial potential
+constexpr int64_t kParallelMinBytes = 1 << 18;  // below this much of x, one thread
+
+struct KmBuf {
+  void* p = nullptr;
+  bool alloc(int64_t bytes) {
+    if (bytes <= 0) bytes = 64;
+    if (posix_memalign(&p, 64, static_cast<size_t>(bytes)) != 0) p = nullptr;
+    return p != nullptr;
+  }
+  ~KmBuf() { std::free(p); }
+};
+
+void pick(UpdateFn* upd, PPFn* pp) {
+  *upd = kmcpu::km_update_scalar;
+  *pp = kmcpu::km_pp_scalar;
+#if defined(PYSID_X86)
+  const char* isa = cpu_isa();
+  if (std::strcmp(isa, "avx512") == 0) {
+    *upd = kmcpu::km_update_avx512;
+    *pp = kmcpu::km_pp_avx512;
+  } else if (std::strcmp(isa, "avx2") == 0) {
+    *upd = kmcpu::km_update_avx2;
+    *pp = kmcpu::km_pp_avx2;
+  }
+#endif
+}
+
+int threads_for(int64_t x_bytes, int64_t tasks) {
+  int nthreads = omp_get_max_threads();
+  if (x_bytes < kParallelMinBytes) nthreads = 1;
+  if (nthreads > tasks) nthreads = static_cast<int>(tasks < 1 ? 1 : tasks);
+  return nthreads;
+}
+
+}  // namespace
+
+int64_t kmeans_update_chunk_rows() { return kUpdateChunkRows; }
+int64_t kmeanspp_chunk_rows() { return kPPChunkRows; }
+
+int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const int32_t* codes,
+                      const float* weights, int64_t k, double* sums, double* counts,
+                      int64_t* bad_row) {
+  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || k < 1) return kBadArgument;
+  if (!counts || (d > 0 && !sums)) return kBadArgument;
+  if (n > 0 && (!codes || (d > 0 && !x))) return kBadArgument;
+  const int64_t esize = x_dtype == 0 ? 4 : 2;
+
+  // 1. histogram of the codes (and the range check, before anything is written)
+  KmBuf start_buf, cursor_buf;
+  if (!start_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * (k + 1)) ||
+      !cursor_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * k))
+    return kOutOfMemory;
+  int64_t* start = static_cast<int64_t*>(start_buf.p);
+  int64_t* cursor = static_cast<int64_t*>(cursor_buf.p);
+  std::memset(start, 0, sizeof(int64_t) * static_cast<size_t>(k + 1));
+  const uint64_t uk = static_cast<uint64_t>(k);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t c = static_cast<uint64_t>(static_cast<int64_t>(codes[i]));  // negatives wrap high
+    if (c >= uk) {
+      if (bad_row) *bad_row = i;
+      return kCodeOutOfRange;
+    }
+    ++start[c + 1];
+  }
+  for (int64_t c = 0; c < k; ++c) start[c + 1] += start[c];
+
+  // 2. stable counting sort of the row ids by code
+  KmBuf idx_buf;
+  if (!idx_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * n)) return kOutOfMemory;
+  int64_t* idx = static_cast<int64_t*>(idx_buf.p);
+  std::memcpy(cursor, start, sizeof(int64_t) * static_cast<size_t>(k));
+  for (int64_t i = 0; i < n; ++i) idx[cursor[codes[i]]++] = i;
+
+  // 3. work units: each non-empty cluster's sorted rows cut into chunks of kUpdateChunkRows;
+  // a cluster's first chunk sums straight into its output row, later ones into partial slots
+  int64_t units = 0, extra = 0;
+  for (int64_t c = 0; c < k; ++c) {
+    const int64_t nc = start[c + 1] - start[c];
+    if (nc == 0) continue;
+    const int64_t ch = (nc + kUpdateChunkRows - 1) / kUpdateChunkRows;
+    units += ch;
+    extra += ch - 1;
+  }
+  KmBuf unit_buf, part_buf, pcnt_buf, row_buf;
+  if (!unit_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * 4 * units) ||
+      !part_buf.alloc(static_cast<int64_t>(sizeof(double)) * extra * d) ||
+      !pcnt_buf.alloc(static_cast<int64_t>(sizeof(double)) * extra))
+    return kOutOfMemory;
+  int64_t* unit = static_cast<int64_t*>(unit_buf.p);  // [units][4]: cluster, j0, j1, slot
+  double* part = static_cast<double*>(part_buf.p);
+  double* pcnt = static_cast<double*>(pcnt_buf.p);
+  {
+    int64_t u = 0, slot = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      for (int64_t j0 = start[c]; j0 < start[c + 1]; j0 += kUpdateChunkRows) {
+        const int64_t j1 = start[c + 1] - j0 < kUpdateChunkRows ? start[c + 1] : j0 + kUpdateChunkRows;
+        unit[4 * u + 0] = c;
+        unit[4 * u + 1] = j0;
+        unit[4 * u + 2] = j1;
+        unit[4 * u + 3] = j0 == start[c] ? -1 : slot++;
+        ++u;
+      }
+    }
+  }
+
+  const int nthreads = threads_for(n * d * esize, units);
+  // per thread: the chunk's float64 sums (private, so that small-d clusters summed by
+  // different threads never share a cache line while rows are added) and a converted row
+  const int64_t dpad = (d + 15) / 16 * 16 + 16;
+  const int64_t per_thread = dpad * static_cast<int64_t>(sizeof(double) + sizeof(float));
+  if (!row_buf.alloc(per_thread * nthreads)) return kOutOfMemory;
+
+  // nothing can fail from here on: write the outputs
+  for (int64_t c = 0; c < k; ++c) {
+    if (start[c + 1] != start[c]) continue;
+    counts[c] = 0.0;
+    for (int64_t j = 0; j < d; ++j) sums[c * d + j] = 0.0;
+  }
+
+  UpdateFn fn;
+  PPFn unused;
+  pick(&fn, &unused);
+  const UpdateArgs args{x, x_dtype, d, idx, weights};
+  char* scratch = static_cast<char*>(row_buf.p);
+  // many tiny units (large k): hand them out a few at a time
+  int64_t grain = units / (16 * static_cast<int64_t>(nthreads));
+  grain = grain < 1 ? 1 : grain > 64 ? 64 : grain;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  {
+    double* acc = reinterpret_cast<double*>(scratch + per_thread * omp_get_thread_num());
+    float* rowbuf = reinterpret_cast<float*>(acc + dpad);
+#pragma omp for schedule(dynamic, grain)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t c = unit[4 * u], slot = unit[4 * u + 3];
+      double* dst = slot < 0 ? sums + c * d : part + slot * d;
+      double cnt;
+      fn(args, unit[4 * u + 1], unit[4 * u + 2], acc, &cnt, rowbuf);
+      for (int64_t j = 0; j < d; ++j) dst[j] = acc[j];
+      (slot < 0 ? counts[c] : pcnt[slot]) = cnt;
+    }
+  }
+
+  // 4. clusters of several chunks: add the later chunks' sums in chunk order
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t c = unit[4 * u], slot = unit[4 * u + 3];
+    if (slot < 0) continue;
+    double* s = sums + c * d;
+    const double* p = part + slot * d;
+    for (int64_t j = 0; j < d; ++j) s[j] += p[j];
+    counts[c] += pcnt[slot];
+  }
+  return kOk;
+}
+
+int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
+                            int64_t t, const float* mind, const float* weights, float* dist,
+                            double* pot) {
+  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates)
+    return kBadArgument;
+  if (!pot || (d > 0 && !cand)) return kBadArgument;
+  if (n > 0 && (!mind || !dist || (d > 0 && !x))) return kBadArgument;
+  const int64_t esize = x_dtype == 0 ? 4 : 2;
+  const int64_t dp = (d + kmcpu::kPad - 1) / kmcpu::kPad * kmcpu::kPad;
+  const int64_t nch = (n + kPPChunkRows - 1) / kPPChunkRows;
+
+  KmBuf cand_buf, part_buf;
+  if (!cand_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * dp) ||
+      !part_buf.alloc(static_cast<int64_t>(sizeof(double)) * nch * t))
+    return kOutOfMemory;
+  float* cp = static_cast<float*>(cand_buf.p);
+  for (int64_t j = 0; j < t; ++j) {
+    for (int64_t e = 0; e < d; ++e) cp[j * dp + e] = cand[j * d + e];
+    for (int64_t e = d; e < dp; ++e) cp[j * dp + e] = 0.0f;
+  }
+  double* part = static_cast<double*>(part_buf.p);
+
+  UpdateFn unused;
+  PPFn fn;
+  pick(&unused, &fn);
+  const PPArgs args{x, x_dtype, n, d, dp, cp, t, mind, weights, dist};
+  const int nthreads = threads_for(n * d * esize, nch);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t ch = 0; ch < nch; ++ch) {
+    const int64_t i0 = ch * kPPChunkRows;
+    const int64_t i1 = n - i0 < kPPChunkRows ? n : i0 + kPPChunkRows;
+    fn(args, i0, i1, part + ch * t);
+  }
+  for (int64_t j = 0; j < t; ++j) {
+    double s = 0.0;
+    for (int64_t ch = 0; ch < nch; ++ch) s += part[ch * t + j];
+    pot[j] = s;
+  }
+  return kOk;
+}
+
+}  // namespace pysid

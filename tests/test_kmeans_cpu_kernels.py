@@ -1,0 +1,416 @@
+"""The C++ k-means kernels (pysid._C.kmeans_update / kmeanspp_candidates) against
+straightforward float64 torch computations, plus determinism and argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pysid import _native
+
+C = _native.cpu()
+
+ISAS = ["scalar", "avx2", "avx512"]
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+# --------------------------------------------------------------------------- references
+
+
+def update_ref(x, codes, weights, k):
+    """float64 sums [k, D] and counts [k] of x's rows grouped by code."""
+    x64 = x.double()
+    w64 = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else weights.double()
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, codes.long(), x64 * w64[:, None])
+    counts = torch.zeros(k, dtype=torch.float64).index_add_(0, codes.long(), w64)
+    return sums, counts
+
+
+def dist_ref(x, cand):
+    """float64 squared distances [N, T] from the differences."""
+    return ((x.double()[:, None, :] - cand.double()[None]) ** 2).sum(-1)
+
+
+def pot_ref(dist, mind, weights):
+    """float64 potentials [T] of a [N, T] distance matrix (the kernel's min rule)."""
+    d64, m64 = dist.double(), mind.double()[:, None]
+    closer = torch.where(d64 < m64, d64, m64)
+    w64 = torch.ones(dist.shape[0], dtype=torch.float64) if weights is None else weights.double()
+    return (w64[:, None] * closer).sum(0)
+
+
+def make_x(g, n, d, dtype, scale=1.0):
+    return (torch.randn(n, d, generator=g) * scale).to(dtype)
+
+
+def check_update(x, codes, weights, k):
+    sums, counts = C.kmeans_update(x, codes, weights, k)
+    assert sums.dtype == torch.float64 and sums.shape == (k, x.shape[1]) and sums.is_contiguous()
+    assert counts.dtype == torch.float64 and counts.shape == (k,)
+    ref_s, ref_c = update_ref(x, codes, weights, k)
+    # float64 sums of float32-exact terms: only the summation order differs
+    scale = float(x.double().abs().sum()) if x.numel() else 0.0
+    wmax = 1.0 if weights is None or weights.numel() == 0 else float(weights.max())
+    torch.testing.assert_close(sums, ref_s, rtol=1e-12, atol=1e-13 * (scale * wmax + 1.0))
+    if weights is None:
+        assert torch.equal(counts, ref_c)  # integer counts are exact
+    else:
+        torch.testing.assert_close(counts, ref_c, rtol=1e-12, atol=1e-13 * (float(weights.sum()) + 1.0))
+    empty = torch.bincount(codes.long(), minlength=k) == 0
+    assert (sums[empty] == 0).all() and (counts[empty] == 0).all()
+    return sums, counts
+
+
+def check_pp(x, cand, mind, weights):
+    dist, pot = C.kmeanspp_candidates(x, cand, mind, weights)
+    n, t = x.shape[0], cand.shape[0]
+    assert dist.dtype == torch.float32 and dist.shape == (n, t) and dist.is_contiguous()
+    assert pot.dtype == torch.float64 and pot.shape == (t,)
+    ref = dist_ref(x, cand)
+    # float32 sum of D non-negative float32 terms: relative error <= ~(D + 1) * 2^-24
+    rtol = (x.shape[1] + 4) * 2.0**-24 * 2
+    torch.testing.assert_close(dist.double(), ref, rtol=rtol, atol=1e-30)
+    # the potential is an exact-order float64 sum of the kernel's own distances
+    torch.testing.assert_close(pot, pot_ref(dist, mind, weights), rtol=1e-12, atol=1e-300)
+    # and close to the float64 potential of the exact distances
+    torch.testing.assert_close(pot, pot_ref(ref, mind, weights), rtol=rtol, atol=1e-300)
+    return dist, pot
+
+
+# --------------------------------------------------------------------------- kmeans_update
+
+shapes = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "n": st.integers(0, 3000),
+        "d": st.sampled_from([1, 2, 3, 7, 8, 16, 17, 31, 64, 130]),
+        "k": st.integers(1, 300),
+        "dtype": st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+        "weighted": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(p=shapes)
+def test_update_random_shapes(p):
+    g = torch.Generator().manual_seed(p["seed"])
+    n, d, k = p["n"], p["d"], p["k"]
+    x = make_x(g, n, d, p["dtype"], scale=3.0)
+    # only some codes in use: k larger than the number of distinct codes, empty clusters
+    used = torch.randint(0, k, (max(1, k // 3),), generator=g)
+    codes = used[torch.randint(0, used.numel(), (n,), generator=g)].to(torch.int32)
+    w = torch.rand(n, generator=g) * 4 if p["weighted"] else None
+    check_update(x, codes, w, k)
+
+
+@pytest.mark.parametrize("d", [1, 3, 17, 130])
+@pytest.mark.parametrize("n", [0, 1, 5, 1023, 2049, 4097])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_update_edge_sizes(n, d, weighted):
+    g = torch.Generator().manual_seed(n * 1000 + d)
+    k = 7
+    x = make_x(g, n, d, torch.float32)
+    codes = torch.randint(0, 3, (n,), generator=g, dtype=torch.int32) * 2  # clusters 1, 3, 5, 6 empty
+    w = torch.rand(n, generator=g) if weighted else None
+    if weighted and n > 3:
+        w[:3] = 0.0  # zero weights are allowed
+    sums, counts = check_update(x, codes, w, k)
+    assert (sums[[1, 3, 5, 6]] == 0).all() and (counts[[1, 3, 5, 6]] == 0).all()
+
+
+def test_update_k1_and_one_huge_cluster():
+    """Every row in one cluster (many fixed-size chunks combined), and k = 1."""
+    g = torch.Generator().manual_seed(3)
+    n = 7000  # more than three of the kernel's fixed 2048-row chunks
+    x = make_x(g, n, 33, torch.float32)
+    check_update(x, torch.zeros(n, dtype=torch.int32), None, 1)
+    codes = torch.zeros(n, dtype=torch.int32)
+    codes[::97] = 4
+    check_update(x, codes, torch.rand(n, generator=g), 5)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_update_low_precision_is_exact_conversion(dtype):
+    """float16/bfloat16 rows are widened exactly: the same as passing x.float()."""
+    g = torch.Generator().manual_seed(11)
+    x = make_x(g, 3001, 45, dtype, scale=100.0)
+    x[0, :3] = torch.tensor([6.0e-8, -1.0e-7, 65504.0]).to(dtype)  # float16 subnormals / max
+    codes = torch.randint(0, 40, (3001,), generator=g, dtype=torch.int32)
+    w = torch.rand(3001, generator=g)
+    s16, c16 = check_update(x, codes, w, 40)
+    s32, c32 = C.kmeans_update(x.float(), codes, w, 40)
+    assert torch.equal(s16, s32) and torch.equal(c16, c32)
+
+
+def test_update_deterministic_across_threads_and_isas(monkeypatch):
+    """Bit-identical for 1 and 2 threads and every SIMD path (fixed order, exact products)."""
+    g = torch.Generator().manual_seed(5)
+    n, d, k = 30011, 37, 64
+    x = make_x(g, n, d, torch.float32, scale=1e3)
+    codes = torch.randint(0, k, (n,), generator=g, dtype=torch.int32)
+    codes[: n // 2] = 3  # one cluster spans several chunks
+    w = torch.rand(n, generator=g)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for isa in ISAS:
+            monkeypatch.setenv("PYSID_CPU_ISA", isa)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(C.kmeans_update(x, codes, w, k))
+    finally:
+        torch.set_num_threads(old)
+    for s, c in results[1:]:
+        assert torch.equal(s, results[0][0]) and torch.equal(c, results[0][1])
+    check_update(x, codes, w, k)
+
+
+def test_update_does_not_modify_inputs():
+    g = torch.Generator().manual_seed(1)
+    x = make_x(g, 500, 9, torch.float32)
+    codes = torch.randint(0, 4, (500,), generator=g, dtype=torch.int32)
+    w = torch.rand(500, generator=g)
+    xc, cc, wc = x.clone(), codes.clone(), w.clone()
+    C.kmeans_update(x, codes, w, 4)
+    assert torch.equal(x, xc) and torch.equal(codes, cc) and torch.equal(w, wc)
+
+
+# --------------------------------------------------------------------------- kmeanspp_candidates
+
+pp_shapes = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "n": st.integers(0, 3000),
+        "d": st.sampled_from([1, 2, 3, 7, 8, 15, 16, 17, 33, 64, 130]),
+        "t": st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 17, 33, 64]),
+        "dtype": st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+        "weighted": st.booleans(),
+        "first_step": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(p=pp_shapes)
+def test_pp_random_shapes(p):
+    g = torch.Generator().manual_seed(p["seed"])
+    n, d, t = p["n"], p["d"], p["t"]
+    x = make_x(g, n, d, p["dtype"], scale=2.0)
+    cand = torch.randn(t, d, generator=g) * 2
+    if p["first_step"]:
+        mind = torch.full((n,), math.inf)
+    else:
+        mind = torch.rand(n, generator=g) * 8 * d
+        mind[torch.rand(n, generator=g) < 0.1] = math.inf
+    w = torch.rand(n, generator=g) * 3 if p["weighted"] else None
+    check_pp(x, cand, mind, w)
+
+
+@pytest.mark.parametrize("d", [1, 3, 17, 130])
+@pytest.mark.parametrize("t", [1, 7, 64])
+@pytest.mark.parametrize("n", [0, 1, 2, 4, 1023, 1025, 2500])
+def test_pp_edge_sizes(n, d, t):
+    g = torch.Generator().manual_seed(n * 100 + d * 7 + t)
+    x = make_x(g, n, d, torch.float32)
+    cand = torch.randn(t, d, generator=g)
+    mind = torch.rand(n, generator=g) * d
+    mind[::3] = math.inf
+    check_pp(x, cand, mind, None)
+    check_pp(x, cand, mind, torch.rand(n, generator=g))
+
+
+def test_pp_no_cancellation():
+    """Far from the origin and close together: the difference form keeps full precision
+    (the ||x||^2 - 2 x.c + ||c||^2 expansion would lose every digit here)."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.full((1, 64), 1.0e4)
+    x = base + torch.randn(2000, 64, generator=g) * 1e-2
+    cand = base + torch.randn(5, 64, generator=g) * 1e-2
+    dist, _ = check_pp(x, cand, torch.full((2000,), math.inf), None)
+    assert (dist > 0).all()
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_pp_low_precision_is_exact_conversion(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = make_x(g, 2001, 35, dtype, scale=10.0)
+    cand = torch.randn(7, 35, generator=g)
+    mind = torch.rand(2001, generator=g) * 100
+    w = torch.rand(2001, generator=g)
+    d16, p16 = check_pp(x, cand, mind, w)
+    d32, p32 = C.kmeanspp_candidates(x.float(), cand, mind, w)
+    assert torch.equal(d16, d32) and torch.equal(p16, p32)
+
+
+def test_pp_mind_rule():
+    """pot = sum w * min(mind, dist), mind may be +inf or 0; first step = plain distance sum."""
+    g = torch.Generator().manual_seed(8)
+    x = make_x(g, 100, 4, torch.float32)
+    cand = torch.randn(3, 4, generator=g)
+    dist, pot = C.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), None)
+    torch.testing.assert_close(pot, dist.double().sum(0), rtol=1e-12, atol=0)
+    _, pot0 = C.kmeanspp_candidates(x, cand, torch.zeros(100), None)
+    assert torch.equal(pot0, torch.zeros(3, dtype=torch.float64))
+    w = torch.zeros(100)
+    w[7] = 2.5
+    _, potw = C.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), w)
+    torch.testing.assert_close(potw, 2.5 * dist[7].double(), rtol=1e-15, atol=0)
+
+
+def test_pp_distance_independent_of_grouping():
+    """dist[:, j] depends only on x and cand[j]: scoring candidates alone or together
+    (any T, any position in the group, any row blocking) gives the same bits."""
+    g = torch.Generator().manual_seed(9)
+    for d in (5, 16, 130):
+        x = make_x(g, 1001, d, torch.float32)
+        cand = torch.randn(19, d, generator=g)
+        mind = torch.full((1001,), math.inf)
+        full, _ = C.kmeanspp_candidates(x, cand, mind, None)
+        for j in (0, 5, 8, 13, 18):
+            alone, _ = C.kmeanspp_candidates(x, cand[j : j + 1].contiguous(), mind, None)
+            assert torch.equal(alone[:, 0], full[:, j])
+        tail, _ = C.kmeanspp_candidates(x[1:].contiguous(), cand[3:10].contiguous(), mind[1:].contiguous(), None)
+        assert torch.equal(tail, full[1:, 3:10])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pp_each_isa(monkeypatch, isa):
+    """PYSID_CPU_ISA (read on every call) lowers the SIMD path: each one matches the reference."""
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(12)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for d, t in ((1, 1), (17, 7), (130, 9), (64, 64)):
+            x = make_x(g, 777, d, dtype)
+            cand = torch.randn(t, d, generator=g)
+            mind = torch.rand(777, generator=g) * d
+            check_pp(x, cand, mind, torch.rand(777, generator=g))
+            codes = torch.randint(0, 5, (777,), generator=g, dtype=torch.int32)
+            check_update(x, codes, None, 6)
+
+
+def test_pp_deterministic_across_threads():
+    g = torch.Generator().manual_seed(6)
+    n, d = 40000, 24
+    x = make_x(g, n, d, torch.float32)
+    cand = torch.randn(7, d, generator=g)
+    mind = torch.rand(n, generator=g) * 30
+    w = torch.rand(n, generator=g)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        d1, p1 = C.kmeanspp_candidates(x, cand, mind, w)
+        torch.set_num_threads(2)
+        d2, p2 = C.kmeanspp_candidates(x, cand, mind, w)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(d1, d2) and torch.equal(p1, p2)
+
+
+def test_zero_width_and_zero_rows():
+    """D = 0 (counts only, distances 0) and N = 0 (zero sums, zero potentials) are valid."""
+    codes = torch.tensor([0, 1, 1, 3, 0], dtype=torch.int32)
+    sums, counts = C.kmeans_update(torch.empty(5, 0), codes, None, 5)
+    assert sums.shape == (5, 0) and torch.equal(counts, torch.tensor([2.0, 2, 0, 1, 0], dtype=torch.float64))
+    mind = torch.tensor([1.0, math.inf, 0.0, 2.0, 3.0])
+    dist, pot = C.kmeanspp_candidates(torch.empty(5, 0), torch.empty(2, 0), mind, None)
+    assert torch.equal(dist, torch.zeros(5, 2)) and torch.equal(pot, torch.zeros(2, dtype=torch.float64))
+    for dtype in (torch.float32, torch.bfloat16):
+        sums, counts = C.kmeans_update(torch.empty(0, 3, dtype=dtype), torch.empty(0, dtype=torch.int32), None, 2)
+        assert torch.equal(sums, torch.zeros(2, 3, dtype=torch.float64)) and torch.equal(counts, torch.zeros(2, dtype=torch.float64))
+        dist, pot = C.kmeanspp_candidates(torch.empty(0, 3, dtype=dtype), torch.randn(4, 3), torch.empty(0), None)
+        assert dist.shape == (0, 4) and torch.equal(pot, torch.zeros(4, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _update_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 4, generator=g)
+    codes = torch.randint(0, 3, (10,), generator=g, dtype=torch.int32)
+    return x, codes, torch.rand(10, generator=g), 3
+
+
+@pytest.mark.parametrize("bad", [3, 100, -1, -(2**31)])
+def test_update_code_out_of_range(bad):
+    x, codes, w, k = _update_args()
+    codes[6] = bad
+    before = (x.clone(), codes.clone(), w.clone())
+    with pytest.raises(ValueError, match=rf"codes\[6\] = {bad} is out of range \[0, 3\)"):
+        C.kmeans_update(x, codes, w, k)
+    # inputs untouched; the outputs never escape a failing call (the binding allocates them)
+    assert torch.equal(x, before[0]) and torch.equal(codes, before[1]) and torch.equal(w, before[2])
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, pattern",
+    [
+        (lambda a: {**a, "x": a["x"].double()}, TypeError, "x must be torch.float32, torch.float16 or torch.bfloat16"),
+        (lambda a: {**a, "x": a["x"].int()}, TypeError, "x must be torch.float32"),
+        (lambda a: {**a, "x": a["x"].numpy()}, TypeError, "x must be a torch.Tensor"),
+        (lambda a: {**a, "x": a["x"][:, None]}, ValueError, "x must be 2-D"),
+        (lambda a: {**a, "x": a["x"].t().contiguous().t()}, ValueError, "x must be contiguous"),
+        (lambda a: {**a, "x": a["x"][:, ::2]}, ValueError, "x must be contiguous"),
+        (lambda a: {**a, "x": torch.empty(10, 4, device="meta")}, ValueError, "x must be on the CPU"),
+        (lambda a: {**a, "codes": a["codes"].long()}, TypeError, "codes must be torch.int32"),
+        (lambda a: {**a, "codes": a["codes"][:9]}, ValueError, r"codes must have shape \[N\]"),
+        (lambda a: {**a, "codes": a["codes"][:, None]}, ValueError, r"codes must have shape \[N\]"),
+        (lambda a: {**a, "codes": torch.stack([a["codes"], a["codes"]], 1)[:, 0]}, ValueError, "codes must be contiguous"),
+        (lambda a: {**a, "weights": a["weights"].double()}, TypeError, "weights must be torch.float32"),
+        (lambda a: {**a, "weights": a["weights"][:5]}, ValueError, r"weights must have shape \[N\]"),
+        (lambda a: {**a, "weights": torch.rand(20)[::2]}, ValueError, "weights must be contiguous"),
+        (lambda a: {**a, "weights": [1.0] * 10}, TypeError, "weights must be a torch.Tensor"),
+        (lambda a: {**a, "k": 0}, ValueError, "k must be >= 1"),
+    ],
+)
+def test_update_bad_arguments(mutate, exc, pattern):
+    x, codes, w, k = _update_args()
+    a = mutate({"x": x, "codes": codes, "weights": w, "k": k})
+    with pytest.raises(exc, match=pattern):
+        C.kmeans_update(a["x"], a["codes"], a["weights"], a["k"])
+
+
+def _pp_args():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "x": torch.randn(10, 4, generator=g),
+        "cand": torch.randn(3, 4, generator=g),
+        "mind": torch.rand(10, generator=g),
+        "weights": torch.rand(10, generator=g),
+    }
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, pattern",
+    [
+        (lambda a: {**a, "x": a["x"].double()}, TypeError, "x must be torch.float32"),
+        (lambda a: {**a, "x": a["x"].t()}, ValueError, "cand must have shape|x must be contiguous"),
+        (lambda a: {**a, "x": a["x"].t().contiguous().t()}, ValueError, "x must be contiguous"),
+        (lambda a: {**a, "x": a["x"].flatten()}, ValueError, "x must be 2-D"),
+        (lambda a: {**a, "cand": a["cand"].half()}, TypeError, "cand must be torch.float32"),
+        (lambda a: {**a, "cand": a["cand"][:, :3]}, ValueError, r"cand must have shape \[T, D\]"),
+        (lambda a: {**a, "cand": a["cand"][0]}, ValueError, r"cand must have shape \[T, D\]"),
+        (lambda a: {**a, "cand": a["cand"].t().contiguous().t()}, ValueError, "cand must be contiguous"),
+        (lambda a: {**a, "cand": torch.empty(0, 4)}, ValueError, r"must be in \[1, 64\], got 0"),
+        (lambda a: {**a, "cand": torch.randn(65, 4)}, ValueError, r"must be in \[1, 64\], got 65"),
+        (lambda a: {**a, "mind": a["mind"].double()}, TypeError, "mind must be torch.float32"),
+        (lambda a: {**a, "mind": a["mind"][:9]}, ValueError, r"mind must have shape \[N\]"),
+        (lambda a: {**a, "mind": torch.rand(20)[::2]}, ValueError, "mind must be contiguous"),
+        (lambda a: {**a, "mind": None}, TypeError, "mind must be a torch.Tensor"),
+        (lambda a: {**a, "weights": a["weights"].half()}, TypeError, "weights must be torch.float32"),
+        (lambda a: {**a, "weights": a["weights"][:, None]}, ValueError, r"weights must have shape \[N\]"),
+    ],
+)
+def test_pp_bad_arguments(mutate, exc, pattern):
+    a = mutate(_pp_args())
+    with pytest.raises(exc, match=pattern):
+        C.kmeanspp_candidates(a["x"], a["cand"], a["mind"], a["weights"])
+
+
+def test_module_constants():
+    assert C.kmeanspp_max_candidates == 64
+    assert C.cpu_isa() in ISAS
