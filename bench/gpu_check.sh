@@ -4,13 +4,13 @@
 # short summary is printed last. With TAR_TO=FILE, OUTDIR is also packed into FILE after
 # every stage.
 #   bench/gpu_check.sh OUTDIR [STAGES]
-# STAGES: space-separated subset of "build ceilings tests bench_rq bench_beam bench_kmeans"
+# STAGES: space-separated subset of "build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep"
 # (default: all). Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
 # Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
-STAGES=${2:-"build ceilings tests bench_rq bench_beam bench_kmeans"}
+STAGES=${2:-"build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep"}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -47,11 +47,12 @@ has ceilings && stage ceilings 60 $PY bench/gpu_ceilings.py --out "$OUT/ceilings
 has tests && stage tests "${TEST_TIMEOUT:-200}" $PY -m pytest -q -p no:cacheprovider -n 8 ${TEST_ARGS:-tests}
 has bench_rq && stage bench_rq 180 $PY bench/bench_residual_quantize.py --gpu --out "$OUT/bench_rq.json"
 has bench_beam && stage bench_beam 150 $PY bench/bench_beam_search.py --device cuda --out "$OUT/bench_beam.json"
-has bench_kmeans && [ -f bench/bench_kmeans.py ] && stage bench_kmeans 300 $PY bench/bench_kmeans.py --gpu --out "$OUT/bench_kmeans.json"
+has bench_kmeans && stage bench_kmeans "${KMEANS_TIMEOUT:-240}" $PY bench/bench_kmeans.py --gpu --out "$OUT/bench_kmeans.json"
+has rq_sweep && stage rq_sweep "${SWEEP_TIMEOUT:-150}" $PY bench/gpu_rq_sweep.py --out "$OUT/rq_sweep.json"
 echo "=== $(head -2 "$OUT/gpu.txt" | tail -1)"
 for f in "$OUT"/*.log; do
   case $f in *tests.log) grep -E "FAILED|ERROR|passed|failed" "$f" | tail -25;; esac
 done
-for f in bench_rq bench_beam bench_kmeans; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; tail -22 "$OUT/$f.log"; }; done
+for f in bench_rq bench_beam bench_kmeans rq_sweep; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; tail -24 "$OUT/$f.log"; }; done
 [ -f "$OUT/ceilings.json" ] && cat "$OUT/ceilings.json"
 printf '%s\n' "${summary[@]}"

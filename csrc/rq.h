@@ -21,7 +21,8 @@ enum Status : int {
 //                            (ties by score, beam rank, code); rows where the greedy
 //                            encoding ends strictly lower take it (never worse than greedy)
 // Outputs (fully written on kOk):
-//   quantized  [n, d]        float32: sum of the chosen codewords
+//   quantized  [n, d]        float32: sum of the chosen codewords (may be null when
+//                            beam_width == 1: not written, e.g. for k-means assignment)
 //   distances  [n, levels]   float32: ||x - sum_{j<=l} c_j||^2 after each level
 //   codes      [n, levels]   int32:   chosen row within each level (0-based)
 // Ties: greedy picks the lowest index. Threads: OpenMP over rows.

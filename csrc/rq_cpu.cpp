@@ -252,7 +252,7 @@ int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
   for (int64_t l = 0; l < levels; ++l)
     if (offsets[l + 1] <= offsets[l] || offsets[l + 1] - offsets[l] > INT32_MAX) return kBadArgument;
   if (n == 0) return kOk;
-  if (!x || !codebooks || !quantized || !distances || !codes) return kBadArgument;
+  if (!x || !codebooks || !distances || !codes || (!quantized && beam_width != 1)) return kBadArgument;
   if (beam_width == 1)
     return encode(x, n, d, codebooks, offsets, levels, 1, quantized, distances, codes);
 

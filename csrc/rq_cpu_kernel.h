@@ -250,7 +250,7 @@ void block_greedy(const Plan& p, int64_t i0, int64_t m, float* scratch, const Sc
                                                 cbl + codes[i * L + l] * d, qacc + i * d, l == 0, d);
     }
   }
-  copy_floats(p.q + i0 * d, qacc, m * d);  // the block's rows of q are contiguous
+  if (p.q) copy_floats(p.q + i0 * d, qacc, m * d);  // the block's rows of q are contiguous (null: not wanted)
 }
 
 // -------------------------------------------------------------- beam search

@@ -246,7 +246,7 @@ def _rq_greedy_kernel(
     q_ptr, dist_ptr, code_ptr, scratch_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma,
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
-    FAST: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
+    FAST: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr, STORE_Q: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -288,11 +288,11 @@ def _rq_greedy_kernel(
             r = r - c
             tl.store(dist_ptr + rows64 * L + l, tl.sum(r * r, 1), mask=rmask)
             tl.store(code_ptr + rows64 * L + l, best - kbeg, mask=rmask)
-        # quantized = x - residual (x reloaded: usually still in L2, and it keeps registers free)
-        colz = cols + _opaque_zero(poff_ptr)
-        xmask = rmask[:, None] & (colz < D)[None, :]
-        x = tl.load(x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd, mask=xmask, other=0.0)
-        tl.store(q_ptr + rows64[:, None] * D + colz[None, :], x.to(tl.float32) - r, mask=xmask)
+        if STORE_Q:  # quantized = x - residual (x reloaded: usually still in L2, keeps registers free)
+            colz = cols + _opaque_zero(poff_ptr)
+            xmask = rmask[:, None] & (colz < D)[None, :]
+            x = tl.load(x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd, mask=xmask, other=0.0)
+            tl.store(q_ptr + rows64[:, None] * D + colz[None, :], x.to(tl.float32) - r, mask=xmask)
 
 
 # --------------------------------------------------------------------------- beam kernel
@@ -430,6 +430,7 @@ def residual_quantize_triton(
     num_stages: int | None = None,
     block_d: int | None = None,
     _fallback_counter: torch.Tensor | None = None,
+    quantized: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -447,6 +448,8 @@ def residual_quantize_triton(
             block_d: D-slice of the float32 re-check / exact passes).
         _fallback_counter: optional int32 [2] tensor: adds (#unsure rows, #tile-levels that
             ran the exact fallback) - for tests and tuning.
+        quantized: greedy only: False skips writing the quantized rows (k-means assignment);
+            the first returned tensor is then an empty [0, D] placeholder.
 
     Returns:
         quantized [N, D] float32 (x - final residual = sum of the chosen codewords),
@@ -478,7 +481,9 @@ def residual_quantize_triton(
             f"the Triton residual_quantize kernel supports beam_width <= {_MAX_BEAM}, got {beam_width}; "
             "use the reference backend for wider beams")
     dev = x.device
-    q = torch.empty((n, d), dtype=torch.float32, device=dev)
+    if not quantized and beam_width != 1:
+        raise ValueError("quantized=False is supported for greedy encoding (beam_width == 1) only")
+    q = torch.empty((n if quantized else 0, d), dtype=torch.float32, device=dev)
     dist = torch.empty((n, levels), dtype=torch.float32, device=dev)
     codes = torch.empty((n, levels), dtype=torch.int32, device=dev)
     if n == 0:
@@ -553,7 +558,7 @@ def residual_quantize_triton(
         x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, counter,
         n, d, levels, x.stride(0), x.stride(1), gamma,
         BM=bm, BK=bk, DP=dp, BD=min(dp, block_d or (16 if not _INTERPRET else dp)), FAST=bool(fast), PACK_BITS=int(math.log2(bk)),
-        COUNT_FALLBACK=_fallback_counter is not None,
+        COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
         num_warps=nw, num_stages=ns,
     )
     return q, dist, codes

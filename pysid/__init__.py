@@ -5,12 +5,15 @@ Ops:
     rq_vae_loss        TIGER's RQ-VAE quantization loss from the codes of a pass
     Trie               compact per-level CSR index of the valid Semantic IDs
     beam_search        exact trie-constrained beam search over a model's next-code logits
+    kmeans             greedy k-means++ seeding + Lloyd (balanced, weighted, multi-process)
+    residual_kmeans    codebooks trained level by level on residuals (RQ-KMeans)
 
 Backend control: ``pysid.backend("reference" | "native" | "cpu" | "triton" | "cuda" | "auto")``
 context manager or the ``PYSID_BACKEND`` environment variable.
 """
 
 from ._backend import backend, get_backend
+from .kmeans import KMeansResult, kmeans, residual_kmeans
 from .ops import ResidualQuantizeOutput, constrained_beam_step, residual_quantize, rq_vae_loss
 from .search import BeamSearchOutput, beam_search
 from .trie import Trie
@@ -19,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BeamSearchOutput",
+    "KMeansResult",
     "ResidualQuantizeOutput",
     "Trie",
     "__version__",
@@ -26,6 +30,8 @@ __all__ = [
     "beam_search",
     "constrained_beam_step",
     "get_backend",
+    "kmeans",
+    "residual_kmeans",
     "residual_quantize",
     "rq_vae_loss",
 ]

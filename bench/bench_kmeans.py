@@ -1,0 +1,224 @@
+"""Benchmark: k-means (seeding + Lloyd) against its peers, one run, the same data.
+
+Rows (CPU): pysid (greedy k-means++ + Lloyd, C++ kernels), pysid balanced, the PyTorch
+reference (pysid's reference backend), faiss.Kmeans, scikit-learn KMeans (k-means++, one
+init, the same iteration count, tol=0), fast-pytorch-kmeans.
+Rows (GPU, --gpu): pysid (Triton), the PyTorch reference (eager), flash-kmeans,
+fast-pytorch-kmeans; and per-iteration / seeding timings with CUDA events.
+
+Every row reports: wall time, seeding time, time per Lloyd iteration, the inertia of the
+returned centroids (each row's nearest centroid, computed here the same way for every
+method) and the cluster-size spread (min / max / coefficient of variation).
+
+    python bench/bench_kmeans.py            # N=100k D=128 k=256, 20 iterations (the CPU goal)
+    python bench/bench_kmeans.py --quick    # seconds, for CI
+    python bench/bench_kmeans.py --gpu      # N=2^20 D=256, k=256 and k=4096 (needs CUDA)
+
+Data: a synthetic embedding-like catalogue: 1024 Gaussian clusters with Zipf-distributed
+sizes and per-cluster scales, seeded (see make_data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import environment, print_table, time_fn, write_json  # noqa: E402
+
+import pysid  # noqa: E402
+from pysid.ops import kmeans as kops  # noqa: E402
+
+
+def make_data(n: int, d: int, device: str, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    m = 1024
+    centres = torch.randn(m, d, generator=g)
+    p = 1.0 / torch.arange(1, m + 1, dtype=torch.float64) ** 0.8  # Zipf-like cluster sizes
+    lab = torch.multinomial(p, n, replacement=True, generator=g)
+    scale = 0.3 + 0.4 * torch.rand(m, generator=g)
+    x = centres[lab] + torch.randn(n, d, generator=g) * scale[lab, None]
+    return x.to(device)
+
+
+def quality(x: torch.Tensor, c: torch.Tensor) -> dict[str, Any]:
+    """Inertia of the nearest centroids (exact float32 argmin, float64 sum) and size spread."""
+    with pysid.backend("auto"):
+        impl = kops.select(x)
+        codes, dist = kops.assign(kops.prepare(x, impl), c.to(x.device, torch.float32), impl)
+    sizes = torch.bincount(codes, minlength=c.shape[0]).double()
+    return {"inertia": float(dist.double().sum()), "size_min": int(sizes.min()), "size_max": int(sizes.max()),
+            "size_cv": float(sizes.std() / sizes.mean())}
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def pysid_rows(x: torch.Tensor, k: int, iters: int, backend: str, label: str, balanced: bool = False,
+               init_sample: int | None = None) -> dict[str, Any]:
+    dev = x.device.type
+    with pysid.backend(backend):
+        pysid.kmeans(x[: max(4 * k, 2048)], k, iters=1)  # warm-up (kernel compilation)
+        t, res = timed(lambda: pysid.kmeans(x, k, iters=iters, tol=0, balanced=balanced, init_sample=init_sample), dev)
+    row = {"method": label, "seconds": t, "seeding_s": res.seconds["seeding"],
+           "iter_ms": 1e3 * res.seconds["lloyd"] / max(res.iterations, 1), "iters": res.iterations}
+    row.update(quality(x, res.centroids))
+    if balanced:  # what a balanced user gets: its own assignment's inertia and sizes
+        sizes = res.sizes.double()
+        row.update(inertia_nearest=row["inertia"], inertia=res.inertia, size_min=int(sizes.min()),
+                   size_max=int(sizes.max()), size_cv=float(sizes.std() / sizes.mean()))
+    return row
+
+
+def iteration_ms(x: torch.Tensor, k: int, backend: str, repeat: int) -> float:
+    """One Lloyd iteration (assignment + update + division) timed alone."""
+    with pysid.backend(backend):
+        impl = kops.select(x)
+    xk = kops.prepare(x, impl)
+    g = torch.Generator().manual_seed(0)
+    c = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].float()
+
+    def step():
+        codes, _ = kops.assign(xk, c, impl)
+        sums, counts = kops.update(xk, codes, None, k, impl)
+        return (sums / counts.clamp(min=1)[:, None]).float()
+
+    return 1e3 * time_fn(step, device=x.device.type, repeat=repeat, warmup=2)
+
+
+def seeding_ms(x: torch.Tensor, k: int, backend: str, init_sample: int | None, repeat: int) -> float:
+    with pysid.backend(backend):
+        return 1e3 * time_fn(lambda: pysid.kmeans(x, k, iters=0, init_sample=init_sample), device=x.device.type,
+                             repeat=repeat, warmup=1)
+
+
+def peer_rows(x: torch.Tensor, k: int, iters: int, gpu: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    dev = x.device.type
+    if not gpu:
+        try:
+            import faiss
+
+            xn = x.numpy()
+            km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=1, verbose=False)
+            t, _ = timed(lambda: km.train(xn), dev)
+            rows.append({"method": "faiss.Kmeans (random init, default 256 pts/centroid)", "seconds": t,
+                         "iter_ms": 1e3 * t / iters, **quality(x, torch.from_numpy(km.centroids))})
+        except ImportError:
+            rows.append({"method": "faiss.Kmeans", "note": "faiss not installed"})
+        try:
+            from sklearn.cluster import KMeans, kmeans_plusplus
+
+            km = KMeans(k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd", random_state=0)
+            t, _ = timed(lambda: km.fit(x.numpy()), dev)
+            ts, _ = timed(lambda: kmeans_plusplus(x.numpy(), k, random_state=0), dev)
+            rows.append({"method": "scikit-learn KMeans (greedy k-means++)", "seconds": t, "seeding_s": ts,
+                         "iter_ms": 1e3 * (t - ts) / iters, "iters": int(km.n_iter_),
+                         **quality(x, torch.from_numpy(km.cluster_centers_).float())})
+        except ImportError:
+            rows.append({"method": "scikit-learn KMeans", "note": "scikit-learn not installed"})
+    try:
+        from fast_pytorch_kmeans import KMeans as FKMeans
+
+        km = FKMeans(n_clusters=k, max_iter=iters, tol=-1.0, mode="euclidean", verbose=0)
+        t, _ = timed(lambda: km.fit(x), dev)
+        rows.append({"method": "fast-pytorch-kmeans (random init)", "seconds": t, "iter_ms": 1e3 * t / iters,
+                     **quality(x, km.centroids.float())})
+    except ImportError:
+        rows.append({"method": "fast-pytorch-kmeans", "note": "not installed"})
+    except Exception as e:  # noqa: BLE001 - a peer's failure is a row, not a crash
+        rows.append({"method": "fast-pytorch-kmeans", "note": f"failed: {type(e).__name__}: {e}"[:120]})
+    if gpu:
+        try:
+            from flash_kmeans import batch_kmeans_Euclid
+
+            batch_kmeans_Euclid(x[None, : 4 * k], k, max_iters=2)  # warm-up (autotune/compile)
+            t, (_, cents, *_) = timed(lambda: batch_kmeans_Euclid(x[None], k, max_iters=iters, tol=0.0), dev)
+            rows.append({"method": "flash-kmeans (random init)", "seconds": t, "iter_ms": 1e3 * t / iters,
+                         **quality(x, cents[0].float())})
+        except ImportError:
+            rows.append({"method": "flash-kmeans", "note": "not installed"})
+        except Exception as e:  # noqa: BLE001
+            rows.append({"method": "flash-kmeans", "note": f"failed: {type(e).__name__}: {e}"[:120]})
+    return rows
+
+
+def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[dict[str, Any]]:
+    x = make_data(n, d, device)
+    gpu = device == "cuda"
+    print(f"\n# N={n} D={d} k={k} iterations={iters} on {device}", flush=True)
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        row.update(n=n, d=d, k=k, device=device)
+        rows.append(row)
+        print(f"  {row['method']}: {row.get('seconds', row.get('note'))}", flush=True)
+
+    native = "triton" if gpu else "cpu"
+    add(pysid_rows(x, k, iters, native, f"pysid {native}"))
+    if not args.quick and 256 * k < n:  # the default seeds on a 256*k-row subsample
+        add(pysid_rows(x, k, iters, native, f"pysid {native}, seeding on all rows", init_sample=0))
+    if not gpu:
+        add(pysid_rows(x, k, iters, native, f"pysid {native} balanced", balanced=True))
+    if not (gpu and k > 1024):
+        add(pysid_rows(x, k, iters, "reference", "torch reference (pysid reference backend)"))
+    if gpu:  # the GPU goals: one Lloyd iteration and the seeding, timed alone with CUDA events
+        add({"method": "one Lloyd iteration: pysid triton", "iter_ms": iteration_ms(x, k, "triton", args.repeat)})
+        add({"method": "one Lloyd iteration: torch eager", "iter_ms": iteration_ms(x, k, "reference", args.repeat)})
+        if k <= 1024:
+            add({"method": f"k-means++ seeding {k} centres: pysid triton", "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
+            add({"method": f"k-means++ seeding {k} centres: pysid triton, all rows",
+                 "seeding_ms": seeding_ms(x, k, "triton", 0, 3)})
+            add({"method": f"k-means++ seeding {k} centres: torch eager, all rows",
+                 "seeding_ms": seeding_ms(x, k, "reference", 0, 1)})
+    if not args.no_peers:
+        for row in peer_rows(x, k, iters, gpu):
+            add(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI smoke run)")
+    p.add_argument("--gpu", action="store_true", help="N=2^20 D=256, k=256 and 4096 (needs CUDA)")
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_kmeans.json"))
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.gpu:
+        if not torch.cuda.is_available():
+            sys.exit("--gpu needs a CUDA GPU")
+        n = args.n or 1 << 20
+        cases = [(n, 256, 256, args.iters, "cuda"), (n, 256, 4096, max(1, args.iters // 2), "cuda")]
+    elif args.quick:
+        cases = [(args.n or 3000, 16, 32, 5, "cpu")]
+    else:
+        cases = [(args.n or 100_000, 128, 256, args.iters, "cpu")]
+    rows = []
+    for n, d, k, iters, dev in cases:
+        rows += bench_case(n, d, k, iters, dev, args)
+    print()
+    print_table(rows, ["n", "d", "k", "method", "seconds", "seeding_s", "iter_ms", "seeding_ms", "inertia",
+                       "size_min", "size_max", "size_cv", "note"])
+    write_json(args.out, {"benchmark": "kmeans", "env": environment(), "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

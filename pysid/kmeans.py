@@ -1,0 +1,509 @@
+"""k-means for codebook initialisation: greedy k-means++ seeding, Lloyd iterations,
+balanced (size-constrained) assignment, residual k-means, and multi-process runs.
+
+    res = pysid.kmeans(x, 256)                            # [N, D] -> KMeansResult
+    cbs = pysid.residual_kmeans(x, levels=3, k=256)       # [3, 256, D] codebooks
+    out = pysid.residual_quantize(x, cbs)                 # ready to encode
+
+Algorithm (every step runs on the kernels of ``pysid.ops.kmeans``: C++ on CPU, Triton on
+CUDA, the PyTorch reference under ``pysid.backend("reference")`` or for float64 input):
+
+* Seeding (``init="k-means++"``): greedy k-means++ as in scikit-learn. The first centre
+  is drawn with probability proportional to the row weights; each next centre draws
+  ``n_local_trials`` (default ``2 + floor(ln k)``) candidates with probability
+  proportional to ``w_i * D_i`` (``D_i``: squared distance to the nearest chosen centre)
+  and keeps the candidate that lowers the potential ``sum_i w_i D_i`` most. One fused
+  pass over the rows per centre scores all candidates.
+  Large N: seeding runs on a uniform subsample of ``init_sample`` rows (default
+  ``256 * k``, as faiss caps its training set per centroid) when N is larger; the Lloyd
+  iterations always use every row. ``init_sample=0`` seeds on every row.
+* Lloyd: assignment by the exact nearest-codeword kernel of ``residual_quantize``
+  (float32 argmin, ties to the lowest index; no N x k matrix), update by a deterministic
+  segmented sum accumulated in float64 (C++) or float32 (Triton). Stops after ``iters``
+  iterations or when the total squared centre shift is <= ``tol * mean feature
+  variance`` (scikit-learn's rule). The result's assignments and inertia are those of
+  the returned centroids (one final assignment pass).
+* Empty clusters (deterministic rule): after an update, each empty cluster, in index
+  order, takes the row farthest from its assigned centre (largest ``w_i * D_i``, ties
+  to the lowest row index), and that row is not used again in the same update.
+* ``balanced=True``: every iteration's assignment (and the final one) gives every
+  cluster floor(N/k) or ceil(N/k) rows (weights do not change the sizes). Rows first
+  propose to their nearest clusters (``balance_candidates`` of them) and clusters accept
+  the cheapest proposals up to capacity; rows left over then go to the nearest clusters
+  that still have room. This is a greedy on exact costs, not an optimal transport
+  solution; ``KMeansResult.inertia`` reports what it costs.
+* Randomness: one CPU ``torch.Generator`` seeded with ``seed`` draws every random
+  number, so a seed gives the same result on the same backend and device, and the
+  same draws for every device.
+* Multi-process: if ``torch.distributed`` is initialised with more than one process,
+  each rank passes its shard (rows of the union, in rank order). Sampling, potentials,
+  the update sums and the empty-cluster rule are reduced across ranks, so every rank
+  gets the centroids of a single process run on the union with the same seed (up to
+  float64 summation order), and the assignments of its own rows. ``balanced=True`` is
+  single-process only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .ops import kmeans as _ops
+
+__all__ = ["KMeansResult", "kmeans", "residual_kmeans"]
+
+
+@dataclass
+class KMeansResult:
+    """Result of :func:`kmeans`.
+
+    centroids:   [k, D] float32 (float64 for float64 input), on x's device.
+    assignments: [N] int64, cluster of each (local) row under the returned centroids.
+    inertia:     sum_i w_i ||x_i - centroid(a_i)||^2 over all rows (all ranks).
+    sizes:       [k] int64 rows per cluster (all ranks).
+    iterations:  Lloyd iterations run.
+    converged:   True if the tolerance stopped the iterations.
+    history:     inertia before each update (the assignment of each iteration).
+    seconds:     {"seeding": s, "lloyd": s}, wall time.
+    """
+
+    centroids: Tensor
+    assignments: Tensor
+    inertia: float
+    sizes: Tensor
+    iterations: int
+    converged: bool
+    history: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        k, d = self.centroids.shape
+        s = self.sizes.float()
+        return (f"KMeansResult(k={k}, D={d}, inertia={self.inertia:.6g}, iterations={self.iterations}, "
+                f"converged={self.converged}, sizes min/mean/max={int(s.min())}/{s.mean():.1f}/{int(s.max())})")
+
+
+# --------------------------------------------------------------------------- multi-process
+class _Comm:
+    """The few collectives k-means needs; a no-op for one process."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+
+        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.world = dist.get_world_size() if self.on else 1
+        self.rank = dist.get_rank() if self.on else 0
+        # gloo reduces CPU tensors, nccl CUDA tensors
+        self.dev = device if (not self.on or dist.get_backend() == "nccl") else torch.device("cpu")
+
+    def sum(self, t: Tensor) -> Tensor:
+        if not self.on:
+            return t
+        import torch.distributed as dist
+
+        u = t.to(self.dev).clone()
+        dist.all_reduce(u)
+        return u.to(t.device)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """[world, *t.shape]: every rank's t (same shape on every rank)."""
+        if not self.on:
+            return t[None]
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(t, device=self.dev) for _ in range(self.world)]
+        dist.all_gather(parts, t.to(self.dev).contiguous())
+        return torch.stack(parts).to(t.device)
+
+
+# --------------------------------------------------------------------------- validation
+def _validate(x: Tensor, k: int, weights: Tensor | None, comm: _Comm) -> int:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be [N, D], got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[1] < 1:
+        raise ValueError("x must have at least one column")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    n_total = int(comm.sum(torch.tensor([x.shape[0]], dtype=torch.int64))[0])
+    if n_total == 0:
+        raise ValueError("x is empty (N = 0)")
+    if k > n_total:
+        raise ValueError(f"k = {k} is larger than the number of rows N = {n_total}")
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero()[:, 0]
+        raise ValueError(f"x has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
+    if weights is not None:
+        if not isinstance(weights, Tensor) or weights.shape != (x.shape[0],):
+            raise ValueError(f"weights must be a [N] = [{x.shape[0]}] tensor, got "
+                             f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
+        if weights.device != x.device:
+            raise ValueError(f"weights are on {weights.device}, x on {x.device}")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError("weights must be finite and >= 0")
+        if float(comm.sum(weights.double().sum()[None])[0]) <= 0:
+            raise ValueError("weights sum to 0")
+    return n_total
+
+
+# --------------------------------------------------------------------------- sampling
+def _draw(p: Tensor, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
+    """Rows drawn with probability proportional to p (>= 0) over the union of the ranks' rows.
+
+    u: [T] float64 uniforms in [0, 1) (identical on every rank). Returns (local row index
+    [T] int64, mine [T] bool: this rank owns the draw). No host synchronisation."""
+    n = p.shape[0]
+    cum = torch.cumsum(p.to(torch.float64), 0) if n else torch.zeros(1, dtype=torch.float64, device=p.device)
+    tot = comm.gather(cum[-1:])[:, 0]  # [world]
+    ends = torch.cumsum(tot, 0)
+    v = u.to(p.device) * ends[-1]
+    owner = torch.searchsorted(ends, v, right=True).clamp_(max=comm.world - 1)
+    local = v - (ends - tot)[owner]
+    idx = torch.searchsorted(cum, local, right=True).clamp_(0, max(n - 1, 0))
+    return idx, owner == comm.rank
+
+
+def _take(x: Tensor, idx: Tensor, mine: Tensor, comm: _Comm) -> Tensor:
+    """Rows idx of the owning ranks as float32 [T, D], identical on every rank."""
+    if x.shape[0] == 0:
+        rows = torch.zeros((idx.shape[0], x.shape[1]), dtype=torch.float32, device=x.device)
+    else:
+        rows = x[idx].to(torch.float32)
+    if not comm.on:
+        return rows
+    return comm.sum(torch.where(mine[:, None], rows, 0.0).double()).to(torch.float32)
+
+
+def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generator, impl: str,
+              comm: _Comm, progress) -> Tensor:
+    """Greedy k-means++ centres [k, D] float32 (float64 on the float64 reference path)."""
+    n = x.shape[0]
+    cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
+    u = torch.rand((k, trials), generator=g, dtype=torch.float64)  # every draw, up front
+    mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
+    base = w.to(torch.float32) if w is not None else torch.ones(n, dtype=torch.float32, device=x.device)
+    for c in range(k):
+        t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)
+        p = base if c == 0 else base * mind
+        idx, mine = _draw(p, u[c, :t], comm)
+        cand = _take(x, idx, mine, comm)
+        dist, pot = _ops.candidates(x, cand, mind, w, impl)
+        best = int(torch.argmin(comm.sum(pot))) if t > 1 else 0
+        mind = torch.minimum(mind, dist[:, best])
+        centres[c] = cand[best].to(cdtype)
+        if progress is not None:
+            progress.update(1)
+    return centres
+
+
+# --------------------------------------------------------------------------- balanced assignment
+def _balanced_assign(x: Tensor, centroids: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Size-constrained assignment: every cluster gets floor(N/k) or ceil(N/k) rows.
+
+    Greedy on exact squared distances; returns (codes [N] int64, distances [N] float32)."""
+    n, k = x.shape[0], centroids.shape[0]
+    xf = x.to(torch.float32)
+    c = centroids.to(torch.float32)
+    cn = (c * c).sum(1)
+    xn = (xf * xf).sum(1)
+    m = max(1, min(m, k))
+    cand = torch.empty((n, m), dtype=torch.int64, device=x.device)
+    for i in range(0, n, 16384):  # top-m nearest clusters, in row chunks (never N x k at once)
+        s = cn[None, :] - 2.0 * xf[i : i + 16384] @ c.t()
+        cand[i : i + 16384] = torch.topk(s, m, dim=1, largest=False, sorted=True).indices
+    q, r = divmod(n, k)
+    codes = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+    size = torch.zeros(k, dtype=torch.int64, device=x.device)
+
+    def fill(cap: Tensor, rows: Tensor, choices: Tensor) -> None:
+        """Rounds: every waiting row proposes to its first choice that still has room; each
+        cluster keeps its cheapest proposers (ties: lower row) up to its room. Each round
+        fills at least one cluster or places every proposer, so it ends within k rounds."""
+        wait = torch.ones(rows.shape[0], dtype=torch.bool, device=x.device)
+        while bool(wait.any()):
+            room = cap - size
+            li = wait.nonzero()[:, 0]
+            open_ = room[choices[li]] > 0  # [w, m]
+            has = open_.any(1)
+            wait[li[~has]] = False  # no listed choice has room: left for the caller
+            li, first = li[has], open_[has].int().argmax(1)
+            if li.numel() == 0:
+                return
+            rr, cc = rows[li], choices[li, first]
+            cost = xn[rr] - 2.0 * (xf[rr] * c[cc]).sum(1) + cn[cc]
+            order = torch.argsort(cost, stable=True)
+            order = order[torch.argsort(cc[order], stable=True)]  # by cluster, then cost, then row
+            cs = cc[order]
+            new = torch.ones_like(cs, dtype=torch.bool)
+            new[1:] = cs[1:] != cs[:-1]
+            pos = torch.arange(cs.numel(), device=x.device)
+            rank = pos - torch.cummax(torch.where(new, pos, 0), 0).values
+            acc = rank < room[cs]
+            took = li[order[acc]]
+            codes[rows[took]] = cs[acc]
+            size.index_add_(0, cs[acc], torch.ones_like(cs[acc]))
+            wait[took] = False
+
+    all_rows = torch.arange(n, device=x.device)
+    for phase_cap in (torch.full((k,), q, dtype=torch.int64, device=x.device), None):
+        cap = phase_cap if phase_cap is not None else torch.full((k,), q + 1, dtype=torch.int64, device=x.device)
+        if phase_cap is None and r == 0:
+            break
+        fill(cap, all_rows[codes < 0], cand[codes < 0])
+        left = all_rows[codes < 0]
+        if left.numel() and bool((size < cap).any()):  # nearest clusters with room, among all k
+            open_c = (size < cap).nonzero()[:, 0]
+            s = cn[open_c][None, :] - 2.0 * xf[left] @ c[open_c].t()
+            order = open_c[torch.argsort(s, dim=1, stable=True)]
+            fill(cap, left, order)
+    dist = ((xf - c[codes]) ** 2).sum(1)
+    return codes, dist
+
+
+# --------------------------------------------------------------------------- k-means
+def kmeans(
+    x: Tensor,
+    k: int,
+    *,
+    iters: int = 25,
+    init: str | Tensor = "k-means++",
+    seed: int = 0,
+    tol: float = 1e-4,
+    balanced: bool = False,
+    weights: Tensor | None = None,
+    n_local_trials: int | None = None,
+    init_sample: int | None = None,
+    balance_candidates: int = 16,
+    progress: bool = False,
+) -> KMeansResult:
+    """k-means clustering of the rows of x.
+
+    Args:
+        x: [N, D] float32 / float16 / bfloat16 (float64 runs on the reference), CPU or CUDA.
+            Under torch.distributed (world > 1): this rank's shard.
+        k: number of clusters, 1 <= k <= N (N over all ranks).
+        iters: maximum Lloyd iterations (0: seeding only).
+        init: "k-means++" (greedy), "random" (k distinct rows drawn uniformly, weighted by
+            ``weights``) or a [k, D] tensor of initial centroids.
+        seed: seed of the CPU generator that draws every random number.
+        tol: stop when the total squared centroid shift <= tol * mean feature variance (0: only
+            when the centroids stop moving).
+        balanced: size-constrained assignment (floor(N/k) or ceil(N/k) rows per cluster).
+        weights: optional [N] non-negative row weights.
+        n_local_trials: candidates per k-means++ step (default 2 + floor(ln k)).
+        init_sample: rows used for seeding (default 256 * k; 0: all rows).
+        balance_candidates: nearest clusters each row proposes to first (balanced=True).
+        progress: show tqdm progress bars.
+
+    Returns:
+        :class:`KMeansResult`.
+    """
+    comm = _Comm(x.device if isinstance(x, Tensor) else torch.device("cpu"))
+    n_total = _validate(x, k, weights, comm)
+    if balanced and comm.on:
+        raise NotImplementedError("balanced=True runs on one process; gather the rows on one rank")
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    impl = _ops.select(x)
+    xk = _ops.prepare(x, impl)
+    w = None if weights is None else weights.to(torch.float32).contiguous()
+    g = torch.Generator().manual_seed(int(seed))
+    cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    bars = _Bars(progress)
+
+    t0 = time.perf_counter()
+    if isinstance(init, Tensor):
+        if init.shape != (k, x.shape[1]):
+            raise ValueError(f"init must be [k, D] = [{k}, {x.shape[1]}], got {tuple(init.shape)}")
+        if not bool(torch.isfinite(init).all()):
+            raise ValueError("init has NaN/Inf")
+        centroids = init.to(device=x.device, dtype=cdtype).clone()
+    elif init == "k-means++":
+        trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
+        if trials < 1:
+            raise ValueError(f"n_local_trials must be >= 1, got {trials}")
+        xs, ws = _subsample(xk, w, k, n_total, init_sample, g, comm)
+        centroids = _kmeanspp(xs, ws, k, trials, g, impl, comm, bars.new(k, "k-means++"))
+    elif init == "random":
+        centroids = _random_init(xk, w, k, g, comm).to(cdtype)
+    else:
+        raise ValueError(f"init must be 'k-means++', 'random' or a [k, D] tensor, got {init!r}")
+    _sync(x)
+    t_seed = time.perf_counter() - t0
+
+    # tolerance relative to the mean feature variance (scikit-learn's rule)
+    tol_abs = 0.0
+    if tol > 0 and iters > 0:
+        xd = xk.to(torch.float64)
+        wd = None if w is None else w.to(torch.float64)
+        s1 = comm.sum(xd.sum(0) if wd is None else (wd[:, None] * xd).sum(0))
+        s2 = comm.sum(((xd * xd).sum(0) if wd is None else (wd[:, None] * xd * xd).sum(0)))
+        wt = float(comm.sum(torch.tensor([float(x.shape[0]) if wd is None else float(wd.sum())], dtype=torch.float64))[0])
+        tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
+
+    def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
+        if balanced:
+            return _balanced_assign(xk, c, balance_candidates)
+        return _ops.assign(xk, c, impl)
+
+    t0 = time.perf_counter()
+    history: list[float] = []
+    converged = False
+    it = 0
+    bar = bars.new(iters, "Lloyd")
+    for it in range(1, iters + 1):
+        codes, dist = step_assign(centroids)
+        wd = dist.double() if w is None else dist.double() * w
+        history.append(float(comm.sum(wd.sum()[None])[0]))
+        sums, counts = _ops.update(xk, codes, w, k, impl)
+        sums, counts = comm.sum(sums), comm.sum(counts)
+        new = (sums / counts.clamp(min=1e-300)[:, None]).to(cdtype)
+        empty = counts <= 0
+        if bool(empty.any()):
+            new[empty] = _farthest(xk, wd, int(empty.sum()), comm).to(cdtype)
+        shift = float(((new.double() - centroids.double()) ** 2).sum())
+        centroids = new
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(inertia=f"{history[-1]:.5g}")
+        if shift <= tol_abs:  # with tol=0: only at an exact fixed point (nothing would change)
+            converged = True
+            break
+    codes, dist = step_assign(centroids)
+    wd = dist.double() if w is None else dist.double() * w
+    inertia = float(comm.sum(wd.sum()[None])[0])
+    sizes = comm.sum(torch.bincount(codes, minlength=k))
+    _sync(x)
+    bars.close()
+    return KMeansResult(centroids=centroids, assignments=codes, inertia=inertia, sizes=sizes.cpu(),
+                        iterations=it if iters else 0, converged=converged, history=history,
+                        seconds={"seeding": t_seed, "lloyd": time.perf_counter() - t0})
+
+
+def _subsample(x: Tensor, w: Tensor | None, k: int, n_total: int, init_sample: int | None,
+               g: torch.Generator, comm: _Comm) -> tuple[Tensor, Tensor | None]:
+    """Uniform subsample of about init_sample rows of the union (the same rows for any sharding)."""
+    s = 256 * k if init_sample is None else int(init_sample)
+    if s < 0:
+        raise ValueError(f"init_sample must be >= 0, got {init_sample}")
+    if s == 0 or s >= n_total:
+        return x, w
+    s = max(s, 4 * k)
+    u = torch.rand(n_total, generator=g, dtype=torch.float64)  # one draw per row of the union
+    off = int(comm.gather(torch.tensor([x.shape[0]], dtype=torch.int64)).flatten()[: comm.rank].sum())
+    keep = (u[off : off + x.shape[0]] < s / n_total).to(x.device)
+    if int(comm.sum(keep.sum()[None])[0]) < k:
+        return x, w
+    return x[keep], (None if w is None else w[keep])
+
+
+def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, comm: _Comm) -> Tensor:
+    """k distinct rows, drawn without replacement with probability proportional to w."""
+    p = torch.ones(x.shape[0], dtype=torch.float32, device=x.device) if w is None else w.clone()
+    out = []
+    u = torch.rand((k,), generator=g, dtype=torch.float64)
+    for c in range(k):
+        idx, mine = _draw(p, u[c : c + 1], comm)
+        out.append(_take(x, idx, mine, comm)[0])
+        if bool(mine[0]) and x.shape[0]:
+            p[idx[0]] = 0.0
+    return torch.stack(out)
+
+
+def _farthest(x: Tensor, wd: Tensor, m: int, comm: _Comm) -> Tensor:
+    """The m rows with the largest w_i * D_i over all ranks (ties: lowest global row), float32 [m, D]."""
+    n = x.shape[0]
+    mm = min(m, n)
+    order = torch.argsort(-wd, stable=True)[:mm]
+    val = torch.full((m,), -1.0, dtype=torch.float64, device=x.device)
+    rows = torch.zeros((m, x.shape[1]), dtype=torch.float32, device=x.device)
+    val[:mm] = wd[order]
+    rows[:mm] = x[order].to(torch.float32)
+    gidx = torch.full((m,), 2**62, dtype=torch.int64, device=x.device)
+    off = int(comm.gather(torch.tensor([n], dtype=torch.int64)).flatten()[: comm.rank].sum())
+    gidx[:mm] = order + off
+    val, gidx, rows = comm.gather(val).flatten(), comm.gather(gidx).flatten(), comm.gather(rows).flatten(0, 1)
+    o = torch.argsort(gidx, stable=True)
+    o = o[torch.argsort(-val[o], stable=True)][:m]
+    return rows[o]
+
+
+def _sync(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+class _Bars:
+    """tqdm bars when asked for and available; otherwise nothing."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+        self.bars: list = []
+
+    def new(self, total: int, desc: str):
+        if not self.on or total <= 0:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            return None
+        b = tqdm(total=total, desc=desc, leave=False)
+        self.bars.append(b)
+        return b
+
+    def close(self) -> None:
+        for b in self.bars:
+            b.close()
+
+
+# --------------------------------------------------------------------------- residual k-means
+def residual_kmeans(
+    x: Tensor,
+    levels: int,
+    k: int | Sequence[int],
+    **kmeans_options,
+) -> Tensor | list[Tensor]:
+    """Codebooks trained level by level on residuals (OneRec's RQ-KMeans).
+
+    Level l runs :func:`kmeans` on ``x - sum of the chosen codewords of levels < l``
+    (with the same options; the seed is ``seed + l``).
+
+    Args:
+        x: [N, D] float tensor (a shard under torch.distributed).
+        levels: number of levels L >= 1.
+        k: codebook size, an int or one per level.
+        **kmeans_options: passed to :func:`kmeans` (iters, init="k-means++"/"random", seed,
+            tol, balanced, weights, ...).
+
+    Returns:
+        [L, K, D] float32 codebooks if every level has the same size, else a list of
+        [K_l, D] tensors - either form goes straight into :func:`pysid.residual_quantize`.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+    ks = [k] * levels if isinstance(k, int) else [int(v) for v in k]
+    if len(ks) != levels:
+        raise ValueError(f"k has {len(ks)} sizes for {levels} levels")
+    if isinstance(kmeans_options.get("init"), Tensor):
+        raise ValueError("residual_kmeans seeds every level itself: init must be 'k-means++' or 'random'")
+    seed = int(kmeans_options.pop("seed", 0))
+    r = x
+    books = []
+    for lvl, kl in enumerate(ks):
+        res = kmeans(r, kl, seed=seed + lvl, **kmeans_options)
+        books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
+        if lvl + 1 < levels:
+            r = (r.to(books[-1].dtype) - books[-1][res.assignments]).to(r.dtype if r.dtype == torch.float64 else torch.float32)
+    if len(set(ks)) == 1:
+        return torch.stack(books)
+    return books

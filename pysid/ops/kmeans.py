@@ -1,0 +1,103 @@
+"""k-means primitives with backend dispatch: nearest-centroid assignment, centroid update
+(segmented sum) and the greedy k-means++ candidate step.
+
+Every primitive has three implementations with the same semantics: the reference
+(``pysid.reference.kmeans`` / ``residual_quantize_ref``), the C++ CPU kernels
+(``pysid._C``) and the Triton kernels (``pysid.kernels``; CUDA, or CPU under
+``TRITON_INTERPRET=1``). There is no CUDA C++ k-means kernel: on CUDA tensors
+``auto`` runs Triton, and forcing ``cuda``/``native`` raises.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _backend, _native
+from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
+from ..reference.residual_quantize import residual_quantize_ref
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def select(x: Tensor) -> str:
+    """'reference', 'cpu' or 'triton' for this input under the backend in force (never falls back)."""
+    name = _backend.get_backend()
+    if name == "reference" or (name == "auto" and x.dtype not in _KERNEL_DTYPES):
+        return "reference"
+    if x.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"the {name} backend takes float32, float16 or bfloat16 x, got {x.dtype} "
+                        "(float64 runs on the reference)")
+    if x.is_cuda:
+        if name in ("auto", "triton"):
+            if not _native.has_triton():
+                raise RuntimeError("k-means on CUDA tensors needs Triton (pip install triton)")
+            return "triton"
+        raise RuntimeError(f"backend {name!r}: pysid has no CUDA C++ k-means kernels; use 'triton' or 'auto'")
+    if x.device.type != "cpu":
+        if name == "auto":
+            return "reference"
+        raise RuntimeError(f"pysid has no {name} kernel for {x.device.type} tensors")
+    if name == "cuda":
+        raise RuntimeError("backend 'cuda' was forced but x is a CPU tensor")
+    return "triton" if name == "triton" else "cpu"
+
+
+def prepare(x: Tensor, impl: str) -> Tensor:
+    """x as the kernels of ``impl`` want it: contiguous; float32 for the C++ assignment (and for
+    the reference, which computes half-precision input in float32 like the kernels)."""
+    if impl == "triton":
+        return x.contiguous()
+    if impl == "cpu" or x.dtype != torch.float64:
+        return x.to(torch.float32).contiguous()
+    return x
+
+
+def assign(x: Tensor, centroids: Tensor, impl: str) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of every row: (codes [N] int64, squared distances [N] float32).
+
+    Exact float32 argmin of ||x - c||^2 with ties to the lowest index (float64 on the
+    float64 reference path); never builds an N x k matrix in the kernels."""
+    n, k = x.shape[0], centroids.shape[0]
+    if impl == "reference":
+        _, dist, codes = residual_quantize_ref(x, [centroids.to(x.dtype)])
+        return codes[:, 0].long(), dist[:, 0]
+    c = centroids.to(torch.float32).contiguous()
+    if impl == "cpu":
+        dist = torch.empty((n, 1), dtype=torch.float32)
+        codes = torch.empty((n, 1), dtype=torch.int32)
+        if n:
+            off = torch.tensor([0, k], dtype=torch.int64)
+            _native.cpu().rq_encode(x.data_ptr(), n, x.shape[1], c.data_ptr(), off.data_ptr(), 1, 1, 0,
+                                    dist.data_ptr(), codes.data_ptr())
+        return codes[:, 0].long(), dist[:, 0]
+    from ..kernels.residual_quantize import residual_quantize_triton
+
+    _, dist, codes = residual_quantize_triton(x, c, [0, k], 1, quantized=False)
+    return codes[:, 0].long(), dist[:, 0]
+
+
+def update(x: Tensor, codes: Tensor, weights: Tensor | None, k: int, impl: str) -> tuple[Tensor, Tensor]:
+    """Per-cluster weighted sums [k, D] and weights [k], both float64 (deterministic)."""
+    if impl == "reference":
+        return kmeans_update_ref(x, codes, weights, k)
+    c32 = codes.to(torch.int32).contiguous()
+    if impl == "cpu":
+        return _native.cpu().kmeans_update(x, c32, weights, k)
+    from ..kernels.kmeans import kmeans_update_triton
+
+    sums, counts = kmeans_update_triton(x, c32, weights, k)
+    return sums.double(), counts.double()
+
+
+def candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None, impl: str) -> tuple[Tensor, Tensor]:
+    """Distances [N, T] float32 to T candidate centres, and the potential [T] float64 of each."""
+    if impl == "reference":
+        return kmeanspp_candidates_ref(x, cand, mind, weights)
+    cand = cand.to(torch.float32).contiguous()
+    if impl == "cpu":
+        return _native.cpu().kmeanspp_candidates(x, cand, mind, weights)
+    from ..kernels.kmeans import kmeanspp_candidates_triton
+
+    dist, pot = kmeanspp_candidates_triton(x, cand, mind, weights)
+    return dist, pot.double()

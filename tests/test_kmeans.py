@@ -1,0 +1,257 @@
+"""pysid.kmeans / residual_kmeans: every backend against the reference, seeding statistics,
+balanced sizes, empty clusters, residual k-means feeding residual_quantize, 2 processes,
+errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+import pysid
+from conftest import triton_devices
+from pysid.reference import residual_quantize_ref
+
+BACKENDS = ["reference", "cpu"] + [f"triton:{d}" for d in triton_devices()]
+
+
+def _run(backend: str, x: torch.Tensor, *args, **kw):
+    name, _, dev = backend.partition(":")
+    if dev:
+        x = x.to(dev)
+        for key in ("init", "weights"):
+            if isinstance(kw.get(key), torch.Tensor):
+                kw[key] = kw[key].to(dev)
+    with pysid.backend(name):
+        return pysid.kmeans(x, *args, **kw)
+
+
+def blobs(n: int, d: int, centers: int, seed: int = 0, spread: float = 4.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(centers, d, generator=g) * spread
+    return c[torch.randint(0, centers, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+def check_consistent(x: torch.Tensor, res, weights=None) -> None:
+    """assignments are the nearest centroids and inertia/sizes match them."""
+    xd, c = x.double().cpu(), res.centroids.double().cpu()
+    d2 = torch.cdist(xd, c) ** 2
+    a = res.assignments.cpu()
+    mine = d2.gather(1, a[:, None])[:, 0]
+    assert bool((mine <= d2.min(1).values * (1 + 1e-5) + 1e-4).all())
+    w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else weights.double().cpu()
+    assert res.inertia == pytest.approx(float((w * mine).sum()), rel=1e-4)
+    assert torch.equal(res.sizes, torch.bincount(a, minlength=c.shape[0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,d,k,dtype", [(500, 8, 7, torch.float32), (1031, 33, 50, torch.float32),
+                                         (300, 5, 300, torch.float32), (400, 16, 9, torch.bfloat16)])
+def test_lloyd_matches_reference(backend, n, d, k, dtype):
+    """Same init -> same assignments and centroids on every backend."""
+    x = blobs(n, d, max(2, k // 2), seed=n).to(dtype)
+    init = x[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:k]].float()
+    ref = _run("reference", x.float(), k, iters=4, init=init, tol=0)  # bf16 values are exact in float32
+    res = _run(backend, x, k, iters=4, init=init, tol=0)
+    assert torch.equal(res.assignments.cpu(), ref.assignments)
+    torch.testing.assert_close(res.centroids.cpu(), ref.centroids, rtol=1e-5, atol=1e-5)
+    assert res.iterations == ref.iterations
+    check_consistent(x, res)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weights_match_reference(backend):
+    x = blobs(600, 12, 6, seed=3)
+    w = torch.rand(600, generator=torch.Generator().manual_seed(2)) * 3
+    w[::7] = 0
+    init = x[:10].clone()
+    ref = _run("reference", x, 10, iters=3, init=init, tol=0, weights=w)
+    res = _run(backend, x, 10, iters=3, init=init, tol=0, weights=w)
+    assert torch.equal(res.assignments.cpu(), ref.assignments)
+    torch.testing.assert_close(res.centroids.cpu(), ref.centroids, rtol=1e-5, atol=1e-5)
+    check_consistent(x, res, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kmeanspp_same_seed_same_result(backend):
+    x = blobs(2000, 16, 20, seed=5)
+    a = _run(backend, x, 20, iters=5, seed=3)
+    b = _run(backend, x, 20, iters=5, seed=3)
+    c = _run(backend, x, 20, iters=5, seed=4)
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.assignments, b.assignments)
+    assert not torch.equal(a.centroids, c.centroids)
+    check_consistent(x, a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kmeanspp_backends_agree(backend):
+    """The greedy seeding draws the same rows on every backend (same seed, same data)."""
+    x = blobs(800, 8, 10, seed=9)
+    ref = _run("reference", x, 10, iters=0, seed=1)
+    res = _run(backend, x, 10, iters=0, seed=1)
+    torch.testing.assert_close(res.centroids.cpu(), ref.centroids)
+    # every seed is a data row
+    d = torch.cdist(res.centroids.cpu().double(), x.double()).min(1).values
+    assert float(d.max()) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_kmeanspp_sampling_distribution(backend):
+    """Plain k-means++ (one trial): the first centre is uniform, the second is drawn with
+    probability proportional to D^2 (chi-square test over 3000 seeds)."""
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    counts = torch.zeros(4, 4)
+    trials = 3000
+    for s in range(trials):
+        c = _run(backend, x, 2, iters=0, seed=s, n_local_trials=1).centroids[:, 0]
+        i, j = int((x[:, 0] == c[0]).nonzero()), int((x[:, 0] == c[1]).nonzero())
+        counts[i, j] += 1
+    expect = torch.zeros(4, 4)
+    for i in range(4):
+        d2 = (x[:, 0] - x[i, 0]) ** 2
+        expect[i] = trials / 4 * d2 / d2.sum()
+    mask = expect > 0
+    assert float(counts[~mask].sum()) == 0  # never a zero-probability row
+    chi2 = float((((counts - expect) ** 2)[mask] / expect[mask]).sum())
+    # 12 cells, 11 degrees of freedom: P(chi2 > 31.3) = 0.001
+    assert chi2 < 31.3, (chi2, counts, expect)
+
+
+def test_greedy_trials_lower_potential():
+    """More candidates per step -> seeding potential no worse on average (scikit-learn's greedy variant)."""
+    x = blobs(3000, 8, 40, seed=2, spread=3.0)
+    pot = {}
+    for trials in (1, 8):
+        v = []
+        for s in range(8):
+            c = pysid.kmeans(x, 40, iters=0, seed=s, n_local_trials=trials).centroids
+            v.append(float((torch.cdist(x, c) ** 2).min(1).values.sum()))
+        pot[trials] = sum(v) / len(v)
+    assert pot[8] < pot[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_cluster_reseeded_to_farthest_row(backend):
+    x = torch.cat([torch.randn(100, 4), torch.tensor([[50.0, 0, 0, 0], [0, 60.0, 0, 0]])])
+    init = torch.stack([x[:50].mean(0), x[50:100].mean(0), torch.full((4,), 1e4), torch.full((4,), 2e4)])
+    res = _run(backend, x, 4, iters=1, init=init, tol=0)
+    c = res.centroids.cpu()
+    # both empty clusters (2 and 3, in index order) take the two farthest rows, farthest first
+    far = x[torch.argsort(((x[:, None] - init[None, :2]) ** 2).sum(-1).min(1).values, descending=True)[:2]]
+    torch.testing.assert_close(c[2:], far)
+    assert bool((res.sizes > 0).all())
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("n,k", [(1000, 7), (997, 32), (64, 64), (300, 1)])
+def test_balanced_sizes(backend, n, k):
+    x = blobs(n, 6, 3, seed=n)  # 3 natural clusters, k of them forced to equal size
+    res = _run(backend, x, k, iters=5, balanced=True)
+    lo, hi = n // k, -(-n // k)
+    assert int(res.sizes.min()) >= lo and int(res.sizes.max()) <= hi
+    assert int(res.sizes.sum()) == n
+    free = _run(backend, x, k, iters=5)
+    assert res.inertia >= free.inertia * 0.999  # balancing costs inertia, never gains much
+    d = ((x - res.centroids.cpu()[res.assignments]) ** 2).sum(1)
+    assert res.inertia == pytest.approx(float(d.double().sum()), rel=1e-4)
+
+
+def test_tolerance_stops_early():
+    x = blobs(2000, 4, 5, seed=1, spread=20.0)
+    res = pysid.kmeans(x, 5, iters=100, tol=1e-4)
+    assert res.converged and res.iterations < 100
+    assert all(a >= b - 1e-6 * a for a, b in zip(res.history, res.history[1:]))  # Lloyd never increases it
+
+
+def test_random_init_and_float64():
+    x = blobs(500, 3, 4, seed=4).double()
+    res = pysid.kmeans(x, 4, init="random", iters=10)
+    assert res.centroids.dtype == torch.float64
+    check_consistent(x, res)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_kmeans_feeds_residual_quantize(backend):
+    x = blobs(1500, 16, 30, seed=6)
+    name, _, dev = backend.partition(":")
+    xx = x.to(dev) if dev else x
+    with pysid.backend(name):
+        cbs = pysid.residual_kmeans(xx, 3, 16, iters=8)
+        out = pysid.residual_quantize(xx, cbs)
+    assert cbs.shape == (3, 16, 16)
+    first = pysid.kmeans(xx, 16, iters=8, seed=0)
+    torch.testing.assert_close(cbs[0].cpu(), first.centroids.cpu())  # level 0 = k-means on x
+    dist = out.distances.cpu().double().mean(0)
+    assert bool((dist[1:] < dist[:-1]).all())  # every level lowers the distortion
+    _, ref_d, ref_c = residual_quantize_ref(x.double(), cbs.cpu().double())
+    assert float((out.codes.cpu() == ref_c).all(1).double().mean()) > 0.99
+    mixed = pysid.residual_kmeans(x, 2, [8, 4], iters=3)
+    assert [c.shape[0] for c in mixed] == [8, 4]
+
+
+@pytest.mark.parametrize("bad,err", [
+    (dict(k=0), ValueError), (dict(k=11), ValueError), (dict(x=torch.zeros(0, 3)), ValueError),
+    (dict(x=torch.zeros(10)), ValueError), (dict(x=torch.zeros(10, 3, dtype=torch.int64)), TypeError),
+    (dict(weights=torch.ones(9)), ValueError), (dict(weights=-torch.ones(10)), ValueError),
+    (dict(weights=torch.zeros(10)), ValueError), (dict(init=torch.zeros(3, 2)), ValueError),
+    (dict(init="nope"), ValueError), (dict(iters=-1), ValueError), (dict(k=2.5), ValueError),
+])
+def test_errors(bad, err):
+    kw = dict(x=torch.randn(10, 3), k=2)
+    kw.update(bad)
+    with pytest.raises(err):
+        pysid.kmeans(kw.pop("x"), kw.pop("k"), **kw)
+
+
+def test_nan_rows_are_named():
+    x = torch.randn(20, 3)
+    x[7, 1] = float("nan")
+    x[13, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"rows \[7, 13\]"):
+        pysid.kmeans(x, 2)
+
+
+def test_forced_backend_never_falls_back():
+    with pysid.backend("cpu"), pytest.raises(TypeError):
+        pysid.kmeans(torch.randn(10, 3, dtype=torch.float64), 2)
+    with pysid.backend("cuda"), pytest.raises(RuntimeError):
+        pysid.kmeans(torch.randn(10, 3), 2)
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x = blobs(1200, 8, 12, seed=11)
+        w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
+        shard = slice(0, 500) if rank == 0 else slice(500, 1200)
+        res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
+        cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
+        torch.save({"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs},
+                   os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+def test_two_processes_equal_one(tmp_path):
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    x = blobs(1200, 8, 12, seed=11)
+    w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
+    one = pysid.kmeans(x, 12, iters=6, seed=5, weights=w, init_sample=600)
+    torch.testing.assert_close(r0["c"], one.centroids, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r1["c"], one.centroids, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.cat([r0["a"], r1["a"]]), one.assignments)
+    assert r0["inertia"] == pytest.approx(one.inertia, rel=1e-9)
+    assert torch.equal(r0["sizes"], one.sizes)
+    cbs = pysid.residual_kmeans(x, 2, 6, iters=3, seed=1)
+    torch.testing.assert_close(r0["cbs"], cbs, rtol=1e-5, atol=1e-5)
+    assert math.isfinite(one.inertia)
