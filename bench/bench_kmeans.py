@@ -95,7 +95,16 @@ def iteration_ms(x: torch.Tensor, k: int, backend: str, repeat: int) -> float:
         sums, counts = kops.update(xk, codes, None, k, impl)
         return (sums / counts.clamp(min=1)[:, None]).float()
 
-    return 1e3 * time_fn(step, device=x.device.type, repeat=repeat, warmup=2)
+    ms = 1e3 * time_fn(step, device=x.device.type, repeat=repeat, warmup=2)
+    if not x.is_cuda:
+        return ms, None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = step()
+    torch.cuda.synchronize()
+    extra = (torch.cuda.max_memory_allocated() - base - out.numel() * 4) / 2**20
+    return ms, extra  # extra peak MB of one iteration (an N x k fp32 matrix would be N*k*4 bytes)
 
 
 def seeding_ms(x: torch.Tensor, k: int, backend: str, init_sample: int | None, repeat: int) -> float:
@@ -157,7 +166,7 @@ def peer_rows(x: torch.Tensor, k: int, iters: int, gpu: bool) -> list[dict[str, 
 
 def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[dict[str, Any]]:
     x = make_data(n, d, device)
-    gpu = device == "cuda"
+    gpu = args.gpu  # GPU rows (a CPU --device runs them under TRITON_INTERPRET=1: a dry run)
     print(f"\n# N={n} D={d} k={k} iterations={iters} on {device}", flush=True)
     rows: list[dict[str, Any]] = []
 
@@ -175,8 +184,10 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
     if not (gpu and k > 1024):
         add(pysid_rows(x, k, iters, "reference", "torch reference (pysid reference backend)"))
     if gpu:  # the GPU goals: one Lloyd iteration and the seeding, timed alone with CUDA events
-        add({"method": "one Lloyd iteration: pysid triton", "iter_ms": iteration_ms(x, k, "triton", args.repeat)})
-        add({"method": "one Lloyd iteration: torch eager", "iter_ms": iteration_ms(x, k, "reference", args.repeat)})
+        for name, backend in (("pysid triton", "triton"), ("torch eager", "reference")):
+            ms, extra = iteration_ms(x, k, backend, args.repeat)
+            add({"method": f"one Lloyd iteration: {name}", "iter_ms": ms, "peak_extra_mb": extra,
+                 "n_by_k_fp32_mb": n * k * 4 / 2**20})
         if k <= 1024:
             add({"method": f"k-means++ seeding {k} centres: pysid triton", "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
             add({"method": f"k-means++ seeding {k} centres: pysid triton, all rows",
@@ -198,15 +209,19 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--device", default=None, help="override (e.g. --gpu --device cpu --n 4096: dry run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_kmeans.json"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gpu:
-        if not torch.cuda.is_available():
+        dev = args.device or "cuda"
+        if dev == "cuda" and not torch.cuda.is_available():
             sys.exit("--gpu needs a CUDA GPU")
         n = args.n or 1 << 20
-        cases = [(n, 256, 256, args.iters, "cuda"), (n, 256, 4096, max(1, args.iters // 2), "cuda")]
+        cases = [(n, 256, 256, args.iters, dev), (n, 256, 4096, max(1, args.iters // 2), dev)]
+        if dev == "cpu":  # dry run of the GPU code path in the interpreter: tiny shapes
+            cases = [(n, 16, 16, 3, dev), (n, 16, 64, 2, dev)]
     elif args.quick:
         cases = [(args.n or 3000, 16, 32, 5, "cpu")]
     else:
@@ -216,7 +231,7 @@ def main() -> None:
         rows += bench_case(n, d, k, iters, dev, args)
     print()
     print_table(rows, ["n", "d", "k", "method", "seconds", "seeding_s", "iter_ms", "seeding_ms", "inertia",
-                       "size_min", "size_max", "size_cv", "note"])
+                       "size_min", "size_max", "size_cv", "peak_extra_mb", "note"])
     write_json(args.out, {"benchmark": "kmeans", "env": environment(), "args": vars(args), "rows": rows})
 
 

@@ -320,10 +320,12 @@ def test_opcheck(impl):
         )
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, device):
     x, cbs = make_problem(10, 40, 8, [16, 8])
-    cb = torch.stack([cbs[0][:8], cbs[1]])  # [L, K, D] form
+    cb = torch.stack([cbs[0][:8], cbs[1]]).to(device)  # [L, K, D] form
+    x = x.to(device)
 
     def f(x, cb):
         out = pysid.residual_quantize(x, cb)
