@@ -127,7 +127,11 @@ def test_update_int64_codes_and_strided_x(poisoned):
     check_update(x, codes, None, k, block_r=4, chunk_rows=8)
     s1, c1 = kmeans_update_triton(x, codes, None, k)
     s2, c2 = kmeans_update_triton(x.contiguous(), codes.to(torch.int32), None, k)
-    assert torch.equal(s1, s2) and torch.equal(c1, c2)
+    # Not bit-identical on a GPU (seen on an H200): Triton specialises the kernel on the strides
+    # (stride 1 or not), and the compiled layouts reduce in different orders. Bit-identity holds
+    # per input layout (check_update runs every case twice); across layouts, float32 rounding only.
+    torch.testing.assert_close(s1, s2, rtol=1e-6, atol=1e-5)
+    assert torch.equal(c1, c2)
 
 
 def test_update_empty_input(poisoned):
