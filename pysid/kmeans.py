@@ -163,6 +163,9 @@ def _draw(p: Tensor, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
     [T] int64, mine [T] bool: this rank owns the draw). No host synchronisation."""
     n = p.shape[0]
     cum = torch.cumsum(p.to(torch.float64), 0) if n else torch.zeros(1, dtype=torch.float64, device=p.device)
+    if not comm.on:  # one process: fewer launches (this runs once per k-means++ step)
+        idx = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(0, max(n - 1, 0))
+        return idx, torch.ones_like(idx, dtype=torch.bool)
     tot = comm.gather(cum[-1:])[:, 0]  # [world]
     ends = torch.cumsum(tot, 0)
     v = u.to(p.device) * ends[-1]
@@ -189,18 +192,18 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     n = x.shape[0]
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
-    u = torch.rand((k, trials), generator=g, dtype=torch.float64)  # every draw, up front
+    u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front
     mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
     base = w.to(torch.float32) if w is not None else torch.ones(n, dtype=torch.float32, device=x.device)
-    for c in range(k):
+    for c in range(k):  # no host synchronisation inside this loop (one process)
         t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)
         p = base if c == 0 else base * mind
         idx, mine = _draw(p, u[c, :t], comm)
         cand = _take(x, idx, mine, comm)
         dist, pot = _ops.candidates(x, cand, mind, w, impl)
-        best = int(torch.argmin(comm.sum(pot))) if t > 1 else 0
-        mind = torch.minimum(mind, dist[:, best])
-        centres[c] = cand[best].to(cdtype)
+        best = torch.argmin(comm.sum(pot)).reshape(1)  # ties: the first candidate
+        mind = torch.minimum(mind, dist.index_select(1, best)[:, 0])
+        centres[c] = cand.index_select(0, best)[0].to(cdtype)
         if progress is not None:
             progress.update(1)
     return centres
