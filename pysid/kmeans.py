@@ -460,7 +460,7 @@ class _Bars:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency
             return None
-        b = tqdm(total=total, desc=desc, leave=False)
+        b = tqdm(total=total, desc=desc, leave=False, disable=None)  # None: off when not a terminal
         self.bars.append(b)
         return b
 

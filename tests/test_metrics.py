@@ -3,7 +3,6 @@ ones, both prefix paths (packed int64 key and re-ranking), printing and errors."
 
 import json
 import math
-import time
 from collections import Counter
 
 import pytest
@@ -159,13 +158,9 @@ def test_errors():
         sid_report(CODES, embeddings=X.long(), reconstruction=X_HAT.long())
 
 
-def test_large_table_is_fast():
+def test_large_table():
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 256, (1_000_000, 4), generator=g, dtype=torch.int32)
-    t = time.perf_counter()
     r = sid_report(codes, codebook_sizes=256)
-    dt = time.perf_counter() - t
-    print(f"\nsid_report 1M x 4: {dt:.2f} s")
     assert r.codes_used == [256] * 4 and r.prefix_distinct[0] == 256 and r.prefix_distinct[1] == 65536
     assert 0 < r.collision_rate < 1e-3
-    assert dt < 10
