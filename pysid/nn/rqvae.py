@@ -12,12 +12,14 @@ loss = reconstruction MSE + RQ loss.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hybrid import alignment_loss
 from .quantizer import QuantizerOutput, ResidualQuantizer
 
 __all__ = ["RQVAE", "RQVAEOutput", "train_rqvae"]
@@ -153,6 +155,9 @@ def train_rqvae(
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    align_with: Tensor | None = None,
+    align_weight: float = 0.1,
+    align_temperature: float = 0.07,
 ) -> list[float]:
     """Train ``model`` on the rows of x with Adam; returns the mean training loss of each epoch.
 
@@ -169,7 +174,22 @@ def train_rqvae(
         epochs, batch_size, lr, weight_decay: the optimisation settings.
         seed: seeds the shuffling.
         progress: tqdm bar over the epochs.
+        align_with: optional [N, Dc] collaborative embeddings (row i belongs to x[i]). Each
+            batch's loss then adds ``align_weight * alignment_loss(model.align_head(q), c)``
+            (symmetric in-batch InfoNCE at ``align_temperature``, see
+            :func:`~pysid.nn.alignment_loss`), with q the batch's quantized latent
+            (straight-through, so the encoder receives the gradient) and c the matching rows
+            of align_with; the returned losses include this term. ``model.align_head`` is an
+            ``nn.Linear(model.latent, Dc)`` created here (seeded by ``seed``) unless the model
+            already has one of that shape (a later call continues with it). It is a submodule,
+            so it is saved in ``model.state_dict()`` (keys ``align_head.weight``/``.bias``): to
+            load such a state dict into a fresh RQVAE, first set
+            ``model.align_head = torch.nn.Linear(latent, Dc)`` (or load with strict=False).
+            The head is not used by forward, encode or decode.
+        align_weight: weight of the alignment term (>= 0).
+        align_temperature: InfoNCE temperature (> 0).
 
+    With align_with None (the default) the training is exactly the plain RQ-VAE loop.
     The model is left in the mode it had before the call.
     """
     if not isinstance(model, RQVAE):
@@ -186,6 +206,8 @@ def train_rqvae(
         raise ValueError(f"x has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     dev = model._device()
     n = x.shape[0]
+    if align_with is not None:
+        head = _align_head(model, x, align_with, align_weight, align_temperature, seed, dev)
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     was = model.training
@@ -210,10 +232,15 @@ def train_rqvae(
             for i in range(0, n, batch_size):
                 xb = x[perm[i : i + batch_size].to(x.device)].to(dev)
                 out = model(xb)
+                loss = out.loss
+                if align_with is not None:
+                    cb = align_with[perm[i : i + batch_size].to(align_with.device)].to(dev)
+                    loss = loss + align_weight * alignment_loss(
+                        head(out.quantizer.quantized), cb, temperature=align_temperature)
                 opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 opt.step()
-                total += float(out.loss.detach()) * xb.shape[0]
+                total += float(loss.detach()) * xb.shape[0]
             losses.append(total / n)
             if bar is not None:
                 bar.update(1)
@@ -223,3 +250,30 @@ def train_rqvae(
             bar.close()
         model.train(was)
     return losses
+
+
+def _align_head(model: RQVAE, x: Tensor, c, weight, temperature, seed: int, dev: torch.device) -> nn.Linear:
+    """Checks train_rqvae's alignment arguments; returns model.align_head (created if needed)."""
+    if not isinstance(c, Tensor):
+        raise TypeError(f"align_with must be a torch.Tensor, got {type(c).__name__}")
+    if not c.is_floating_point():
+        raise TypeError(f"align_with must be floating point, got {c.dtype}")
+    if c.dim() != 2 or c.shape[0] != x.shape[0] or c.shape[1] < 1:
+        raise ValueError(f"align_with must be [N, Dc] with N = {x.shape[0]} (one row per row of x), "
+                         f"got shape {tuple(c.shape)}")
+    bad = ~torch.isfinite(c).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero()[:, 0]
+        raise ValueError(f"align_with has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
+    for name, v, low in (("align_weight", weight, ">= 0"), ("align_temperature", temperature, "> 0")):
+        num = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not num or (v < 0 if low == ">= 0" else v <= 0):
+            raise ValueError(f"{name} must be a finite number {low}, got {v!r}")
+    dc = c.shape[1]
+    head = getattr(model, "align_head", None)
+    if not (isinstance(head, nn.Linear) and head.in_features == model.latent and head.out_features == dc):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            head = nn.Linear(model.latent, dc)
+        model.align_head = head.to(dev)
+    return model.align_head
