@@ -224,7 +224,9 @@ class SemanticIds:
         applied against the existing items (and among the new ones, in order).
 
         add=True appends them to the table (item_ids default: max id + 1, ...)."""
-        x = _as_embeddings(embeddings, "embeddings")
+        if isinstance(embeddings, (list, tuple)) != (self.settings.get("inputs", 1) > 1):
+            raise ValueError(f"this table was fitted on {self.settings.get('inputs', 1)} input(s): pass the same")
+        x = _fused(embeddings, self.settings.get("input_weights"))
         if self.method == "rq-vae":
             x = self._latents(x)
         if x.shape[1] != self.codebooks[0].shape[1]:
@@ -257,7 +259,8 @@ class SemanticIds:
         from .nn import RQVAE
 
         model = RQVAE(**self.settings["rqvae_config"])
-        model.load_state_dict(self.model_state)
+        # the alignment head (training only) is not part of the encoder
+        model.load_state_dict({k: v for k, v in self.model_state.items() if not k.startswith("align_head.")})
         model.eval()
         with torch.no_grad():
             return model.encoder(x.to(torch.float32))
@@ -270,7 +273,7 @@ class SemanticIds:
 
         kw: dict[str, Any] = {"codebook_sizes": list(self.codebook_sizes)}
         if embeddings is not None and self.method == "rq-kmeans":
-            x = _as_embeddings(embeddings, "embeddings")
+            x = _fused(embeddings, self.settings.get("input_weights"))
             cbs = self.codebooks
             recon = sum(cbs[j][self.codes[:, j]] for j in range(self.num_levels))
             kw.update(embeddings=x, reconstruction=recon)
@@ -383,6 +386,16 @@ def _reassigned(codes: Tensor, r: Tensor, codebooks: list, sizes: Sequence[int],
     return _reassign(codes.to(r.device), scores, idx, sizes, taken_keys).cpu()
 
 
+def _fused(embeddings, weights=None) -> Tensor:
+    """One [M, D] matrix: the embeddings, or the concatenation fusion of a list of them."""
+    if isinstance(embeddings, (list, tuple)):
+        from .nn import fuse
+
+        parts = [_as_embeddings(e, f"embeddings[{i}]").to(torch.float32) for i, e in enumerate(embeddings)]
+        return fuse(parts, weights)
+    return _as_embeddings(embeddings, "embeddings")
+
+
 def _encode(x: Tensor, codebooks: list, sizes: Sequence[int], dedup: str, cands: int,
             taken: Tensor | None = None) -> Tensor:
     """Codes [N, L] int64 (CPU): greedy, then reassigned if dedup == 'reassign' (against ``taken`` too)."""
@@ -408,11 +421,16 @@ def fit(
     rqvae_options: dict | None = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
+    input_weights: Sequence[float] | None = None,
 ) -> SemanticIds:
     """Semantic IDs for item embeddings.
 
     Args:
-        embeddings: [M, D] float tensor or numpy array (one row per item).
+        embeddings: [M, D] float tensor or numpy array (one row per item), or a list of them
+            (hybrid IDs: text, image, collaborative, ... vectors of the same M items), fused
+            by ``pysid.nn.fuse`` (each input L2-normalised, weighted by ``input_weights``).
+            ``encode`` then takes the same list.
+        input_weights: weights of the inputs of a list (default equal).
         method: "rq-kmeans" (residual k-means codebooks, OneRec's RQ-KMeans) or "rq-vae"
             (TIGER's RQ-VAE: encoder + residual quantizer + decoder, trained here).
         levels: semantic levels L; codebook_size: K (int) or one per level.
@@ -422,14 +440,16 @@ def fit(
         iters: Lloyd iterations per level (rq-kmeans).
         balanced: balanced k-means at every level (rq-kmeans; codes are still assigned greedily).
         reassign_candidates: nearest last-level codes tried by dedup="reassign".
-        rqvae_options: RQVAE / train_rqvae options (rq-vae), e.g. {"epochs": 50, "latent": 32}.
+        rqvae_options: RQVAE / train_rqvae options (rq-vae), e.g. {"epochs": 50, "latent": 32};
+            {"align_with": collab [M, Dc]} adds the in-batch InfoNCE alignment of the quantized
+            latents with collaborative vectors (DAS / LETTER), see ``pysid.nn.train_rqvae``.
         device: where to compute (default: the embeddings' device).
         progress: progress bars.
 
     Returns:
         :class:`SemanticIds` (codes on the CPU).
     """
-    x = _as_embeddings(embeddings, "embeddings")
+    x = _fused(embeddings, input_weights)
     if device is not None:
         x = x.to(device)
     if method not in ("rq-kmeans", "rq-vae"):
@@ -445,7 +465,9 @@ def fit(
     ids = torch.arange(m) if item_ids is None else torch.as_tensor(item_ids, dtype=torch.int64).reshape(-1)
     if ids.numel() != m or ids.unique().numel() != m or bool((ids < 0).any()):
         raise ValueError(f"item_ids must be {m} unique non-negative integers")
-    settings: dict[str, Any] = {"levels": levels, "codebook_size": sizes, "seed": seed, "iters": iters,
+    settings: dict[str, Any] = {"inputs": len(embeddings) if isinstance(embeddings, (list, tuple)) else 1,
+                                "input_weights": None if input_weights is None else [float(w) for w in input_weights],
+                                "levels": levels, "codebook_size": sizes, "seed": seed, "iters": iters,
                                 "balanced": balanced, "reassign_candidates": reassign_candidates}
     model_state = None
     if method == "rq-kmeans":
@@ -458,7 +480,8 @@ def fit(
         from .nn import RQVAE, train_rqvae
 
         opts = dict(rqvae_options or {})
-        train_kw = {k: opts.pop(k) for k in ("epochs", "batch_size", "lr", "weight_decay") if k in opts}
+        train_kw = {k: opts.pop(k) for k in ("epochs", "batch_size", "lr", "weight_decay", "align_with", "align_weight",
+                                             "align_temperature") if k in opts}
         config = {"in_dim": x.shape[1], "levels": levels, "codebook_size": sizes, "seed": seed, **opts}
         model = RQVAE(**config).to(x.device)
         train_rqvae(model, x.to(torch.float32), seed=seed, progress=progress, **train_kw)
@@ -469,7 +492,8 @@ def fit(
         cbs = [c.detach().to(torch.float32) for c in (books.unbind(0) if isinstance(books, Tensor) else books)]
         model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         settings["rqvae_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
-        settings["rqvae_train"] = train_kw
+        settings["rqvae_train"] = {k: v for k, v in train_kw.items() if k != "align_with"}
+        settings["rqvae_aligned"] = "align_with" in train_kw
     raw, r = _greedy(latents, cbs)
     before = collision_stats(raw, sizes)
     codes = raw.cpu() if dedup != "reassign" else _reassigned(raw, r, cbs, sizes, reassign_candidates)

@@ -224,14 +224,30 @@ def test_cli_bench_finds_the_scripts():
 
 def test_fit_rq_vae_and_cold_start(tmp_path):
     x = catalogue(m=1200, d=16, topics=30, seed=7)
+    collab = x[:, :4] + 0.1 * torch.randn(1200, 4, generator=torch.Generator().manual_seed(0))
     s = pysid.fit(x, method="rq-vae", levels=2, codebook_size=8, progress=False,
-                  rqvae_options={"epochs": 3, "batch_size": 256, "hidden": (32,), "latent": 8})
+                  rqvae_options={"epochs": 3, "batch_size": 256, "hidden": (32,), "latent": 8, "align_with": collab})
+    assert s.settings["rqvae_aligned"] and "align_head.weight" in s.model_state
     assert s.method == "rq-vae" and unique_rows(s.codes) and s.codebooks[0].shape == (8, 8)
     from pysid.nn import RQVAE
 
     model = RQVAE(**s.settings["rqvae_config"])
-    model.load_state_dict(s.model_state)
+    model.load_state_dict({k: v for k, v in s.model_state.items() if not k.startswith("align_head.")})
     assert torch.equal(s.codes[:, :2], model.encode(x))  # the table's codes are the model's
     s.save(tmp_path / "v.npz")
     t = pysid.SemanticIds.load(tmp_path / "v.npz")
     assert torch.equal(t.encode(x[:50])[:, :2], model.encode(x[:50]))
+
+
+def test_fit_hybrid_inputs():
+    """A list of inputs (e.g. text + collaborative vectors of the same items) is fused."""
+    from pysid.nn import fuse
+
+    a, b = catalogue(m=1500, d=12, seed=1), catalogue(m=1500, d=6, seed=2)
+    s = pysid.fit([a, b], levels=2, codebook_size=16, input_weights=[2, 1], progress=False)
+    one = pysid.fit(fuse([a, b], [2, 1]), levels=2, codebook_size=16, progress=False)
+    assert torch.equal(s.codes, one.codes) and s.codebooks[0].shape == (16, 18)
+    assert torch.equal(s.encode([a[:5], b[:5]])[:, :2], s.codes[:5, :2])
+    with pytest.raises(ValueError, match="input"):
+        s.encode(a[:5])
+    assert s.report([a, b]).reconstruction_error < 1
