@@ -347,11 +347,16 @@ def kmeans(
     # tolerance relative to the mean feature variance (scikit-learn's rule)
     tol_abs = 0.0
     if tol > 0 and iters > 0:
-        xd = xk.to(torch.float64)
-        wd = None if w is None else w.to(torch.float64)
-        s1 = comm.sum(xd.sum(0) if wd is None else (wd[:, None] * xd).sum(0))
-        s2 = comm.sum(((xd * xd).sum(0) if wd is None else (wd[:, None] * xd * xd).sum(0)))
-        wt = float(comm.sum(torch.tensor([float(x.shape[0]) if wd is None else float(wd.sum())], dtype=torch.float64))[0])
+        s1 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        s2 = torch.zeros_like(s1)
+        for i in range(0, xk.shape[0], 16384):  # float64 moments in row chunks (no [N, D] float64 copy)
+            xd = xk[i : i + 16384].to(torch.float64)
+            wx = xd if w is None else xd * w[i : i + 16384, None].to(torch.float64)
+            s1 += wx.sum(0)
+            s2 += (wx * xd).sum(0)
+        s1, s2 = comm.sum(s1), comm.sum(s2)
+        wt = float(comm.sum(torch.tensor([float(x.shape[0]) if w is None else float(w.double().sum())],
+                                         dtype=torch.float64))[0])
         tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
 
     def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
