@@ -57,15 +57,12 @@ def load_embeddings(path: str, key: str | None = None) -> torch.Tensor:
         if isinstance(e, CliError):
             raise
         raise CliError(f"{path}: cannot read: {e}") from None
-    if arr.dim() != 2:
-        raise CliError(f"{path}: expected a 2-D [items, dim] array, got shape {tuple(arr.shape)}")
-    if not arr.dtype.is_floating_point:
-        raise CliError(f"{path}: expected floating point embeddings, got {arr.dtype}")
-    bad = ~torch.isfinite(arr).all(1)
-    if bool(bad.any()):
-        rows = bad.nonzero()[:, 0]
-        raise CliError(f"{path}: {rows.numel()} row(s) with NaN/Inf, e.g. rows {rows[:10].tolist()}")
-    return arr
+    from .sid import _as_embeddings
+
+    try:  # shape, dtype and NaN/Inf rows (named by index): the same checks as pysid.fit
+        return _as_embeddings(arr, "the array")
+    except (ValueError, TypeError) as e:
+        raise CliError(f"{path}: {e}") from None
 
 
 def _load_sids(path: str):

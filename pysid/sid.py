@@ -61,9 +61,6 @@ def _rank_within_key(key: Tensor) -> Tensor:
     return rank
 
 
-def _key_bits(sizes: Sequence[int]) -> float:
-    return float(sum(np.log2(max(int(s), 1)) for s in sizes))
-
 
 def collision_stats(codes: Tensor, sizes: Sequence[int]) -> dict[str, Any]:
     """Items, distinct tuples, share of items in a shared tuple, largest group."""

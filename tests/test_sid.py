@@ -200,7 +200,7 @@ def test_cli_errors(tmp_path, capsys):
     np.save(tmp_path / "flat.npy", np.zeros(5, dtype="float32"))
     cases = [(["fit", str(tmp_path / "nope.npy"), "-o", "x.npz"], "no such file"),
              (["fit", str(tmp_path / "nan.npy"), "-o", "x.npz"], "rows [4, 17]"),
-             (["fit", str(tmp_path / "flat.npy"), "-o", "x.npz"], "2-D"),
+             (["fit", str(tmp_path / "flat.npy"), "-o", "x.npz"], "[N, D]"),
              (["stats", str(tmp_path / "flat.npy")], "not a pysid SemanticIds file")]
     for argv, msg in cases:
         assert cli_main(argv) == 2
