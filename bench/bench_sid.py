@@ -246,7 +246,7 @@ def dedup_rows(n_pysid: int, n_mem: int, n_sqlite: int, no_peers: bool) -> list[
 def goals(rows: list[dict[str, Any]], args) -> list[str]:
     out = []
     for case in ("synthetic", "amazon-toys"):
-        mine = [r for r in rows if r.get("case") == case and r["method"].startswith("pysid")]
+        mine = [r for r in rows if r.get("case") == case and r["method"].startswith("pysid") and "fit_s" in r]
         peers = [r for r in rows if r.get("case") == case and not r["method"].startswith("pysid") and "recon_err" in r]
         if not mine:
             continue

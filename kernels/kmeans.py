@@ -104,9 +104,11 @@ def _kmeans_chunk_kernel(
                 acc += xv
         # an empty cluster between c_first and c_last has no piece here (a >= b): nothing written
         slot = (c + j).to(tl.int64)
-        tl.store(psum_ptr + slot * D + cols, tl.sum(acc, 0), mask=cmask & (a < b))
-        if HAS_W:
-            tl.store(pcnt_ptr + slot, tl.sum(wacc, 0), mask=(a < b) & (db == 0))
+        if a < b:  # a scalar branch, not a scalar mask: triton 3.9's interpreter rejects those
+            tl.store(psum_ptr + slot * D + cols, tl.sum(acc, 0), mask=cmask)
+            if HAS_W:
+                if db == 0:
+                    tl.store(pcnt_ptr + slot, tl.sum(wacc, 0))
 
 
 # --------------------------------------------------------------------------- update: pass 2
