@@ -3,7 +3,7 @@
     pysid fit EMBEDDINGS -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
     pysid encode SIDS.npz EMBEDDINGS -o CODES.npy     # cold-start items, the table's dedup rule
     pysid stats SIDS.npz [--embeddings EMBEDDINGS]    # metrics report
-    pysid bench [rq|beam|kmeans|all] [--full]         # the benchmark scripts (quick by default)
+    pysid bench [rq|beam|kmeans|sid|all] [--full]     # the benchmark scripts (quick by default)
     pysid demo                                        # embeddings -> SIDs -> trie -> decoding
 
 EMBEDDINGS: .npy, .pt (a tensor, or a dict of tensors with --key) or .npz (--key, default the
@@ -119,7 +119,8 @@ def cmd_stats(a) -> int:
     return 0
 
 
-_BENCHES = {"rq": "bench_residual_quantize.py", "beam": "bench_beam_search.py", "kmeans": "bench_kmeans.py"}
+_BENCHES = {"rq": "bench_residual_quantize.py", "beam": "bench_beam_search.py", "kmeans": "bench_kmeans.py",
+            "sid": "bench_sid.py"}
 
 
 def bench_dir() -> str:
@@ -132,7 +133,8 @@ def cmd_bench(a) -> int:
     names = list(_BENCHES) if a.which == "all" else [a.which]
     rc = 0
     for name in names:
-        cmd = [sys.executable, os.path.join(bench_dir(), _BENCHES[name])] + ([] if a.full else ["--quick"])
+        cmd = [sys.executable, os.path.join(bench_dir(), _BENCHES[name]), "--out",
+               os.path.join(a.out_dir, f"pysid_bench_{name}.json")] + ([] if a.full else ["--quick"])
         print("$", " ".join(cmd), flush=True)
         rc = max(rc, subprocess.call(cmd))
     return rc
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmark scripts (quick mode unless --full)")
     b.add_argument("which", nargs="?", default="all", choices=["all", *_BENCHES])
     b.add_argument("--full", action="store_true")
+    b.add_argument("--out-dir", default=".", help="where the JSON results go (default: the current directory)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="embeddings -> SIDs -> metrics -> trie -> constrained decoding")
