@@ -1,0 +1,513 @@
+"""End-to-end generative retrieval with pysid on an Amazon-format sequence file.
+
+    python examples/generative_retrieval.py --data ../shared/data/amazon/toys.txt \
+        --max-minutes 15 --out runs/toys.json
+
+Pipeline (one process, one split, every method measured on the same users):
+
+1. ``pysid.data.read_sequences`` + ``leave_one_out`` (last item: test target, second to
+   last: validation target, histories capped at 20 items).
+2. Item Semantic IDs: ``pysid.collab.item_embeddings`` of the *training part* only (no
+   held-out item leaks into the codes), then ``pysid.fit`` (3 x 256 + TIGER's suffix level
+   by default, rq-kmeans or rq-vae), with the dataset's own item ids as ``item_ids``.
+   Items with an all-zero collaborative row (items that occur only as a validation/test
+   target, or never co-occur in the training part) get a small seeded Gaussian vector
+   instead (norm ~ 1 % of the median row norm), so that they spread over the codebook
+   like cold-start items instead of all piling onto one code tuple (which would blow up
+   the suffix level). Every catalogue item therefore has a Semantic ID and can be decoded.
+3. TIGER-style model: an encoder-decoder ``nn.Transformer`` (d_model 128, 2 encoder + 2
+   decoder layers by default). Encoder input: the history's SID tokens (20 items x (L+1)
+   tokens, left padded; each level has its own token range, token 0 is padding); decoder:
+   BOS + the target's L+1 SID tokens, teacher forcing, cross-entropy restricted to the
+   level's token range. AdamW, seeded, tqdm, a wall budget, early stopping on validation
+   Recall@10 (beam search on a subsample of users), best state kept in memory.
+4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
+   on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
+   history items. Invalid-item rate = share of the top-10 slots that are not a catalogue
+   item (-1); with the trie it must be 0.
+5. Baselines on the same split: most-popular (item counts of the training part) and a
+   SASRec-style causal transformer over item ids with a full softmax, same wall budget.
+
+Prints a table beside the published figures of ../shared/data/amazon/README.md and writes
+``--out`` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+    def tqdm(it=None, **kw):
+        return it
+
+import pysid
+from pysid.collab import item_embeddings
+from pysid.data import leave_one_out, read_sequences
+
+# Published figures on these splits (../shared/data/amazon/README.md): R@5, N@5, R@10, N@10.
+PUBLISHED = {
+    "sports": {"SASRec": (0.0233, 0.0154, 0.0350, 0.0192), "TIGER": (0.0264, 0.0181, 0.0400, 0.0225)},
+    "toys": {"SASRec": (0.0463, 0.0306, 0.0675, 0.0374), "TIGER": (0.0521, 0.0371, 0.0712, 0.0432)},
+}
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- metrics
+def ranking_metrics(top: torch.Tensor, target: torch.Tensor, catalogue: torch.Tensor) -> dict:
+    """top [N, 10] item ids (-1: empty slot), target [N]; catalogue: bool mask over ids.
+    Recall@k = hit rate of the single target in the top k, NDCG@k = 1/log2(rank + 2)."""
+    hit = top == target[:, None]
+    rank = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(target, 10**6))
+    out = {}
+    for k in (5, 10):
+        h = rank < k
+        out[f"R@{k}"] = float(h.float().mean()) if len(target) else 0.0
+        out[f"N@{k}"] = float(torch.where(h, 1.0 / torch.log2(rank.float() + 2), torch.zeros(())).mean()) if len(target) else 0.0
+    valid = (top >= 0) & (top < catalogue.numel())
+    valid &= catalogue[top.clamp(0, catalogue.numel() - 1)]
+    out["invalid_rate"] = float((~valid).float().mean()) if top.numel() else 0.0
+    return out
+
+
+def left_pad(histories, length: int, pad: int) -> torch.Tensor:
+    out = torch.full((len(histories), length), pad, dtype=torch.int64)
+    for i, h in enumerate(histories):
+        h = h[-length:]
+        if h:
+            out[i, length - len(h):] = torch.as_tensor(h, dtype=torch.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------- SIDs
+def build_sids(split, all_items: list[int], args):
+    """Collaborative embeddings of the training part -> pysid.fit. Returns (sids, info)."""
+    max_id = max(all_items)
+    t0 = time.perf_counter()
+    emb = item_embeddings(split.train, dim=args.emb_dim, num_items=max_id + 1, seed=args.seed)
+    ids = torch.as_tensor(all_items, dtype=torch.int64)
+    x = emb[ids].clone()
+    zero = x.norm(dim=1) == 0
+    if bool(zero.any()):
+        g = torch.Generator().manual_seed(args.seed + 1)
+        nz = x[~zero].norm(dim=1)
+        scale = 0.01 * float(nz.median()) if nz.numel() else 1.0
+        x[zero] = torch.randn(int(zero.sum()), x.shape[1], generator=g) * scale / math.sqrt(x.shape[1])
+    k = min(args.codebook_size, len(all_items))
+    opts = {"epochs": args.rqvae_epochs} if args.sid_method == "rq-vae" else None
+    sids = pysid.fit(x, method=args.sid_method, levels=args.levels, codebook_size=k, dedup="suffix",
+                     seed=args.seed, item_ids=ids, rqvae_options=opts, progress=not args.quiet)
+    info = {"items": len(all_items), "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
+            "levels": args.levels, "vocab_sizes": sids.vocab_sizes,
+            "collision_rate_before_dedup": sids.collisions["before"]["collision_rate"],
+            "max_suffix": int(sids.codes[:, -1].max()), "seconds": time.perf_counter() - t0}
+    return sids, info
+
+
+# ----------------------------------------------------------------------------- TIGER
+class Tiger(nn.Module):
+    """Encoder-decoder over SID tokens. Token 0: padding; level j code c: 1 + off[j] + c;
+    the decoder's BOS is the last token."""
+
+    def __init__(self, vocab_sizes, hist_len: int, d_model=128, heads=4, enc_layers=2, dec_layers=2,
+                 ff=512, dropout=0.1, enc_input="items"):
+        super().__init__()
+        self.enc_input = enc_input
+        self.vocab_sizes = list(vocab_sizes)
+        self.L = len(self.vocab_sizes)
+        off = [0]
+        for v in self.vocab_sizes[:-1]:
+            off.append(off[-1] + v)
+        self.register_buffer("off", torch.tensor(off, dtype=torch.int64), persistent=False)
+        self.n_tok = 1 + sum(self.vocab_sizes) + 1
+        self.bos = self.n_tok - 1
+        self.tok = nn.Embedding(self.n_tok, d_model, padding_idx=0)
+        self.enc_pos = nn.Embedding(hist_len * (self.L if enc_input == "tokens" else 1), d_model)
+        self.dec_pos = nn.Embedding(self.L + 1, d_model)
+        import warnings
+        with warnings.catch_warnings():  # nested tensors are off with norm_first
+            warnings.simplefilter("ignore", UserWarning)
+            self.tf = nn.Transformer(d_model, heads, enc_layers, dec_layers, ff, dropout, batch_first=True,
+                                     norm_first=True)
+        self.head = nn.Linear(d_model, self.n_tok)
+        mask = torch.zeros(self.L, self.n_tok, dtype=torch.bool)
+        for j, v in enumerate(self.vocab_sizes):
+            mask[j, 1 + off[j]:1 + off[j] + v] = True
+        self.register_buffer("level_mask", mask, persistent=False)
+
+    def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [..., t] (t <= L) -> token ids."""
+        t = codes.shape[-1]
+        return 1 + self.off[:t] + codes
+
+    def encode(self, hist_tok: torch.Tensor):
+        if self.enc_input == "tokens":   # one encoder position per SID token (TIGER)
+            pad = hist_tok == 0
+            h = self.tok(hist_tok)
+        else:                            # one position per item: sum of its L+1 token embeddings
+            ht = hist_tok.reshape(hist_tok.shape[0], -1, self.L)
+            pad = (ht == 0).all(-1)
+            h = self.tok(ht).sum(2)
+        h = h + self.enc_pos(torch.arange(h.shape[1], device=h.device))
+        # a fully padded row would give NaN attention: keep its last slot unmasked
+        pad = pad.clone()
+        pad[:, -1] = False
+        mem = self.tf.encoder(h, src_key_padding_mask=pad)
+        return mem, pad
+
+    def decode(self, mem, pad, dec_tok):
+        t = dec_tok.shape[1]
+        h = self.tok(dec_tok) + self.dec_pos(torch.arange(t, device=dec_tok.device))
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=dec_tok.device)
+        out = self.tf.decoder(h, mem, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=pad)
+        return self.head(out)
+
+    def loss(self, hist_tok, target_codes):
+        mem, pad = self.encode(hist_tok)
+        tgt = self.codes_to_tokens(target_codes)                       # [B, L]
+        bos = torch.full_like(tgt[:, :1], self.bos)
+        logits = self.decode(mem, pad, torch.cat([bos, tgt[:, :-1]], 1))  # [B, L, n_tok]
+        logits = logits.masked_fill(~self.level_mask, float("-inf"))
+        return F.cross_entropy(logits.reshape(-1, self.n_tok), tgt.reshape(-1))
+
+
+def tiger_recommend(model: Tiger, hist_tok: torch.Tensor, trie, beam: int, topk: int, batch: int,
+                    exclude=None, desc: str | None = None):
+    """Constrained beam search for every row of hist_tok: item ids [N, topk]."""
+    model.eval()
+    outs = []
+    rng = range(0, hist_tok.shape[0], batch)
+    with torch.inference_mode():
+        for s in tqdm(rng, desc=desc, leave=False, disable=desc is None):
+            ht = hist_tok[s:s + batch]
+            B = ht.shape[0]
+            mem, pad = model.encode(ht)
+            mem = mem.repeat_interleave(beam, 0)
+            pad = pad.repeat_interleave(beam, 0)
+            bos = torch.full((B * beam, 1), model.bos, dtype=torch.int64)
+
+            def step_fn(tokens, parent, mem=mem, pad=pad, bos=bos):
+                t = tokens.shape[1]
+                dec = torch.cat([bos, model.codes_to_tokens(tokens)], 1)
+                logits = model.decode(mem, pad, dec)[:, -1]
+                lo = 1 + int(model.off[t])
+                return logits[:, lo:lo + model.vocab_sizes[t]]
+
+            ex = None if exclude is None else exclude[s:s + batch]
+            res = pysid.beam_search(step_fn, trie, B, beam, topk=topk, exclude=ex)
+            outs.append(res.items)
+    model.train()
+    return torch.cat(outs) if outs else torch.empty(0, topk, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- SASRec
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, max_len: int, d_model=64, heads=2, layers=2, dropout=0.2):
+        super().__init__()
+        self.pad = n_items  # item index n_items is padding
+        self.item = nn.Embedding(n_items + 1, d_model, padding_idx=n_items)
+        self.pos = nn.Embedding(max_len, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout, batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.item.weight, std=0.05)   # tied output: keeps the initial logits O(1)
+        nn.init.normal_(self.pos.weight, std=0.05)
+        with torch.no_grad():
+            self.item.weight[n_items].zero_()
+
+    def forward(self, seq):  # [B, T] -> hidden [B, T, d]
+        T = seq.shape[1]
+        h = self.drop(self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos(torch.arange(T)))
+        causal = nn.Transformer.generate_square_subsequent_mask(T)
+        h = self.enc(h, mask=causal, is_causal=True)
+        return self.norm(h)
+
+    def logits(self, h):
+        return h @ self.item.weight[:-1].T
+
+
+def sasrec_recommend(model: SASRec, seq, topk: int, batch: int, banned: torch.Tensor, histories=None):
+    """Full-softmax top-k for every row of seq (left padded); histories: per-row item ids to exclude."""
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, seq.shape[0], batch):
+            lg = model.logits(model(seq[s:s + batch])[:, -1])
+            lg[:, banned] = float("-inf")
+            if histories is not None:
+                for r, h in enumerate(histories[s:s + batch]):
+                    lg[r, h] = float("-inf")
+            outs.append(lg.topk(topk, dim=1).indices)
+    model.train()
+    return torch.cat(outs)
+
+
+# ----------------------------------------------------------------------------- training loops
+def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
+    """Shared loop: AdamW, wall budget, validation Recall@10 each epoch, early stopping,
+    best state in memory. batches_fn(perm_chunk) -> loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    g = torch.Generator().manual_seed(args.seed)
+    budget = args.max_minutes * 60.0
+    t0 = time.perf_counter()
+    best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
+    step, stop = 0, False
+    tot, cnt = 0.0, 0
+
+    def evaluate(epoch, partial):
+        nonlocal best, best_state, best_epoch, bad, tot, cnt
+        r10 = val_fn()
+        mins = (time.perf_counter() - t0) / 60
+        history.append({"epoch": round(epoch, 3), "step": step, "loss": tot / max(cnt, 1), "val_R@10": r10,
+                        "minutes": mins, "budget_reached": partial})
+        log(f"  {name} epoch {epoch:.2f} step {step}: loss {tot / max(cnt, 1):.4f}  val R@10 {r10:.4f}  "
+            f"({mins:.1f} min){'  [budget reached]' if partial else ''}")
+        tot, cnt = 0.0, 0
+        if r10 > best:
+            best, best_epoch, bad = r10, round(epoch, 3), 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        return bad >= args.patience
+
+    steps_per_epoch = math.ceil(n_examples / args.batch_size)
+    for epoch in range(args.epochs):
+        perm = torch.randperm(n_examples, generator=g)
+        bar = tqdm(range(0, n_examples, args.batch_size), desc=f"{name} epoch {epoch + 1}/{args.epochs}",
+                   leave=False, disable=args.quiet)
+        done_in_epoch = 0
+        for s in bar:
+            loss = batches_fn(perm[s:s + args.batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            done_in_epoch += 1
+            tot += float(loss.detach())
+            cnt += 1
+            if cnt % 20 == 0 and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{tot / cnt:.3f}")
+            out_of_time = time.perf_counter() - t0 > budget
+            last = (args.max_steps and done_in_epoch >= args.max_steps) or done_in_epoch == steps_per_epoch
+            if out_of_time or last or (args.eval_every and step % args.eval_every == 0):
+                stop = evaluate(epoch + done_in_epoch / steps_per_epoch, out_of_time) or out_of_time
+                if stop or last:
+                    break
+        if hasattr(bar, "close"):
+            bar.close()
+        if stop:
+            break
+    train_min = (time.perf_counter() - t0) / 60
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"best_val_R@10": best, "best_epoch": best_epoch, "steps": step, "evaluations": len(history),
+            "train_minutes": train_min, "history": history}, best_state
+
+
+def run(args) -> dict:
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_all(args.seed)
+    t_start = time.perf_counter()
+    seqs = read_sequences(args.data)
+    if args.max_users and args.max_users < len(seqs):
+        idx = sorted(random.Random(args.seed).sample(range(len(seqs)), args.max_users))
+        seqs = [seqs[i] for i in idx]
+    split = leave_one_out(seqs, max_history=args.history)
+    all_items = sorted({i for s in seqs for i in s})
+    max_id = max(all_items)
+    catalogue = torch.zeros(max_id + 1, dtype=torch.bool)
+    catalogue[all_items] = True
+    n_users = len(seqs)
+    log(f"data: {args.data}: {n_users} users, {len(all_items)} items, {sum(map(len, seqs))} interactions")
+
+    results = {"args": vars(args), "users": n_users, "items": len(all_items), "methods": {}}
+    test_target = torch.tensor(split.test_target)
+    val_target = torch.tensor(split.valid_target)
+    vg = torch.Generator().manual_seed(args.seed + 2)
+    val_idx = torch.randperm(n_users, generator=vg)[:min(args.val_users, n_users)]
+    excl_test = split.test_history if args.exclude_history else None
+    excl_val = [split.valid_history[i] for i in val_idx.tolist()] if args.exclude_history else None
+
+    # ---------------- most popular
+    counts = torch.bincount(torch.tensor([i for s in split.train for i in s]), minlength=max_id + 1).float()
+    counts[~catalogue] = float("-inf")
+    if args.exclude_history:
+        top = []
+        for h in split.test_history:
+            c = counts.clone()
+            c[h] = float("-inf")
+            top.append(c.topk(10).indices)
+        top = torch.stack(top)
+    else:
+        top = counts.topk(10).indices[None].expand(n_users, 10)
+    results["methods"]["MostPop"] = {**ranking_metrics(top, test_target, catalogue), "train_minutes": 0.0}
+
+    # ---------------- SIDs
+    sids, sid_info = build_sids(split, all_items, args)
+    results["sids"] = sid_info
+    log(f"sids: {sids!r}; vocab {sid_info['vocab_sizes']}, {sid_info['zero_rows_replaced']} zero rows "
+        f"replaced, {sid_info['seconds']:.1f} s")
+    trie = sids.trie()
+    L1 = sids.codes.shape[1]
+    item_codes = torch.zeros(max_id + 2, L1, dtype=torch.int64)   # row max_id+1: padding item
+    item_codes[sids.item_ids] = sids.codes
+    pad_item = max_id + 1
+
+    # ---------------- TIGER
+    seed_all(args.seed)
+    model = Tiger(sids.vocab_sizes, args.history, d_model=args.d_model, heads=args.heads,
+                  enc_layers=args.layers, dec_layers=args.layers, ff=args.ff, dropout=args.dropout,
+                  enc_input=args.enc_input)
+
+    def hist_tokens(histories):
+        ids = left_pad(histories, args.history, pad_item)
+        tok = model.codes_to_tokens(item_codes[ids])                # [N, H, L1]
+        tok[ids == pad_item] = 0
+        return tok.reshape(len(histories), -1)
+
+    tr_hist, tr_tgt = split.train_examples()
+    tr_tok = hist_tokens(tr_hist)
+    tr_codes = item_codes[torch.tensor(tr_tgt)]
+    val_tok = hist_tokens([split.valid_history[i] for i in val_idx.tolist()])
+    test_tok = hist_tokens(split.test_history)
+    log(f"TIGER: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(tr_tgt)} training "
+        f"examples, history of {args.history} items x {L1} SID tokens, encoder input: {args.enc_input}")
+
+    def tiger_val():
+        top = tiger_recommend(model, val_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_val)
+        return ranking_metrics(top, val_target[val_idx], catalogue)["R@10"]
+
+    info, state = train_loop("TIGER", model, lambda b: model.loss(tr_tok[b], tr_codes[b]), len(tr_tgt),
+                             tiger_val, args, log)
+    if args.checkpoint_dir and state is not None:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        torch.save({"model": state, "vocab_sizes": sids.vocab_sizes, "args": vars(args)},
+                   os.path.join(args.checkpoint_dir, "tiger_best.pt"))
+    t0 = time.perf_counter()
+    top = tiger_recommend(model, test_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_test,
+                          desc=None if args.quiet else "TIGER test")
+    results["methods"]["TIGER (pysid)"] = {**ranking_metrics(top, test_target, catalogue), **info,
+                                           "test_decode_seconds": time.perf_counter() - t0,
+                                           "test_top_shape": list(top.shape)}
+
+    # ---------------- SASRec
+    seed_all(args.seed)
+    n_idx = max_id + 1
+    sas = SASRec(n_idx, args.history, d_model=args.sas_d_model, layers=2, heads=2, dropout=args.sas_dropout)
+    win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
+    sas_in = left_pad([w[:-1] for w in win], args.history, sas.pad)
+    sas_out = left_pad([w[1:] for w in win], args.history, sas.pad)
+    banned = ~catalogue
+
+    def sas_loss(b):
+        lg = sas.logits(sas(sas_in[b]))
+        y = sas_out[b]
+        m = y != sas.pad
+        return F.cross_entropy(lg[m], y[m])
+
+    sas_val_seq = left_pad([split.valid_history[i] for i in val_idx.tolist()], args.history, sas.pad)
+    sas_test_seq = left_pad(split.test_history, args.history, sas.pad)
+
+    def sas_top(seq, histories):
+        return sasrec_recommend(sas, seq, 10, 512, banned, histories)
+
+    def sas_val():
+        return ranking_metrics(sas_top(sas_val_seq, excl_val), val_target[val_idx], catalogue)["R@10"]
+
+    sargs = copy.copy(args)
+    sargs.lr = args.sas_lr
+    sargs.batch_size = args.sas_batch_size
+    info, _ = train_loop("SASRec", sas, sas_loss, len(win), sas_val, sargs, log)
+    top = sas_top(sas_test_seq, excl_test)
+    results["methods"]["SASRec (ours)"] = {**ranking_metrics(top, test_target, catalogue), **info}
+    results["wall_minutes"] = (time.perf_counter() - t_start) / 60
+
+    # ---------------- table
+    name = os.path.basename(args.data).split(".")[0].lower()
+    lines = [f"{'method':<16} {'R@5':>7} {'R@10':>7} {'N@5':>7} {'N@10':>7} {'invalid':>8} {'train min':>9}"]
+    for m, r in results["methods"].items():
+        lines.append(f"{m:<16} {r['R@5']:>7.4f} {r['R@10']:>7.4f} {r['N@5']:>7.4f} {r['N@10']:>7.4f} "
+                     f"{r['invalid_rate']:>8.4f} {r['train_minutes']:>9.2f}")
+    for m, (r5, n5, r10, n10) in PUBLISHED.get(name, {}).items():
+        lines.append(f"{m + ' (paper)':<16} {r5:>7.4f} {r10:>7.4f} {n5:>7.4f} {n10:>7.4f} {'-':>8} {'-':>9}")
+    results["published"] = PUBLISHED.get(name, {})
+    results["table"] = "\n".join(lines)
+    log("\n" + results["table"])
+    log(f"wall {results['wall_minutes']:.1f} min; {n_users} users"
+        f"{' (subsample: published figures are for all users)' if args.max_users else ''}")
+    if args.out:
+        d = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(d, exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        log(f"wrote {args.out}")
+    return results
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="Amazon-format sequence file: 'user item item ...'")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=15.0, help="wall budget of each model's training")
+    p.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: none; smoke runs)")
+    p.add_argument("--patience", type=int, default=3, help="evaluations without a better validation R@10")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also validate every N steps (0: once per epoch); early stopping counts evaluations")
+    p.add_argument("--beam", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sid-method", choices=["rq-kmeans", "rq-vae"], default="rq-kmeans")
+    p.add_argument("--rqvae-epochs", type=int, default=100)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--codebook-size", type=int, default=256)
+    p.add_argument("--emb-dim", type=int, default=64, help="collaborative embedding size")
+    p.add_argument("--max-users", type=int, default=0, help="random subsample of users (0: all)")
+    p.add_argument("--val-users", type=int, default=2000, help="users in the early-stopping validation")
+    p.add_argument("--history", type=int, default=20)
+    p.add_argument("--exclude-history", action="store_true", help="never recommend a history item")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2, help="encoder layers = decoder layers")
+    p.add_argument("--ff", type=int, default=512)
+    p.add_argument("--enc-input", choices=["items", "tokens"], default="items",
+                   help="encoder positions: one per history item (sum of its SID token embeddings; 4x "
+                        "fewer positions, the CPU default) or one per SID token (TIGER)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-batch", type=int, default=128)
+    p.add_argument("--sas-d-model", type=int, default=64)
+    p.add_argument("--sas-dropout", type=float, default=0.3)
+    p.add_argument("--sas-lr", type=float, default=1e-3)
+    p.add_argument("--sas-batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--checkpoint-dir", default=None, help="also save the best TIGER state here")
+    p.add_argument("--out", default=None, help="JSON results")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run(parse_args())
+    sys.exit(0)
