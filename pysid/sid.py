@@ -228,6 +228,17 @@ class SemanticIds:
             x = self._latents(x)
         if x.shape[1] != self.codebooks[0].shape[1]:
             raise ValueError(f"embeddings have D={x.shape[1]}, the codebooks D={self.codebooks[0].shape[1]}")
+        n_new = x.shape[0]
+        ids = None
+        if add:  # validate the ids before anything changes (nothing half-written)
+            if item_ids is None:
+                start = int(self.item_ids.max()) + 1 if len(self) else 0
+                item_ids = torch.arange(start, start + n_new)
+            ids = torch.as_tensor(item_ids, dtype=torch.int64).reshape(-1)
+            if ids.numel() != n_new:
+                raise ValueError(f"item_ids has {ids.numel()} entries for {n_new} embeddings")
+            if bool(torch.isin(ids, self.item_ids).any()) or ids.unique().numel() != ids.numel() or bool((ids < 0).any()):
+                raise ValueError("item_ids must be new, unique and non-negative")
         sem = self.codes[:, : self.num_levels]
         new = _encode(x, self.codebooks, self.codebook_sizes, self.dedup, self.settings.get("reassign_candidates", 32),
                       taken=sem if self.dedup == "reassign" else None)
@@ -235,18 +246,9 @@ class SemanticIds:
             allc = torch.cat([sem, new])
             suffix = _rank_within_key(_tuple_keys(allc, self.codebook_sizes))
             new = torch.cat([new, suffix[len(self):, None]], 1)
-            if not self.has_suffix:  # the table gets a suffix column too (all zeros: it had none)
-                if add:
-                    self.codes = torch.cat([self.codes, torch.zeros(len(self), 1, dtype=torch.int64)], 1)
+            if not self.has_suffix and add:  # the table gets a suffix column too (all zeros: it had none)
+                self.codes = torch.cat([self.codes, torch.zeros(len(self), 1, dtype=torch.int64)], 1)
         if add:
-            if item_ids is None:
-                start = int(self.item_ids.max()) + 1 if len(self) else 0
-                item_ids = torch.arange(start, start + new.shape[0])
-            ids = torch.as_tensor(item_ids, dtype=torch.int64).reshape(-1)
-            if ids.numel() != new.shape[0]:
-                raise ValueError(f"item_ids has {ids.numel()} entries for {new.shape[0]} embeddings")
-            if bool(torch.isin(ids, self.item_ids).any()) or ids.unique().numel() != ids.numel():
-                raise ValueError("item_ids must be new and unique")
             self.codes = torch.cat([self.codes, new])
             self.item_ids = torch.cat([self.item_ids, ids])
             self.__dict__.pop("_tries", None)

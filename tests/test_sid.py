@@ -117,8 +117,10 @@ def test_encode_cold_start(x):
     s.encode(x[2500:], item_ids=torch.arange(10_000, 10_500), add=True)
     assert len(s) == 3000 and unique_rows(s.codes)
     assert s.item(s.codes[-1:]).tolist() == [10_499]
-    with pytest.raises(ValueError, match="new and unique"):
+    before = s.codes.clone()
+    with pytest.raises(ValueError, match="new, unique"):
         s.encode(x[:2], item_ids=[0, 1], add=True)
+    assert torch.equal(s.codes, before) and len(s) == 3000  # nothing half-written
 
 
 def test_encode_cold_start_reassign():
