@@ -26,6 +26,10 @@
 //     dist    [N, T] float32: sum_d (x[i, d] - cand[t, d])^2, from the differences in float32
 //     pot     [T]    float64: sum_i w_i * min(mind[i], dist[i, t]), fixed-order float64 sum
 //     Bit-identical for any thread count (per SIMD path).
+//   kmeanspp_commit(dist, best, mind, weights) -> cum
+//     dist [N, T] float32, best int in [0, T), mind [N] float32 (updated in place:
+//     min(mind, dist[:, best])), weights None or [N] float32;
+//     cum [N] float64 = cumsum((weights * mind).double()) of the updated mind.
 //
 // Errors (raised before any work, so no partial result ever escapes):
 //   TypeError  an argument is not a torch.Tensor, or has the wrong dtype
@@ -219,5 +223,38 @@ void pysid_bind_kmeans(py::module_& m) {
       py::arg("x"), py::arg("cand"), py::arg("mind"), py::arg("weights"),
       "Squared distances [N, T] (float32) of x's rows to T candidate centres and each "
       "candidate's k-means++ potential [T] (float64, deterministic; see csrc/bind_kmeans.cpp).");
+  m.def(
+      "kmeanspp_commit",
+      [](const py::object& dist_, int64_t best, const py::object& mind_, const py::object& weights) {
+        const char* fn = "kmeanspp_commit";
+        const TorchObjs& th = torch_objs();
+        const Arg dist(fn, "dist", dist_, th);
+        dist.dtype_is(th.float32, "float32");
+        if (dist.dims() != 2 || dist.size(1) < 1)
+          throw py::value_error("kmeanspp_commit: dist must have shape [N, T], T >= 1, got " + dist.shape_str());
+        const int64_t n = dist.size(0), t = dist.size(1);
+        if (best < 0 || best >= t)
+          throw py::value_error("kmeanspp_commit: best = " + std::to_string(best) + " is out of range [0, " +
+                                std::to_string(t) + ")");
+        const std::uintptr_t dp = dist.ptr();
+        const Arg mind(fn, "mind", mind_, th);
+        mind.dtype_is(th.float32, "float32");
+        mind.vector_of(n);
+        const std::uintptr_t mp = mind.ptr();
+        const std::uintptr_t wp = check_weights(fn, weights, th, n);
+        py::object cum = empty(th, py::make_tuple(n), th.float64);
+        const std::uintptr_t cp = data_ptr(cum);
+        int status;
+        {
+          py::gil_scoped_release release;
+          status = pysid::kmeanspp_commit_cpu(kptr<const float>(dp), n, t, best, kptr<float>(mp),
+                                              kptr<const float>(wp), kptr<double>(cp));
+        }
+        pysid::raise_for_status(status, fn);
+        return cum;
+      },
+      py::arg("dist"), py::arg("best"), py::arg("mind"), py::arg("weights"),
+      "mind <- min(mind, dist[:, best]) in place; returns cumsum((weights * mind).double()) "
+      "(the next k-means++ draw's weights; see csrc/bind_kmeans.cpp).");
   m.attr("kmeanspp_max_candidates") = pysid::kmeanspp_max_candidates;
 }

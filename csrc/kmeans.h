@@ -59,6 +59,14 @@ int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, co
                             int64_t t, const float* mind, const float* weights, float* dist,
                             double* pot);
 
+// The k-means++ step after a centre is chosen (one pass, one thread, row order):
+//   mind[i] = min(mind[i], dist[i][best])          (in place; a NaN dist keeps mind)
+//   cum[i]  = sum_{r <= i} (double)(w_r * mind[r])  (w_r * mind[r] rounded to float32 first)
+// i.e. exactly torch.cumsum((w * torch.minimum(mind, dist[:, best])).double(), 0) for
+// finite inputs: the sampling weights of the next draw.
+int kmeanspp_commit_cpu(const float* dist, int64_t n, int64_t t, int64_t best, float* mind,
+                        const float* weights, double* cum);
+
 // The fixed chunk sizes (part of the summation-order contract above).
 int64_t kmeans_update_chunk_rows();
 int64_t kmeanspp_chunk_rows();

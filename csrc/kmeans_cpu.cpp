@@ -257,4 +257,19 @@ int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, co
   return kOk;
 }
 
+int kmeanspp_commit_cpu(const float* dist, int64_t n, int64_t t, int64_t best, float* mind,
+                        const float* weights, double* cum) {
+  if (n < 0 || t < 1 || best < 0 || best >= t) return kBadArgument;
+  if (n > 0 && (!dist || !mind || !cum)) return kBadArgument;
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = dist[i * t + best];
+    const float m = d < mind[i] ? d : mind[i];
+    mind[i] = m;
+    s += static_cast<double>(weights ? weights[i] * m : m);
+    cum[i] = s;
+  }
+  return kOk;
+}
+
 }  // namespace pysid

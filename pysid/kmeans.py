@@ -138,9 +138,8 @@ def _validate(x: Tensor, k: int, weights: Tensor | None, comm: _Comm) -> int:
         raise ValueError("x is empty (N = 0)")
     if k > n_total:
         raise ValueError(f"k = {k} is larger than the number of rows N = {n_total}")
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        rows = bad.nonzero()[:, 0]
+    rows = nonfinite_rows(x)
+    if rows is not None:
         raise ValueError(f"x has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     if weights is not None:
         if not isinstance(weights, Tensor) or weights.shape != (x.shape[0],):
@@ -155,20 +154,31 @@ def _validate(x: Tensor, k: int, weights: Tensor | None, comm: _Comm) -> int:
     return n_total
 
 
+def nonfinite_rows(x: Tensor) -> Tensor | None:
+    """Indices of x's rows [N, D] holding NaN/Inf, or None when every value is finite.
+
+    Fast path: the column sums of a finite matrix are finite unless they overflow, and
+    NaN/Inf always reaches its column's sum, so one reduction (no [N, D] mask) clears the
+    common case; only a non-finite sum pays for the exact per-row check."""
+    if x.numel() == 0 or bool(torch.isfinite(x.sum(0, dtype=torch.float32)).all()):
+        return None
+    bad = (~torch.isfinite(x)).any(1).nonzero()[:, 0]
+    return bad if bad.numel() else None
+
+
 # --------------------------------------------------------------------------- sampling
-def _draw(p: Tensor, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
-    """Rows drawn with probability proportional to p (>= 0) over the union of the ranks' rows.
+def _draw(cum: Tensor, n: int, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
+    """Rows drawn with probability proportional to the weights p (>= 0) whose inclusive
+    float64 prefix sums are cum (``_ops.cumulative``), over the union of the ranks' rows.
 
     u: [T] float64 uniforms in [0, 1) (identical on every rank). Returns (local row index
     [T] int64, mine [T] bool: this rank owns the draw). No host synchronisation."""
-    n = p.shape[0]
-    cum = torch.cumsum(p.to(torch.float64), 0) if n else torch.zeros(1, dtype=torch.float64, device=p.device)
     if not comm.on:  # one process: fewer launches (this runs once per k-means++ step)
         idx = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(0, max(n - 1, 0))
         return idx, torch.ones_like(idx, dtype=torch.bool)
     tot = comm.gather(cum[-1:])[:, 0]  # [world]
     ends = torch.cumsum(tot, 0)
-    v = u.to(p.device) * ends[-1]
+    v = u.to(cum.device) * ends[-1]
     owner = torch.searchsorted(ends, v, right=True).clamp_(max=comm.world - 1)
     local = v - (ends - tot)[owner]
     idx = torch.searchsorted(cum, local, right=True).clamp_(0, max(n - 1, 0))
@@ -194,16 +204,17 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
     u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front
     mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
-    base = w.to(torch.float32) if w is not None else torch.ones(n, dtype=torch.float32, device=x.device)
+    w32 = w.to(torch.float32) if w is not None else None
+    cum = _ops.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
     for c in range(k):  # no host synchronisation inside this loop (one process)
         t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)
-        p = base if c == 0 else base * mind
-        idx, mine = _draw(p, u[c, :t], comm)
+        idx, mine = _draw(cum, n, u[c, :t], comm)
         cand = _take(x, idx, mine, comm)
         dist, pot = _ops.candidates(x, cand, mind, w, impl)
         best = torch.argmin(comm.sum(pot)).reshape(1)  # ties: the first candidate
-        mind = torch.minimum(mind, dist.index_select(1, best)[:, 0])
         centres[c] = cand.index_select(0, best)[0].to(cdtype)
+        if c + 1 < k:  # mind <- min(mind, dist[:, best]); the next draw's weights w * mind
+            mind, cum = _ops.commit(dist, best, mind, w32, impl)
         if progress is not None:
             progress.update(1)
     return centres
@@ -421,7 +432,7 @@ def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, comm: 
     out = []
     u = torch.rand((k,), generator=g, dtype=torch.float64)
     for c in range(k):
-        idx, mine = _draw(p, u[c : c + 1], comm)
+        idx, mine = _draw(_ops.cumulative(p), x.shape[0], u[c : c + 1], comm)
         out.append(_take(x, idx, mine, comm)[0])
         if bool(mine[0]) and x.shape[0]:
             p[idx[0]] = 0.0

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kmeans import residual_kmeans
+from .kmeans import nonfinite_rows, residual_kmeans
 from .ops import residual_quantize
 from .trie import Trie
 
@@ -353,9 +353,8 @@ def _as_embeddings(x, name: str) -> Tensor:
         raise ValueError(f"{name} must be a non-empty [N, D] matrix, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        rows = bad.nonzero()[:, 0]
+    rows = nonfinite_rows(x)
+    if rows is not None:
         raise ValueError(f"{name} has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     return x if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else x.to(torch.float32)
 

@@ -214,6 +214,24 @@ def test_nan_rows_are_named():
         pysid.kmeans(x, 2)
 
 
+def test_nonfinite_rows():
+    """The column-sum fast path never hides a bad row, and an overflowing sum of finite
+    values is not an error."""
+    from pysid.kmeans import nonfinite_rows
+
+    assert nonfinite_rows(torch.randn(50, 4)) is None
+    assert nonfinite_rows(torch.empty(0, 4)) is None
+    big = torch.full((4, 2), 3e38)  # finite, but its column sums overflow float32
+    assert nonfinite_rows(big) is None
+    pysid.kmeans(big, 1, iters=0)  # accepted
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = torch.randn(30, 3).to(dtype)
+        x[4, 2] = float("-inf")
+        x[21, 0] = float("nan")
+        x[22, 1], x[22, 2] = float("inf"), float("-inf")
+        assert nonfinite_rows(x).tolist() == [4, 21, 22]
+
+
 def test_forced_backend_never_falls_back():
     with pysid.backend("cpu"), pytest.raises(TypeError):
         pysid.kmeans(torch.randn(10, 3, dtype=torch.float64), 2)

@@ -414,3 +414,41 @@ def test_pp_bad_arguments(mutate, exc, pattern):
 def test_module_constants():
     assert C.kmeanspp_max_candidates == 64
     assert C.cpu_isa() in ISAS
+
+
+# --------------------------------------------------------------------------- kmeanspp_commit
+
+
+@pytest.mark.parametrize("n,t,weighted", [(1, 1, False), (7, 3, True), (5000, 7, False), (5000, 8, True)])
+def test_commit_matches_torch_ops(n, t, weighted):
+    """mind <- min(mind, dist[:, best]) in place; cum = torch.cumsum((w * mind).double()) bit for bit."""
+    g = torch.Generator().manual_seed(n + t)
+    dist = torch.rand(n, t, generator=g) * 10
+    mind = torch.rand(n, generator=g) * 10
+    mind[::3] = math.inf
+    w = torch.rand(n, generator=g) if weighted else None
+    for best in range(t):
+        m = mind.clone()
+        want_m = torch.minimum(mind, dist[:, best])
+        want_cum = torch.cumsum((want_m if w is None else w * want_m).double(), 0)
+        cum = C.kmeanspp_commit(dist, best, m, w)
+        assert torch.equal(m, want_m)
+        assert cum.dtype == torch.float64 and torch.equal(cum, want_cum)
+
+
+def test_commit_errors():
+    dist, mind = torch.rand(4, 3), torch.rand(4)
+    with pytest.raises(ValueError, match="out of range"):
+        C.kmeanspp_commit(dist, 3, mind, None)
+    with pytest.raises(ValueError, match="out of range"):
+        C.kmeanspp_commit(dist, -1, mind, None)
+    with pytest.raises(ValueError, match=r"\[N\]"):
+        C.kmeanspp_commit(dist, 0, torch.rand(5), None)
+    with pytest.raises(TypeError, match="float32"):
+        C.kmeanspp_commit(dist.double(), 0, mind, None)
+    with pytest.raises(ValueError, match="contiguous"):
+        C.kmeanspp_commit(torch.rand(3, 4).t(), 0, mind, None)
+    before = mind.clone()
+    with pytest.raises(ValueError):
+        C.kmeanspp_commit(dist, 0, mind, torch.rand(3))  # bad weights: mind untouched
+    assert torch.equal(mind, before)

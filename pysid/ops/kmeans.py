@@ -101,3 +101,21 @@ def candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None, im
 
     dist, pot = kmeanspp_candidates_triton(x, cand, mind, weights)
     return dist, pot.double()
+
+
+def cumulative(p: Tensor) -> Tensor:
+    """Inclusive float64 prefix sums of the sampling weights p [N] (a single 0 when N = 0)."""
+    if p.shape[0] == 0:
+        return torch.zeros(1, dtype=torch.float64, device=p.device)
+    return torch.cumsum(p.to(torch.float64), 0)
+
+
+def commit(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None, impl: str) -> tuple[Tensor, Tensor]:
+    """After a k-means++ centre is chosen: mind <- min(mind, dist[:, best]) and the next draw's
+    cumulative weights cumsum(w * mind) float64 [N]. The C++ path does both in one pass (in
+    place on mind); the others are the same torch ops, which give the same bits."""
+    if impl == "cpu" and dist.shape[0] > 0:
+        cum = _native.cpu().kmeanspp_commit(dist, int(best), mind, weights)
+        return mind, cum
+    mind = torch.minimum(mind, dist.index_select(1, best.reshape(1))[:, 0])
+    return mind, cumulative(mind if weights is None else weights * mind)
