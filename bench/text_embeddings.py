@@ -35,7 +35,12 @@ def read_texts(path: str, n: int, seed: int) -> list[str]:
     seen: set[str] = set()
     texts = []
     for line in lines:
-        t = (line.split("\t")[col] if col is not None and line.count("\t") >= col else line).strip()
+        if col is not None:
+            fields = line.split("\t")
+            if len(fields) <= col:  # a row without that column: skipped
+                continue
+            line = fields[col]
+        t = line.strip()
         if len(t) >= 8 and t not in seen:
             seen.add(t)
             texts.append(t)

@@ -167,12 +167,14 @@ def nonfinite_rows(x: Tensor) -> Tensor | None:
 
 
 # --------------------------------------------------------------------------- sampling
-def _draw(cum: Tensor, n: int, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
+def _draw(cum: Tensor, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
     """Rows drawn with probability proportional to the weights p (>= 0) whose inclusive
-    float64 prefix sums are cum (``_ops.cumulative``), over the union of the ranks' rows.
+    float64 prefix sums are cum (``_ops.cumulative``: [N], or a single 0 for no rows), over the
+    union of the ranks' rows.
 
     u: [T] float64 uniforms in [0, 1) (identical on every rank). Returns (local row index
     [T] int64, mine [T] bool: this rank owns the draw). No host synchronisation."""
+    n = cum.shape[0]  # a rank without rows has cum = [0]: its (never owned) draws are row 0
     if not comm.on:  # one process: fewer launches (this runs once per k-means++ step)
         idx = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(0, max(n - 1, 0))
         return idx, torch.ones_like(idx, dtype=torch.bool)
@@ -208,7 +210,7 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     cum = _ops.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
     for c in range(k):  # no host synchronisation inside this loop (one process)
         t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)
-        idx, mine = _draw(cum, n, u[c, :t], comm)
+        idx, mine = _draw(cum, u[c, :t], comm)
         cand = _take(x, idx, mine, comm)
         dist, pot = _ops.candidates(x, cand, mind, w, impl)
         best = torch.argmin(comm.sum(pot)).reshape(1)  # ties: the first candidate
@@ -432,7 +434,7 @@ def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, comm: 
     out = []
     u = torch.rand((k,), generator=g, dtype=torch.float64)
     for c in range(k):
-        idx, mine = _draw(_ops.cumulative(p), x.shape[0], u[c : c + 1], comm)
+        idx, mine = _draw(_ops.cumulative(p), u[c : c + 1], comm)
         out.append(_take(x, idx, mine, comm)[0])
         if bool(mine[0]) and x.shape[0]:
             p[idx[0]] = 0.0

@@ -61,7 +61,6 @@ def _rank_within_key(key: Tensor) -> Tensor:
     return rank
 
 
-
 def collision_stats(codes: Tensor, sizes: Sequence[int]) -> dict[str, Any]:
     """Items, distinct tuples, share of items in a shared tuple, largest group."""
     m = codes.shape[0]
