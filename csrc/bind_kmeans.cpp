@@ -25,11 +25,16 @@
 //     weights None or [N] float32, CPU, contiguous
 //     dist    [N, T] float32: sum_d (x[i, d] - cand[t, d])^2, from the differences in float32
 //     pot     [T]    float64: sum_i w_i * min(mind[i], dist[i, t]), fixed-order float64 sum
-//     Bit-identical for any thread count (per SIMD path).
+//     Bit-identical for any thread count; AVX2 and AVX-512 give the same bits (kmeans.h).
 //   kmeanspp_commit(dist, best, mind, weights) -> cum
 //     dist [N, T] float32, best int in [0, T), mind [N] float32 (updated in place:
 //     min(mind, dist[:, best])), weights None or [N] float32;
 //     cum [N] float64 = cumsum((weights * mind).double()) of the updated mind.
+//   kmeanspp_pack(x) -> panels [ceil(N / 32) * 2, D, 16] float32 (16 rows transposed, zero padded)
+//   kmeanspp_run(panels, N, weights, u, c0, mind, cum) -> chosen [steps] int64
+//     Greedy k-means++ centres c0 .. c0 + steps - 1 (u [steps, T] float64 uniforms,
+//     1 <= T <= 64); mind [N] float32 and cum [N] float64 updated in place. The same
+//     bits as kmeanspp_candidates + kmeanspp_commit step by step (csrc/kmeans.h).
 //
 // Errors (raised before any work, so no partial result ever escapes):
 //   TypeError  an argument is not a torch.Tensor, or has the wrong dtype
@@ -50,7 +55,7 @@ namespace {
 
 // torch objects looked up once (the module is imported on the first call, not at load).
 struct TorchObjs {
-  py::object tensor, empty, float32, float16, bfloat16, float64, int32;
+  py::object tensor, empty, float32, float16, bfloat16, float64, int32, int64;
 };
 
 const TorchObjs& torch_objs() {
@@ -60,7 +65,7 @@ const TorchObjs& torch_objs() {
         py::module_ torch = py::module_::import("torch");
         return TorchObjs{torch.attr("Tensor"),  torch.attr("empty"),   torch.attr("float32"),
                          torch.attr("float16"), torch.attr("bfloat16"), torch.attr("float64"),
-                         torch.attr("int32")};
+                         torch.attr("int32"),   torch.attr("int64")};
       })
       .get_stored();
 }
@@ -256,5 +261,77 @@ void pysid_bind_kmeans(py::module_& m) {
       py::arg("dist"), py::arg("best"), py::arg("mind"), py::arg("weights"),
       "mind <- min(mind, dist[:, best]) in place; returns cumsum((weights * mind).double()) "
       "(the next k-means++ draw's weights; see csrc/bind_kmeans.cpp).");
+  m.def(
+      "kmeanspp_pack",
+      [](const py::object& x_) {
+        const char* fn = "kmeanspp_pack";
+        const TorchObjs& th = torch_objs();
+        const Arg x(fn, "x", x_, th);
+        int64_t n, d;
+        const int dt = check_x(x, th, &n, &d);
+        const std::uintptr_t xp = x.ptr();
+        const int64_t rows = pysid::kmeanspp_panel_floats(n, 1);
+        py::object panels = empty(th, py::make_tuple(rows / 16, d, 16), th.float32);
+        const std::uintptr_t pp = data_ptr(panels);
+        int status;
+        {
+          py::gil_scoped_release release;
+          status = pysid::kmeanspp_pack_cpu(kptr<const void>(xp), dt, n, d, kptr<float>(pp));
+        }
+        pysid::raise_for_status(status, fn);
+        return panels;
+      },
+      py::arg("x"),
+      "x [N, D] as float32 row panels [ceil(N / 32) * 2, D, 16] (16 rows transposed, zero "
+      "padded) for kmeanspp_run.");
+  m.def(
+      "kmeanspp_run",
+      [](const py::object& panels_, int64_t n, const py::object& weights, const py::object& u_,
+         int64_t c0, const py::object& mind_, const py::object& cum_) {
+        const char* fn = "kmeanspp_run";
+        const TorchObjs& th = torch_objs();
+        if (n < 1) throw py::value_error("kmeanspp_run: N must be >= 1, got " + std::to_string(n));
+        if (c0 < 0) throw py::value_error("kmeanspp_run: c0 must be >= 0, got " + std::to_string(c0));
+        const Arg panels(fn, "panels", panels_, th);
+        panels.dtype_is(th.float32, "float32");
+        const int64_t npan = pysid::kmeanspp_panel_floats(n, 1) / 16;
+        if (panels.dims() != 3 || panels.size(0) != npan || panels.size(2) != 16)
+          throw py::value_error("kmeanspp_run: panels must have shape [" + std::to_string(npan) +
+                                ", D, 16] (kmeanspp_pack of N = " + std::to_string(n) + " rows), got " +
+                                panels.shape_str());
+        const int64_t d = panels.size(1);
+        const std::uintptr_t pp = panels.ptr();
+        const std::uintptr_t wp = check_weights(fn, weights, th, n);
+        const Arg u(fn, "u", u_, th);
+        u.dtype_is(th.float64, "float64");
+        if (u.dims() != 2 || u.size(1) < 1 || u.size(1) > pysid::kmeanspp_max_candidates)
+          throw py::value_error("kmeanspp_run: u must have shape [steps, T] with 1 <= T <= " +
+                                std::to_string(pysid::kmeanspp_max_candidates) + ", got " + u.shape_str());
+        const int64_t steps = u.size(0), t = u.size(1);
+        const std::uintptr_t up = u.ptr();
+        const Arg mind(fn, "mind", mind_, th);
+        mind.dtype_is(th.float32, "float32");
+        mind.vector_of(n);
+        const std::uintptr_t mp = mind.ptr();
+        const Arg cum(fn, "cum", cum_, th);
+        cum.dtype_is(th.float64, "float64");
+        cum.vector_of(n);
+        const std::uintptr_t cp = cum.ptr();
+        py::object chosen = empty(th, py::make_tuple(steps), th.int64);
+        const std::uintptr_t op = data_ptr(chosen);
+        int status;
+        {
+          py::gil_scoped_release release;
+          status = pysid::kmeanspp_run_cpu(kptr<const float>(pp), n, d, kptr<const float>(wp), t,
+                                           kptr<const double>(up), c0, steps, kptr<float>(mp),
+                                           kptr<double>(cp), kptr<int64_t>(op));
+        }
+        pysid::raise_for_status(status, fn);
+        return chosen;
+      },
+      py::arg("panels"), py::arg("n"), py::arg("weights"), py::arg("u"), py::arg("c0"), py::arg("mind"),
+      py::arg("cum"),
+      "Greedy k-means++ centres c0 .. c0 + steps - 1 on packed rows: returns the chosen rows [steps] "
+      "int64; mind [N] float32 and cum [N] float64 are updated in place (see csrc/kmeans.h).");
   m.attr("kmeanspp_max_candidates") = pysid::kmeanspp_max_candidates;
 }

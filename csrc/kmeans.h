@@ -7,7 +7,7 @@
 // rq_encode's CUDA binding). x is [n, d], row-major, contiguous; float16 and
 // bfloat16 rows are converted to float32 exactly before any arithmetic.
 //
-// Determinism: both kernels produce bit-identical results for any number of
+// Determinism: every kernel produces bit-identical results for any number of
 // OpenMP threads (fixed partition of the work into chunks whose boundaries do
 // not depend on the thread count; partial sums combined in chunk order).
 // kmeans_update_cpu is moreover bit-identical across the SIMD paths (every
@@ -48,16 +48,38 @@ int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const in
 //                     (+inf allowed)
 //   weights   [n]     float32 or nullptr (all ones)
 // Outputs (fully written on kOk):
-//   dist      [n, t]  float32: dist[i][j] = sum_d (x[i][d] - cand[j][d])^2, from the
-//                     differences in float32 (no norm expansion, so no cancellation)
-//   pot       [t]     float64: pot[j] = sum_i w_i * min(mind[i], dist[i][j]), summed in
-//                     float64 over fixed chunks of kmeanspp_chunk_rows() rows (row order
-//                     inside a chunk), the chunk sums added in chunk order.
+//   dist      [n, t]  float32: dist[i][j] = sum over e = 0, 1, ..., d - 1 in order of
+//                     (x[i][e] - cand[j][e])^2, each term added with one fused multiply-add
+//                     on the AVX2 / AVX-512 paths (the same bits on both; the scalar path
+//                     rounds the square first). From the differences, so no cancellation.
+//   pot       [t]     float64: pot[j] = sum_i w_i * min(mind[i], dist[i][j]) (each term
+//                     exact in float64), summed over fixed chunks of kmeanspp_chunk_rows()
+//                     rows: inside a chunk one sum per lane l = i % 16 in row order, then
+//                     the 16 lane sums in lane order; the chunk sums in chunk order.
 // min(mind, dist) takes dist only when dist < mind (a NaN dist keeps mind).
 constexpr int64_t kmeanspp_max_candidates = 64;
 int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
                             int64_t t, const float* mind, const float* weights, float* dist,
                             double* pot);
+
+// Whole greedy k-means++ runs on one process, steps in C++ (no per-step round trip).
+// The rows are first packed once into float32 panels of 16 rows transposed:
+//   kmeanspp_pack_cpu: panels [kmeanspp_panel_floats(n, d)] <- x [n, d] (x_dtype), zero padded.
+// kmeanspp_run_cpu then runs centres c0 .. c0 + steps - 1, each exactly as the one-step
+// kernels would (the same bits as the Python loop over kmeanspp_candidates_cpu and
+// kmeanspp_commit_cpu):
+//   draw     candidate j = the first row whose cum exceeds u[s][j] * cum[n - 1] (clamped
+//            to n - 1; torch.searchsorted(right=True)); centre 0 draws one candidate
+//   score    dist and pot as kmeanspp_candidates_cpu
+//   choose   chosen[s] = the candidate of least pot (ties: the first)
+//   commit   mind and cum as kmeanspp_commit_cpu
+// State (updated in place): mind [n] float32 (+inf before the first centre) and cum [n]
+// float64 (cumsum of w * mind; of w before the first centre). u: [steps, t] float64.
+int64_t kmeanspp_panel_floats(int64_t n, int64_t d);
+int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* panels);
+int kmeanspp_run_cpu(const float* panels, int64_t n, int64_t d, const float* weights, int64_t t,
+                     const double* u, int64_t c0, int64_t steps, float* mind, double* cum,
+                     int64_t* chosen);
 
 // The k-means++ step after a centre is chosen (one pass, one thread, row order):
 //   mind[i] = min(mind[i], dist[i][best])          (in place; a NaN dist keeps mind)

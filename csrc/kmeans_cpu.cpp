@@ -23,21 +23,15 @@ struct Isa {
   struct V { float v[8]; };
   static inline V zero() { V r; for (int i = 0; i < 8; ++i) r.v[i] = 0.0f; return r; }
   static inline V load(const float* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = p[i]; return r; }
+  static inline V set1(float a) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a; return r; }
   static inline void store(float* p, V a) { for (int i = 0; i < 8; ++i) p[i] = a.v[i]; }
   static inline V sub(V a, V b) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] - b.v[i]; return r; }
   static inline V fmadd(V a, V b, V c) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
-  static inline void reduce8(const V* a, float* out) {
-    for (int j = 0; j < 8; ++j) {
-      float t[4];
-      for (int i = 0; i < 4; ++i) t[i] = a[j].v[i] + a[j].v[i + 4];
-      out[j] = (t[0] + t[2]) + (t[1] + t[3]);
-    }
-  }
   static inline V load_f16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_half_to_float(p[i]); return r; }
   static inline V load_bf16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_bf16_to_float(p[i]); return r; }
 };
 constexpr int kGroup = 4;
-constexpr int kRows = 2;
+constexpr int kPanels = 1;
 
 }  // namespace
 
@@ -49,7 +43,9 @@ void km_update_scalar(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, 
                       float* rowbuf) {
   km_update_any(a, j0, j1, acc, cnt, rowbuf);
 }
-void km_pp_scalar(const PPArgs& a, int64_t i0, int64_t i1, double* pot) { km_pp_any(a, i0, i1, pot); }
+void km_pp_scalar(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
+  km_pp_any(a, i0, i1, pot, scratch);
+}
 }  // namespace kmcpu
 
 namespace {
@@ -216,38 +212,31 @@ int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const in
   return kOk;
 }
 
-int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
-                            int64_t t, const float* mind, const float* weights, float* dist,
-                            double* pot) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates)
-    return kBadArgument;
-  if (!pot || (d > 0 && !cand)) return kBadArgument;
-  if (n > 0 && (!mind || !dist || (d > 0 && !x))) return kBadArgument;
-  const int64_t esize = x_dtype == 0 ? 4 : 2;
-  const int64_t dp = (d + kmcpu::kPad - 1) / kmcpu::kPad * kmcpu::kPad;
+static_assert(kmcpu::kMaxCand == kmeanspp_max_candidates, "scratch sized for every candidate");
+
+namespace {
+
+// Scores rows [0, n) against t candidates, in fixed chunks of kPPChunkRows rows spread
+// over the threads; pot[j] = the chunk sums added in chunk order.
+int pp_score(const kmcpu::PPArgs& args, int64_t esize, double* pot) {
+  const int64_t n = args.n, d = args.d, t = args.t;
   const int64_t nch = (n + kPPChunkRows - 1) / kPPChunkRows;
-
-  KmBuf cand_buf, part_buf;
-  if (!cand_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * dp) ||
-      !part_buf.alloc(static_cast<int64_t>(sizeof(double)) * nch * t))
+  const int nthreads = threads_for(n * d * esize, nch);
+  const int64_t per_thread = (kmcpu::pp_scratch_floats(d) + 15) / 16 * 16;  // floats, 64-byte multiple
+  KmBuf part_buf, scratch_buf;
+  if (!part_buf.alloc(static_cast<int64_t>(sizeof(double)) * nch * t) ||
+      !scratch_buf.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads))
     return kOutOfMemory;
-  float* cp = static_cast<float*>(cand_buf.p);
-  for (int64_t j = 0; j < t; ++j) {
-    for (int64_t e = 0; e < d; ++e) cp[j * dp + e] = cand[j * d + e];
-    for (int64_t e = d; e < dp; ++e) cp[j * dp + e] = 0.0f;
-  }
   double* part = static_cast<double*>(part_buf.p);
-
+  float* scratch = static_cast<float*>(scratch_buf.p);
   UpdateFn unused;
   PPFn fn;
   pick(&unused, &fn);
-  const PPArgs args{x, x_dtype, n, d, dp, cp, t, mind, weights, dist};
-  const int nthreads = threads_for(n * d * esize, nch);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t ch = 0; ch < nch; ++ch) {
     const int64_t i0 = ch * kPPChunkRows;
     const int64_t i1 = n - i0 < kPPChunkRows ? n : i0 + kPPChunkRows;
-    fn(args, i0, i1, part + ch * t);
+    fn(args, i0, i1, part + ch * t, scratch + per_thread * omp_get_thread_num());
   }
   for (int64_t j = 0; j < t; ++j) {
     double s = 0.0;
@@ -257,18 +246,110 @@ int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, co
   return kOk;
 }
 
-int kmeanspp_commit_cpu(const float* dist, int64_t n, int64_t t, int64_t best, float* mind,
-                        const float* weights, double* cum) {
-  if (n < 0 || t < 1 || best < 0 || best >= t) return kBadArgument;
-  if (n > 0 && (!dist || !mind || !cum)) return kBadArgument;
+// mind <- min(mind, dist_i) (dist_i = dist[i * stride]); cum <- prefix sums of w * mind.
+void pp_commit(const float* dist, int64_t stride, int64_t n, float* mind, const float* weights,
+               double* cum) {
   double s = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    const float d = dist[i * t + best];
+    const float d = dist[i * stride];
     const float m = d < mind[i] ? d : mind[i];
     mind[i] = m;
     s += static_cast<double>(weights ? weights[i] * m : m);
     cum[i] = s;
   }
+}
+
+}  // namespace
+
+int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
+                            int64_t t, const float* mind, const float* weights, float* dist,
+                            double* pot) {
+  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates)
+    return kBadArgument;
+  if (!pot || (d > 0 && !cand)) return kBadArgument;
+  if (n > 0 && (!mind || !dist || (d > 0 && !x))) return kBadArgument;
+  const kmcpu::PPArgs args{x, x_dtype, nullptr, n, d, cand, t, mind, weights, dist, t, 1};
+  return pp_score(args, x_dtype == 0 ? 4 : 2, pot);
+}
+
+int64_t kmeanspp_panel_floats(int64_t n, int64_t d) {
+  return (n + kmcpu::kUnitMax - 1) / kmcpu::kUnitMax * kmcpu::kUnitMax * d;
+}
+
+int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* panels) {
+  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0) return kBadArgument;
+  if (n > 0 && d > 0 && (!x || !panels)) return kBadArgument;
+  constexpr int64_t P = kmcpu::kPanelRows;
+  const int64_t npan = kmeanspp_panel_floats(n, 1) / P;
+  const int nthreads = threads_for(n * d * 4, npan);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t q = 0; q < npan; ++q) {
+    float* dst = panels + q * d * P;
+    for (int64_t l = 0; l < P; ++l) {
+      const int64_t i = q * P + l;
+      for (int64_t j = 0; j < d; ++j) {
+        float v = 0.0f;
+        if (i < n) {
+          if (x_dtype == 0) v = static_cast<const float*>(x)[i * d + j];
+          else if (x_dtype == 1) v = km_half_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
+          else v = km_bf16_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
+        }
+        dst[j * P + l] = v;
+      }
+    }
+  }
+  return kOk;
+}
+
+int kmeanspp_run_cpu(const float* panels, int64_t n, int64_t d, const float* weights, int64_t t,
+                     const double* u, int64_t c0, int64_t steps, float* mind, double* cum,
+                     int64_t* chosen) {
+  if (n < 1 || d < 0 || t < 1 || t > kmeanspp_max_candidates || c0 < 0 || steps < 0) return kBadArgument;
+  if ((d > 0 && !panels) || !mind || !cum || (steps > 0 && (!u || !chosen))) return kBadArgument;
+  if (steps == 0) return kOk;
+  constexpr int64_t P = kmcpu::kPanelRows;
+  const int64_t ldd = kmeanspp_panel_floats(n, 1);  // n rounded up to whole units
+  KmBuf dist_buf, cand_buf;
+  if (!dist_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * ldd) ||
+      !cand_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * (d > 0 ? d : 1)))
+    return kOutOfMemory;
+  float* dist = static_cast<float*>(dist_buf.p);
+  float* cand = static_cast<float*>(cand_buf.p);
+  double pot[kmeanspp_max_candidates];
+  int64_t idx[kmeanspp_max_candidates];
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t tt = c0 + s == 0 ? 1 : t;  // the first centre: one weighted draw
+    // draws: the first row whose prefix sum exceeds u * total (torch.searchsorted(right=True))
+    const double total = cum[n - 1];
+    for (int64_t j = 0; j < tt; ++j) {
+      const double v = u[s * t + j] * total;
+      int64_t lo = 0, hi = n;
+      while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (cum[mid] > v) hi = mid;
+        else lo = mid + 1;
+      }
+      idx[j] = lo < n ? lo : n - 1;
+      const float* src = panels + (idx[j] / P) * d * P + idx[j] % P;
+      for (int64_t e = 0; e < d; ++e) cand[j * d + e] = src[e * P];
+    }
+    const kmcpu::PPArgs args{nullptr, 0, panels, n, d, cand, tt, mind, weights, dist, 1, ldd};
+    const int status = pp_score(args, 4, pot);
+    if (status != kOk) return status;
+    int64_t best = 0;  // ties: the first candidate
+    for (int64_t j = 1; j < tt; ++j)
+      if (pot[j] < pot[best]) best = j;
+    chosen[s] = idx[best];
+    pp_commit(dist + best * ldd, 1, n, mind, weights, cum);
+  }
+  return kOk;
+}
+
+int kmeanspp_commit_cpu(const float* dist, int64_t n, int64_t t, int64_t best, float* mind,
+                        const float* weights, double* cum) {
+  if (n < 0 || t < 1 || best < 0 || best >= t) return kBadArgument;
+  if (n > 0 && (!dist || !mind || !cum)) return kBadArgument;
+  if (n > 0) pp_commit(dist + best, t, n, mind, weights, cum);
   return kOk;
 }
 

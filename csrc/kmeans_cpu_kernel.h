@@ -4,16 +4,16 @@
 // namespace:
 //
 //   struct Isa {
-//     static constexpr int W;                        // lanes (floats) per vector, <= kPad
+//     static constexpr int W;                        // lanes (floats) per vector, divides 16
 //     using V;                                       // float vector
 //     V zero(); V load(const float*); void store(float*, V);
+//     V set1(float);                                 // every lane = the value
 //     V sub(V, V); V fmadd(V a, V b, V c);           // a*b + c
-//     void reduce8(const V* a, float* out);          // out[j] = sum of a[j]'s lanes, j < 8,
-//                                                    // the same lane order for every j
 //     V load_f16(const uint16_t*); V load_bf16(const uint16_t*);  // W values -> float32, exact
 //   };
 //   constexpr int kGroup;   // candidates scored per pass over the rows (<= 8)
-//   constexpr int kRows;    // rows scored together (kRows * kGroup accumulators in registers)
+//   constexpr int kPanels;  // 16-row panels scored together (kPanels * 16 / W * kGroup
+//                           // accumulators in registers)
 //
 // Everything here has internal linkage (anonymous namespace, no std:: templates),
 // so code compiled with AVX-512 flags can never be shared with the scalar path.
@@ -21,9 +21,7 @@
 // kmeans_update rows: gathered by sorted row id (software-prefetched ahead), widened
 // to float64 and added; each product w * x is exact in float64, so the result does
 // not depend on FMA contraction or on the vector width.
-// kmeanspp rows: kRows rows at a time, vectors along d; the rows' W-blocks are loaded
-// (and converted) once per group of kGroup candidates, each (row, candidate) keeping
-// one accumulator, so dist[i][j] depends only on x[i], cand[j] and the ISA path.
+// kmeanspp rows: transposed row panels, one lane per (row, candidate) (see below).
 
 namespace {
 
@@ -32,7 +30,6 @@ using pysid::kmcpu::UpdateArgs;
 
 using V = Isa::V;
 constexpr int W = Isa::W;
-static_assert(pysid::kmcpu::kPad % W == 0, "candidate padding must be a multiple of W");
 
 template <int DT>
 inline V km_loadx(const char* p) {
@@ -113,74 +110,93 @@ void km_update_any(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, dou
   else km_update_dt<0>(a, j0, j1, acc, cnt, rowbuf);
 }
 
-// --------------------------------------------------------------- kmeanspp_candidates
-// R rows (xr[r]; tails[r]: that row's last d % W values, zero padded, or nullptr when
-// d % W == 0) against NT candidates (rows cg, cg + dp, ...): nfull whole W-blocks read
-// from the rows themselves, then the tail block. One accumulator per (row, candidate),
-// each candidate block loaded once for the R rows; the accumulators are reduced eight
-// at a time by Isa::reduce8 (the same lane order for every slot), so the result
-// depends only on the row, the candidate and the ISA path.
-// Writes dist[r * T + t] and adds w_r * min(mind_r, dist) to pot[t] (rows in order).
-template <int DT, int NT, int R>
-inline void km_score_rows(const char* const* xr, int64_t nfull, const float* const* tails,
-                          const float* __restrict cg, int64_t dp, const float* mind,
-                          const float* w, int64_t T, float* __restrict dist,
-                          double* __restrict pot) {
-  constexpr int NA = R * NT, NP = (NA + 7) / 8 * 8;
-  V acc[NP];
+// ------------------------------------------------------------------ k-means++ scoring
+// Rows are scored kUnit = kPanels * 16 at a time from row panels: 16 consecutive rows
+// transposed (panel[j * 16 + l] = x[row0 + l][j]), so one vector load reads element j
+// of W rows and no horizontal sum is ever needed. Every (row, candidate) distance is
+// accumulated in its own lane over j = 0, 1, ..., d - 1 in order:
+//   acc = fmadd(x_j - c_j, x_j - c_j, acc)
+// so it depends only on the row and the candidate (and, on the scalar path, which
+// rounds the product separately, on the path): AVX2 and AVX-512 give the same bits,
+// pre-packed panels (the fused k-means++ loop) and rows packed on the fly (the
+// one-step kernel) give the same bits.
+constexpr int kUnit = kPanels * pysid::kmcpu::kPanelRows;
+constexpr int64_t kAheadLines = 32;  // software prefetch distance in panel lines
+constexpr int kNV = kUnit / W;  // vectors across one unit of rows
+static_assert(kUnit <= pysid::kmcpu::kUnitMax && kGroup <= pysid::kmcpu::kGroupMax, "scratch sizes");
+static_assert(pysid::kmcpu::kPanelRows % W == 0, "a panel row slice is whole vectors");
+
+// p: kPanels consecutive panels (d * 16 floats each); c: NT candidates [NT][d]. Rows
+// r < rows of the unit (global row i + r) get dist[(i + r) * ld_row + t * ld_cand] and
+// add w * min(mind, dist) to lanes[t * 16 + r % 16] (the product is exact in float64).
+template <int NT>
+inline void km_unit_score(const float* __restrict p, int64_t d, const float* __restrict c,
+                          const PPArgs& a, int64_t i, int64_t rows, int64_t t0,
+                          double* __restrict lanes) {
+  constexpr int P = pysid::kmcpu::kPanelRows;
+  V acc[NT * kNV];
 #pragma GCC unroll 16
-  for (int a = 0; a < NP; ++a) acc[a] = Isa::zero();
-  for (int64_t b = 0; b < nfull; ++b) {
-    V xv[R];
+  for (int a = 0; a < NT * kNV; ++a) acc[a] = Isa::zero();
+  for (int64_t j = 0; j < d; ++j) {
+    // one 64-byte line per panel per j: ask for the line kAheadLines ahead (into the next
+    // unit's panels near the end), which the hardware prefetcher alone does not reach
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) xv[r] = km_loadx<DT>(xr[r] + b * W * km_esize<DT>());
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) {
-      const V cv = Isa::load(cg + t * dp + b * W);
+    for (int q = 0; q < kPanels; ++q) __builtin_prefetch(p + q * d * P + (j + kAheadLines) * P, 0, 3);
+    V xv[kNV];
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const V df = Isa::sub(xv[r], cv);
-        acc[r * NT + t] = Isa::fmadd(df, df, acc[r * NT + t]);
-      }
-    }
-  }
-  if (tails[0]) {
-    V xv[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) xv[r] = Isa::load(tails[r]);
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) {
-      const V cv = Isa::load(cg + t * dp + nfull * W);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const V df = Isa::sub(xv[r], cv);
-        acc[r * NT + t] = Isa::fmadd(df, df, acc[r * NT + t]);
-      }
-    }
-  }
-  alignas(64) float sums[NP];
-#pragma GCC unroll 4
-  for (int g = 0; g < NP; g += 8) Isa::reduce8(acc + g, sums + g);
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    const float m = mind[r];
-    const double wr = w ? static_cast<double>(w[r]) : 1.0;
+    for (int v = 0; v < kNV; ++v) xv[v] = Isa::load(p + (v * W / P) * d * P + j * P + (v * W) % P);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-      const float v = sums[r * NT + t];
-      dist[r * T + t] = v;
-      pot[t] += wr * static_cast<double>(v < m ? v : m);
+      const V cb = Isa::set1(c[t * d + j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) {
+        const V df = Isa::sub(xv[v], cb);
+        acc[t * kNV + v] = Isa::fmadd(df, df, acc[t * kNV + v]);
+      }
+    }
+  }
+  alignas(64) float out[NT * kUnit];
+#pragma GCC unroll 16
+  for (int q = 0; q < NT * kNV; ++q) Isa::store(out + (q / kNV) * kUnit + (q % kNV) * W, acc[q]);
+  float* dst = a.dist + i * a.ld_row + t0 * a.ld_cand;
+  const float* m = a.mind + i;
+  const float* w = a.w ? a.w + i : nullptr;
+  if (rows == kUnit && a.ld_row == 1) {  // whole unit, candidate-major dist: plain loops over rows
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      float* dt = dst + t * a.ld_cand;
+      const float* o = out + t * kUnit;
+      double* pl = lanes + t * P;
+      for (int r = 0; r < kUnit; ++r) dt[r] = o[r];
+      for (int q = 0; q < kUnit; q += P) {
+        if (w) {
+          for (int l = 0; l < P; ++l) {
+            const float v = o[q + l] < m[q + l] ? o[q + l] : m[q + l];
+            pl[l] += static_cast<double>(w[q + l]) * static_cast<double>(v);
+          }
+        } else {
+          for (int l = 0; l < P; ++l) pl[l] += static_cast<double>(o[q + l] < m[q + l] ? o[q + l] : m[q + l]);
+        }
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const double wr = w ? static_cast<double>(w[r]) : 1.0;
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const float v = out[t * kUnit + r];
+        dst[r * a.ld_row + t * a.ld_cand] = v;
+        lanes[t * P + r % P] += wr * static_cast<double>(v < m[r] ? v : m[r]);
+      }
     }
   }
 }
 
-template <int DT, int R>
-inline void km_score_group(int nt, const char* const* xr, int64_t nfull, const float* const* tails,
-                           const float* cg, int64_t dp, const float* mind, const float* w,
-                           int64_t T, float* dist, double* pot) {
-  static_assert(kGroup <= 8, "km_score_group instantiates up to 8 candidates");
+inline void km_unit_group(int nt, const float* p, int64_t d, const float* c, const PPArgs& a,
+                          int64_t i, int64_t rows, int64_t t0, double* lanes) {
+  static_assert(kGroup <= 8, "km_unit_group instantiates up to 8 candidates");
 #define KM_CASE(n) \
-  case n: if constexpr (kGroup >= n) km_score_rows<DT, n, R>(xr, nfull, tails, cg, dp, mind, w, T, dist, pot); break;
+  case n: if constexpr (kGroup >= n) km_unit_score<n>(p, d, c, a, i, rows, t0, lanes); break;
   switch (nt) {
     KM_CASE(1) KM_CASE(2) KM_CASE(3) KM_CASE(4) KM_CASE(5) KM_CASE(6) KM_CASE(7) KM_CASE(8)
     default: break;
@@ -188,50 +204,54 @@ inline void km_score_group(int nt, const char* const* xr, int64_t nfull, const f
 #undef KM_CASE
 }
 
-constexpr int64_t kPPAhead = 8;  // rows prefetched ahead of the ones being scored
-
+// Rows [i0, i1) (i0 a multiple of kUnit) against every candidate: writes their
+// distances and sets pot[t] to this range's sum of w * min(mind, dist): per lane
+// l = i % 16 in row order, then the 16 lane sums in lane order (no dependence on the
+// vector width). Panels come from a.panels, or are packed here from the row-major a.x
+// into scratch (kmcpu::pp_scratch_floats(d) floats).
 template <int DT>
-void km_pp_dt(const PPArgs& a, int64_t i0, int64_t i1, double* __restrict pot) {
-  constexpr int R = kRows;  // rows scored together
-  const int64_t d = a.d, dp = a.dp, T = a.t;
-  const int64_t rowbytes = d * km_esize<DT>();
-  const int64_t nfull = d / W, rem = d % W;
+void km_pp_dt(const PPArgs& a, int64_t i0, int64_t i1, double* __restrict pot,
+              float* __restrict scratch) {
+  constexpr int P = pysid::kmcpu::kPanelRows;
+  const int64_t d = a.d, T = a.t;
+  double* lanes = reinterpret_cast<double*>(scratch);  // [T][16]
+  float* pack = scratch + pysid::kmcpu::kLaneFloats;  // [kPanels][d][16]
   const char* x = static_cast<const char*>(a.x);
-  alignas(64) float tailbuf[R][W];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < W; ++j) tailbuf[r][j] = 0.0f;
-  for (int64_t t = 0; t < T; ++t) pot[t] = 0.0;
-  for (int64_t i = i0; i < i1;) {
-    const int rows = i1 - i >= R ? R : 1;  // R rows at a time, the last few one by one
-    // sequential rows, but each takes long enough to score that the hardware prefetcher
-    // alone does not run far enough ahead: ask for the rows kPPAhead rows ahead too
-    for (int r = 0; r < rows; ++r)
-      if (i + kPPAhead + r < a.n) km_prefetch_row(x + (i + kPPAhead + r) * rowbytes, rowbytes);
-    const char* xr[R];
-    const float* tails[R];
-    for (int r = 0; r < rows; ++r) {
-      xr[r] = x + (i + r) * rowbytes;
-      tails[r] = rem ? tailbuf[r] : nullptr;
-      for (int64_t j = 0; j < rem; ++j) tailbuf[r][j] = km_scalar_x<DT>(xr[r], nfull * W + j);
+  const int64_t rowbytes = d * km_esize<DT>();
+  for (int64_t q = 0; q < T * P; ++q) lanes[q] = 0.0;
+  for (int64_t i = i0; i < i1; i += kUnit) {
+    const int64_t rows = i1 - i < kUnit ? i1 - i : kUnit;
+    const float* p;
+    if (a.panels) {
+      p = a.panels + i * d;  // panel i / 16 starts at (i / 16) * d * 16
+    } else {
+      for (int64_t r = 0; r < kUnit; ++r) {
+        float* dst = pack + (r / P) * d * P + r % P;
+        if (r < rows) {
+          const char* row = x + (i + r) * rowbytes;
+          for (int64_t j = 0; j < d; ++j) dst[j * P] = km_scalar_x<DT>(row, j);
+        } else {
+          for (int64_t j = 0; j < d; ++j) dst[j * P] = 0.0f;
+        }
+      }
+      p = pack;
     }
-    const float* w = a.w ? a.w + i : nullptr;
     for (int64_t t0 = 0; t0 < T; t0 += kGroup) {
       const int nt = static_cast<int>(T - t0 < kGroup ? T - t0 : kGroup);
-      if (rows == R)
-        km_score_group<DT, R>(nt, xr, nfull, tails, a.cand + t0 * dp, dp, a.mind + i, w, T,
-                              a.dist + i * T + t0, pot + t0);
-      else
-        km_score_group<DT, 1>(nt, xr, nfull, tails, a.cand + t0 * dp, dp, a.mind + i, w, T,
-                              a.dist + i * T + t0, pot + t0);
+      km_unit_group(nt, p, d, a.cand + t0 * d, a, i, rows, t0, lanes + t0 * P);
     }
-    i += rows;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    double s = 0.0;
+    for (int l = 0; l < P; ++l) s += lanes[t * P + l];
+    pot[t] = s;
   }
 }
 
-void km_pp_any(const PPArgs& a, int64_t i0, int64_t i1, double* pot) {
-  if (a.dtype == 1) km_pp_dt<1>(a, i0, i1, pot);
-  else if (a.dtype == 2) km_pp_dt<2>(a, i0, i1, pot);
-  else km_pp_dt<0>(a, i0, i1, pot);
+void km_pp_any(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
+  if (a.panels || a.dtype == 0) km_pp_dt<0>(a, i0, i1, pot, scratch);
+  else if (a.dtype == 1) km_pp_dt<1>(a, i0, i1, pot, scratch);
+  else km_pp_dt<2>(a, i0, i1, pot, scratch);
 }
 
 }  // namespace

@@ -13,7 +13,8 @@ CUDA, the PyTorch reference under ``pysid.backend("reference")`` or for float64 
   ``n_local_trials`` (default ``2 + floor(ln k)``) candidates with probability
   proportional to ``w_i * D_i`` (``D_i``: squared distance to the nearest chosen centre)
   and keeps the candidate that lowers the potential ``sum_i w_i D_i`` most. One fused
-  pass over the rows per centre scores all candidates.
+  pass over the rows per centre scores all candidates; on one CPU process the whole loop
+  runs in C++ on a transposed copy of the seeding rows (the same centres as the step loop).
   Large N: seeding runs on a uniform subsample of ``init_sample`` rows (default
   ``256 * k``, as faiss caps its training set per centroid) when N is larger; the Lloyd
   iterations always use every row. ``init_sample=0`` seeds on every row.
@@ -199,14 +200,19 @@ def _take(x: Tensor, idx: Tensor, mine: Tensor, comm: _Comm) -> Tensor:
 
 
 def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generator, impl: str,
-              comm: _Comm, progress) -> Tensor:
-    """Greedy k-means++ centres [k, D] float32 (float64 on the float64 reference path)."""
+              comm: _Comm, progress, fused: bool = True) -> Tensor:
+    """Greedy k-means++ centres [k, D] float32 (float64 on the float64 reference path).
+
+    One CPU process runs the whole loop in C++ (``fused``; the same centres as the
+    step-by-step loop below, which serves CUDA, the reference and torch.distributed)."""
     n = x.shape[0]
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
     u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front
-    mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
     w32 = w.to(torch.float32) if w is not None else None
+    if fused and impl == "cpu" and not comm.on:
+        return x[_ops.kmeanspp_cpu(x, w32, u, progress)].to(cdtype)
+    centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
+    mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
     cum = _ops.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
     for c in range(k):  # no host synchronisation inside this loop (one process)
         t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)

@@ -98,6 +98,20 @@ def test_kmeanspp_backends_agree(backend):
     assert float(d.max()) < 1e-5
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeanspp_fused_loop_matches_step_loop(weighted):
+    """One CPU process seeds with the C++ loop (kmeanspp_run); it picks exactly the rows of the
+    step-by-step loop that serves torch.distributed, CUDA and the reference."""
+    import importlib
+
+    km = importlib.import_module("pysid.kmeans")
+    x = blobs(3000, 24, 30, seed=11)
+    w = torch.rand(3000, generator=torch.Generator().manual_seed(1)) if weighted else None
+    comm = km._Comm(x.device)
+    got = [km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), "cpu", comm, None, fused=f) for f in (True, False)]
+    assert torch.equal(got[0], got[1])
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_kmeanspp_sampling_distribution(backend):
     """Plain k-means++ (one trial): the first centre is uniform, the second is drawn with

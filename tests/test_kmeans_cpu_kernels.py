@@ -1,5 +1,6 @@
-"""The C++ k-means kernels (pysid._C.kmeans_update / kmeanspp_candidates) against
-straightforward float64 torch computations, plus determinism and argument checks."""
+"""The C++ k-means kernels (pysid._C.kmeans_update / kmeanspp_candidates / kmeanspp_commit /
+kmeanspp_pack / kmeanspp_run) against straightforward torch computations, plus determinism
+and argument checks."""
 
 from __future__ import annotations
 
@@ -292,6 +293,50 @@ def test_pp_each_isa(monkeypatch, isa):
             check_update(x, codes, None, 6)
 
 
+def dist_fma_ref(x, cand):
+    """The kernels' exact arithmetic on the FMA paths: per (row, candidate), over e = 0 .. D-1
+    in order, acc = fma(x_e - c_e, x_e - c_e, acc) in float32 (emulated: the float32 difference
+    squared is exact in float64, so one float64 add rounded to float32 is the fused result
+    except in double-rounding cases, about 2^-29 per step)."""
+    xf, cf = x.float(), cand.float()
+    acc = torch.zeros(x.shape[0], cand.shape[0], dtype=torch.float32)
+    for e in range(x.shape[1]):
+        df = xf[:, None, e] - cf[None, :, e]  # float32 difference, as the kernel
+        acc = (acc.double() + df.double() ** 2).float()
+    return acc
+
+
+def hardware_isa():
+    import os
+
+    saved = os.environ.pop("PYSID_CPU_ISA", None)
+    try:
+        return C.cpu_isa()
+    finally:
+        if saved is not None:
+            os.environ["PYSID_CPU_ISA"] = saved
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_pp_fma_paths_sum_in_order(monkeypatch, isa):
+    """AVX2 and AVX-512 give the documented bits: a fused multiply-add per element, in order;
+    the potentials are then the same on both paths too."""
+    if ISAS.index(hardware_isa()) < ISAS.index(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(21)
+    for n, d, t in ((1, 1, 1), (37, 17, 7), (1500, 130, 9), (64, 3, 64)):
+        x = make_x(g, n, d, torch.float32, scale=3.0)
+        cand = torch.randn(t, d, generator=g)
+        mind = torch.rand(n, generator=g) * d
+        w = torch.rand(n, generator=g)
+        dist, pot = C.kmeanspp_candidates(x, cand, mind, w)
+        assert torch.equal(dist, dist_fma_ref(x, cand))
+        monkeypatch.setenv("PYSID_CPU_ISA", "avx2")
+        assert torch.equal(C.kmeanspp_candidates(x, cand, mind, w)[1], pot)
+        monkeypatch.setenv("PYSID_CPU_ISA", isa)
+
+
 def test_pp_deterministic_across_threads():
     g = torch.Generator().manual_seed(6)
     n, d = 40000, 24
@@ -452,3 +497,102 @@ def test_commit_errors():
     with pytest.raises(ValueError):
         C.kmeanspp_commit(dist, 0, mind, torch.rand(3))  # bad weights: mind untouched
     assert torch.equal(mind, before)
+
+
+# --------------------------------------------------------------------------- kmeanspp_pack / kmeanspp_run
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d", [(1, 1), (31, 3), (32, 5), (33, 130), (100, 16)])
+def test_pack_layout(n, d, dtype):
+    """panels[q, j, l] = x[16 q + l, j] (float32, exact), zero rows up to a multiple of 32."""
+    g = torch.Generator().manual_seed(n * 31 + d)
+    x = make_x(g, n, d, dtype, scale=5.0)
+    p = C.kmeanspp_pack(x)
+    rows = (n + 31) // 32 * 32
+    assert p.dtype == torch.float32 and p.shape == (rows // 16, d, 16)
+    want = torch.zeros(rows, d)
+    want[:n] = x.float()
+    assert torch.equal(p, want.reshape(rows // 16, 16, d).transpose(1, 2))
+
+
+def step_loop(x, w, u):
+    """The k-means++ steps one by one, as pysid.kmeans runs them on several processes:
+    searchsorted draws, kmeanspp_candidates, argmin, kmeanspp_commit."""
+    n = x.shape[0]
+    mind = torch.full((n,), math.inf)
+    cum = torch.cumsum((torch.ones(n) if w is None else w).double(), 0)
+    chosen = []
+    for c in range(u.shape[0]):
+        t = 1 if c == 0 else u.shape[1]
+        idx = torch.searchsorted(cum, u[c, :t] * cum[-1], right=True).clamp_(0, n - 1)
+        dist, pot = C.kmeanspp_candidates(x, x[idx].float().contiguous(), mind, w)
+        best = int(torch.argmin(pot))
+        chosen.append(int(idx[best]))
+        cum = C.kmeanspp_commit(dist, best, mind, w)
+    return torch.tensor(chosen), mind, cum
+
+
+@pytest.mark.parametrize("n,d,k,t,weighted", [(1, 3, 1, 1, False), (50, 2, 10, 3, True), (1100, 17, 24, 5, False),
+                                              (2500, 33, 40, 8, True), (700, 130, 12, 9, False)])
+def test_run_matches_step_loop(n, d, k, t, weighted):
+    """The fused loop gives the step-by-step loop's choices, mind and cum bit for bit, in one
+    call or in segments (progress bars), for any thread count."""
+    g = torch.Generator().manual_seed(n + d + k)
+    x = make_x(g, n, d, torch.float32, scale=2.0)
+    x[: n // 4] = x[n // 4 : 2 * (n // 4)]  # duplicate rows: zero distances, zero weights to draw
+    w = torch.rand(n, generator=g) * 2 if weighted else None
+    u = torch.rand(k, t, generator=g, dtype=torch.float64)
+    want, want_mind, want_cum = step_loop(x, w, u)
+    p = C.kmeanspp_pack(x)
+    old = torch.get_num_threads()
+    try:
+        for threads, cuts in ((2, [0, k]), (1, sorted({0, 1, k // 2, k}))):
+            torch.set_num_threads(threads)
+            mind = torch.full((n,), math.inf)
+            cum = torch.cumsum((torch.ones(n) if w is None else w).double(), 0)
+            got = torch.cat([C.kmeanspp_run(p, n, w, u[a:b].contiguous(), a, mind, cum) for a, b in zip(cuts, cuts[1:])])
+            assert torch.equal(got, want) and torch.equal(mind, want_mind) and torch.equal(cum, want_cum)
+        none = C.kmeanspp_run(p, n, w, torch.empty(0, t, dtype=torch.float64), k, mind, cum)
+        assert none.shape == (0,) and torch.equal(mind, want_mind) and torch.equal(cum, want_cum)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    return {"panels": C.kmeanspp_pack(x), "n": 40, "weights": torch.rand(40, generator=g),
+            "u": torch.rand(3, 2, generator=g, dtype=torch.float64), "c0": 0,
+            "mind": torch.full((40,), math.inf), "cum": torch.arange(1, 41, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, pattern",
+    [
+        (lambda a: {**a, "n": 0}, ValueError, "N must be >= 1"),
+        (lambda a: {**a, "n": 70}, ValueError, r"panels must have shape \[6, D, 16\]"),
+        (lambda a: {**a, "c0": -1}, ValueError, "c0 must be >= 0"),
+        (lambda a: {**a, "panels": a["panels"].double()}, TypeError, "panels must be torch.float32"),
+        (lambda a: {**a, "panels": a["panels"][:, :, :8]}, ValueError, r"panels must have shape"),
+        (lambda a: {**a, "u": a["u"].float()}, TypeError, "u must be torch.float64"),
+        (lambda a: {**a, "u": torch.rand(3, 65, dtype=torch.float64)}, ValueError, r"u must have shape \[steps, T\]"),
+        (lambda a: {**a, "u": torch.rand(3, dtype=torch.float64)}, ValueError, r"u must have shape"),
+        (lambda a: {**a, "mind": a["mind"][:5]}, ValueError, r"mind must have shape \[N\]"),
+        (lambda a: {**a, "cum": a["cum"].float()}, TypeError, "cum must be torch.float64"),
+        (lambda a: {**a, "weights": a["weights"][:3]}, ValueError, r"weights must have shape \[N\]"),
+    ],
+)
+def test_run_bad_arguments(mutate, exc, pattern):
+    a = mutate(_run_args())
+    mind, cum = a["mind"].clone(), a["cum"].clone()
+    with pytest.raises(exc, match=pattern):
+        C.kmeanspp_run(a["panels"], a["n"], a["weights"], a["u"], a["c0"], a["mind"], a["cum"])
+    assert torch.equal(a["mind"], mind) and torch.equal(a["cum"], cum)  # nothing written
+
+
+def test_pack_bad_arguments():
+    with pytest.raises(TypeError, match="x must be torch.float32"):
+        C.kmeanspp_pack(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        C.kmeanspp_pack(torch.zeros(3))

@@ -103,6 +103,29 @@ def candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None, im
     return dist, pot.double()
 
 
+def kmeanspp_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Tensor:
+    """Greedy k-means++ on one process with the C++ loop: the rows [k] int64 of x chosen
+    as centres, the same ones as the step-by-step loop over :func:`candidates` and
+    :func:`commit` (one draw for centre 0, then ``u.shape[1]`` candidates per centre).
+
+    x: [N, D] float32 contiguous CPU; weights: None or [N] float32; u: [k, T] float64
+    uniforms in [0, 1); progress: a tqdm bar (or None), advanced once per centre."""
+    C = _native.cpu()
+    n, d = x.shape
+    k = u.shape[0]
+    panels = C.kmeanspp_pack(x)
+    mind = torch.full((n,), float("inf"), dtype=torch.float32)
+    cum = cumulative(weights if weights is not None else torch.ones(n, dtype=torch.float32))
+    chosen = torch.empty(k, dtype=torch.int64)
+    step = max(1, 2**27 // max(1, n * d * u.shape[1]))  # ~0.1 s between progress updates
+    for c0 in range(0, k, step):
+        c1 = min(k, c0 + step)
+        chosen[c0:c1] = C.kmeanspp_run(panels, n, weights, u[c0:c1].contiguous(), c0, mind, cum)
+        if progress is not None:
+            progress.update(c1 - c0)
+    return chosen
+
+
 def cumulative(p: Tensor) -> Tensor:
     """Inclusive float64 prefix sums of the sampling weights p [N] (a single 0 when N = 0)."""
     if p.shape[0] == 0:
