@@ -42,7 +42,8 @@ struct PPArgs {
 using UpdateFn = void (*)(const UpdateArgs&, int64_t j0, int64_t j1, double* acc, double* cnt,
                           float* rowbuf);
 // Score rows [i0, i1) (i0 a multiple of kUnitMax) against every candidate; pot[0 .. t)
-// (overwritten) gets this range's sum of w * min(mind, dist) in row order.
+// (overwritten) gets this range's sum of w * min(mind, dist): per lane i % 16 in row
+// order, then the 16 lane sums in lane order (kmeans.h).
 // scratch: pp_scratch_floats(d) floats, 64-byte aligned.
 using PPFn = void (*)(const PPArgs&, int64_t i0, int64_t i1, double* pot, float* scratch);
 
