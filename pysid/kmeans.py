@@ -142,17 +142,22 @@ def _validate(x: Tensor, k: int, weights: Tensor | None, comm: _Comm) -> int:
     rows = nonfinite_rows(x)
     if rows is not None:
         raise ValueError(f"x has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
-    if weights is not None:
-        if not isinstance(weights, Tensor) or weights.shape != (x.shape[0],):
-            raise ValueError(f"weights must be a [N] = [{x.shape[0]}] tensor, got "
-                             f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
-        if weights.device != x.device:
-            raise ValueError(f"weights are on {weights.device}, x on {x.device}")
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError("weights must be finite and >= 0")
-        if float(comm.sum(weights.double().sum()[None])[0]) <= 0:
-            raise ValueError("weights sum to 0")
+    _check_weights(x, weights, "weights", comm)
     return n_total
+
+
+def _check_weights(x: Tensor, weights: Tensor | None, name: str, comm: _Comm) -> None:
+    if weights is None:
+        return
+    if not isinstance(weights, Tensor) or weights.shape != (x.shape[0],):
+        raise ValueError(f"{name} must be a [N] = [{x.shape[0]}] tensor, got "
+                         f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
+    if weights.device != x.device:
+        raise ValueError(f"{name} are on {weights.device}, x on {x.device}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0")
+    if float(comm.sum(weights.double().sum()[None])[0]) <= 0:
+        raise ValueError(f"{name} sum to 0")
 
 
 def nonfinite_rows(x: Tensor) -> Tensor | None:
@@ -303,6 +308,7 @@ def kmeans(
     tol: float = 1e-4,
     balanced: bool = False,
     weights: Tensor | None = None,
+    init_weights: Tensor | None = None,
     n_local_trials: int | None = None,
     init_sample: int | None = None,
     balance_candidates: int = 16,
@@ -322,6 +328,9 @@ def kmeans(
             when the centroids stop moving).
         balanced: size-constrained assignment (floor(N/k) or ceil(N/k) rows per cluster).
         weights: optional [N] non-negative row weights.
+        init_weights: optional [N] non-negative row weights for the seeding only (default:
+            ``weights``): a row of weight 0 is never drawn as an initial centre and does
+            not count in the k-means++ potential; Lloyd iterations use ``weights``.
         n_local_trials: candidates per k-means++ step (default 2 + floor(ln k)).
         init_sample: rows used for seeding (default 256 * k; 0: all rows).
         balance_candidates: nearest clusters each row proposes to first (balanced=True).
@@ -338,7 +347,9 @@ def kmeans(
         raise ValueError(f"iters must be >= 0, got {iters}")
     impl = _ops.select(x)
     xk = _ops.prepare(x, impl)
+    _check_weights(x, init_weights, "init_weights", comm)
     w = None if weights is None else weights.to(torch.float32).contiguous()
+    iw = w if init_weights is None else init_weights.to(torch.float32).contiguous()
     g = torch.Generator().manual_seed(int(seed))
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     bars = _Bars(progress)
@@ -354,10 +365,10 @@ def kmeans(
         trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
         if trials < 1:
             raise ValueError(f"n_local_trials must be >= 1, got {trials}")
-        xs, ws = _subsample(xk, w, k, n_total, init_sample, g, comm)
+        xs, ws = _subsample(xk, iw, k, n_total, init_sample, g, comm)
         centroids = _kmeanspp(xs, ws, k, trials, g, impl, comm, bars.new(k, "k-means++"))
     elif init == "random":
-        centroids = _random_init(xk, w, k, g, comm).to(cdtype)
+        centroids = _random_init(xk, iw, k, g, comm).to(cdtype)
     else:
         raise ValueError(f"init must be 'k-means++', 'random' or a [k, D] tensor, got {init!r}")
     _sync(x)
@@ -434,6 +445,19 @@ def _subsample(x: Tensor, w: Tensor | None, k: int, n_total: int, init_sample: i
     return x[keep], (None if w is None else w[keep])
 
 
+def _skip_exact_rows(r: Tensor, w: Tensor | None, k: int, comm: _Comm) -> Tensor | None:
+    """Seeding weights of residual rows r [N, D]: ``w`` (or 1), and 0 on rows that are all
+    zero, when at least k rows of positive weight remain over all ranks; else ``w``."""
+    live = (r != 0).any(1)
+    if w is not None:
+        live &= w > 0
+    n_live = int(comm.sum(live.sum()[None].to(torch.int64))[0])
+    n_rows = int(comm.sum(torch.tensor([r.shape[0]], dtype=torch.int64))[0])
+    if n_live < k or (w is None and n_live == n_rows):
+        return w
+    return live.to(torch.float32) if w is None else torch.where(live, w, torch.zeros_like(w))
+
+
 def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, comm: _Comm) -> Tensor:
     """k distinct rows, drawn without replacement with probability proportional to w."""
     p = torch.ones(x.shape[0], dtype=torch.float32, device=x.device) if w is None else w.clone()
@@ -503,7 +527,11 @@ def residual_kmeans(
     """Codebooks trained level by level on residuals (OneRec's RQ-KMeans).
 
     Level l runs :func:`kmeans` on ``x - sum of the chosen codewords of levels < l``
-    (with the same options; the seed is ``seed + l``).
+    (with the same options; the seed is ``seed + l``). Rows whose residual is exactly
+    zero (already reconstructed exactly, e.g. the only row of an earlier cluster) are
+    left out of that level's seeding (``init_weights`` 0) while at least k rows remain:
+    such a row drawn as a centre sits at the residuals' mean, nearer to almost every row
+    than any other seed, and the one cluster it gathers rarely breaks up in Lloyd.
 
     Args:
         x: [N, D] float tensor (a shard under torch.distributed).
@@ -524,10 +552,15 @@ def residual_kmeans(
     if isinstance(kmeans_options.get("init"), Tensor):
         raise ValueError("residual_kmeans seeds every level itself: init must be 'k-means++' or 'random'")
     seed = int(kmeans_options.pop("seed", 0))
+    init_w = kmeans_options.pop("init_weights", None)
+    if init_w is None:
+        init_w = kmeans_options.get("weights")
+    comm = _Comm(x.device if isinstance(x, Tensor) else torch.device("cpu"))
     r = x
     books = []
     for lvl, kl in enumerate(ks):
-        res = kmeans(r, kl, seed=seed + lvl, **kmeans_options)
+        iw = init_w if lvl == 0 else _skip_exact_rows(r, init_w, kl, comm)
+        res = kmeans(r, kl, seed=seed + lvl, init_weights=iw, **kmeans_options)
         books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
         if lvl + 1 < levels:
             r = (r.to(books[-1].dtype) - books[-1][res.assignments]).to(r.dtype if r.dtype == torch.float64 else torch.float32)

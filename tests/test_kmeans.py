@@ -22,7 +22,7 @@ def _run(backend: str, x: torch.Tensor, *args, **kw):
     name, _, dev = backend.partition(":")
     if dev:
         x = x.to(dev)
-        for key in ("init", "weights"):
+        for key in ("init", "weights", "init_weights"):
             if isinstance(kw.get(key), torch.Tensor):
                 kw[key] = kw[key].to(dev)
     with pysid.backend(name):
@@ -206,12 +206,47 @@ def test_residual_kmeans_feeds_residual_quantize(backend):
     assert [c.shape[0] for c in mixed] == [8, 4]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_init_weights_zero_rows_never_seed(backend, init):
+    x = blobs(300, 5, 6, seed=9)
+    iw = torch.ones(300)
+    iw[::3] = 0.0  # a third of the rows may not become centres
+    for seed in range(3):
+        res = _run(backend, x, 12, iters=0, init=init, seed=seed, init_weights=iw)
+        chosen = (torch.cdist(res.centroids.double().cpu(), x.double()) == 0).nonzero()[:, 1]
+        assert chosen.numel() >= 12 and bool((iw[chosen] > 0).all())
+    # Lloyd still uses every row (init_weights only steers the seeding)
+    res = _run(backend, x, 6, iters=5, init_weights=iw)
+    check_consistent(x, res)
+    assert int(res.sizes.sum()) == 300
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_kmeans_exact_rows_skip_seeding(backend):
+    # seeding only (iters=0): level 0's centres are rows of x, so those rows' residuals are
+    # exactly zero; greedy k-means++ prefers such a row (nearest to every other residual)
+    # unless it is left out, and level 1's codewords are then rows of the residual
+    name, _, dev = backend.partition(":")
+    x = blobs(120, 6, 3, seed=2)
+    xx = x.to(dev) if dev else x
+    with pysid.backend(name):
+        for seed in range(4):
+            cbs = pysid.residual_kmeans(xx, 2, [40, 16], iters=0, seed=seed)
+            assert bool((cbs[1].cpu() != 0).any(1).all()), f"seed {seed}: a zero residual seeded level 1"
+        # fewer non-zero residual rows than codewords: the rule stands aside
+        few = pysid.residual_kmeans(xx, 2, [110, 16], iters=0)
+        assert few[1].shape == (16, 6)
+
+
 @pytest.mark.parametrize("bad,err", [
     (dict(k=0), ValueError), (dict(k=11), ValueError), (dict(x=torch.zeros(0, 3)), ValueError),
     (dict(x=torch.zeros(10)), ValueError), (dict(x=torch.zeros(10, 3, dtype=torch.int64)), TypeError),
     (dict(weights=torch.ones(9)), ValueError), (dict(weights=-torch.ones(10)), ValueError),
     (dict(weights=torch.zeros(10)), ValueError), (dict(init=torch.zeros(3, 2)), ValueError),
     (dict(init="nope"), ValueError), (dict(iters=-1), ValueError), (dict(k=2.5), ValueError),
+    (dict(init_weights=torch.ones(9)), ValueError), (dict(init_weights=torch.zeros(10)), ValueError),
+    (dict(init_weights=torch.full((10,), float("nan"))), ValueError),
 ])
 def test_errors(bad, err):
     kw = dict(x=torch.randn(10, 3), k=2)

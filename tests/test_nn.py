@@ -304,9 +304,11 @@ def test_rqvae_trains_and_beats_random_codebooks():
     assert model.training  # the mode it had before the call
     codes = model.encode(x)
     err = rel_err(model.decode(codes).detach(), x)
-    # baseline: residual codebooks of random data rows (no training) on the raw embeddings
-    rnd = pysid.residual_kmeans(x, 3, 16, iters=0, init="random", seed=0)
-    base = rel_err(pysid.residual_quantize(x, rnd).quantized, x)
+    # baseline: residual codebooks of random data rows (no training) on the raw embeddings,
+    # averaged over draws (one draw's error varies by +-10 % here)
+    base = sum(rel_err(pysid.residual_quantize(x, pysid.residual_kmeans(x, 3, 16, iters=0, init="random",
+                                                                        seed=s)).quantized, x)
+               for s in range(4)) / 4
     assert err < 0.5 * base, (err, base)
     assert err < 0.3
     assert len(set(map(tuple, codes.tolist()))) > 60  # the codes separate the items
