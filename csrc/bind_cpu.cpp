@@ -40,6 +40,25 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("n"), py::arg("d"), py::arg("codebooks"), py::arg("offsets"),
       py::arg("levels"), py::arg("beam_width"), py::arg("quantized"), py::arg("distances"),
       py::arg("codes"));
+  m.def(
+      "kmeans_assign_bounded",
+      [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t centroids, int64_t k, std::uintptr_t shift,
+         std::uintptr_t codes, std::uintptr_t distances, std::uintptr_t lower, std::uintptr_t xnorm2) {
+        int status;
+        int64_t searched = 0;
+        {
+          py::gil_scoped_release release;
+          status = pysid::kmeans_assign_bounded_cpu(ptr<const float>(x), n, d, ptr<const float>(centroids), k,
+                                                    ptr<const double>(shift), ptr<int32_t>(codes),
+                                                    ptr<float>(distances), ptr<double>(lower),
+                                                    ptr<double>(xnorm2), &searched);
+        }
+        pysid::raise_for_status(status, "kmeans_assign_bounded");
+        return searched;
+      },
+      py::arg("x"), py::arg("n"), py::arg("d"), py::arg("centroids"), py::arg("k"), py::arg("shift"),
+      py::arg("codes"), py::arg("distances"), py::arg("lower"), py::arg("xnorm2"),
+      "Bounded k-means assignment (rq.h: kmeans_assign_bounded_cpu); returns the rows searched.");
   pysid_bind_trie(m);
   pysid_bind_kmeans(m);
 }

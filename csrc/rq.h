@@ -31,6 +31,21 @@ int rq_encode_cpu(const float* x, int64_t n, int64_t d,
                   int64_t beam_width,
                   float* quantized, float* distances, int32_t* codes);
 
+// Nearest centroid of every row (k-means assignment), skipping the search where bounds
+// prove the code cannot change: codes and distances are bit-identical to rq_encode_cpu
+// with the one level `centroids` (same ISA path).
+//   x          [n, d]  float32;  centroids [k, d] float32
+//   shift      [k]     float64 ||c_j - c_j_before|| since the call that set the bounds,
+//                      or nullptr: search every row and set the bounds (first call)
+//   codes      [n]     int32: in (previous codes, when shift is set) / out
+//   distances  [n]     float32 out: ||x - c_code||^2 as rq_encode_cpu computes it
+//   lower      [n]     float64 in/out: lower bound on each row's distance to every other centre
+//   xnorm2     [n]     float64 in/out: ||x_i||^2 (written when shift is null)
+//   searched   [1]     int64 out (may be null): rows that needed the full search
+int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                              const double* shift, int32_t* codes, float* distances, double* lower,
+                              double* xnorm2, int64_t* searched);
+
 // Name of the SIMD path the CPU dispatcher chose ("avx512", "avx2", "scalar").
 const char* cpu_isa();
 

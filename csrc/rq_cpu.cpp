@@ -61,6 +61,9 @@ namespace rqcpu {
 void rq_block_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch) {
   block_impl(plan, i0, m, scratch);
 }
+void rq_assign_bounded_scalar(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch) {
+  assign_bounded(plan, b, i0, i1, scratch);
+}
 int64_t rq_tile_rows_scalar() { return tile_rows(); }
 int64_t rq_lanes_scalar() { return W; }
 }  // namespace rqcpu
@@ -120,50 +123,32 @@ constexpr int64_t kScoreBudget = 1 << 18;       // floats of beam score buffer p
 constexpr int64_t kResidualBudget = 1 << 19;    // floats of residuals per thread and buffer (2 MiB)
 constexpr double kParallelMinWork = 2.0e6;      // multiply-adds below which threads are not woken
 
-// Greedy (beam_width == 1) or pure beam search; inputs already checked.
-int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const int64_t* offsets,
-           int64_t levels, int64_t beam_width, float* quantized, float* distances, int32_t* codes) {
+// The chosen ISA's kernels and its panel width / register tile rows.
+struct Kernels {
+  void (*block)(const rqcpu::Plan&, int64_t, int64_t, float*);
+  void (*bounded)(const rqcpu::Plan&, rqcpu::Bounds&, int64_t, int64_t, float*);
+  int64_t W, tile;
+};
+
+Kernels pick_kernels() {
   using namespace rqcpu;
-
-  const int level = chosen_level();
-  void (*block_fn)(const Plan&, int64_t, int64_t, float*) = rq_block_scalar;
-  int64_t W = rq_lanes_scalar(), tile = rq_tile_rows_scalar();
+  Kernels k{rq_block_scalar, rq_assign_bounded_scalar, rq_lanes_scalar(), rq_tile_rows_scalar()};
 #if defined(PYSID_X86)
-  if (level == kAvx512) {
-    block_fn = rq_block_avx512;
-    W = rq_lanes_avx512();
-    tile = rq_tile_rows_avx512();
-  } else if (level == kAvx2) {
-    block_fn = rq_block_avx2;
-    W = rq_lanes_avx2();
-    tile = rq_tile_rows_avx2();
-  }
-#else
-  (void)level;
+  const int level = chosen_level();
+  if (level == kAvx512)
+    k = {rq_block_avx512, rq_assign_bounded_avx512, rq_lanes_avx512(), rq_tile_rows_avx512()};
+  else if (level == kAvx2)
+    k = {rq_block_avx2, rq_assign_bounded_avx2, rq_lanes_avx2(), rq_tile_rows_avx2()};
 #endif
+  return k;
+}
 
-  // live beams after each level; bcap = the most ever live (the last level's count)
-  AlignedBuf meta;
-  if (!meta.alloc(static_cast<int64_t>(sizeof(int64_t)) * (2 * levels + 1))) return kOutOfMemory;
-  int64_t* pofs = static_cast<int64_t*>(meta.p);
-  int64_t* nbeams = pofs + levels + 1;
-  int64_t nb = 1, kpad_max = 0, sum_k = 0;
-  pofs[0] = 0;
-  for (int64_t l = 0; l < levels; ++l) {
-    const int64_t k = offsets[l + 1] - offsets[l];
-    const int64_t np = (k + W - 1) / W;
-    pofs[l + 1] = pofs[l] + np;
-    if (np * W > kpad_max) kpad_max = np * W;
-    sum_k += k;
-    nb = (nb > beam_width / k) ? beam_width : (nb * k < beam_width ? nb * k : beam_width);
-    nbeams[l] = beam_width == 1 ? 1 : nb;
-  }
-  const int64_t bcap = nbeams[levels - 1];
-
-  // pack: panel p = [d][W] transposed codewords, zero-padded; norms (+inf padding)
+// Codebooks packed for the kernels: panel p = [d][W] transposed codewords, zero-padded,
+// then the panels' squared norms (+inf padding); pofs [levels + 1] panel offsets.
+bool pack_codebooks(const float* codebooks, const int64_t* offsets, int64_t levels, int64_t d,
+                    int64_t W, const int64_t* pofs, AlignedBuf& packed) {
   const int64_t npanels = pofs[levels];
-  AlignedBuf packed;
-  if (!packed.alloc(static_cast<int64_t>(sizeof(float)) * npanels * W * (d + 1))) return kOutOfMemory;
+  if (!packed.alloc(static_cast<int64_t>(sizeof(float)) * npanels * W * (d + 1))) return false;
   float* panels = static_cast<float*>(packed.p);
   float* pnorms = panels + npanels * W * d;
   for (int64_t l = 0; l < levels; ++l) {
@@ -187,6 +172,40 @@ int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const i
       }
     }
   }
+  return true;
+}
+
+// Greedy (beam_width == 1) or pure beam search; inputs already checked.
+int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const int64_t* offsets,
+           int64_t levels, int64_t beam_width, float* quantized, float* distances, int32_t* codes) {
+  using namespace rqcpu;
+
+  const Kernels kern = pick_kernels();
+  const int64_t W = kern.W, tile = kern.tile;
+
+  // live beams after each level; bcap = the most ever live (the last level's count)
+  AlignedBuf meta;
+  if (!meta.alloc(static_cast<int64_t>(sizeof(int64_t)) * (2 * levels + 1))) return kOutOfMemory;
+  int64_t* pofs = static_cast<int64_t*>(meta.p);
+  int64_t* nbeams = pofs + levels + 1;
+  int64_t nb = 1, kpad_max = 0, sum_k = 0;
+  pofs[0] = 0;
+  for (int64_t l = 0; l < levels; ++l) {
+    const int64_t k = offsets[l + 1] - offsets[l];
+    const int64_t np = (k + W - 1) / W;
+    pofs[l + 1] = pofs[l] + np;
+    if (np * W > kpad_max) kpad_max = np * W;
+    sum_k += k;
+    nb = (nb > beam_width / k) ? beam_width : (nb * k < beam_width ? nb * k : beam_width);
+    nbeams[l] = beam_width == 1 ? 1 : nb;
+  }
+  const int64_t bcap = nbeams[levels - 1];
+
+  AlignedBuf packed;
+  if (!pack_codebooks(codebooks, offsets, levels, d, W, pofs, packed)) return kOutOfMemory;
+  const int64_t npanels = pofs[levels];
+  float* panels = static_cast<float*>(packed.p);
+  float* pnorms = panels + npanels * W * d;
 
   Plan plan;
   plan.x = x;
@@ -206,6 +225,7 @@ int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const i
   plan.beam = beam_width;
   plan.nbeams = nbeams;
   plan.bcap = bcap;
+  plan.second = nullptr;
   // input rows per block: a multiple of the register tile's rows when possible
   // (so that every level's beam rows fill whole tiles), within the score budget
   int64_t rows = kBlockBeamRows / bcap;
@@ -234,15 +254,134 @@ int encode(const float* x, int64_t n, int64_t d, const float* codebooks, const i
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * rows;
-      block_fn(plan, i0, (n - i0 < rows) ? n - i0 : rows, s);
+      kern.block(plan, i0, (n - i0 < rows) ? n - i0 : rows, s);
     }
   }
   return kOk;
 }
 
+constexpr int64_t kBoundedChunk = 2048;  // rows per unit of OpenMP work in the bounded assignment
+
 }  // namespace
 
 const char* cpu_isa() { return level_name(chosen_level()); }
+
+int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                              const double* shift, int32_t* codes, float* distances, double* lower,
+                              double* xnorm2, int64_t* searched) {
+  using namespace rqcpu;
+  if (n < 0 || d < 1 || k < 1 || k > INT32_MAX) return kBadArgument;
+  if (searched) *searched = 0;
+  if (n == 0) return kOk;
+  if (!x || !centroids || !codes || !distances || !lower || !xnorm2) return kBadArgument;
+  if (shift)
+    for (int64_t i = 0; i < n; ++i)
+      if (codes[i] < 0 || codes[i] >= k) return kBadArgument;
+  const Kernels kern = pick_kernels();
+  const int64_t W = kern.W;
+  int64_t pofs[2] = {0, (k + W - 1) / W};
+  const int64_t offsets[2] = {0, k};
+  AlignedBuf packed;
+  if (!pack_codebooks(centroids, offsets, 1, d, W, pofs, packed)) return kOutOfMemory;
+
+  // centre geometry: the largest norm (float64), and half of a lower bound on the
+  // distance from each centre to its nearest other centre (the centres searched
+  // against themselves by the same kernel: its bound on "every code but the winner")
+  double cmax = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    double s = 0.0;
+    for (int64_t e = 0; e < d; ++e) s += static_cast<double>(centroids[j * d + e]) * centroids[j * d + e];
+    cmax = s > cmax ? s : cmax;
+  }
+  cmax = __builtin_sqrt(cmax) * (1.0 + 1e-12);
+  AlignedBuf geo;
+  if (!geo.alloc(static_cast<int64_t>(sizeof(double)) * 2 * k + 8 * k)) return kOutOfMemory;
+  double* half = static_cast<double*>(geo.p);
+  double* cn2 = half + k;
+  int32_t* ccode = reinterpret_cast<int32_t*>(cn2 + k);
+  float* cdist = reinterpret_cast<float*>(ccode + k);
+  Bounds b0{};
+  static float kSecondMarker;  // any non-null pointer: the scratch layout of the bounded pass
+  Plan plan{};
+  plan.x = x;
+  plan.n = n;
+  plan.d = d;
+  plan.levels = 1;
+  plan.cb = centroids;
+  plan.off = offsets;
+  plan.q = nullptr;
+  plan.dist = distances;
+  plan.codes = codes;
+  plan.panels = static_cast<float*>(packed.p);
+  plan.pnorms = plan.panels + pofs[1] * W * d;
+  plan.pofs = pofs;
+  plan.W = W;
+  plan.kpad_max = pofs[1] * W;
+  plan.beam = 1;
+  const int64_t one = 1;
+  plan.nbeams = &one;
+  plan.bcap = 1;
+  plan.block_rows = kBlockBeamRows - kBlockBeamRows % kern.tile;
+  plan.second = &kSecondMarker;
+
+  if (shift) {
+    Plan cp = plan;  // the centres as rows: lower[j] bounds the distance to every centre but the winner
+    cp.x = centroids;
+    cp.n = k;
+    cp.codes = ccode;
+    cp.dist = cdist;
+    AlignedBuf cs;
+    if (!cs.alloc(static_cast<int64_t>(sizeof(float)) * rq_round_up(rq_scratch_layout(cp).total, kAlign)))
+      return kOutOfMemory;
+    Bounds cb{};
+    cb.cmax = cmax;
+    cb.lower = half;
+    cb.xnorm2 = cn2;
+    kern.bounded(cp, cb, 0, k, static_cast<float*>(cs.p));
+    for (int64_t j = 0; j < k; ++j) half[j] *= 0.5;  // winner j: half the nearest other; else 0
+    b0.shift_arg = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double v = shift[j];
+      if (!(v >= 0.0) || v == __builtin_inf()) return kBadArgument;
+      if (v > b0.shift_max) {
+        b0.shift_max2 = b0.shift_max;
+        b0.shift_max = v;
+        b0.shift_arg = j;
+      } else if (v > b0.shift_max2) {
+        b0.shift_max2 = v;
+      }
+    }
+  }
+  b0.shift = shift;
+  b0.half = half;
+  b0.cmax = cmax;
+  b0.lower = lower;
+  b0.xnorm2 = xnorm2;
+  b0.searched = 0;
+
+  const int64_t nchunks = (n + kBoundedChunk - 1) / kBoundedChunk;
+  int nthreads = omp_get_max_threads();
+  if (nchunks < 2 || static_cast<double>(n) * k * d < kParallelMinWork) nthreads = 1;
+  if (nthreads > nchunks) nthreads = static_cast<int>(nchunks);
+  const int64_t per_thread = rq_round_up(rq_scratch_layout(plan).total, kAlign);
+  AlignedBuf scratch;
+  if (!scratch.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads)) return kOutOfMemory;
+  float* sbase = static_cast<float*>(scratch.p);
+  int64_t total = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+ : total)
+  {
+    float* sc = sbase + per_thread * omp_get_thread_num();
+    Bounds b = b0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t i0 = c * kBoundedChunk;
+      kern.bounded(plan, b, i0, (n - i0 < kBoundedChunk) ? n : i0 + kBoundedChunk, sc);
+    }
+    total += b.searched;
+  }
+  if (searched) *searched = total;
+  return kOk;
+}
 
 int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
                   const int64_t* offsets, int64_t levels, int64_t beam_width, float* quantized,

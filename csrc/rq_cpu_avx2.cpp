@@ -65,6 +65,9 @@ namespace rqcpu {
 void rq_block_avx2(const Plan& plan, int64_t i0, int64_t m, float* scratch) {
   block_impl(plan, i0, m, scratch);
 }
+void rq_assign_bounded_avx2(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch) {
+  assign_bounded(plan, b, i0, i1, scratch);
+}
 int64_t rq_tile_rows_avx2() { return tile_rows(); }
 int64_t rq_lanes_avx2() { return W; }
 }  // namespace rqcpu

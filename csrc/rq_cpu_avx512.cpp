@@ -46,7 +46,9 @@ struct Isa {
     h = _mm_min_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
   }
-  static inline V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static inline V min(V a, V b) {  // b < a ? b : a, as the scalar path (no _mm512_min_ps: GCC PR105593)
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(b, a, _CMP_LT_OQ), a, b);
+  }
   static inline M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static inline M le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   static inline M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
@@ -72,6 +74,9 @@ namespace pysid {
 namespace rqcpu {
 void rq_block_avx512(const Plan& plan, int64_t i0, int64_t m, float* scratch) {
   block_impl(plan, i0, m, scratch);
+}
+void rq_assign_bounded_avx512(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch) {
+  assign_bounded(plan, b, i0, i1, scratch);
 }
 int64_t rq_tile_rows_avx512() { return tile_rows(); }
 int64_t rq_lanes_avx512() { return W; }

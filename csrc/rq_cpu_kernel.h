@@ -29,6 +29,7 @@
 
 namespace {
 
+using pysid::rqcpu::Bounds;
 using pysid::rqcpu::Plan;
 using pysid::rqcpu::Scratch;
 
@@ -39,14 +40,15 @@ constexpr int W = Isa::W;
 
 // ---------------------------------------------------------------- microkernel
 // a: R rows of residuals (stride lda floats) ; b: P panels [d][W] (stride ldb floats) ;
-// bn: P*W norms. AM=false: store scores to out[r*ldo + p*W + t].
-// AM=true: merge into the running per-lane (min, argmin) minv/mini[r*W + t];
+// bn: P*W norms. MODE 0: store scores to out[r*ldo + p*W + t].
+// MODE 1: merge into the running per-lane (min, argmin) minv/mini[r*W + t];
 // panels are visited in increasing code order and the compare is strict, so each
-// lane keeps its lowest index among exact ties.
-template <int R, int P, bool AM>
+// lane keeps its lowest index among exact ties. MODE 2: MODE 1 and the per-lane
+// second-lowest score minv2[r*W + t].
+template <int R, int P, int MODE>
 void micro(const float* __restrict a, int64_t lda, int64_t d, const float* __restrict b,
            int64_t ldb, const float* __restrict bn, int32_t k0, float* __restrict out,
-           int64_t ldo, float* __restrict minv, int32_t* __restrict mini) {
+           int64_t ldo, float* __restrict minv, int32_t* __restrict mini, float* __restrict minv2) {
   V acc[R][P];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -64,7 +66,8 @@ void micro(const float* __restrict a, int64_t lda, int64_t d, const float* __res
     }
   }
   const V m2 = Isa::set1(-2.0f);
-  if constexpr (!AM) {
+  if constexpr (MODE == 0) {
+    (void)minv2;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -80,39 +83,42 @@ void micro(const float* __restrict a, int64_t lda, int64_t d, const float* __res
     for (int r = 0; r < R; ++r) {
       V mv = Isa::load(minv + r * W);
       VI mi = Isa::loadi(mini + r * W);
+      V mv2 = MODE == 2 ? Isa::load(minv2 + r * W) : mv;
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         const V s = Isa::fmadd(acc[r][p], m2, Isa::load(bn + p * W));
         const M lt = Isa::lt(s, mv);
+        if constexpr (MODE == 2) mv2 = Isa::blend(lt, Isa::min(mv2, s), mv);  // lt ? old min : min(mv2, s)
         mv = Isa::blend(lt, mv, s);
         mi = Isa::blendi(lt, mi, id[p]);
       }
       Isa::store(minv + r * W, mv);
       Isa::storei(mini + r * W, mi);
+      if constexpr (MODE == 2) Isa::store(minv2 + r * W, mv2);
     }
   }
 }
 
 using MicroFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, const float*,
-                         int32_t, float*, int64_t, float*, int32_t*);
+                         int32_t, float*, int64_t, float*, int32_t*, float*);
 
-template <bool AM, int R, int P>
+template <int MODE, int R, int P>
 void fill_table(MicroFn* t) {
-  t[(R - 1) * kPanelsMax + (P - 1)] = &micro<R, P, AM>;
+  t[(R - 1) * kPanelsMax + (P - 1)] = &micro<R, P, MODE>;
   if constexpr (P > 1) {
-    fill_table<AM, R, P - 1>(t);
+    fill_table<MODE, R, P - 1>(t);
   } else if constexpr (R > 1) {
-    fill_table<AM, R - 1, kPanelsMax>(t);
+    fill_table<MODE, R - 1, kPanelsMax>(t);
   }
 }
 
 // Scores of `rows` residual rows (stride d) against the np panels of one level.
-template <bool AM>
+template <int MODE>
 void level_scores(const float* a, int64_t rows, int64_t d, const float* panels,
                   const float* norms, int64_t np, float* out, int64_t ldo, float* minv,
-                  int32_t* mini) {
+                  int32_t* mini, float* minv2) {
   MicroFn tab[kRowsMax * kPanelsMax];
-  fill_table<AM, kRowsMax, kPanelsMax>(tab);
+  fill_table<MODE, kRowsMax, kPanelsMax>(tab);
   const int64_t ldb = d * W;
   // Panel group outer, row tile inner: the group's panels (kPanelsMax*d*W floats)
   // stay in L1 while the block's residual rows stream from L2.
@@ -124,7 +130,8 @@ void level_scores(const float* a, int64_t rows, int64_t d, const float* panels,
                                           norms + pg * W, static_cast<int32_t>(pg * W),
                                           out ? out + r0 * ldo + pg * W : nullptr, ldo,
                                           minv ? minv + r0 * W : nullptr,
-                                          mini ? mini + r0 * W : nullptr);
+                                          mini ? mini + r0 * W : nullptr,
+                                          minv2 ? minv2 + r0 * W : nullptr);
     }
   }
 }
@@ -212,6 +219,7 @@ void block_greedy(const Plan& p, int64_t i0, int64_t m, float* scratch, const Sc
   float* res = scratch + S.res[0];
   float* qacc = scratch + S.qacc;  // the block's quantized rows, written out once at the end
   float* minv = scratch + S.minv;
+  float* minv2 = p.second ? scratch + S.minv2 : nullptr;  // one level only (Plan::second)
   int32_t* mini = reinterpret_cast<int32_t*>(scratch + S.mini);
   int32_t* codes = p.codes + i0 * L;
   const V inf = Isa::set1(__builtin_inff());
@@ -223,9 +231,14 @@ void block_greedy(const Plan& p, int64_t i0, int64_t m, float* scratch, const Sc
     for (int64_t i = 0; i < m; ++i) {
       Isa::store(minv + i * W, inf);
       Isa::storei(mini + i * W, zi);  // any valid code: lanes beyond k_l hold +inf scores
+      if (minv2) Isa::store(minv2 + i * W, inf);
     }
-    level_scores<true>(src, m, d, p.panels + pb * d * W, p.pnorms + pb * W, np, nullptr, 0, minv,
-                       mini);
+    if (minv2)
+      level_scores<2>(src, m, d, p.panels + pb * d * W, p.pnorms + pb * W, np, nullptr, 0, minv,
+                      mini, minv2);
+    else
+      level_scores<1>(src, m, d, p.panels + pb * d * W, p.pnorms + pb * W, np, nullptr, 0, minv,
+                      mini, nullptr);
     const float* cbl = p.cb + p.off[l] * d;
     for (int64_t i = 0; i < m; ++i) {
       // lowest index among the lanes holding the minimum (each lane already holds
@@ -242,6 +255,17 @@ void block_greedy(const Plan& p, int64_t i0, int64_t m, float* scratch, const Sc
         }
       }
       codes[i * L + l] = bk;
+      if (minv2) {  // second-lowest score: the other lanes' minima and the winner lane's second
+        const float* m1 = minv + i * W;
+        const float* m2 = minv2 + i * W;
+        const int64_t lane = bk % W;  // code bk sits in lane bk mod W of its panel
+        float sec = __builtin_inff();
+        for (int64_t t = 0; t < W; ++t) {
+          const float v = (t == lane) ? m2[t] : m1[t];
+          sec = v < sec ? v : sec;
+        }
+        p.second[i0 + i] = sec;
+      }
       if (i < kAhead) prefetch_row(cbl + bk * d, d);
     }
     for (int64_t i = 0; i < m; ++i) {
@@ -329,8 +353,8 @@ void block_beam(const Plan& p, int64_t i0, int64_t m, float* scratch, const Scra
     float* rn2 = scratch + S.rn[cur ^ 1];
     int32_t* hc2 = reinterpret_cast<int32_t*>(scratch + S.hc[cur ^ 1]);
     float* hd2 = scratch + S.hd[cur ^ 1];
-    level_scores<false>(res, m * nb, d, p.panels + pb * d * W, p.pnorms + pb * W, np, scores, ldo,
-                        nullptr, nullptr);
+    level_scores<0>(res, m * nb, d, p.panels + pb * d * W, p.pnorms + pb * W, np, scores, ldo,
+                    nullptr, nullptr, nullptr);
     const float* cbl = p.cb + p.off[l] * d;
     for (int64_t o = 0; o < m; ++o) {
       top.cap = nbn;
@@ -386,6 +410,82 @@ void block_beam(const Plan& p, int64_t i0, int64_t m, float* scratch, const Scra
     }
     sum_codewords(p, p.codes + (i0 + o) * L, p.q + (i0 + o) * d);
   }
+}
+
+// ------------------------------------------------- bounded k-means assignment
+// The same codes and distances as the greedy one-level search, skipping the search
+// for rows that provably keep their code (Hamerly's bound, with Elkan's half the
+// distance to the nearest other centre). Bounds are on true (real-arithmetic)
+// distances; a row is skipped only if every other code's float score is provably
+// above the kept code's, so the kernel could not have returned anything else.
+//
+// Float error of the kernel's scores: |s_j - (||x - c_j||^2 - ||x||^2)| <= eps for every
+// code j, eps = 2 (d + 4) 2^-24 (||x|| + max_j ||c_j||)^2 (the d fused products of the
+// dot, the rounded norm and the final FMA, with a factor 2 to spare). Each squared
+// distance sub_acc_sqnorm returns is within a factor 1 + 2 (d + 4) 2^-24 of the truth.
+inline double score_eps(double xn2, double cmax, int64_t d) {
+  const double t = __builtin_sqrt(xn2) + cmax;
+  return 2.0 * static_cast<double>(d + 4) * 0x1p-24 * t * t;
+}
+
+inline double dist_upper(float dd, int64_t d) {  // >= the true distance, from a float squared distance
+  return __builtin_sqrt(static_cast<double>(dd) * (1.0 + 2.0 * static_cast<double>(d + 4) * 0x1p-24) + 1e-30);
+}
+
+void assign_bounded(const Plan& p, Bounds& b, int64_t i0, int64_t i1, float* scratch) {
+  const Scratch S = pysid::rqcpu::rq_scratch_layout(p);
+  const int64_t d = p.d, cap = p.block_rows;
+  float* rows = scratch + S.gather;                                      // [cap, d] gathered rows
+  int64_t* ids = reinterpret_cast<int64_t*>(rows + cap * d);             // [cap] their indices
+  int32_t* gcode = reinterpret_cast<int32_t*>(ids + cap);                // [cap]
+  float* gdist = reinterpret_cast<float*>(gcode + cap);                  // [cap]
+  float* gsec = gdist + cap;                                             // [cap]
+  float* res = scratch + S.res[0];  // a scratch row for the distance to the kept centre
+  float* qtmp = scratch + S.qacc;
+  Plan g = p;  // the search plan over the gathered rows
+  g.x = rows;
+  g.codes = gcode;
+  g.dist = gdist;
+  g.second = gsec;
+  g.q = nullptr;
+  constexpr double kUp = 1.0 + 1e-9, kDown = 1.0 - 1e-9;  // slack for float64 rounding
+  int64_t cnt = 0;
+  auto flush = [&]() {
+    block_greedy(g, 0, cnt, scratch, S);
+    for (int64_t t = 0; t < cnt; ++t) {
+      const int64_t i = ids[t];
+      p.codes[i] = gcode[t];
+      p.dist[i] = gdist[t];
+      const double lo = static_cast<double>(gsec[t]) + b.xnorm2[i] - score_eps(b.xnorm2[i], b.cmax, d);
+      b.lower[i] = lo > 0.0 ? __builtin_sqrt(lo) * kDown : 0.0;
+    }
+    b.searched += cnt;
+    cnt = 0;
+  };
+  constexpr int64_t kRowsAhead = 8;  // rows prefetched ahead: the checks would wait on memory
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* xi = p.x + i * d;
+    if (i + kRowsAhead < i1) prefetch_row(xi + kRowsAhead * d, d);
+    if (b.shift) {
+      const int32_t a = p.codes[i];
+      const float dd = sub_acc_sqnorm(res, xi, p.cb + a * d, qtmp, true, d);  // as the kernel would
+      const double u = dist_upper(dd, d);
+      const double l = b.lower[i] - (a == b.shift_arg ? b.shift_max2 : b.shift_max) * kUp;
+      const double e = 2.0 * b.half[a] * kDown - u;
+      const double lb = l > e ? l : e;
+      if (lb > 0.0 && u * u + 2.0 * score_eps(b.xnorm2[i], b.cmax, d) < lb * lb * kDown) {
+        p.dist[i] = dd;
+        b.lower[i] = l;
+        continue;
+      }
+    } else {  // a float32 norm, lowered by its error bound: never above the true ||x||^2
+      b.xnorm2[i] = static_cast<double>(sqnorm(xi, d)) * (1.0 - 2.0 * static_cast<double>(d + 4) * 0x1p-24);
+    }
+    copy_floats(rows + cnt * d, xi, d);
+    ids[cnt++] = i;
+    if (cnt == cap) flush();
+  }
+  if (cnt) flush();
 }
 
 constexpr int64_t tile_rows() { return kRowsMax; }

@@ -35,11 +35,27 @@ struct Plan {
   const int64_t* nbeams; // [levels]: live beams after level l = min(beam, nbeams[l-1] * k_l)
   int64_t bcap;          // max live beams (nbeams[levels-1]); 1 for greedy
   int64_t block_rows;    // input rows per block (a block = one unit of OpenMP work)
+  // greedy, one level only (k-means assignment with bounds): when non-null, also the
+  // second-lowest score ||c||^2 - 2 x.c over all codes of each row ([n] floats)
+  float* second;
+};
+
+// Hamerly/Elkan bounds of one bounded k-means assignment (rq_assign_bounded_*).
+// Distances here are Euclidean (not squared), in float64, over rows [i0, i1).
+struct Bounds {
+  const double* shift;   // [k] ||c_new - c_old|| since the bounds were set; null: search every row
+  const double* half;    // [k] half the distance from centre j to its nearest other centre
+  double cmax;           // max_j ||c_j||
+  double shift_max, shift_max2;  // largest shift and the largest of the others
+  int64_t shift_arg;     // centre with the largest shift
+  double* lower;         // [n] <= distance to every other centre
+  double* xnorm2;        // [n] ||x_i||^2 (written on a search, read otherwise)
+  int64_t searched;      // out: rows that needed the full search
 };
 
 // Scratch layout of one thread (all sizes in 4-byte words, each rounded up to kAlign).
 struct Scratch {
-  int64_t res[2], rn[2], hc[2], hd[2], minv, mini, qacc, scores, cand, total;
+  int64_t res[2], rn[2], hc[2], hd[2], minv, minv2, mini, gather, qacc, scores, cand, total;
 };
 
 static inline int64_t rq_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -55,6 +71,8 @@ static inline Scratch rq_scratch_layout(const Plan& p) {
   for (int b = 0; b < nbuf; ++b) { s.hc[b] = o; o += rq_round_up(T * p.levels, kAlign); }
   for (int b = 0; b < nbuf; ++b) { s.hd[b] = o; o += rq_round_up(T * p.levels, kAlign); }
   s.minv = o; o += rq_round_up(T * 16, kAlign);
+  s.minv2 = o; o += p.second ? rq_round_up(T * 16, kAlign) : 0;
+  s.gather = o; o += p.second ? rq_round_up(T * (p.d + 5), kAlign) : 0;  // rows, ids (int64), code, dist, second
   s.mini = o; o += rq_round_up(T * 16, kAlign);
   s.qacc = o; o += (p.beam == 1) ? rq_round_up(T * p.d, kAlign) : 0;
   s.scores = o; o += (p.beam > 1) ? rq_round_up(T * p.kpad_max, kAlign) : 0;
@@ -68,11 +86,16 @@ static inline Scratch rq_scratch_layout(const Plan& p) {
 // rq_lanes_*: panel width W the kernel expects the codebooks packed with;
 // rq_tile_rows_*: rows of its register tile (block sizes are chosen as multiples).
 void rq_block_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch);
+// Bounded greedy assignment of rows [i0, i1) against the one level of `plan` (whose
+// `second` is non-null; codes/dist hold the previous codes on entry when b.shift is set).
+void rq_assign_bounded_scalar(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
 int64_t rq_tile_rows_scalar();
 int64_t rq_lanes_scalar();
 #if defined(PYSID_X86)
 void rq_block_avx2(const Plan& plan, int64_t i0, int64_t m, float* scratch);
 void rq_block_avx512(const Plan& plan, int64_t i0, int64_t m, float* scratch);
+void rq_assign_bounded_avx2(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
+void rq_assign_bounded_avx512(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
 int64_t rq_tile_rows_avx2();
 int64_t rq_tile_rows_avx512();
 int64_t rq_lanes_avx2();

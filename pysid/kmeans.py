@@ -19,7 +19,9 @@ CUDA, the PyTorch reference under ``pysid.backend("reference")`` or for float64 
   ``256 * k``, as faiss caps its training set per centroid) when N is larger; the Lloyd
   iterations always use every row. ``init_sample=0`` seeds on every row.
 * Lloyd: assignment by the exact nearest-codeword kernel of ``residual_quantize``
-  (float32 argmin, ties to the lowest index; no N x k matrix), update by a deterministic
+  (float32 argmin, ties to the lowest index; no N x k matrix; on the C++ kernels, rows
+  whose code provably cannot change are not searched: Hamerly/Elkan bounds with the
+  kernel's float error as margin, the same result bit for bit), update by a deterministic
   segmented sum accumulated in float64 (C++) or float32 (Triton). Stops after ``iters``
   iterations or when the total squared centre shift is <= ``tol * mean feature
   variance`` (scikit-learn's rule). The result's assignments and inertia are those of
@@ -389,9 +391,13 @@ def kmeans(
                                          dtype=torch.float64))[0])
         tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
 
+    bounded = _ops.BoundedAssign(xk) if impl == "cpu" and not balanced else None
+
     def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
         if balanced:
             return _balanced_assign(xk, c, balance_candidates)
+        if bounded is not None:  # the same result as _ops.assign, searching fewer rows
+            return bounded(c)
         return _ops.assign(xk, c, impl)
 
     t0 = time.perf_counter()

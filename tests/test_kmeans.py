@@ -322,3 +322,15 @@ def test_two_processes_equal_one(tmp_path):
     cbs = pysid.residual_kmeans(x, 2, 6, iters=3, seed=1)
     torch.testing.assert_close(r0["cbs"], cbs, rtol=1e-5, atol=1e-5)
     assert math.isfinite(one.inertia)
+
+
+def test_lloyd_bounds_change_nothing(monkeypatch):
+    """The CPU Lloyd loop's bounded assignment gives the same run as the plain search."""
+    from pysid.ops import kmeans as kops
+
+    x = blobs(4000, 12, 25, seed=11)
+    fast = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
+    monkeypatch.setattr(kops, "BoundedAssign", lambda xk: (lambda c: kops.assign(xk, c, "cpu")))
+    plain = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
+    assert torch.equal(fast.centroids, plain.centroids) and torch.equal(fast.assignments, plain.assignments)
+    assert fast.history == plain.history and fast.inertia == plain.inertia

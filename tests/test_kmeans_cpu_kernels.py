@@ -596,3 +596,95 @@ def test_pack_bad_arguments():
         C.kmeanspp_pack(torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="2-D"):
         C.kmeanspp_pack(torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- bounded assignment
+def _lloyd_sequence(x, k, steps, seed, jump=False):
+    """Centroid sets of a short Lloyd run (float32), with an optional far jump of one centre."""
+    g = torch.Generator().manual_seed(seed)
+    c = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    out = [c]
+    from pysid.ops import kmeans as kops
+
+    for s in range(steps):
+        codes, _ = kops.assign(x, c, "cpu")
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, codes, x.double())
+        cnt = torch.bincount(codes, minlength=k).double()
+        new = (sums / cnt.clamp(min=1)[:, None]).float()
+        new[cnt == 0] = c[cnt == 0]
+        if jump and s == 1:
+            new[0] = x[-1] * 3  # a centre moved far (as the empty-cluster rule does)
+        if k > 1 and jump and s == 2:
+            new[1] = new[2]  # two equal centres: every row between them is a tie
+        c = new
+        out.append(c)
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,d,k", [(1, 4, 1), (700, 1, 3), (3000, 17, 40), (5000, 33, 70), (2100, 130, 16),
+                                   (4500, 8, 1)])
+def test_bounded_assign_is_bit_identical(monkeypatch, isa, n, d, k):
+    """BoundedAssign returns exactly what the plain search returns, call after call, on every
+    SIMD path, with centres that jump and centres that coincide."""
+    from pysid.ops import kmeans as kops
+
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(n + d + k)
+    x = (torch.randn(n, d, generator=g) + 5 * torch.randn(n, 1, generator=g).sign()).contiguous()
+    b = kops.BoundedAssign(x)
+    b.give_up = 2.0  # never fall back: test the bounds on every call
+    for c in _lloyd_sequence(x, k, 8, seed=k, jump=True):
+        want_codes, want_dist = kops.assign(x, c, "cpu")
+        got_codes, got_dist = b(c)
+        assert torch.equal(got_codes, want_codes)
+        assert torch.equal(got_dist, want_dist)
+    assert b.searched[0] == n  # the first call searches every row
+
+
+def test_bounded_assign_prunes_separated_clusters():
+    """On well-separated blobs the bounds skip most rows once the centres settle."""
+    from pysid.ops import kmeans as kops
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 16, generator=g) * 10
+    x = (centres[torch.randint(0, 20, (6000,), generator=g)] + torch.randn(6000, 16, generator=g)).contiguous()
+    b = kops.BoundedAssign(x)
+    b.give_up = 2.0
+    for c in _lloyd_sequence(x, 20, 10, seed=1):
+        b(c)
+    assert b.searched[0] == 6000 and min(b.searched[1:]) < 600, b.searched
+
+
+def test_bounded_assign_falls_back_when_bounds_do_not_prune():
+    from pysid.ops import kmeans as kops
+
+    x = torch.randn(3000, 8)
+    b = kops.BoundedAssign(x)
+    b.give_up = 0.0  # any search counts as "not pruning"
+    seq = _lloyd_sequence(x, 30, 6, seed=2)
+    for c in seq:
+        want = kops.assign(x, c, "cpu")
+        got = b(c)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(b.searched) == 3  # two bounded calls after the first, then the plain search
+
+
+def test_bounded_assign_bad_arguments():
+    x = torch.randn(10, 3)
+    c = torch.randn(4, 3)
+    codes = torch.full((10,), 7, dtype=torch.int32)  # out of range for k = 4
+    dist = torch.empty(10)
+    lower = torch.zeros(10, dtype=torch.float64)
+    xn = torch.zeros(10, dtype=torch.float64)
+    shift = torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        C.kmeans_assign_bounded(x.data_ptr(), 10, 3, c.data_ptr(), 4, shift.data_ptr(), codes.data_ptr(),
+                                dist.data_ptr(), lower.data_ptr(), xn.data_ptr())
+    codes.zero_()
+    shift[2] = float("nan")
+    with pytest.raises(ValueError):
+        C.kmeans_assign_bounded(x.data_ptr(), 10, 3, c.data_ptr(), 4, shift.data_ptr(), codes.data_ptr(),
+                                dist.data_ptr(), lower.data_ptr(), xn.data_ptr())
+    assert C.kmeans_assign_bounded(x.data_ptr(), 0, 3, c.data_ptr(), 4, 0, 0, 0, 0, 0) == 0
+

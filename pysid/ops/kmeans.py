@@ -77,6 +77,48 @@ def assign(x: Tensor, centroids: Tensor, impl: str) -> tuple[Tensor, Tensor]:
     return codes[:, 0].long(), dist[:, 0]
 
 
+class BoundedAssign:
+    """Lloyd's assignment step on the CPU kernels with bounds carried from call to call.
+
+    ``step(centroids)`` returns what ``assign(x, centroids, "cpu")`` returns, bit for bit,
+    but after the first call it searches only the rows whose code may have changed: a
+    row keeps its code when its distance to that centre, plus the float error of the
+    kernel's scores, stays below a lower bound on its distance to every other centre
+    (Hamerly's bound, moved by how far the centres moved, and half the distance from
+    its centre to the nearest other one). ``searched`` lists the rows searched per call.
+    Where the bounds prune little (rows about as near to two centres, as on the residuals
+    of later RQ levels), checking them costs more than it saves: once a call after the
+    second has searched more than ``give_up`` of the rows, later calls run the plain search.
+
+    x: [N, D] float32 contiguous (as :func:`prepare` gives for the "cpu" kernels)."""
+
+    give_up = 0.85
+
+    def __init__(self, x: Tensor):
+        n = x.shape[0]
+        self.x = x
+        self.codes = torch.zeros(n, dtype=torch.int32)
+        self.lower = torch.zeros(n, dtype=torch.float64)
+        self.xnorm2 = torch.zeros(n, dtype=torch.float64)
+        self.prev: Tensor | None = None
+        self.searched: list[int] = []
+
+    def __call__(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        x, (n, d), k = self.x, self.x.shape, centroids.shape[0]
+        if len(self.searched) > 2 and self.searched[-1] > self.give_up * n:
+            return assign(x, centroids, "cpu")
+        c = centroids.to(torch.float32).contiguous()
+        shift = None
+        if self.prev is not None and self.prev.shape == c.shape:
+            shift = (c.double() - self.prev.double()).norm(dim=1).contiguous()
+        dist = torch.empty(n, dtype=torch.float32)
+        self.searched.append(_native.cpu().kmeans_assign_bounded(
+            x.data_ptr(), n, d, c.data_ptr(), k, 0 if shift is None else shift.data_ptr(),
+            self.codes.data_ptr(), dist.data_ptr(), self.lower.data_ptr(), self.xnorm2.data_ptr()))
+        self.prev = c.clone()
+        return self.codes.long(), dist
+
+
 def update(x: Tensor, codes: Tensor, weights: Tensor | None, k: int, impl: str) -> tuple[Tensor, Tensor]:
     """Per-cluster weighted sums [k, D] and weights [k], both float64 (deterministic)."""
     if impl == "reference":
