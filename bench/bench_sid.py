@@ -24,6 +24,18 @@ on a random code table (3 levels x 256) - pysid's ``_rank_within_key(_tuple_keys
 in-memory store; and its SQLite store, which the issue quotes) on sizes it handles in seconds.
 ``same_suffix``: share of items whose semantic-id suffix equals pysid's.
 
+Seeds (``--seeds N``, default 1): on small data the relative reconstruction error of a residual
+k-means fit moves by +-2 % from seed to seed, so one fit per method is mostly noise. With N > 1,
+every fit row of the cases in ``--seeds-cases`` (default: all) is fitted with seeds 0..N-1
+(pysid.fit ``seed=s``; semantic-id ``RQKMeans(random_state=s)``, budget and defaults rows; faiss
+``rq.cp.seed = s``, the seed of its k-means, instead of its default 1234). Such a row reports the
+median fit / encode time over the seeds, the mean over the seeds of the quality columns (collision
+rate, distinct tuples, max items per tuple, relative reconstruction error, codes used per level),
+``recon_err_std`` (sample standard deviation, n - 1) and ``recon_err_min..max`` of the relative
+reconstruction error; the JSON row also holds ``seeds`` and ``per_seed`` (each metric's list of
+per-seed values, in seed order). With N = 1 every row is one fit as before: seed 0 (faiss: its
+default cp.seed 1234).
+
 Data:
 1. synthetic: 100k x 128, ``bench_kmeans.make_data`` (1024 Gaussian clusters, Zipf sizes).
 2. amazon-toys: collaborative item vectors of the Amazon Toys sequences
@@ -37,9 +49,11 @@ Data:
     python bench/bench_sid.py               # the goals' sizes, 2 threads
     python bench/bench_sid.py --quick       # tiny sizes, seconds (CI); missing peers become notes
     python bench/bench_sid.py --text ../.library/env/packages/pypi.tsv --text-n 20000 --no-toys
+    python bench/bench_sid.py --seeds 4 --seeds-cases text,amazon-toys --text ../.library/env/packages/pypi.tsv
+    python bench/bench_sid.py --quick --seeds 2 --seeds-cases synthetic --no-toys   # seeds smoke run
 
 Peers: ``pip install semantic-id==0.2.5 k-means-constrained faiss-cpu`` (semantic-id pulls
-k-means-constrained and scikit-learn).
+k-means-constrained and scikit-learn); ``--no-peers`` skips them all, ``--no-faiss`` the faiss row.
 """
 
 from __future__ import annotations
@@ -47,10 +61,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +110,48 @@ def quality(x: torch.Tensor, codes, codebooks, k: int) -> dict[str, Any]:
             "codes_used": "/".join(map(str, rep.codes_used)), "usage": rep.usage, "perplexity": rep.perplexity}
 
 
+def _mean(vals: list[Any]) -> Any:
+    """Mean of numbers, element-wise mean of equal-length lists, per-level mean of "a/b/c" strings."""
+    v0 = vals[0]
+    if isinstance(v0, (int, float)) and not isinstance(v0, bool):
+        return statistics.fmean(vals)
+    if isinstance(v0, (list, tuple)) and all(len(v) == len(v0) for v in vals):
+        return [statistics.fmean(col) for col in zip(*vals)]
+    if isinstance(v0, str) and "/" in v0:
+        parts = [v.split("/") for v in vals]
+        if all(len(q) == len(parts[0]) for q in parts):
+            return "/".join(f"{statistics.fmean(float(c) for c in col):.4g}" for col in zip(*parts))
+    return v0
+
+
+def over_seeds(fit_one: Callable[[Any], dict[str, Any]], seeds: list[Any]) -> dict[str, Any]:
+    """Fit once per seed; one seed: that fit's row unchanged. Several: the row of seed 0 with the
+    median of fit_s / encode_s, the mean of every other metric (max of decode_check, suffix_levels),
+    recon_err's std / min / max, and ``seeds`` + ``per_seed`` (metric -> list of per-seed values)."""
+    runs = []
+    for s in seeds:
+        r = fit_one(s)
+        runs.append(r)
+        if len(seeds) > 1:
+            print(f"    seed {s}: fit {r['fit_s']:.3f} s, rel. error {r['recon_err']:.4f}", flush=True)
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    per_seed = {key: [r.get(key) for r in runs] for key in runs[0] if key != "method"}
+    for key, vals in per_seed.items():
+        if key in ("fit_s", "encode_s"):
+            row[key] = statistics.median(vals)
+        elif key in ("decode_check", "suffix_levels"):
+            row[key] = max(vals)
+        else:
+            row[key] = _mean(vals)
+    err = per_seed["recon_err"]
+    row.update({"recon_err_std": statistics.stdev(err), "recon_err_min": min(err), "recon_err_max": max(err),
+                "recon_err_min..max": f"{min(err):.4f}..{max(err):.4f}", "seeds": list(seeds),
+                "per_seed": {"seed": list(seeds), **per_seed}})
+    return row
+
+
 # --------------------------------------------------------------------------- data
 def toys_embeddings(dim: int, max_users: int | None) -> tuple[torch.Tensor, str]:
     from pysid.collab import item_embeddings
@@ -109,19 +166,24 @@ def toys_embeddings(dim: int, max_users: int | None) -> tuple[torch.Tensor, str]
 
 
 # --------------------------------------------------------------------------- fit rows
-def pysid_row(x: torch.Tensor, levels: int, k: int, iters: int) -> dict[str, Any]:
+def pysid_row(x: torch.Tensor, levels: int, k: int, iters: int, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     pysid.fit(x[: max(4 * k, 2048)], levels=levels, codebook_size=k, iters=1, progress=False)  # warm-up
-    t, sids = timed(lambda: pysid.fit(x, levels=levels, codebook_size=k, iters=iters, dedup="suffix", progress=False))
-    te, _ = timed(lambda: sids.encode(x))
-    row = {"method": f"pysid.fit rq-kmeans ({iters} Lloyd iterations/level, dedup=suffix)", "fit_s": t, "encode_s": te}
-    row.update(quality(x, sids.codes[:, :levels], sids.codebooks, k))
-    row["collision_rate_fit"] = sids.collisions["before"]["collision_rate"]  # pysid's own count (== collision_rate)
-    row["suffix_levels"] = int(sids.codes[:, -1].max()) + 1
-    return row
+
+    def fit_one(seed: int) -> dict[str, Any]:
+        t, sids = timed(lambda: pysid.fit(x, levels=levels, codebook_size=k, iters=iters, dedup="suffix",
+                                          seed=seed, progress=False))
+        te, _ = timed(lambda: sids.encode(x))
+        row = {"method": f"pysid.fit rq-kmeans ({iters} Lloyd iterations/level, dedup=suffix)", "fit_s": t, "encode_s": te}
+        row.update(quality(x, sids.codes[:, :levels], sids.codebooks, k))
+        row["collision_rate_fit"] = sids.collisions["before"]["collision_rate"]  # pysid's own count (== collision_rate)
+        row["suffix_levels"] = int(sids.codes[:, -1].max()) + 1
+        return row
+
+    return over_seeds(fit_one, list(seeds))
 
 
 def semantic_id_rows(x: torch.Tensor, levels: int, k: int, iters: int, threads: int,
-                     defaults: bool) -> list[dict[str, Any]]:
+                     defaults: bool, seeds: Sequence[int] = (0,)) -> list[dict[str, Any]]:
     try:
         import semantic_id
         from semantic_id import RQKMeans
@@ -137,18 +199,23 @@ def semantic_id_rows(x: torch.Tensor, levels: int, k: int, iters: int, threads: 
                      "note": "skipped (--sid-defaults on to run: ~10x the n_init=1 row's time or more)"})
     for label, kw in configs:
         name = f"semantic-id {semantic_id.__version__} RQKMeans ({label})"
-        try:
-            m = RQKMeans(n_levels=levels, n_clusters=k, random_state=0, **kw)
+
+        def fit_one(seed: int, kw=kw, name=name) -> dict[str, Any]:
+            m = RQKMeans(n_levels=levels, n_clusters=k, random_state=seed, **kw)
             with blas_threads(threads):
                 t, _ = timed(lambda: m.fit(xn))
                 te, codes = timed(lambda: m.encode(xn))
-            rows.append({"method": name, "fit_s": t, "encode_s": te, **quality(x, codes, m.codebooks_, k)})
+            return {"method": name, "fit_s": t, "encode_s": te, **quality(x, codes, m.codebooks_, k)}
+
+        try:
+            rows.append(over_seeds(fit_one, list(seeds)))
         except Exception as e:  # noqa: BLE001 - a peer's failure is a row, not a crash
             rows.append({"method": name, "note": f"failed: {type(e).__name__}: {e}"[:120]})
     return rows
 
 
-def faiss_row(x: torch.Tensor, levels: int, k: int, threads: int) -> dict[str, Any]:
+def faiss_row(x: torch.Tensor, levels: int, k: int, threads: int, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """seeds None: one fit with faiss's default k-means seed (cp.seed 1234); else one fit per rq.cp.seed."""
     try:
         import faiss
     except ImportError:
@@ -158,35 +225,50 @@ def faiss_row(x: torch.Tensor, levels: int, k: int, threads: int) -> dict[str, A
         return {"method": "faiss ResidualQuantizer", "note": f"codebook size {k} is not a power of 2"}
     faiss.omp_set_num_threads(threads)
     xn = np.ascontiguousarray(x.numpy())
-    rq = faiss.ResidualQuantizer(x.shape[1], levels, nbits)
+    rq0 = faiss.ResidualQuantizer(x.shape[1], levels, nbits)
     name = (f"faiss {faiss.__version__} ResidualQuantizer({x.shape[1]}, {levels}, {nbits}) "
-            f"(train_type {rq.train_type}, niter {rq.cp.niter}, beam {rq.max_beam_size})")
-    t, _ = timed(lambda: rq.train(xn))
-    te, packed = timed(lambda: rq.compute_codes(xn))
-    # codes are packed LSB first, nbits per level (faiss BitstringWriter); 8 bits: one byte each
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : levels * nbits].reshape(-1, levels, nbits)
-    codes = (bits.astype(np.int64) << np.arange(nbits)).sum(-1)
-    books = faiss.vector_to_array(rq.codebooks).reshape(levels, k, x.shape[1])
-    row = {"method": name, "fit_s": t, "encode_s": te, **quality(x, codes, list(books), k)}
-    row["decode_check"] = float(np.abs(rq.decode(packed) - sum(books[j][codes[:, j]] for j in range(levels))).max())
-    return row
+            f"(train_type {rq0.train_type}, niter {rq0.cp.niter}, beam {rq0.max_beam_size}"
+            + (f", cp.seed {seeds[0]}..{seeds[-1]})" if seeds else ")"))
+
+    def fit_one(seed: int | None) -> dict[str, Any]:
+        rq = faiss.ResidualQuantizer(x.shape[1], levels, nbits)
+        if seed is not None:
+            rq.cp.seed = seed  # the k-means seed of every level (ProgressiveDimClusteringParameters)
+        t, _ = timed(lambda: rq.train(xn))
+        te, packed = timed(lambda: rq.compute_codes(xn))
+        # codes are packed LSB first, nbits per level (faiss BitstringWriter); 8 bits: one byte each
+        bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : levels * nbits].reshape(-1, levels, nbits)
+        codes = (bits.astype(np.int64) << np.arange(nbits)).sum(-1)
+        books = faiss.vector_to_array(rq.codebooks).reshape(levels, k, x.shape[1])
+        row = {"method": name, "fit_s": t, "encode_s": te, **quality(x, codes, list(books), k)}
+        row["decode_check"] = float(np.abs(rq.decode(packed) - sum(books[j][codes[:, j]] for j in range(levels))).max())
+        return row
+
+    return over_seeds(fit_one, list(seeds) if seeds else [None])
 
 
 def fit_case(case: str, x: torch.Tensor, levels: int, k: int, iters: int, args, info: str = "") -> list[dict[str, Any]]:
     print(f"\n# {case}: {x.shape[0]} x {x.shape[1]}, {levels} levels x {k} {info}", flush=True)
     rows: list[dict[str, Any]] = []
 
+    seeds = list(range(args.seeds)) if args.seeds_cases is None or case in args.seeds_cases else [0]
+
     def add(row: dict[str, Any]) -> None:
         row = {"case": case, "n": x.shape[0], "d": x.shape[1], **row}
         rows.append(row)
-        print(f"  {row['method']}: fit {row.get('fit_s', row.get('note'))}", flush=True)
+        more = ""
+        if "seeds" in row:
+            more = (f" (median of {len(row['seeds'])} seeds), rel. error mean {row['recon_err']:.4f} "
+                    f"std {row['recon_err_std']:.4f}")
+        print(f"  {row['method']}: fit {row.get('fit_s', row.get('note'))}{more}", flush=True)
 
-    add(pysid_row(x, levels, k, iters))
+    add(pysid_row(x, levels, k, iters, seeds))
     if not args.no_peers:
         defaults = args.sid_defaults == "on" or (args.sid_defaults == "auto" and not args.quick and x.shape[0] <= 20_000)
-        for r in semantic_id_rows(x, levels, k, iters, args.threads, defaults):
+        for r in semantic_id_rows(x, levels, k, iters, args.threads, defaults, seeds):
             add(r)
-        add(faiss_row(x, levels, k, args.threads))
+        if not args.no_faiss:
+            add(faiss_row(x, levels, k, args.threads, seeds if len(seeds) > 1 else None))
     return rows
 
 
@@ -256,7 +338,12 @@ def goals(rows: list[dict[str, Any]], args) -> list[str]:
         if not mine:
             continue
         p = mine[0]
-        line = f"{case}: pysid fit {p['fit_s']:.2f} s, reconstruction error {p['recon_err']:.4f}"
+        if "seeds" in p:
+            ns = len(p["seeds"])
+            line = (f"{case}: pysid fit {p['fit_s']:.2f} s (median of {ns} seeds), reconstruction error "
+                    f"{p['recon_err']:.4f} (mean of {ns} seeds, std {p['recon_err_std']:.4f}; peers: their means)")
+        else:
+            line = f"{case}: pysid fit {p['fit_s']:.2f} s, reconstruction error {p['recon_err']:.4f}"
         if peers:
             best = min(peers, key=lambda r: r["recon_err"])
             ok = p["recon_err"] <= best["recon_err"]
@@ -290,12 +377,29 @@ def main() -> None:
     p.add_argument("--sid-defaults", choices=("auto", "on", "off"), default="auto",
                    help="semantic-id's default (n_init=10, max_iter=100) row; auto: on data of <= 20k rows, "
                         "not in --quick (on 100k x 128 its n_init=1 row alone takes minutes)")
+    p.add_argument("--no-faiss", action="store_true", help="skip the faiss ResidualQuantizer row")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="fit every method of a case with seeds 0..N-1 (pysid seed=, semantic-id random_state=, "
+                        "faiss cp.seed=); rows report the median fit/encode time and the mean quality over the "
+                        "seeds, plus recon_err_std and recon_err_min..max. Costs N times the fit rows' time: per "
+                        "seed on the 100k x 128 synthetic case ~6 s pysid, ~40 s semantic-id (n_init=1; its "
+                        "defaults row, if on, ~10 min), ~10-15 s faiss; text 10k x 384 ~3 / 12 / 9 s (default 1)")
+    p.add_argument("--seeds-cases", default=None, metavar="CASES",
+                   help="comma-separated cases that use --seeds (synthetic, text, amazon-toys); the others get "
+                        "one fit (seed 0). Default: all cases")
     p.add_argument("--no-toys", action="store_true")
     p.add_argument("--text", default=None, help="text file or TSV with a 'summary' column: adds the MiniLM text case")
     p.add_argument("--text-n", type=int, default=None, help="texts embedded for --text (default 20k; --quick 300)")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic case")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_sid.json"))
     args = p.parse_args()
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    if args.seeds_cases is not None:
+        args.seeds_cases = [c.strip() for c in args.seeds_cases.split(",") if c.strip()]
+        unknown = set(args.seeds_cases) - {"synthetic", "text", "amazon-toys"}
+        if unknown:
+            p.error(f"--seeds-cases: unknown case(s) {sorted(unknown)}; choose from synthetic, text, amazon-toys")
     torch.set_num_threads(args.threads)
     q = args.quick
     n, d, k = args.n or (3000 if q else 100_000), args.d or (16 if q else 128), args.k or (32 if q else 256)
@@ -321,9 +425,17 @@ def main() -> None:
     rows += dedup_rows(args.dedup_n, n_mem, n_sql, args.no_peers)
 
     print()
-    print_table([r for r in rows if r["case"] != "dedup"],
-                ["case", "n", "d", "method", "fit_s", "encode_s", "collision_rate", "distinct", "max_per_tuple",
-                 "recon_err", "codes_used", "note"])
+    fit_rows = [r for r in rows if r["case"] != "dedup"]
+    columns = ["case", "n", "d", "method", "fit_s", "encode_s", "collision_rate", "distinct", "max_per_tuple",
+               "recon_err", "codes_used", "note"]
+    if any("seeds" in r for r in fit_rows):
+        print("Rows with seeds a..b: fit_s, encode_s = median over the seeds; collision_rate, distinct, "
+              "max_per_tuple, recon_err, codes_used = mean over the seeds; recon_err_std = sample std (n - 1) "
+              "over the seeds. Rows without: one fit, seed 0 (faiss: its default cp.seed 1234).")
+        fit_rows = [{**r, "seeds": f"{r['seeds'][0]}..{r['seeds'][-1]}"} if "seeds" in r else r for r in fit_rows]
+        columns[4:4] = ["seeds"]
+        columns[columns.index("recon_err") + 1:columns.index("recon_err") + 1] = ["recon_err_std", "recon_err_min..max"]
+    print_table(fit_rows, columns)
     print()
     print_table([r for r in rows if r["case"] == "dedup"],
                 ["n", "method", "seconds", "items_per_s", "strings_s", "assign_s", "suffixed", "max_suffix",

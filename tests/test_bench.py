@@ -27,3 +27,26 @@ def test_bench_quick(script, tmp_path):
             assert r["invalid_items"] == 0
         if r.get("same_codes") is not None:
             assert r["same_codes"] > 0.99
+
+
+def test_bench_sid_seeds(tmp_path):
+    """--seeds 2 on the cheapest case (1 thread: the peers stay fast on a busy machine): rows keep the per-seed
+    values, and the quality columns are their means."""
+    out = tmp_path / "result.json"
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "bench_sid.py"), "--quick", "--n", "1500", "--no-toys",
+                          "--seeds", "2", "--seeds-cases", "synthetic", "--threads", "1", "--out", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "recon_err_std" in res.stdout and "median over the seeds" in res.stdout
+    rows = [r for r in json.loads(out.read_text())["rows"] if r.get("case") == "synthetic" and "fit_s" in r]
+    assert rows and rows[0]["method"].startswith("pysid")  # peers that are installed add rows of their own
+    for r in rows:
+        per = r["per_seed"]
+        assert r["seeds"] == per["seed"] == [0, 1]
+        for key in ("recon_err", "collision_rate", "distinct", "max_per_tuple", "fit_s", "encode_s"):
+            assert len(per[key]) == 2
+        for key in ("recon_err", "collision_rate", "distinct", "max_per_tuple"):
+            assert r[key] == pytest.approx(sum(per[key]) / 2, rel=1e-12), (r["method"], key)
+        assert r["fit_s"] == pytest.approx(sum(per["fit_s"]) / 2)  # the median of two
+        assert r["recon_err_min"] == min(per["recon_err"]) and r["recon_err_max"] == max(per["recon_err"])
+        assert r["recon_err_std"] == pytest.approx(abs(per["recon_err"][0] - per["recon_err"][1]) / 2 ** 0.5)
