@@ -85,7 +85,8 @@ def cmd_fit(a) -> int:
     t0 = time.perf_counter()
     try:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
-                   dedup=a.dedup, seed=a.seed, iters=a.iters, device=a.device, progress=not a.quiet)
+                   dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=a.device,
+                   progress=not a.quiet)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     sids.save(a.output)
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dedup", choices=["suffix", "reassign", "none"], default="suffix")
     f.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--beam-width", type=int, default=1, help="codes by beam search over the levels (1: greedy)")
     f.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fit)

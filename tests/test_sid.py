@@ -123,6 +123,24 @@ def test_encode_cold_start(x):
     assert torch.equal(s.codes, before) and len(s) == 3000  # nothing half-written
 
 
+def test_beam_width_codes_and_cold_start(x, tmp_path):
+    """beam_width: the table's codes are residual_quantize's beam codes for the same codebooks,
+    never reconstruct worse than greedy, and encode() / a reloaded table use the same width."""
+    greedy = pysid.fit(x[:2500], levels=3, codebook_size=8, seed=1, progress=False)
+    s = pysid.fit(x[:2500], levels=3, codebook_size=8, seed=1, beam_width=4, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(s.codebooks, greedy.codebooks))
+    beam = pysid.residual_quantize(x[:2500], s.codebooks, beam_width=4)
+    assert torch.equal(s.codes[:, :3], beam.codes.long())
+    assert not torch.equal(s.codes[:, :3], greedy.codes[:, :3])  # the beam changed some codes
+    err_b, err_g = s.report(x[:2500]).reconstruction_error, greedy.report(x[:2500]).reconstruction_error
+    assert err_b < err_g
+    new = s.encode(x[2500:])
+    assert torch.equal(new[:, :3], pysid.residual_quantize(x[2500:], s.codebooks, beam_width=4).codes.long())
+    s.save(tmp_path / "b.npz")
+    t = pysid.SemanticIds.load(tmp_path / "b.npz")
+    assert t.settings["beam_width"] == 4 and torch.equal(t.encode(x[2500:]), new)
+
+
 def test_encode_cold_start_reassign():
     x = catalogue(m=900, topics=300, noise=0.05, seed=5)
     s = pysid.fit(x[:600], levels=2, codebook_size=64, dedup="reassign", progress=False)
@@ -160,7 +178,7 @@ def test_collision_stats_by_hand():
 @pytest.mark.parametrize("kw,err", [
     (dict(method="pq"), ValueError), (dict(dedup="drop"), ValueError), (dict(levels=0), ValueError),
     (dict(codebook_size=[4]), ValueError), (dict(codebook_size=5000), ValueError),
-    (dict(item_ids=[1, 1, 2]), ValueError),
+    (dict(item_ids=[1, 1, 2]), ValueError), (dict(beam_width=0), ValueError), (dict(beam_width=2.0), ValueError),
 ])
 def test_fit_errors(x, kw, err):
     with pytest.raises(err):
@@ -184,10 +202,10 @@ def test_cli_fit_encode_stats(x, tmp_path, capsys):
     torch.save({"e": x[:20] + 0.01}, tmp_path / "new.pt")
     out = tmp_path / "sids.npz"
     assert cli_main(["fit", str(tmp_path / "emb.npy"), "-o", str(out), "--levels", "2", "--codebook-size", "16",
-                     "--quiet"]) == 0
+                     "--beam-width", "3", "--quiet"]) == 0
     assert "collision rate" in capsys.readouterr().out
     s = pysid.SemanticIds.load(out)
-    assert len(s) == 3000 and unique_rows(s.codes)
+    assert len(s) == 3000 and unique_rows(s.codes) and s.settings["beam_width"] == 3
     assert cli_main(["encode", str(out), str(tmp_path / "new.pt"), "-o", str(tmp_path / "c.npy")]) == 0
     assert np.load(tmp_path / "c.npy").shape == (20, 3)
     assert cli_main(["stats", str(out), "--embeddings", str(tmp_path / "emb.npy")]) == 0
