@@ -550,6 +550,16 @@ def residual_kmeans(
         [L, K, D] float32 codebooks if every level has the same size, else a list of
         [K_l, D] tensors - either form goes straight into :func:`pysid.residual_quantize`.
     """
+    books, _ = _residual_kmeans(x, levels, k, **kmeans_options)
+    if len({b.shape[0] for b in books}) == 1:
+        return torch.stack(books)
+    return books
+
+
+def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
+                     **kmeans_options) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`residual_kmeans`'s codebooks (a list) and each level's final assignments [N] int64
+    (each row's nearest codeword to its residual: the greedy codes of the rows)."""
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be an int >= 1, got {levels!r}")
     ks = [k] * levels if isinstance(k, int) else [int(v) for v in k]
@@ -563,13 +573,12 @@ def residual_kmeans(
         init_w = kmeans_options.get("weights")
     comm = _Comm(x.device if isinstance(x, Tensor) else torch.device("cpu"))
     r = x
-    books = []
+    books, codes = [], []
     for lvl, kl in enumerate(ks):
         iw = init_w if lvl == 0 else _skip_exact_rows(r, init_w, kl, comm)
         res = kmeans(r, kl, seed=seed + lvl, init_weights=iw, **kmeans_options)
         books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
+        codes.append(res.assignments)
         if lvl + 1 < levels:
             r = (r.to(books[-1].dtype) - books[-1][res.assignments]).to(r.dtype if r.dtype == torch.float64 else torch.float32)
-    if len(set(ks)) == 1:
-        return torch.stack(books)
-    return books
+    return books, codes

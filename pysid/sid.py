@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kmeans import nonfinite_rows, residual_kmeans
+from .kmeans import _residual_kmeans, nonfinite_rows
+from .ops import kmeans as _kops
 from .ops import residual_quantize
 from .trie import Trie
 
@@ -480,8 +481,9 @@ def fit(
     if method == "rq-kmeans":
         if max(sizes) > m:
             raise ValueError(f"codebook_size {max(sizes)} is larger than the number of items {m}")
-        books = residual_kmeans(x, levels, sizes, iters=iters, seed=seed, balanced=balanced, progress=progress)
-        cbs = [b.to(torch.float32) for b in (books.unbind(0) if isinstance(books, Tensor) else books)]
+        books, train_codes = _residual_kmeans(x, levels, sizes, iters=iters, seed=seed, balanced=balanced,
+                                              progress=progress)
+        cbs = [b.to(torch.float32) for b in books]
         latents = x
     else:
         from .nn import RQVAE, train_rqvae
@@ -501,7 +503,13 @@ def fit(
         settings["rqvae_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
         settings["rqvae_train"] = {k: v for k, v in train_kw.items() if k != "align_with"}
         settings["rqvae_aligned"] = "align_with" in train_kw
-    raw, r = _quantize(latents, cbs, beam_width)
+    if (method == "rq-kmeans" and not balanced and beam_width == 1 and dedup != "reassign"
+            and x.dtype == torch.float32 and _kops.select(x) == "cpu"):
+        # the last Lloyd assignments are the greedy codes already: on the C++ kernels each level's
+        # residual and scores are computed exactly as residual_quantize computes them
+        raw, r = torch.stack(train_codes, 1), None
+    else:
+        raw, r = _quantize(latents, cbs, beam_width)
     before = collision_stats(raw, sizes)
     codes = raw.cpu() if dedup != "reassign" else _reassigned(raw, r, cbs, sizes, reassign_candidates)
     if dedup != "none" and _has_dups(codes, sizes):

@@ -141,6 +141,22 @@ def test_beam_width_codes_and_cold_start(x, tmp_path):
     assert t.settings["beam_width"] == 4 and torch.equal(t.encode(x[2500:]), new)
 
 
+@pytest.mark.parametrize("case", ["catalogue", "odd", "duplicates"])
+def test_fit_codes_are_the_greedy_codes(x, case):
+    """fit takes the rq-kmeans codes from its last Lloyd assignments: they must be exactly what
+    residual_quantize gives for the trained codebooks."""
+    if case == "catalogue":
+        data = x
+    elif case == "odd":
+        data = torch.randn(1500, 37, generator=torch.Generator().manual_seed(3)) * 3
+    else:  # repeated rows: exact zero residuals and exact ties
+        data = catalogue(m=400, d=9, topics=20, seed=4).repeat(3, 1)
+    for dedup in ("suffix", "none"):
+        s = pysid.fit(data, levels=3, codebook_size=[16, 8, 8], dedup=dedup, seed=5, progress=False)
+        want = pysid.residual_quantize(data, s.codebooks).codes.long()
+        assert torch.equal(s.codes[:, :3], want)
+
+
 def test_encode_cold_start_reassign():
     x = catalogue(m=900, topics=300, noise=0.05, seed=5)
     s = pysid.fit(x[:600], levels=2, codebook_size=64, dedup="reassign", progress=False)
