@@ -121,7 +121,7 @@ void km_update_any(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, dou
 // pre-packed panels (the fused k-means++ loop) and rows packed on the fly (the
 // one-step kernel) give the same bits.
 constexpr int kUnit = kPanels * pysid::kmcpu::kPanelRows;
-constexpr int64_t kAheadLines = 32;  // software prefetch distance in panel lines
+constexpr int64_t kAheadLines = 256;  // software prefetch distance in panel lines (2 panels at d = 128)
 constexpr int kNV = kUnit / W;  // vectors across one unit of rows
 static_assert(kUnit <= pysid::kmcpu::kUnitMax && kGroup <= pysid::kmcpu::kGroupMax, "scratch sizes");
 static_assert(pysid::kmcpu::kPanelRows % W == 0, "a panel row slice is whole vectors");
@@ -139,9 +139,11 @@ inline void km_unit_score(const float* __restrict p, int64_t d, const float* __r
   for (int a = 0; a < NT * kNV; ++a) acc[a] = Isa::zero();
   for (int64_t j = 0; j < d; ++j) {
     // one 64-byte line per panel per j: ask for the line kAheadLines ahead (into the next
-    // unit's panels near the end), which the hardware prefetcher alone does not reach
+    // units' panels near the end) into L2, which the hardware prefetcher alone does not reach.
+    // Far enough to cover memory latency at the streaming rate: 32 lines into L1 left the
+    // panel loads waiting (a third of this kernel's samples), 256 into L2 runs ~10 % faster.
 #pragma GCC unroll 4
-    for (int q = 0; q < kPanels; ++q) __builtin_prefetch(p + q * d * P + (j + kAheadLines) * P, 0, 3);
+    for (int q = 0; q < kPanels; ++q) __builtin_prefetch(p + q * d * P + (j + kAheadLines) * P, 0, 2);
     V xv[kNV];
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) xv[v] = Isa::load(p + (v * W / P) * d * P + j * P + (v * W) % P);
