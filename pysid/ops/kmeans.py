@@ -80,7 +80,7 @@ def assign(x: Tensor, centroids: Tensor, impl: str) -> tuple[Tensor, Tensor]:
 class BoundedAssign:
     """Lloyd's assignment step on the CPU kernels with bounds carried from call to call.
 
-    ``step(centroids)`` returns what ``assign(x, centroids, "cpu")`` returns, bit for bit,
+    ``BoundedAssign(x)(centroids)`` returns what ``assign(x, centroids, "cpu")`` returns, bit for bit,
     but after the first call it searches only the rows whose code may have changed: a
     row keeps its code when its distance to that centre, plus the float error of the
     kernel's scores, stays below a lower bound on its distance to every other centre
