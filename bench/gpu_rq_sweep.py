@@ -1,7 +1,7 @@
 """GPU diagnosis of the Triton residual-quantize kernel (greedy): time per variant.
 
 For each shape and data kind: the default config, the exact path (fast=False), the fallback
-counters (rows the tf32 path could not prove, tile-levels that re-ran exactly), tile
+counters ((row, level) pairs the tf32 path could not prove, rows the exact pass re-encoded), tile
 variants, and the CUDA kernel. Writes JSON; prints a table.
 
     python bench/gpu_rq_sweep.py --out OUT.json
@@ -59,8 +59,7 @@ def main() -> None:
                     if name == "default":
                         cnt = torch.zeros(2, dtype=torch.int32, device=args.device)
                         residual_quantize_triton(x, packed, offs, 1, _fallback_counter=cnt)
-                        row["unsure_rows"], row["fallback_tile_levels"] = cnt.tolist()
-                        row["tile_levels"] = -(-n // 64) * levels
+                        row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()
                 except Exception as e:  # noqa: BLE001 - a failing variant is a row
                     row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])
                 rows.append(row)

@@ -218,6 +218,40 @@ def test_triton_beam_matches_reference(p, beam):
     assert ((out.distances[:, -1].double().cpu() - ref[1][:, -1]).abs() <= 1e-4 * scale).all()
 
 
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+def test_triton_fast_path_redoes_unproven_rows_exactly():
+    """Rows the tf32 pass cannot prove are re-encoded by the exact pass, every level.
+
+    Codewords 0..5 of level 0 have squared norms 1 - 2j * 2^-24 (j = 0..5): packing the
+    chunk index into the low mantissa bits makes their tf32 keys rank them by index, so the
+    float32 re-check sees codes 0..2 while the float32 argmin for a zero row is code 5.
+    Without the exact pass those rows would get code 2."""
+    from pysid.kernels.residual_quantize import residual_quantize_triton
+
+    dev = TRITON[0]
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 70, 20, 40
+    x = torch.randn(n, d, generator=g)
+    x[::7] = 0.0  # 10 zero rows
+    cbs = torch.randn(2, k, d, generator=g) + 3.0
+    cbs[0, :6] = 0.0
+    cbs[0, :6, 0] = torch.tensor([(1.0 - 2 * j * 2.0**-24) ** 0.5 for j in range(6)])
+    packed = cbs.reshape(-1, d).contiguous().to(dev)
+    x = x.to(dev)
+    counter = torch.zeros(2, dtype=torch.int32, device=dev)
+    fast = residual_quantize_triton(x, packed, [0, k, 2 * k], _fallback_counter=counter)
+    exact = residual_quantize_triton(x, packed, [0, k, 2 * k], fast=False)
+    assert (fast[2][::7, 0] == 5).all()
+    unsure_pairs, redone = counter.tolist()
+    assert redone >= 10 and unsure_pairs >= redone
+    zero = torch.arange(n, device=dev) % 7 == 0
+    for a, b in zip(fast, exact):  # the redone rows: bit for bit the exact pass's output
+        assert torch.equal(a[zero], b[zero])
+    check_greedy(x, list(cbs.to(dev)), fast)
+    again = residual_quantize_triton(x, packed, [0, k, 2 * k])
+    assert all(torch.equal(a, b) for a, b in zip(fast, again))
+
+
 @requires_cuda
 @pytest.mark.parametrize("impl", ["cuda", "triton", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
