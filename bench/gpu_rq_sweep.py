@@ -81,7 +81,7 @@ def main() -> None:
         json.dump(rows, fh, indent=1)
     for r in rows:
         print(f"{r['d']:4d} {r['k']:5d} L{r['levels']} {r['data']:9s} {r['variant']:18s} "
-              f"{r.get('ms', float('nan')):9.3f} ms  {r.get('unsure_rows', '')} {r.get('fallback_tile_levels', '')} "
+              f"{r.get('ms', float('nan')):9.3f} ms  {r.get('unsure_row_levels', '')} {r.get('redone_rows', '')} "
               f"{r.get('error', '')[:60]}")
 
 
