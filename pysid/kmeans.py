@@ -206,12 +206,18 @@ def _take(x: Tensor, idx: Tensor, mine: Tensor, comm: _Comm) -> Tensor:
     return comm.sum(torch.where(mine[:, None], rows, 0.0).double()).to(torch.float32)
 
 
+_GRAPH_SEEDING = True  # CUDA graph replay of the k-means++ steps (bench_kmeans --gpu times it off too)
+
+
 def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generator, impl: str,
-              comm: _Comm, progress, fused: bool = True) -> Tensor:
+              comm: _Comm, progress, fused: bool = True, graph: bool | None = None) -> Tensor:
     """Greedy k-means++ centres [k, D] float32 (float64 on the float64 reference path).
 
     One CPU process runs the whole loop in C++ (``fused``; the same centres as the
-    step-by-step loop below, which serves CUDA, the reference and torch.distributed)."""
+    step-by-step loop below, which serves CUDA, the reference and torch.distributed).
+    On CUDA (Triton kernels, one process) the steps from the third centre on replay one
+    captured CUDA graph (``graph``, default on): a step is ~20 small kernels whose launch overhead, not the
+    pass over x, set its time (GPU run 2: 0.43 ms per step). Same kernels, same centres."""
     n = x.shape[0]
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front
@@ -221,18 +227,52 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
     mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
     cum = _ops.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
-    for c in range(k):  # no host synchronisation inside this loop (one process)
-        t = 1 if c == 0 else trials  # the first centre: one weighted draw (scikit-learn's rule)
-        idx, mine = _draw(cum, u[c, :t], comm)
+    step = torch.zeros(1, dtype=torch.int64, device=x.device)  # the centre being chosen, on the device
+
+    def one_step(t: int) -> None:  # no host synchronisation (one process): capturable
+        idx, mine = _draw(cum, u.index_select(0, step)[0, :t], comm)
         cand = _take(x, idx, mine, comm)
         dist, pot = _ops.candidates(x, cand, mind, w, impl)
         best = torch.argmin(comm.sum(pot)).reshape(1)  # ties: the first candidate
-        centres[c] = cand.index_select(0, best)[0].to(cdtype)
-        if c + 1 < k:  # mind <- min(mind, dist[:, best]); the next draw's weights w * mind
-            mind, cum = _ops.commit(dist, best, mind, w32, impl)
+        centres.index_copy_(0, step, cand.index_select(0, best).to(cdtype))
+        # mind <- min(mind, dist[:, best]); the next draw's weights w * mind (in place: graph replays)
+        new_mind, new_cum = _ops.commit(dist, best, mind, w32, impl)
+        if new_mind is not mind:  # the C++ commit updates mind in place
+            mind.copy_(new_mind)
+        cum.copy_(new_cum)
+        step.add_(1)
+
+    if graph is None:
+        graph = _GRAPH_SEEDING and impl == "triton" and x.is_cuda and not comm.on  # the reference stays eager
+    eager = min(k, 2) if graph else k  # two eager steps compile every kernel the graph records
+    for c in range(eager):
+        one_step(1 if c == 0 else trials)  # the first centre: one weighted draw (scikit-learn's rule)
         if progress is not None:
             progress.update(1)
+    if eager < k:
+        _replay_steps(one_step, trials, k - eager, progress)
     return centres
+
+
+def _replay_steps(one_step, trials: int, count: int, progress) -> None:
+    """Capture one k-means++ step (its kernels were compiled by the eager steps before) and
+    replay it ``count`` times. If capture fails, a warning says why and the steps run
+    eagerly (same kernels, same centres, slower)."""
+    import warnings
+
+    run = lambda: one_step(trials)  # noqa: E731
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            one_step(trials)  # recorded, not run
+        run = g.replay
+    except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager loop correct
+        warnings.warn(f"k-means++: CUDA graph capture failed ({type(e).__name__}: {e}); running the steps eagerly",
+                      RuntimeWarning, stacklevel=3)
+    for _ in range(count):
+        run()
+        if progress is not None:
+            progress.update(1)
 
 
 # --------------------------------------------------------------------------- balanced assignment

@@ -112,6 +112,39 @@ def test_kmeanspp_fused_loop_matches_step_loop(weighted):
     assert torch.equal(got[0], got[1])
 
 
+def _seed_rows(device, graph, weighted):
+    import importlib
+
+    km = importlib.import_module("pysid.kmeans")
+    x = blobs(3000, 24, 30, seed=11).to(device)
+    w = torch.rand(3000, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
+    impl = "triton" if x.is_cuda else "cpu"
+    return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), impl, km._Comm(x.device), None,
+                        fused=False, graph=graph)
+
+
+def test_kmeanspp_graph_capture_failure_warns_and_runs_eagerly():
+    """Where a CUDA graph cannot be captured (here: no CUDA), the step loop warns and runs
+    the remaining steps eagerly: the same centres."""
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        got = _seed_rows("cpu", True, True)
+    assert torch.equal(got, _seed_rows("cpu", False, True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeanspp_cuda_graph_replay_same_centres(weighted):
+    """On CUDA the steps after the second replay one captured graph: the same centres as the
+    eager loop, and the capture succeeds (no warning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = _seed_rows("cuda", True, weighted)
+    assert torch.equal(got, _seed_rows("cuda", False, weighted))
+    assert torch.equal(got, _seed_rows("cuda", True, weighted))
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_kmeanspp_sampling_distribution(backend):
     """Plain k-means++ (one trial): the first centre is uniform, the second is drawn with

@@ -269,71 +269,26 @@ def test_gpu_candidates_goal_shapes(poisoned, t):
 
 # --------------------------------------------------------------------------- sm_90 compilation (no GPU needed)
 
-_SM90_SCRIPT = r"""
-import importlib.util, json, os, re, shutil, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-spec = importlib.util.spec_from_file_location("_kmeans_sm90", sys.argv[1])
-km = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(km)
-tool_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-cuobjdump = shutil.which("cuobjdump", path=tool_dir) or shutil.which("cuobjdump")
-if cuobjdump is None:
-    print(json.dumps(None))
-    sys.exit(0)
-
-def resources(fn, signature, constexprs, num_warps):
-    # as a launch on contiguous x with D = 256 specialises: stride_xd == 1 becomes a constant,
-    # pointers and D, stride_xm (multiples of 16) get the divisibility attribute
-    constexprs = dict(constexprs, stride_xd=1)
-    signature = {k: v for k, v in signature.items() if k != "stride_xd"}
-    sig = dict(signature, **{name: "constexpr" for name in constexprs})
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
-             for a, v in signature.items() if v.startswith("*") or a in ("D", "stride_xm")}
-    kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(kernel.asm["cubin"])
-        out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
-    return [int(m.group(1)), int(m.group(2))]
-
-i32, f32 = "i32", "*fp32"
-res = {}
-chunk_sig = {"x_ptr": f32, "w_ptr": f32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
-             "psum_ptr": f32, "pcnt_ptr": f32, "N": i32, "D": i32, "stride_xm": i32, "stride_xd": i32, "CHUNK": i32}
-res["update"] = resources(km._kmeans_chunk_kernel, chunk_sig, {"HAS_W": True, "BLOCK_R": 32, "BLOCK_D": 256}, 8)
-kpp_sig = {"x_ptr": f32, "candt_ptr": f32, "mind_ptr": f32, "w_ptr": f32, "dist_ptr": f32, "part_ptr": "*fp64",
-           "N": i32, "D": i32, "T": i32, "stride_xm": i32, "stride_xd": i32}
-for tp, bn, bd in [(8, 256, 4), (64, 128, 1)]:
-    consts = {"HAS_W": True, "TP": tp, "BLOCK_N": bn, "BLOCK_D": bd}
-    res[f"kpp{tp}"] = resources(km._kmeanspp_kernel, kpp_sig, consts, 4)
-print(json.dumps(res))
-"""
-
-
 @pytest.mark.skipif(DEV != "cpu", reason="compile-only check for machines without a GPU")
 def test_sm90_compiles_without_spills():
-    """The kernels compile for sm_90 (Hopper) at their default GPU blocks, with no spills (in a
-    subprocess: Triton cannot compile kernels in a process that runs its interpreter)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
+    """The kernels compile for sm_90 (Hopper) at their default GPU blocks, with no spills."""
     import pysid.kernels.kmeans as module
+    from sm90 import sm90_resources
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_SCRIPT, module.__file__], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    f32, i32 = "*fp32", "i32"
+    chunk_sig = {"x_ptr": f32, "w_ptr": f32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
+                 "psum_ptr": f32, "pcnt_ptr": f32, "N": i32, "D": i32, "stride_xm": i32, "stride_xd": i32, "CHUNK": i32}
+    kpp_sig = {"x_ptr": f32, "candt_ptr": f32, "mind_ptr": f32, "w_ptr": f32, "dist_ptr": f32, "part_ptr": "*fp64",
+               "N": i32, "D": i32, "T": i32, "stride_xm": i32, "stride_xd": i32}
+    jobs = [dict(module=module.__file__, kernel="_kmeans_chunk_kernel", signature=chunk_sig,
+                 constexprs={"HAS_W": True, "BLOCK_R": 32, "BLOCK_D": 256}, num_warps=8)]
+    for tp, bn, bd in [(8, 256, 4), (64, 128, 1)]:
+        jobs.append(dict(module=module.__file__, kernel="_kmeanspp_kernel", signature=kpp_sig,
+                         constexprs={"HAS_W": True, "TP": tp, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=4))
+    res = sm90_resources(jobs)
     if res is None:
         pytest.skip("cuobjdump not found")
-    assert res["update"][1] == 0 and res["update"][0] <= 128, res
-    assert res["kpp8"][1] == 0 and res["kpp8"][0] <= 128, res
-    assert res["kpp64"][1] == 0, res
+    update, kpp8, kpp64 = res
+    assert update[1] == 0 and update[0] <= 128, res
+    assert kpp8[1] == 0 and kpp8[0] <= 128, res
+    assert kpp64[1] == 0, res
