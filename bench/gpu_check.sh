@@ -4,13 +4,13 @@
 # short summary is printed last. With TAR_TO=FILE, OUTDIR is also packed into FILE after
 # every stage.
 #   bench/gpu_check.sh OUTDIR [STAGES]
-# STAGES: space-separated subset of "build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep"
-# (default: all). Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
+# STAGES: space-separated subset of "build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep profile"
+# (default: all; profile = Nsight Compute metrics of the rq and k-means++ kernels, where ncu exists). Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
 # Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
-STAGES=${2:-"build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep"}
+STAGES=${2:-"build ceilings tests bench_rq bench_beam bench_kmeans rq_sweep profile"}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -49,10 +49,24 @@ has bench_rq && stage bench_rq 180 $PY bench/bench_residual_quantize.py --gpu --
 has bench_beam && stage bench_beam 150 $PY bench/bench_beam_search.py --device cuda --out "$OUT/bench_beam.json"
 has bench_kmeans && stage bench_kmeans "${KMEANS_TIMEOUT:-240}" $PY bench/bench_kmeans.py --gpu --out "$OUT/bench_kmeans.json"
 has rq_sweep && stage rq_sweep "${SWEEP_TIMEOUT:-150}" $PY bench/gpu_rq_sweep.py --out "$OUT/rq_sweep.json"
+if has profile; then
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
+  if [ -n "$NCU" ]; then  # warm-up calls first (compiles), then the profiled launches
+    stage profile_rq 240 "$NCU" --kernel-name regex:_rq_greedy_kernel --launch-skip 2 --launch-count 2 $SECTIONS \
+      --csv --page raw $PY bench/gpu_profile.py rq
+    stage profile_kpp 120 "$NCU" --kernel-name regex:_kmeanspp_kernel --launch-skip 1 --launch-count 1 $SECTIONS \
+      --csv --page raw $PY bench/gpu_profile.py kmeanspp
+  else
+    echo "ncu (Nsight Compute) not found: no profile" > "$OUT/profile_rq.log"
+  fi
+fi
 echo "=== $(head -2 "$OUT/gpu.txt" | tail -1)"
 for f in "$OUT"/*.log; do
   case $f in *tests.log) grep -E "FAILED|ERROR|passed|failed" "$f" | tail -25;; esac
 done
 for f in bench_rq bench_beam bench_kmeans rq_sweep; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; tail -24 "$OUT/$f.log"; }; done
+for f in profile_rq profile_kpp; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; $PY bench/gpu_profile.py summarize "$OUT/$f.log"; }; done
 [ -f "$OUT/ceilings.json" ] && cat "$OUT/ceilings.json"
 printf '%s\n' "${summary[@]}"

@@ -50,3 +50,26 @@ def test_bench_sid_seeds(tmp_path):
         assert r["fit_s"] == pytest.approx(sum(per["fit_s"]) / 2)  # the median of two
         assert r["recon_err_min"] == min(per["recon_err"]) and r["recon_err_max"] == max(per["recon_err"])
         assert r["recon_err_std"] == pytest.approx(abs(per["recon_err"][0] - per["recon_err"][1]) / 2 ** 0.5)
+
+
+def test_gpu_profile_summary(tmp_path):
+    """gpu_check.sh's profile stage: the ncu CSV (raw page, after the program's own output) is read
+    into key metrics and the largest stall reasons, largest first; a log without CSV says so."""
+    log = tmp_path / "ncu.log"
+    log.write_text(
+        "==PROF== Connected\ndone\n"
+        '"ID","Kernel Name","gpu__time_duration.sum","launch__registers_per_thread","other__metric",'
+        '"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",'
+        '"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"\n'
+        '"","","usecond","register/thread","","ratio","ratio"\n'
+        '"0","_rq_greedy_kernel","10,500.2","255","7","0.5","7.25"\n')
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "gpu_profile.py"), "summarize", str(log)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert "_rq_greedy_kernel" in out and "10,500.2 usecond" in out and "255" in out and "other__metric" not in out
+    assert out.index("long_scoreboard") < out.index("stalled_barrier")
+    log.write_text("==ERROR== ERR_NVGPUCTRPERM\n")
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "gpu_profile.py"), "summarize", str(log)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "no ncu CSV" in res.stdout and "ERR_NVGPUCTRPERM" in res.stdout
