@@ -35,7 +35,13 @@ def main() -> None:
     variants = [("default", {}), ("exact", {"fast": False}), ("bm32 bk64 w4", dict(block_m=32, block_k=64, num_warps=4)),
                 ("bm64 bk32 w4", dict(block_m=64, block_k=32, num_warps=4)),
                 ("bm128 bk32 w8 s1", dict(block_m=128, block_k=32, num_warps=8, num_stages=1)),
-                ("bm64 bk64 w4 s1", dict(block_m=64, block_k=64, num_warps=4, num_stages=1))]
+                ("bm64 bk64 w4 s1", dict(block_m=64, block_k=64, num_warps=4, num_stages=1)),
+                # sm_90 compile (2026-11-28): the default (8 warps, BK 64) splits each 64-code chunk over
+                # two warpgroups (wgmma n32, row minima across warps); these keep n64 per warpgroup
+                ("bm64 bk64 w4", dict(block_m=64, block_k=64, num_warps=4)),
+                ("bm64 bk128 w8 s1", dict(block_m=64, block_k=128, num_warps=8, num_stages=1)),
+                # BM 32 / 4 warps compiles to mma.sync with ~98 KB shared: two programs fit per SM
+                ("bm32 bk64 w4 2/SM", dict(block_m=32, block_k=64, num_warps=4, programs_per_sm=2))]
     for d, k, levels in shapes:
         for kind in ("clustered", "gaussian"):
             if kind == "clustered":

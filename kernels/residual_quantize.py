@@ -447,6 +447,7 @@ def residual_quantize_triton(
     num_warps: int | None = None,
     num_stages: int | None = None,
     block_d: int | None = None,
+    programs_per_sm: int | None = None,
     _fallback_counter: torch.Tensor | None = None,
     quantized: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -464,6 +465,8 @@ def residual_quantize_triton(
             float32 (``input_precision="ieee"``) dot products throughout.
         block_m, block_k, num_warps, num_stages, block_d: override the tile heuristic (tuning;
             block_d: D-slice of the float32 re-check / exact passes).
+        programs_per_sm: greedy, CUDA: persistent programs per SM of the tf32 pass (tuning;
+            default from the tiles' shared memory: 1 or 2).
         _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the tf32 pass could
             not prove, #rows re-encoded by the exact pass) - for tests and tuning.
         quantized: greedy only: False skips writing the quantized rows (k-means assignment);
@@ -567,7 +570,7 @@ def residual_quantize_triton(
     tiles = triton.cdiv(n, bm)
     if dev.type == "cuda":
         smem = (bm * dp + ns * bk * dp) * 4 if fast else 0  # fast path's A operand + codebook stages
-        per_sm = 1 if smem > 110 * 1024 else 2  # programs resident per SM
+        per_sm = programs_per_sm or (1 if smem > 110 * 1024 else 2)  # programs resident per SM
         nprog = min(tiles, per_sm * torch.cuda.get_device_properties(dev).multi_processor_count)  # scratch in L2
         nprog_redo = min(tiles, 2 * torch.cuda.get_device_properties(dev).multi_processor_count)
     else:
