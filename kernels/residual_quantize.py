@@ -40,11 +40,12 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   level, with the exact (``input_precision="ieee"``) pass and overwrites their outputs,
   so those rows get exactly the ``fast=False`` answer.  (Until 2026-11-28 the whole
   64-row tile re-ran the level exactly for one unsure row: on clustered data 11 % of
-  tile-levels did, ~+9 ms of 41 ms in GPU run 2.)  The candidate count therefore affects speed only, never the answer.  With 3
-  re-checked candidates the fallback is rare: for a random-looking row the window
-  ``2E`` is ~2^-10 sqrt(D) standard deviations of the score spread, and the fallback
-  needs 3 more candidates inside it (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for
-  D=256, ~3e-5 for D=64); on clustered data it is higher but stays correct.
+  tile-levels did, ~+9 ms of 41 ms in GPU run 2.)  The candidate count therefore
+  affects speed only, never the answer.  With 3 re-checked candidates the fallback is
+  rare: for a random-looking row the window ``2E`` is ~2^-10 sqrt(D) standard
+  deviations of the score spread, and the fallback needs 3 more candidates inside it
+  (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
+  clustered data it is higher but stays correct.
 
 Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel; the
 (row, beam) pairs form the rows of the dot; top-B over (beam, code) pairs via repeated

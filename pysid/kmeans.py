@@ -216,8 +216,9 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     One CPU process runs the whole loop in C++ (``fused``; the same centres as the
     step-by-step loop below, which serves CUDA, the reference and torch.distributed).
     On CUDA (Triton kernels, one process) the steps from the third centre on replay one
-    captured CUDA graph (``graph``, default on): a step is ~20 small kernels whose launch overhead, not the
-    pass over x, set its time (GPU run 2: 0.43 ms per step). Same kernels, same centres."""
+    captured CUDA graph (``graph``, default on): a step is ~20 small kernels whose launch
+    overhead, not the pass over x, set its time (GPU run 2: 0.43 ms per step). Same
+    kernels, same centres."""
     n = x.shape[0]
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front

@@ -98,21 +98,8 @@ def test_kmeanspp_backends_agree(backend):
     assert float(d.max()) < 1e-5
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_kmeanspp_fused_loop_matches_step_loop(weighted):
-    """One CPU process seeds with the C++ loop (kmeanspp_run); it picks exactly the rows of the
-    step-by-step loop that serves torch.distributed, CUDA and the reference."""
-    import importlib
-
-    km = importlib.import_module("pysid.kmeans")
-    x = blobs(3000, 24, 30, seed=11)
-    w = torch.rand(3000, generator=torch.Generator().manual_seed(1)) if weighted else None
-    comm = km._Comm(x.device)
-    got = [km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), "cpu", comm, None, fused=f) for f in (True, False)]
-    assert torch.equal(got[0], got[1])
-
-
-def _seed_rows(device, graph, weighted):
+def _seed_rows(device, weighted, fused=False, graph=None):
+    """k-means++ centres on the step loop (or, fused=True, the C++ loop) for fixed data and seed."""
     import importlib
 
     km = importlib.import_module("pysid.kmeans")
@@ -120,15 +107,22 @@ def _seed_rows(device, graph, weighted):
     w = torch.rand(3000, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
     impl = "triton" if x.is_cuda else "cpu"
     return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), impl, km._Comm(x.device), None,
-                        fused=False, graph=graph)
+                        fused=fused, graph=graph)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeanspp_fused_loop_matches_step_loop(weighted):
+    """One CPU process seeds with the C++ loop (kmeanspp_run); it picks exactly the rows of the
+    step-by-step loop that serves torch.distributed, CUDA and the reference."""
+    assert torch.equal(_seed_rows("cpu", weighted, fused=True), _seed_rows("cpu", weighted))
 
 
 def test_kmeanspp_graph_capture_failure_warns_and_runs_eagerly():
     """Where a CUDA graph cannot be captured (here: no CUDA), the step loop warns and runs
     the remaining steps eagerly: the same centres."""
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
-        got = _seed_rows("cpu", True, True)
-    assert torch.equal(got, _seed_rows("cpu", False, True))
+        got = _seed_rows("cpu", True, graph=True)
+    assert torch.equal(got, _seed_rows("cpu", True, graph=False))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -140,9 +134,9 @@ def test_kmeanspp_cuda_graph_replay_same_centres(weighted):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        got = _seed_rows("cuda", True, weighted)
-    assert torch.equal(got, _seed_rows("cuda", False, weighted))
-    assert torch.equal(got, _seed_rows("cuda", True, weighted))
+        got = _seed_rows("cuda", weighted, graph=True)
+    assert torch.equal(got, _seed_rows("cuda", weighted, graph=False))
+    assert torch.equal(got, _seed_rows("cuda", weighted, graph=True))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
