@@ -222,10 +222,10 @@ def test_triton_beam_matches_reference(p, beam):
 def test_triton_fast_path_redoes_unproven_rows_exactly():
     """Rows the tf32 pass cannot prove are re-encoded by the exact pass, every level.
 
-    Codewords 0..5 of level 0 have squared norms 1 - 2j * 2^-24 (j = 0..5): packing the
-    chunk index into the low mantissa bits makes their tf32 keys rank them by index, so the
-    float32 re-check sees codes 0..2 while the float32 argmin for a zero row is code 5.
-    Without the exact pass those rows would get code 2."""
+    Codewords 0..5 of level 0 have squared norms 1 - 2j * 2^-24 (j = 0..5), the scores of a
+    zero row: packing the chunk index into the low mantissa bits makes the keys of codes 1..5
+    rank by index (code 0's, 1.0, is larger), so the float32 re-check sees codes 1..3 while
+    the float32 argmin is code 5. Without the exact pass those rows get code 3 (checked)."""
     from pysid.kernels.residual_quantize import residual_quantize_triton
 
     dev = TRITON[0]
