@@ -192,9 +192,11 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
             add({"method": f"k-means++ seeding {k} centres: pysid triton", "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
             km_module = sys.modules["pysid.kmeans"]
             km_module._GRAPH_SEEDING = False  # the same steps launched one by one
-            add({"method": f"k-means++ seeding {k} centres: pysid triton, no CUDA graph",
-                 "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
-            km_module._GRAPH_SEEDING = True
+            try:
+                add({"method": f"k-means++ seeding {k} centres: pysid triton, no CUDA graph",
+                     "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
+            finally:
+                km_module._GRAPH_SEEDING = True
             add({"method": f"k-means++ seeding {k} centres: pysid triton, all rows",
                  "seeding_ms": seeding_ms(x, k, "triton", 0, 3)})
             add({"method": f"k-means++ seeding {k} centres: torch eager, all rows",
