@@ -6,7 +6,9 @@
 ``atomic_write`` writes to a temporary file in the target's folder, flushes and fsyncs it,
 renames it over the target (``os.replace``, atomic on POSIX and Windows within one file
 system) and fsyncs the folder, so that a crash or ``kill -9`` at any moment leaves either the
-old file or the complete new one. The temporary file is removed on any error.
+old file or the complete new one. The temporary file is removed on any error (a process
+killed by SIGKILL cannot clean up: its ``.<name>.<random>.tmp`` file stays behind, the target
+is intact).
 """
 
 from __future__ import annotations

@@ -873,7 +873,7 @@ def _as_ids(v, name: str) -> Tensor:
         bad = ~np.isfinite(a64) | (a64 != np.round(a64)) | (np.abs(a64) >= 2.0**53)
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
-            raise ValueError(f"{name} must be whole numbers (integers): got {a[i]!r} at position {i}")
+            raise ValueError(f"{name} must be whole numbers (integers): got {a[i].item()!r} at position {i}")
         return torch.from_numpy(a64.astype(np.int64))
     if a.dtype == np.uint64 and a.size and int(a.max()) >= 2**63:
         raise ValueError(f"{name} has values outside int64")
