@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._io import atomic_write
+from ._io import atomic_write, check_writable
 from .kmeans import _residual_kmeans, nonfinite_rows
 from .ops import kmeans as _kops
 from .ops import residual_quantize
@@ -481,10 +481,11 @@ class SemanticIds:
         return int(self.codes.shape[0])
 
     def __repr__(self) -> str:
-        c = self.collisions.get("before", {})
+        c = self.collision_summary()
         return (f"SemanticIds(items={len(self)}, levels={self.num_levels}x{self.codebook_sizes}"
                 f"{' + suffix' if self.has_suffix else ''}, method={self.method!r}, dedup={self.dedup!r}, "
-                f"collision rate before dedup={c.get('collision_rate', float('nan')):.4f})")
+                f"collision rate before dedup={c['collision_rate_before']:.4f}, "
+                f"after={c['collision_rate_after']:.4f}, suffix level size={c['suffix_size']})")
 
     def collision_summary(self) -> dict[str, Any]:
         """Collisions before and after dedup, and the suffix level, as a plain dict::
@@ -689,7 +690,9 @@ class SemanticIds:
         """One .npz file: codes, item ids, codebooks, fingerprints (and the rq-vae model) + JSON
         metadata. Written atomically (``pysid._io.atomic_write``): a crash or kill at any moment
         leaves the old file or the new one, never a part. The name is used as given (no .npz
-        appended)."""
+        appended); an existing file is replaced. ValueError if the folder does not exist or is
+        not writable, or the path is a folder."""
+        check_writable(path, force=True)  # a missing folder or a folder as the target: one-line ValueError
         arrays = {"codes": self.codes.numpy(), "item_ids": self.item_ids.numpy()}
         for j, c in enumerate(self.codebooks):
             arrays[f"codebook_{j}"] = c.detach().cpu().numpy()
@@ -963,6 +966,8 @@ def fit(
 
     Raises ValueError / TypeError (one line, before any work) for bad inputs and settings.
     """
+    if input_weights is not None and not isinstance(embeddings, (list, tuple)):
+        raise ValueError("input_weights weigh the inputs of a list of embeddings: pass a list, or no weights")
     x = _fused(embeddings, input_weights)
     meth, rule = _method(method), _dedup(dedup)
     levels = _int_arg("levels", levels, 1)

@@ -104,6 +104,11 @@ def test_save_error_leaves_old_file(table, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         table.save(path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["s.npz"]
+    monkeypatch.undo()
+    for bad, msg in ((tmp_path / "no" / "s.npz", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(ValueError, match=msg):
+            table.save(bad)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["s.npz"]
 
 
 # --------------------------------------------------------------------------- 2. load errors
@@ -351,6 +356,7 @@ def _fit_cases(x):
         (dict(embeddings=tiny), ValueError, "underflow"),
         (dict(embeddings=[x[:100], x[:100] * 1e25]), ValueError, "embeddings[1]: largest"),
         (dict(embeddings=np.array([["a", "b"]] * 100)), TypeError, "floating point"),
+        (dict(input_weights=[1.0]), ValueError, "input_weights"),
     ]
 
 
