@@ -227,6 +227,7 @@ class Dedup:
         return codes.cpu()
 
     needs_residual = False  # move() needs the residual before the last level
+    moves = False  # move() may change codes: the table's semantic codes are then not the quantizer's
 
     def wants_suffix(self, semantic: Tensor, sizes: Sequence[int], has_suffix: bool = False) -> bool:
         """Whether rows with these semantic codes (all rows of a table) get the suffix level."""
@@ -244,7 +245,7 @@ class _SuffixDedup(Dedup):
 
 
 class _ReassignDedup(Dedup):
-    name, suffix, needs_residual = "reassign", "if-needed", True
+    name, suffix, needs_residual, moves = "reassign", "if-needed", True, True
     help = "colliding items move to a free nearby last-level code; a suffix only for those left over"
 
     def move(self, codes, residual, codebooks, sizes, settings, taken=None):
@@ -305,6 +306,14 @@ class Method:
         """Input embeddings [N, D] -> the vectors the codebooks quantize."""
         return x
 
+    def input_dim(self, table: "SemanticIds") -> int:
+        """D of the embeddings the table encodes."""
+        return int(table.codebooks[0].shape[1])
+
+    def saved_problem(self, settings: dict, model_state: dict | None) -> str | None:
+        """Why a loaded table of this method cannot be used (None: it can)."""
+        return None
+
     def reconstruction(self, table: "SemanticIds", x: Tensor) -> Tensor | None:
         """The reconstruction of the semantic levels in the input space (None: not available)."""
         return None
@@ -363,6 +372,15 @@ class _RQVAE(Method):
                     "rqvae_train": {k: v for k, v in train_kw.items() if k != "align_with"},
                     "rqvae_aligned": "align_with" in train_kw}
         return _Trained(cbs, latents, None, state, settings)
+
+    def input_dim(self, table):
+        return int(table.settings["rqvae_config"]["in_dim"])
+
+    def saved_problem(self, settings, model_state):
+        cfg = settings.get("rqvae_config")
+        if not model_state or not isinstance(cfg, dict) or not isinstance(cfg.get("in_dim"), int):
+            return "an rq-vae table without its model"
+        return None
 
     def latents(self, table, x):
         from .nn import RQVAE
@@ -504,10 +522,11 @@ class SemanticIds:
             suffixed_items           items with a suffix > 0
 
         "before" is computed from the table for "suffix" and "none" (their semantic codes are
-        the quantizer's); for "reassign" it is the figure recorded at fit, over the items of
-        the fit (``items_before``; the quantizer's tuples of moved items are not stored)."""
+        the quantizer's); for "reassign" (a rule that ``moves`` codes) it is the figure recorded
+        at fit, over the items of the fit (``items_before``; the quantizer's tuples of moved
+        items are not stored)."""
         sizes = [int(k) for k in self.codebook_sizes]
-        if self.dedup == "reassign" and self.collisions.get("before"):
+        if _dedup(self.dedup).moves and self.collisions.get("before"):
             before = dict(self.collisions["before"])
         else:
             before = collision_stats(self.codes[:, : self.num_levels], sizes)
@@ -604,11 +623,10 @@ class SemanticIds:
         if isinstance(embeddings, (list, tuple)) != (inputs > 1) or (inputs > 1 and len(embeddings) != inputs):
             raise ValueError(f"this table was fitted on {inputs} input(s): pass the same")
         x = _fused(embeddings, self.settings.get("input_weights"))
-        if self.method == "rq-kmeans" and x.shape[1] != self.codebooks[0].shape[1]:
-            raise ValueError(f"embeddings have D={x.shape[1]}, the codebooks D={self.codebooks[0].shape[1]}")
-        cfg = self.settings.get("rqvae_config")
-        if self.method == "rq-vae" and cfg and x.shape[1] != cfg.get("in_dim"):
-            raise ValueError(f"embeddings have D={x.shape[1]}, the encoder expects D={cfg.get('in_dim')}")
+        rule, method = _dedup(self.dedup), _method(self.method)
+        want = method.input_dim(self)
+        if x.shape[1] != want:
+            raise ValueError(f"embeddings have D={x.shape[1]}, this table's {method.name} expects D={want}")
         n = x.shape[0]
         given = None if item_ids is None else _as_ids(item_ids, "item_ids")
         if given is not None and given.numel() != n:
@@ -634,9 +652,7 @@ class SemanticIds:
             rows, known = self._find_rows(_fingerprints([_as_tensor(p) for p in parts]))
         ids[known] = self.item_ids[rows[known]]
 
-        rule, method = _dedup(self.dedup), _method(self.method)
-        L = self.num_levels
-        sem = self.codes[:, :L]
+        sem = self.codes[:, : self.num_levels]
         newx = x[~known]
         if newx.shape[0]:
             raw, r = _quantize(method.latents(self, newx), self.codebooks, self.settings.get("beam_width", 1))
@@ -666,7 +682,7 @@ class SemanticIds:
         if fps is not None:
             self.fingerprints = torch.cat([self.fingerprints, fps])
         before = self.collisions.get("before")
-        if self.dedup != "reassign" or not before:
+        if not _dedup(self.dedup).moves or not before:
             before = collision_stats(self.codes[:, : self.num_levels], [int(k) for k in self.codebook_sizes])
         self.collisions = {"before": before, "after": collision_stats(self.codes, self.vocab_sizes)}
         self.__dict__.pop("_tries", None)
@@ -787,8 +803,9 @@ class SemanticIds:
             if fps.dtype != np.int64 or fps.shape != (codes.shape[0],):
                 raise _NotSids(f"fingerprints {fps.shape} ({fps.dtype}) do not match {codes.shape[0]} items")
             fps = torch.from_numpy(fps)
-        if meta["method"] == "rq-vae" and (model is None or "rqvae_config" not in meta["settings"]):
-            raise _NotSids("an rq-vae table without its model")
+        why = METHODS[meta["method"]].saved_problem(meta["settings"], model)
+        if why:
+            raise _NotSids(why)
         return cls(codes=codes, item_ids=item_ids, codebooks=cbs, codebook_sizes=sizes,
                    method=meta["method"], dedup=meta["dedup"], settings=meta["settings"],
                    collisions=meta.get("collisions", {}), model_state=model, fingerprints=fps)
