@@ -43,7 +43,8 @@ Embedding scale: fit and encode compute squared distances in float32. Inputs who
 absolute value is above ``sqrt(1e37 / (4 D))`` (about 5.7e16 for D = 768) would overflow
 them and inputs with a largest absolute value below 1e-15 (but not all zero) would underflow
 them (every item then falls into one tuple): both are refused with a ValueError naming the
-scale, rather than rescaled silently (rescaling would change the codebooks' units).
+scale, rather than rescaled silently (rescaling would change the codebooks' units). A list of
+inputs (hybrid IDs) is fused from L2-normalised rows, so each input may have any finite scale.
 
 Reproducibility: the same seed gives the same table on the same backend, device and thread
 count (``rq-vae`` trains under ``torch.use_deterministic_algorithms`` on CPU; on CUDA pass
@@ -835,7 +836,7 @@ def _as_tensor(x) -> Tensor:
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
 
 
-def _as_embeddings(x, name: str) -> Tensor:
+def _as_embeddings(x, name: str, check_scale: bool = True) -> Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "biufc":
             raise TypeError(f"{name} must be a floating point array, got dtype {x.dtype}")
@@ -850,7 +851,8 @@ def _as_embeddings(x, name: str) -> Tensor:
     if rows is not None:
         raise ValueError(f"{name} has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     x = x if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else x.to(torch.float32)
-    _check_scale(x, name)
+    if check_scale:
+        _check_scale(x, name)
     return x
 
 
@@ -921,7 +923,9 @@ def _fused(embeddings, weights=None) -> Tensor:
     if isinstance(embeddings, (list, tuple)):
         from .nn import fuse
 
-        parts = [_as_embeddings(e, f"embeddings[{i}]").to(torch.float32) for i, e in enumerate(embeddings)]
+        # each input is L2-normalised by fuse (at any finite scale): no scale check needed
+        parts = [_as_embeddings(e, f"embeddings[{i}]", check_scale=False).to(torch.float32)
+                 for i, e in enumerate(embeddings)]
         return fuse(parts, weights)
     return _as_embeddings(embeddings, "embeddings")
 
