@@ -554,8 +554,7 @@ class SemanticIds:
         """Row of each id in the table, and whether it is there."""
         if len(self) == 0:
             return torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
-        order = torch.argsort(self.item_ids)
-        sorted_ids = self.item_ids[order]
+        sorted_ids, order = self._sorted("item_ids")
         pos = torch.searchsorted(sorted_ids, ids).clamp(max=len(self) - 1)
         return order[pos], sorted_ids[pos] == ids
 
@@ -563,9 +562,19 @@ class SemanticIds:
         """First table row (in item order) with each fingerprint, and whether there is one."""
         if self.fingerprints is None or len(self) == 0:
             return torch.zeros_like(fps), torch.zeros_like(fps, dtype=torch.bool)
-        s, order = torch.sort(self.fingerprints, stable=True)
+        s, order = self._sorted("fingerprints")
         pos = torch.searchsorted(s, fps).clamp(max=len(self) - 1)
         return order[pos], s[pos] == fps
+
+    def _sorted(self, name: str) -> tuple[Tensor, Tensor]:
+        """(sorted values, order) of ``item_ids`` or ``fingerprints`` (stable), cached until the
+        table changes through encode(add=True)."""
+        cache = self.__dict__.setdefault("_sorted_cache", {})
+        t = getattr(self, name)
+        hit = cache.get(name)
+        if hit is None or hit[0] is not t:
+            cache[name] = (t, *torch.sort(t, stable=True))
+        return cache[name][1], cache[name][2]
 
     def item(self, codes) -> Tensor:
         """Item ids [n] of the given code tuples [n, L'] (-1 where no item has that SID)."""
