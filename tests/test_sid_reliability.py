@@ -88,6 +88,7 @@ def test_save_survives_kill_9(tmp_path):
         mid_write += bool(temps)  # the kill landed inside a write: its temp file is left over
         for n in temps:
             os.unlink(tmp_path / n)
+    print("kills during a write:", mid_write)
     assert mid_write >= 5, f"only {mid_write} of 20 kills landed during a write"
     assert os.listdir(tmp_path) == ["sids.npz"]
 
