@@ -37,6 +37,22 @@ def test_fuse_default_equal_weights_and_scale_invariance():
     assert torch.equal(fuse([a, b], weights=[0, 1])[:, :4], torch.zeros(7, 4))
 
 
+def test_fuse_any_finite_scale():
+    """Rows whose float32 norm overflows (1e20) or falls under F.normalize's eps (1e-30, 1e-40
+    subnormal) are still unit rows in the same direction; zero rows stay zero."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)
+    ref = fuse([a, b])
+    for scale in (1e20, 1e30, 1e-13, 1e-30, 1e-40):
+        out = fuse([a * scale, b])
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.norm(dim=1), torch.ones(6))
+    mixed = torch.cat([a[:3] * 1e20, torch.zeros(1, 5), a[4:] * 1e-30])
+    out = fuse([mixed, b])
+    assert torch.equal(out[3, :5], torch.zeros(5))
+    torch.testing.assert_close(out[[0, 1, 2, 4, 5], :5], ref[[0, 1, 2, 4, 5], :5], atol=1e-5, rtol=0)
+
+
 def test_fuse_errors():
     a = torch.randn(4, 3)
     with pytest.raises(ValueError, match="rows"):
@@ -47,6 +63,10 @@ def test_fuse_errors():
     nan[2, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN.*rows \[2\]"):
         fuse([a, nan])
+    inf = torch.randn(4, 2)
+    inf[1, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"NaN/Inf.*rows \[1\]"):
+        fuse([a, inf])
     with pytest.raises(ValueError, match="weights"):
         fuse([a, a], weights=[1])
     with pytest.raises(ValueError, match="weights"):

@@ -43,10 +43,10 @@ def _check_inputs(inputs: Sequence[Tensor]) -> list[Tensor]:
         elif t.shape[0] != n:
             shapes = [tuple(x.shape) for x in inputs]
             raise ValueError(f"inputs have different numbers of rows (N): shapes {shapes}")
-        bad = torch.isnan(t).any(1)
+        bad = ~torch.isfinite(t).all(1)
         if bool(bad.any()):
             rows = bad.nonzero()[:, 0]
-            raise ValueError(f"inputs[{i}] has NaN in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
+            raise ValueError(f"inputs[{i}] has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     return inputs
 
 
@@ -70,7 +70,9 @@ def fuse(inputs: Sequence[Tensor], weights: Sequence[float] | None = None) -> Te
         weights: one non-negative weight per input (default: equal).
 
     Returns [N, sum D_i]: the concatenation of ``normalize(x_i) * sqrt(w_i / sum w)``; input i
-    thus holds the share w_i / sum w of every row's squared norm (a zero row stays zero).
+    thus holds the share w_i / sum w of every row's squared norm (a zero row stays zero). Rows
+    whose norm overflows their dtype or is below 1e-11 (e.g. float32 near 1e20 or 1e-30) are
+    rescaled first, so any finite scale works. NaN/Inf are refused.
     """
     inputs = _check_inputs(inputs)
     w = _check_weights(weights, len(inputs))
@@ -79,8 +81,24 @@ def fuse(inputs: Sequence[Tensor], weights: Sequence[float] | None = None) -> Te
     for t in inputs[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     dev = inputs[0].device
-    parts = [F.normalize(t.to(dev, dtype), dim=1) * math.sqrt(wi / total) for t, wi in zip(inputs, w)]
+    parts = [_normalize(t.to(dev, dtype)) * math.sqrt(wi / total) for t, wi in zip(inputs, w)]
     return torch.cat(parts, 1)
+
+
+def _normalize(t: Tensor) -> Tensor:
+    """F.normalize(t, dim=1), also for rows whose norm overflows t's dtype or falls under
+    F.normalize's eps (1e-12): those rows are divided by their largest |value| first, in
+    float64 (e.g. float32 rows near 1e20 or 1e-30). Zero rows stay zero."""
+    out = F.normalize(t, dim=1)
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        return out
+    n = torch.linalg.vector_norm(t, dim=1)
+    bad = (~torch.isfinite(n) | (n < 1e-11)) & (t != 0).any(1)
+    if bool(bad.any()):
+        r = t[bad].double()
+        r = r / r.abs().amax(1, keepdim=True)
+        out[bad] = (r / torch.linalg.vector_norm(r, dim=1, keepdim=True)).to(t.dtype)
+    return out
 
 
 class FusedEncoder(nn.Module):

@@ -12,6 +12,7 @@ loss = reconstruction MSE + RQ loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Sequence
 
@@ -158,6 +159,7 @@ def train_rqvae(
     align_with: Tensor | None = None,
     align_weight: float = 0.1,
     align_temperature: float = 0.07,
+    deterministic: bool | None = None,
 ) -> list[float]:
     """Train ``model`` on the rows of x with Adam; returns the mean training loss of each epoch.
 
@@ -165,8 +167,15 @@ def train_rqvae(
     in batches of ``batch_size``. Before the first step, if the quantizer is not initialised
     yet, it is k-means initialised (:meth:`ResidualQuantizer.init_from`) from the encoder's
     output on the first batch (extended to max(codebook_size) rows when the batch is smaller).
-    On CPU the result is deterministic for a given model seed and ``seed``. Single process:
-    under torch.distributed write the loop around ``DistributedDataParallel(model)``.
+    Reproducible: the same model seed, ``seed``, device and thread count give the same
+    weights. With ``deterministic`` (default: True on CPU, False on CUDA) the loop runs under
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (restored afterwards): without
+    it, the CPU backward of the codebook gather accumulates with multi-threaded atomic adds and
+    two runs with more than one thread differ in the last bits, then in the codes. On CUDA,
+    deterministic=True also needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set before CUDA starts;
+    ops without a deterministic CUDA kernel then warn. The flag is process-wide while the loop
+    runs. Single process: under torch.distributed write the loop around
+    ``DistributedDataParallel(model)``.
 
     Args:
         model: an :class:`RQVAE` (its device is used; x is moved there batch by batch).
@@ -188,6 +197,7 @@ def train_rqvae(
             The head is not used by forward, encode or decode.
         align_weight: weight of the alignment term (>= 0).
         align_temperature: InfoNCE temperature (> 0).
+        deterministic: run under deterministic algorithms (None: on CPU only).
 
     With align_with None (the default) the training is exactly the plain RQ-VAE loop.
     The model is left in the mode it had before the call.
@@ -205,6 +215,31 @@ def train_rqvae(
         rows = bad.nonzero()[:, 0]
         raise ValueError(f"x has NaN/Inf in {rows.numel()} row(s), e.g. rows {rows[:8].tolist()}")
     dev = model._device()
+    if deterministic is None:
+        deterministic = dev.type == "cpu"
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be True, False or None, got {deterministic!r}")
+    with _deterministic(deterministic):
+        return _train(model, x, epochs, batch_size, lr, weight_decay, seed, progress, align_with, align_weight,
+                      align_temperature, dev)
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """torch.use_deterministic_algorithms(True, warn_only=True) inside, the previous mode after."""
+    if not on or torch.are_deterministic_algorithms_enabled():  # already on: leave the caller's mode
+        yield
+        return
+    was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn)
+
+
+def _train(model, x, epochs, batch_size, lr, weight_decay, seed, progress, align_with, align_weight,
+           align_temperature, dev) -> list[float]:
     n = x.shape[0]
     if align_with is not None:
         head = _align_head(model, x, align_with, align_weight, align_temperature, seed, dev)
