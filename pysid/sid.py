@@ -504,7 +504,7 @@ def fit(
         settings["rqvae_train"] = {k: v for k, v in train_kw.items() if k != "align_with"}
         settings["rqvae_aligned"] = "align_with" in train_kw
     if (method == "rq-kmeans" and not balanced and beam_width == 1 and dedup != "reassign"
-            and x.dtype == torch.float32 and _kops.select(x) == "cpu"):
+            and x.dtype == torch.float32 and _kops.engine(x).lloyd_codes_are_greedy_codes):
         # the last Lloyd assignments are the greedy codes already: on the C++ kernels each level's
         # residual and scores are computed exactly as residual_quantize computes them
         raw, r = torch.stack(train_codes, 1), None

@@ -105,8 +105,11 @@ def _seed_rows(device, weighted, fused=False, graph=None):
     km = importlib.import_module("pysid.kmeans")
     x = blobs(3000, 24, 30, seed=11).to(device)
     w = torch.rand(3000, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
-    impl = "triton" if x.is_cuda else "cpu"
-    return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), impl, km._Comm(x.device), None,
+    from pysid._dist import Comm
+    from pysid.ops.kmeans import engine
+
+    eng = engine(x, "triton" if x.is_cuda else "cpu")
+    return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), eng, Comm(x.device), None,
                         fused=fused, graph=graph)
 
 
@@ -357,7 +360,11 @@ def test_lloyd_bounds_change_nothing(monkeypatch):
 
     x = blobs(4000, 12, 25, seed=11)
     fast = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
-    monkeypatch.setattr(kops, "BoundedAssign", lambda xk: (lambda c: kops.assign(xk, c, "cpu")))
+    from pysid.ops import registry
+
+    assert kops.engine(x).bounded_assign is not None  # the first run used the bounds
+    monkeypatch.delitem(registry._REGISTRY["kmeans_assign_bounded"], "cpu")  # the plain search
+    assert kops.engine(x).bounded_assign is None
     plain = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
     assert torch.equal(fast.centroids, plain.centroids) and torch.equal(fast.assignments, plain.assignments)
     assert fast.history == plain.history and fast.inertia == plain.inertia
