@@ -39,3 +39,35 @@ def triton_devices():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+_ORDER = ("reference", "cpu", "triton", "cuda")
+
+
+def _impls(op):
+    from pysid.ops import registry
+
+    impls = registry.implementations(op)
+    return [impls[b] for b in sorted(impls, key=lambda b: _ORDER.index(b) if b in _ORDER else len(_ORDER))]
+
+
+def cpu_backends(op):
+    """Registered backends of ``op`` that run CPU tensors natively (no interpreter), e.g.
+    ["reference", "cpu"]: taken from pysid's backend registry, not listed by hand."""
+    return [i.backend for i in _impls(op) if i.devices is None or "cpu" in i.devices]
+
+
+def backend_cases(op):
+    """Every registered backend of ``op`` that can run here: "name" for those that run CPU
+    tensors natively, "name:device" for the others (Triton under TRITON_INTERPRET=1 on
+    "cpu", Triton / CUDA kernels on "cuda" when a GPU is present)."""
+    cases = cpu_backends(op)
+    for impl in _impls(op):
+        if impl.backend in cases or impl.unavailable():
+            continue
+        devices = impl.run_devices() or ()
+        if "cuda" in devices and torch.cuda.is_available():
+            cases.append(f"{impl.backend}:cuda")
+        elif "cpu" in devices:
+            cases.append(f"{impl.backend}:cpu")
+    return cases

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysid
+from conftest import cpu_backends
 from pysid.ops.beam_search import constrained_beam_step
 from pysid.reference.beam_search import beam_search_ref, constrained_beam_step_ref, score_catalogue_ref
 from pysid.search import beam_search, exclusion_masks
@@ -101,6 +102,27 @@ def random_step_inputs(seed, trie, level, B, K, ties, dead_frac=0.3, banned=Fals
         E = int(torch.randint(0, 6, (1,), generator=g))
         ban = torch.sort(torch.randint(-1, n_next, (B, E), generator=g), dim=1).values
     return lp, scores, nodes, ban
+
+
+@pytest.mark.parametrize("backend", cpu_backends("constrained_beam_step"))
+def test_beam_step_takes_a_levels_arrays(backend):
+    """ops.beam_step runs on one level's arrays (no Trie object): the same result as the
+    Trie convenience, and the same checks."""
+    from pysid.ops import beam_step
+
+    codes = random_catalogue(3, 3, [6, 5, 4], 90)
+    trie = Trie(codes)
+    for level in range(3):
+        lp, scores, nodes, ban = random_step_inputs(level, trie, level, 3, 4, level == 1, banned=True)
+        with pysid.backend(backend):
+            want = constrained_beam_step(lp, scores, nodes, trie, level, banned=ban)
+            got = beam_step(lp, scores, nodes, trie.offsets[level], trie.codes[level],
+                            max_children=trie.max_children[level], vocab_size=trie.vocab_sizes[level], banned=ban)
+            derived = beam_step(lp, scores, nodes, trie.offsets[level], trie.codes[level], banned=ban)
+        for w, a, d in zip(want, got, derived):
+            assert torch.equal(a, w) and torch.equal(d, w)
+    with pytest.raises(ValueError, match="columns but the level has 9 codes"):
+        beam_step(lp, scores, nodes, trie.offsets[2], trie.codes[2], vocab_size=9)
 
 
 @settings(max_examples=80)
@@ -209,7 +231,7 @@ def test_driver_matches_trie_free_beam_search(seed, L, vocab, M, skew, B, K, top
     topk = max(1, round(topk_frac * K))
     exclude = [ids[torch.randint(0, len(ids), (n_ex,), generator=g)].tolist() + [10**9] for _ in range(B)]
     want = beam_search_ref(model.step, codes, ids, B, K, topk, exclude=exclude)
-    for backend in ("cpu", "reference"):
+    for backend in cpu_backends("constrained_beam_step"):
         with pysid.backend(backend):
             got = beam_search(model.step, trie, B, K, topk=topk, exclude=exclude)
         assert torch.equal(got.items, want[0]), backend

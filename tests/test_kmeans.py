@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import pysid
-from conftest import triton_devices
+from conftest import backend_cases, cpu_backends
 from pysid.reference import residual_quantize_ref
 
-BACKENDS = ["reference", "cpu"] + [f"triton:{d}" for d in triton_devices()]
+BACKENDS = backend_cases("kmeans_assign")  # from the backend registry
 
 
 def _run(backend: str, x: torch.Tensor, *args, **kw):
@@ -142,7 +142,7 @@ def test_kmeanspp_cuda_graph_replay_same_centres(weighted):
     assert torch.equal(got, _seed_rows("cuda", weighted, graph=True))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", cpu_backends("kmeans_assign"))
 def test_kmeanspp_sampling_distribution(backend):
     """Plain k-means++ (one trial): the first centre is uniform, the second is drawn with
     probability proportional to D^2 (chi-square test over 3000 seeds)."""
@@ -189,7 +189,7 @@ def test_empty_cluster_reseeded_to_farthest_row(backend):
     assert bool((res.sizes > 0).all())
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", cpu_backends("kmeans_assign"))
 @pytest.mark.parametrize("n,k", [(1000, 7), (997, 32), (64, 64), (300, 1)])
 def test_balanced_sizes(backend, n, k):
     x = blobs(n, 6, 3, seed=n)  # 3 natural clusters, k of them forced to equal size

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
+from .._checks import check_int, check_tensor, nonfinite_rows
 from .registry import KERNEL_DTYPES, FLOAT_DTYPES, Inputs, direct_call_ok, register, select
 from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
 
@@ -54,8 +55,7 @@ def _as_list(codebooks: Codebooks) -> list[Tensor]:
 
 def _check_inputs(x: Tensor, cbs: list[Tensor], beam_width: int) -> None:
     """Static checks (shapes, dtypes, devices): trace-safe, no host sync."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(x, "x")
     if not x.is_floating_point():
         raise TypeError(f"x must be floating point (float32, float16 or bfloat16), got {x.dtype}")
     if x.dim() != 2:
@@ -75,17 +75,16 @@ def _check_inputs(x: Tensor, cbs: list[Tensor], beam_width: int) -> None:
             raise ValueError(f"codebooks[{level}] has D = {c.shape[1]} but x has D = {x.shape[1]}")
         if c.device != x.device:
             raise ValueError(f"codebooks[{level}] is on {c.device} but x is on {x.device}")
-    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    check_int("beam_width", beam_width, 1, what="an integer")
 
 
 def _raise_non_finite(x: Tensor, cbs: list[Tensor], distances: Tensor) -> None:
     for level, c in enumerate(cbs):
-        bad = (~torch.isfinite(c)).any(1).nonzero().flatten()
-        if bad.numel():
+        bad = nonfinite_rows(c)
+        if bad is not None:
             raise ValueError(f"codebooks[{level}] has NaN/Inf in rows {bad[:10].tolist()}")
-    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
-    if bad.numel():
+    bad = nonfinite_rows(x)
+    if bad is not None:
         raise ValueError(f"x has NaN/Inf in {bad.numel()} rows, e.g. rows {bad[:10].tolist()}")
     bad = (~torch.isfinite(distances)).any(1).nonzero().flatten()
     raise ValueError(
