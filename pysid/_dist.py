@@ -25,15 +25,19 @@ class Comm:
         self.rank = dist.get_rank() if self.on else 0
         self.dev = device if (not self.on or dist.get_backend() == "nccl") else torch.device("cpu")
 
-    def sum(self, t: Tensor) -> Tensor:
-        """The sum of t over the ranks (same shape and dtype on every rank)."""
+    def _in_place(self, t: Tensor, collective) -> Tensor:
+        """collective(u) on a copy u of t on the group's device; the result on t's device."""
         if not self.on:
             return t
+        u = t.to(self.dev).contiguous().clone()
+        collective(u)
+        return u.to(t.device)
+
+    def sum(self, t: Tensor) -> Tensor:
+        """The sum of t over the ranks (same shape and dtype on every rank)."""
         import torch.distributed as dist
 
-        u = t.to(self.dev).contiguous().clone()
-        dist.all_reduce(u)
-        return u.to(t.device)
+        return self._in_place(t, dist.all_reduce)
 
     def gather(self, t: Tensor) -> Tensor:
         """[world, *t.shape]: every rank's t (same shape on every rank)."""
@@ -47,10 +51,6 @@ class Comm:
 
     def broadcast(self, t: Tensor) -> Tensor:
         """Rank 0's t (same shape and dtype on every rank)."""
-        if not self.on:
-            return t
         import torch.distributed as dist
 
-        u = t.to(self.dev).contiguous().clone()
-        dist.broadcast(u, src=0)
-        return u.to(t.device)
+        return self._in_place(t, lambda u: dist.broadcast(u, src=0))

@@ -38,6 +38,15 @@ def triton_devices():
     return ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def random_catalogue(seed: int, L: int, vocab: list[int], M: int, skew: float = 1.0) -> torch.Tensor:
+    """Up to M unique code tuples, codes skewed towards 0 by ``skew`` (>= 1), shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(M, L, generator=g) ** skew
+    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
+    codes = torch.unique(codes, dim=0)
+    return codes[torch.randperm(codes.shape[0], generator=g)]
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -71,3 +80,29 @@ def backend_cases(op):
         elif "cpu" in devices:
             cases.append(f"{impl.backend}:cpu")
     return cases
+
+
+def _gloo_entry(rank, world, init_file, out_dir, module, name):
+    import importlib
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        res = getattr(importlib.import_module(module), name)(rank)
+        torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_processes(fn, tmp_path):
+    """Run ``fn(rank) -> dict`` (a module-level function of a test module) in two spawned
+    processes of one gloo process group; returns the two ranks' dicts."""
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    mp.start_processes(_gloo_entry, args=(2, str(tmp_path / "store"), str(tmp_path), fn.__module__, fn.__name__),
+                       nprocs=2, start_method="spawn")
+    return torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")

@@ -9,21 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysid
-from conftest import cpu_backends
+from conftest import cpu_backends, random_catalogue
 from pysid.ops.beam_search import constrained_beam_step
 from pysid.reference.beam_search import beam_search_ref, constrained_beam_step_ref, score_catalogue_ref
 from pysid.search import beam_search, exclusion_masks
 from pysid.trie import Trie
 
 NEG = float("-inf")
-
-
-def random_catalogue(seed, L, vocab, M, skew=1.0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(M, L, generator=g) ** skew
-    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
-    codes = torch.unique(codes, dim=0)
-    return codes[torch.randperm(codes.shape[0], generator=g)]
 
 
 class TableModel:
@@ -80,6 +72,13 @@ def check_valid(res, trie, codes, exclude=None):
 # --------------------------------------------------------------------------- the fused step
 
 
+def step_cases(*, L, vocab, M, B, K):
+    """Hypothesis strategies of one beam step case, sizes up to the given bounds."""
+    return dict(seed=st.integers(0, 2**31 - 1), L=st.integers(1, L), vocab=st.integers(1, vocab), M=st.integers(1, M),
+                skew=st.floats(1.0, 4.0), B=st.integers(0, B), K=st.integers(1, K), ties=st.booleans(),
+                banned=st.booleans())
+
+
 def random_step_inputs(seed, trie, level, B, K, ties, dead_frac=0.3, banned=False):
     g = torch.Generator().manual_seed(seed)
     V = trie.vocab_sizes[level] + int(torch.randint(0, 3, (1,), generator=g))
@@ -126,17 +125,7 @@ def test_beam_step_takes_a_levels_arrays(backend):
 
 
 @settings(max_examples=80)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    L=st.integers(1, 4),
-    vocab=st.integers(1, 12),
-    M=st.integers(1, 200),
-    skew=st.floats(1.0, 4.0),
-    B=st.integers(0, 5),
-    K=st.integers(1, 12),
-    ties=st.booleans(),
-    banned=st.booleans(),
-)
+@given(**step_cases(L=4, vocab=12, M=200, B=5, K=12))
 def test_step_matches_reference(seed, L, vocab, M, skew, B, K, ties, banned):
     codes = random_catalogue(seed, L, [vocab] * L, M, skew)
     trie = Trie(codes)
@@ -393,17 +382,7 @@ def _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned, dead_frac=0.3
 
 @needs_triton
 @settings(max_examples=25)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    L=st.integers(1, 3),
-    vocab=st.integers(1, 9),
-    M=st.integers(1, 120),
-    skew=st.floats(1.0, 4.0),
-    B=st.integers(0, 3),
-    K=st.integers(1, 9),
-    ties=st.booleans(),
-    banned=st.booleans(),
-)
+@given(**step_cases(L=3, vocab=9, M=120, B=3, K=9))
 def test_triton_step_matches_reference(seed, L, vocab, M, skew, B, K, ties, banned):
     trie, level, (lp, scores, nodes, ban), want = _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned)
     with pysid.backend("triton"):

@@ -5,14 +5,12 @@ errors."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 import pysid
-from conftest import backend_cases, cpu_backends
+from conftest import backend_cases, cpu_backends, run_two_processes
 from pysid.reference import residual_quantize_ref
 
 BACKENDS = backend_cases("kmeans_assign")  # from the backend registry
@@ -318,29 +316,18 @@ def test_forced_backend_never_falls_back():
         pysid.kmeans(torch.randn(10, 3), 2)
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        x = blobs(1200, 8, 12, seed=11)
-        w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
-        shard = slice(0, 500) if rank == 0 else slice(500, 1200)
-        res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
-        cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
-        torch.save({"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs},
-                   os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    x = blobs(1200, 8, 12, seed=11)
+    w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
+    shard = slice(0, 500) if rank == 0 else slice(500, 1200)
+    res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
+    cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
+    return {"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs}
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_processes_equal_one(tmp_path):
-    import torch.multiprocessing as mp
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
-    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    r0, r1 = run_two_processes(_worker, tmp_path)
     x = blobs(1200, 8, 12, seed=11)
     w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
     one = pysid.kmeans(x, 12, iters=6, seed=5, weights=w, init_sample=600)

@@ -187,3 +187,30 @@ def test_first_call_does_not_import_dynamo(tmp_path):
                          env={**os.environ, "PYSID_BACKEND": "auto"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def _imports(module) -> set[str]:
+    import ast
+    import inspect
+
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_rooms_do_not_import_each_other():
+    """The trie and the beam step op do not import each other; the k-means algorithm and
+    the SID table reach the kernels only through the engine (no backend names)."""
+    import pysid.kmeans
+    import pysid.ops.beam_search
+    import pysid.trie
+
+    assert not any("beam_search" in m for m in _imports(pysid.trie))
+    assert not any("trie" in m for m in _imports(pysid.ops.beam_search))
+    assert not any("registry" in m or "_backend" in m for m in _imports(pysid.kmeans))
+    ops_kmeans = importlib.import_module("pysid.ops.kmeans")
+    assert not any(m in ("..kmeans", "pysid.kmeans") for m in _imports(ops_kmeans))

@@ -9,18 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysid
-from conftest import cpu_backends
+from conftest import cpu_backends, random_catalogue
 from pysid.reference.beam_search import build_trie_ref, walk_trie_ref
 from pysid.trie import Trie
-
-
-def random_catalogue(seed: int, L: int, vocab: list[int], M: int, skew: float = 1.0) -> torch.Tensor:
-    """Up to M unique code tuples, codes skewed towards 0 by ``skew`` (>= 1), shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(M, L, generator=g) ** skew
-    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
-    codes = torch.unique(codes, dim=0)
-    return codes[torch.randperm(codes.shape[0], generator=g)]
 
 
 catalogues = st.builds(
