@@ -23,14 +23,22 @@ import threading
 from typing import Iterator
 
 BACKENDS = ("auto", "reference", "native", "cpu", "triton", "cuda")
+SELECTORS = ("auto", "native")  # names that choose among the implementations
 
+_names = list(BACKENDS)  # grows with the registry: a registered backend is a known name
 _local = threading.local()
+
+
+def add_name(name: str) -> None:
+    """Make ``name`` a valid backend (called by ``pysid.ops.registry.register``)."""
+    if name not in _names:
+        _names.append(name)
 
 
 def _check(name: str) -> str:
     name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown pysid backend {name!r}; expected one of {BACKENDS}")
+    if name not in _names:
+        raise ValueError(f"unknown pysid backend {name!r}; expected one of {tuple(_names)}")
     return name
 
 

@@ -74,12 +74,17 @@ def backend_cases(op):
     for impl in _impls(op):
         if impl.backend in cases or impl.unavailable():
             continue
-        devices = impl.run_devices() or ()
-        if "cuda" in devices and torch.cuda.is_available():
-            cases.append(f"{impl.backend}:cuda")
-        elif "cpu" in devices:
-            cases.append(f"{impl.backend}:cpu")
+        here = [d for d in impl.run_devices() or () if _device_here(d)]
+        if here:  # a real device before the interpreter on CPU
+            cases.append(f"{impl.backend}:{sorted(here, key=lambda d: d == 'cpu')[0]}")
     return cases
+
+
+def _device_here(device):
+    if device == "cpu":
+        return True
+    mod = getattr(torch, device, None)
+    return bool(mod is not None and hasattr(mod, "is_available") and mod.is_available())
 
 
 def _gloo_entry(rank, world, init_file, out_dir, module, name):

@@ -20,13 +20,30 @@ from torch import Tensor
 from .. import _native
 from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
 from ..reference.residual_quantize import residual_quantize_ref
-from .registry import FLOAT_DTYPES, KERNEL_DTYPES, Inputs, get, register, select
+from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
 
 __all__ = ["BoundedAssign", "KMeansEngine", "cumulative", "engine"]
 
 _CPU = dict(devices=("cpu",), dtypes=KERNEL_DTYPES)
 _TRITON = dict(devices=("cuda",), dtypes=KERNEL_DTYPES)
 _REF = dict(devices=None, dtypes=FLOAT_DTYPES)
+
+
+# --------------------------------------------------------------------------- input layout
+# prepare(x) -> x as the backend's kernels want it (the rows every primitive then takes)
+
+
+@register("kmeans_prepare", "reference", **_REF)
+@register("kmeans_prepare", "cpu", **_CPU)
+def _prepare_float32(x: Tensor) -> Tensor:
+    """Contiguous float32 (the C++ kernels; the reference computes half-precision input in
+    float32 like the kernels); float64 stays (the reference only)."""
+    return x if x.dtype == torch.float64 else x.to(torch.float32).contiguous()
+
+
+@register("kmeans_prepare", "triton", **_TRITON)
+def _prepare_contiguous(x: Tensor) -> Tensor:
+    return x.contiguous()
 
 
 # --------------------------------------------------------------------------- assignment
@@ -41,7 +58,8 @@ def _assign_reference(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     return codes[:, 0].long(), dist[:, 0]
 
 
-@register("kmeans_assign", "cpu", **_CPU)
+# the C++ assignment is residual_quantize's C++ kernel on one level: the same codes, bit for bit
+@register("kmeans_assign", "cpu", traits=("greedy_codes",), **_CPU)
 def _assign_cpu(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     n, k = x.shape[0], centroids.shape[0]
     c = centroids.to(torch.float32).contiguous()
@@ -54,7 +72,8 @@ def _assign_cpu(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     return codes[:, 0].long(), dist[:, 0]
 
 
-@register("kmeans_assign", "triton", **_TRITON)
+# a k-means++ step on the Triton kernels has no host synchronisation: it can be a CUDA graph
+@register("kmeans_assign", "triton", traits=("cuda_graphs",), **_TRITON)
 def _assign_triton(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     from ..kernels.residual_quantize import residual_quantize_triton
 
@@ -78,7 +97,7 @@ class BoundedAssign:
     of later RQ levels), checking them costs more than it saves: once a call after the
     second has searched more than ``give_up`` of the rows, later calls run the plain search.
 
-    x: [N, D] float32 contiguous (as :meth:`KMeansEngine.prepare` gives for the "cpu" kernels)."""
+    x: [N, D] float32 contiguous (as :meth:`KMeansEngine.prepare` gives for the C++ kernels)."""
 
     give_up = 0.85
 
@@ -211,7 +230,7 @@ def _seed_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Te
 class KMeansEngine:
     """The primitives of one backend for one k-means run, and what they can do.
 
-    Primitives: :meth:`prepare`, :meth:`assign`, :meth:`update`, :meth:`candidates`,
+    Primitives (registered per backend; a backend needs :attr:`REQUIRED`): :meth:`prepare`, :meth:`assign`, :meth:`update`, :meth:`candidates`,
     :meth:`commit`, :meth:`cumulative`; optional ones are None when the backend lacks
     them: :attr:`bounded_assign` (``BoundedAssign``-like factory: ``bounded_assign(x)(c)``
     equals ``assign(x, c)`` bit for bit) and :attr:`seed` (the whole greedy k-means++ loop
@@ -222,29 +241,30 @@ class KMeansEngine:
     computes both) and :attr:`cuda_graphs` (the k-means++ step may be captured and
     replayed as a CUDA graph)."""
 
+    REQUIRED = ("kmeans_prepare", "kmeans_assign", "kmeans_update", "kmeanspp_candidates", "kmeanspp_commit")
+    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed")
+
     def __init__(self, backend: str, device: torch.device):
         self.backend = backend
-        self._assign: Callable = get("kmeans_assign", backend).fn
-        self._update: Callable = get("kmeans_update", backend).fn
-        self._candidates: Callable = get("kmeanspp_candidates", backend).fn
-        self._commit: Callable = get("kmeanspp_commit", backend).fn
-        bounded, seed = get("kmeans_assign_bounded", backend), get("kmeanspp_seed", backend)
+        missing = [op for op in self.REQUIRED if get(op, backend) is None]
+        if missing:
+            raise BackendNotSupportedError(f"backend {backend!r} lacks the k-means primitives {missing}",
+                                           {backend: [f"no {op}" for op in missing]})
+        self._prepare, self._assign, self._update, self._candidates, self._commit = (
+            get(op, backend).fn for op in self.REQUIRED)
+        bounded, seed = (get(op, backend) for op in self.OPTIONAL)
         self.bounded_assign: Optional[Callable[[Tensor], Callable]] = None if bounded is None else bounded.fn
         self.seed: Optional[Callable] = None if seed is None else seed.fn
-        self.lloyd_codes_are_greedy_codes = backend == "cpu"
-        self.cuda_graphs = backend == "triton" and device.type == "cuda"
+        traits = get("kmeans_assign", backend).traits
+        self.lloyd_codes_are_greedy_codes = "greedy_codes" in traits
+        self.cuda_graphs = "cuda_graphs" in traits and device.type == "cuda"
 
     def __repr__(self) -> str:
         return f"KMeansEngine({self.backend!r})"
 
     def prepare(self, x: Tensor) -> Tensor:
-        """x as the kernels want it: contiguous; float32 for the C++ assignment (and for the
-        reference, which computes half-precision input in float32 like the kernels)."""
-        if self.backend == "triton":
-            return x.contiguous()
-        if self.backend == "cpu" or x.dtype != torch.float64:
-            return x.to(torch.float32).contiguous()
-        return x
+        """x as the kernels want it (contiguous; float32 for the C++ kernels and the reference)."""
+        return self._prepare(x)
 
     def assign(self, x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
         return self._assign(x, centroids)

@@ -7,12 +7,15 @@ reason). Nothing outside ``pysid/ops`` names a backend; the ops ask :func:`selec
 The rule, the same for every op, under the backend in force (:func:`pysid.backend`,
 ``PYSID_BACKEND``):
 
-* ``"auto"``: walk :data:`AUTO_ORDER` for the input's device type and take the first
-  registered implementation that accepts the input (``"reference"`` ends every list,
-  so devices without a kernel and float64 input run on the reference).
-* ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``: that implementation or an error.
-* ``"native"``: the C++ kernel of the input's device (``"cpu"`` for CPU tensors,
-  ``"cuda"`` for CUDA tensors) or an error.
+* ``"auto"``: the implementations registered for the input's device type, highest
+  ``priority`` first (Triton 25 > CUDA C++ 20 on CUDA tensors, C++ 30 on CPU tensors,
+  the reference 0 on any device, so devices without a kernel and float64 input run on
+  the reference); the first that accepts the input runs. The Triton interpreter
+  (``TRITON_INTERPRET=1``) runs on CPU tensors only when forced.
+* ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"`` (any registered name): that
+  implementation or an error.
+* ``"native"``: the C++ kernel (``native=True``) registered for the input's device type
+  (``"cpu"`` for CPU tensors, ``"cuda"`` for CUDA tensors) or an error.
 
 A forced backend never falls back. When nothing fits, one
 :class:`BackendNotSupportedError` lists every candidate and why it refused (a
@@ -20,11 +23,16 @@ A forced backend never falls back. When nothing fits, one
 every install: it has no availability check, so a missing build is a loud error when its
 kernel runs, never a silent switch to the reference.
 
-Adding a backend (say ``"mps"`` for ``residual_quantize``): write the kernel function
-and register it beside the op's other implementations (``@register("residual_quantize",
-"mps", devices=("mps",), ...)``), add the name to ``pysid._backend.BACKENDS`` and, if
-``auto`` should pick it, to :data:`AUTO_ORDER`. ``pysid.backends()``, the tests'
-backend lists and the errors follow from the registration.
+Adding a backend (say ``"mps"`` for ``residual_quantize``): write the kernel and register
+its wrapper beside the op's other implementations::
+
+    @register("residual_quantize", "mps", devices=("mps",), dtypes=KERNEL_DTYPES, priority=10)
+    def _run_mps(x, cbs, beam_width): ...
+
+The name becomes valid for ``pysid.backend("mps")`` / ``PYSID_BACKEND``, ``auto`` picks it
+for MPS tensors (priority above the reference's 0), and ``pysid.backends()``, the tests'
+backend lists and the errors follow from the registration. ``available=`` takes a check
+for an optional build, ``native=True`` makes it what ``"native"`` means on its device.
 """
 
 from __future__ import annotations
@@ -38,7 +46,6 @@ import torch
 from .. import _backend, _native
 
 __all__ = [
-    "AUTO_ORDER",
     "BackendNotSupportedError",
     "Impl",
     "Inputs",
@@ -54,14 +61,6 @@ __all__ = [
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FLOAT_DTYPES = KERNEL_DTYPES + (torch.float64,)
 
-# priority of the implementations "auto" tries, per device type (others: the reference only)
-AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("triton", "cuda", "reference"),
-    "cpu": ("cpu", "reference"),
-}
-_DEFAULT_ORDER = ("reference",)
-# what a forced "native" means per device type
-_NATIVE = {"cpu": "cpu", "cuda": "cuda"}
 
 
 class BackendNotSupportedError(NotImplementedError):
@@ -105,13 +104,15 @@ def _has_cuda_ext() -> Optional[str]:
     return None if _native.has_cuda() else "pysid._cuda was not built (install from source with nvcc)"
 
 
-# optional builds: a name -> availability check (None: available); the C++ CPU module has none
-AVAILABILITY: dict[str, Callable[[], Optional[str]]] = {"triton": _has_triton, "cuda": _has_cuda_ext}
-DEVICES: dict[str, Callable[[], tuple[str, ...]]] = {"triton": _triton_devices}
-_DEVICE_HELP = {
-    "triton": "needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)",
-    "cuda": "needs CUDA tensors",
-    "cpu": "needs CPU tensors",
+# what the built-in backends register with unless told otherwise: auto priority, whether
+# "native" means it, an availability check of an optional build (the C++ CPU module is part
+# of every install: none), devices computed at call time, and how a device refusal reads
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "reference": dict(priority=0),
+    "cpu": dict(priority=30, native=True, help="needs CPU tensors"),
+    "triton": dict(priority=25, available=_has_triton, run_devices=_triton_devices,
+                   help="needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"),
+    "cuda": dict(priority=20, native=True, available=_has_cuda_ext, help="needs CUDA tensors"),
 }
 
 
@@ -119,10 +120,14 @@ _DEVICE_HELP = {
 class Impl:
     """One implementation of one op.
 
-    devices: device types it runs on (None: any; a backend in :data:`DEVICES` computes
-    them at call time). dtypes: dtypes of the main tensor (None: any). limits: a short
-    text of its other limits, for :func:`backends`; ``check(inputs)`` returns the reasons
-    an input breaks them."""
+    devices: device types ``auto`` and ``native`` consider it for (None: any).
+    dtypes: dtypes of the main tensor (None: any). limits: a short text of its other
+    limits, for :func:`backends`; ``check(inputs)`` returns the reasons an input breaks
+    them. priority: ``auto`` tries higher first. native: what ``"native"`` means on its
+    devices. available: why an optional build is missing (None: present). devices_now:
+    the devices it runs on when forced, computed at call time (Triton: CPU too under
+    ``TRITON_INTERPRET=1``). traits: properties the algorithms may ask about (e.g. the
+    k-means assignment's ``"greedy_codes"``)."""
 
     op: str
     backend: str
@@ -131,23 +136,26 @@ class Impl:
     dtypes: Optional[tuple[torch.dtype, ...]]
     limits: str = ""
     check: Optional[Callable[[Inputs], Iterable[str]]] = None
+    priority: int = 10
+    native: bool = False
+    available: Optional[Callable[[], Optional[str]]] = None
+    devices_now: Optional[Callable[[], tuple[str, ...]]] = None
+    device_help: str = ""
+    traits: frozenset = frozenset()
 
     def run_devices(self) -> Optional[tuple[str, ...]]:
-        if self.backend in DEVICES:
-            return DEVICES[self.backend]()
-        return self.devices
+        return self.devices_now() if self.devices_now is not None else self.devices
 
     def unavailable(self) -> Optional[str]:
         """Why this implementation cannot run on this machine at all (None: it can)."""
-        check = AVAILABILITY.get(self.backend)
-        return check() if check is not None else None
+        return self.available() if self.available is not None else None
 
     def not_supported_reasons(self, inputs: Inputs) -> list[str]:
         """Why this implementation refuses ``inputs`` (empty: it accepts them)."""
         reasons = []
         devices = self.run_devices()
         if devices is not None and inputs.device.type not in devices:
-            help_ = _DEVICE_HELP.get(self.backend, f"runs on {', '.join(devices)} tensors")
+            help_ = self.device_help or f"runs on {', '.join(devices)} tensors"
             reasons.append(f"{help_}, got a {_device_name(inputs.device)} tensor")
         if self.dtypes is not None and inputs.dtype is not None and inputs.dtype not in self.dtypes:
             reasons.append(f"takes {_dtype_list(self.dtypes)}, got {inputs.dtype}"
@@ -174,15 +182,24 @@ _REGISTRY: dict[str, dict[str, Impl]] = {}
 
 
 def register(op: str, backend: str, *, devices: Optional[Sequence[str]], dtypes: Optional[Sequence[torch.dtype]],
-             limits: str = "", check: Optional[Callable[[Inputs], Iterable[str]]] = None) -> Callable:
-    """Decorator: register ``fn`` as the ``backend`` implementation of ``op``."""
-    if backend not in _backend.BACKENDS or backend in ("auto", "native"):
-        raise ValueError(f"cannot register backend {backend!r}: expected a concrete name of {_backend.BACKENDS}")
+             limits: str = "", check: Optional[Callable[[Inputs], Iterable[str]]] = None,
+             priority: Optional[int] = None, native: Optional[bool] = None,
+             available: Optional[Callable[[], Optional[str]]] = None, traits: Sequence[str] = ()) -> Callable:
+    """Decorator: register ``fn`` as the ``backend`` implementation of ``op`` (see
+    :class:`Impl`; a built-in backend's priority, native flag and availability check
+    default to its usual ones)."""
+    if backend in _backend.SELECTORS or not backend.isidentifier() or backend != backend.lower():
+        raise ValueError(f"cannot register backend {backend!r}: expected a concrete lower-case name, "
+                         f"not one of {_backend.SELECTORS}")
+    d = _DEFAULTS.get(backend, {})
 
     def deco(fn: Callable) -> Callable:
         _REGISTRY.setdefault(op, {})[backend] = Impl(
             op, backend, fn, None if devices is None else tuple(devices), None if dtypes is None else tuple(dtypes),
-            limits, check)
+            limits, check, d.get("priority", 10) if priority is None else priority,
+            d.get("native", False) if native is None else native, available or d.get("available"),
+            d.get("run_devices"), d.get("help", ""), frozenset(traits))
+        _backend.add_name(backend)
         return fn
 
     return deco
@@ -218,13 +235,15 @@ def get(op: str, backend: str) -> Optional[Impl]:
     return _REGISTRY.get(op, {}).get(backend)
 
 
-def candidates(name: str, device: torch.device) -> tuple[str, ...]:
-    """The implementations the backend ``name`` may run for a tensor on ``device``, in priority order."""
-    if name == "auto":
-        return AUTO_ORDER.get(device.type, _DEFAULT_ORDER)
+def candidates(op: str, name: str, device: torch.device) -> list[str]:
+    """The implementations of ``op`` the backend ``name`` may run for a tensor on ``device``,
+    in the order tried."""
+    if name not in _backend.SELECTORS:
+        return [name]
+    here = [i for i in _REGISTRY.get(op, {}).values() if i.devices is None or device.type in i.devices]
     if name == "native":
-        return (_NATIVE.get(device.type, "cpu"),)
-    return (name,)
+        here = [i for i in here if i.native]
+    return [i.backend for i in sorted(here, key=lambda i: -i.priority)]
 
 
 def select(op: str, inputs: Inputs, backend: Optional[str] = None) -> Impl:
@@ -234,7 +253,11 @@ def select(op: str, inputs: Inputs, backend: Optional[str] = None) -> Impl:
     name = _backend.get_backend() if backend is None else backend
     impls = _REGISTRY.get(op, {})
     reasons: dict[str, list[str]] = {}
-    for b in candidates(name, inputs.device):
+    tried = candidates(op, name, inputs.device)
+    if not tried:
+        what = "C++ " if name == "native" else ""
+        reasons[name] = [f"pysid has no {what}implementation of {op} for {_device_name(inputs.device)} tensors"]
+    for b in tried:
         impl = impls.get(b)
         if impl is None:
             reasons[b] = [f"pysid has no {b} implementation of {op}"]
@@ -263,18 +286,19 @@ class BackendInfo:
     devices: str
     dtypes: str
     limits: str
+    priority: int
     available: bool
     reason: str
 
     def cells(self) -> tuple[str, ...]:
-        return (self.op, self.backend, self.devices, self.dtypes, self.limits,
+        return (self.op, self.backend, self.devices, self.dtypes, self.limits, str(self.priority),
                 "yes" if self.available else f"no: {self.reason}")
 
 
 class BackendTable(list):
     """A list of :class:`BackendInfo` that prints as a table."""
 
-    _HEAD = ("op", "backend", "devices", "dtypes", "limits", "runs here")
+    _HEAD = ("op", "backend", "devices", "dtypes", "limits", "auto priority", "runs here")
 
     def __str__(self) -> str:
         rows = [self._HEAD] + [r.cells() for r in self]
@@ -313,7 +337,7 @@ def backends(*, show: bool = True) -> BackendTable:
         residual_quantize   cuda     cuda     ...         no: pysid._cuda was not built ...
 
     The backend in force picks among them (``pysid.backend(...)``, ``PYSID_BACKEND``);
-    ``auto`` tries, per device type: {order}.
+    ``auto`` tries the implementations of the input's device, highest priority first.
     """
     _load_ops()
     rows = BackendTable()
@@ -323,14 +347,11 @@ def backends(*, show: bool = True) -> BackendTable:
             reason = _machine_reason(impl)
             rows.append(BackendInfo(
                 op, b, "any" if devices is None else ", ".join(devices),
-                "any" if impl.dtypes is None else _dtype_list(impl.dtypes), impl.limits or "-", not reason, reason))
+                "any" if impl.dtypes is None else _dtype_list(impl.dtypes), impl.limits or "-", impl.priority,
+                not reason, reason))
     if show:
         print(rows)
     return rows
-
-
-backends.__doc__ = (backends.__doc__ or "").replace(
-    "{order}", "; ".join(f"{d} -> {' -> '.join(o)}" for d, o in AUTO_ORDER.items()) + "; other devices -> reference")
 
 
 # --------------------------------------------------------------------------- direct calls
