@@ -23,12 +23,12 @@ parent / token / node -1.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .trie import build_trie_ref, walk_trie_ref
+from .trie import build_trie_ref, walk_trie_ref  # noqa: F401  (re-exported: the trie layout lives in .trie)
 
 __all__ = [
     "build_trie_ref",
