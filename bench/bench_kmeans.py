@@ -49,8 +49,8 @@ def make_data(n: int, d: int, device: str, seed: int = 0) -> torch.Tensor:
 def quality(x: torch.Tensor, c: torch.Tensor) -> dict[str, Any]:
     """Inertia of the nearest centroids (exact float32 argmin, float64 sum) and size spread."""
     with pysid.backend("auto"):
-        impl = kops.select(x)
-        codes, dist = kops.assign(kops.prepare(x, impl), c.to(x.device, torch.float32), impl)
+        eng = kops.engine(x)
+        codes, dist = eng.assign(eng.prepare(x), c.to(x.device, torch.float32))
     sizes = torch.bincount(codes, minlength=c.shape[0]).double()
     return {"inertia": float(dist.double().sum()), "size_min": int(sizes.min()), "size_max": int(sizes.max()),
             "size_cv": float(sizes.std() / sizes.mean())}
@@ -85,14 +85,14 @@ def pysid_rows(x: torch.Tensor, k: int, iters: int, backend: str, label: str, ba
 def iteration_ms(x: torch.Tensor, k: int, backend: str, repeat: int) -> float:
     """One Lloyd iteration (assignment + update + division) timed alone."""
     with pysid.backend(backend):
-        impl = kops.select(x)
-    xk = kops.prepare(x, impl)
+        eng = kops.engine(x)
+    xk = eng.prepare(x)
     g = torch.Generator().manual_seed(0)
     c = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].float()
 
     def step():
-        codes, _ = kops.assign(xk, c, impl)
-        sums, counts = kops.update(xk, codes, None, k, impl)
+        codes, _ = eng.assign(xk, c)
+        sums, counts = eng.update(xk, codes, None, k)
         return (sums / counts.clamp(min=1)[:, None]).float()
 
     ms = 1e3 * time_fn(step, device=x.device.type, repeat=repeat, warmup=2)

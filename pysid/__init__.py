@@ -18,6 +18,7 @@ context manager or the ``PYSID_BACKEND`` environment variable.
 
 from ._backend import backend, get_backend
 from .kmeans import KMeansResult, kmeans, residual_kmeans
+from .ops.registry import backends
 from .ops import ResidualQuantizeOutput, constrained_beam_step, residual_quantize, rq_vae_loss
 from .search import BeamSearchOutput, beam_search
 from . import collab, data, metrics, nn
@@ -36,6 +37,7 @@ __all__ = [
     "Trie",
     "__version__",
     "backend",
+    "backends",
     "beam_search",
     "constrained_beam_step",
     "fit",

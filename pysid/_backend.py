@@ -1,16 +1,16 @@
 """Backend selection: which implementation an op runs.
 
-``pysid/ops`` is the only place that chooses a backend. Users and tests can
-force one with the ``PYSID_BACKEND`` environment variable or the
+``pysid/ops`` is the only place that chooses a backend: the implementations register in
+``pysid.ops.registry``, whose one rule holds for every op (see its docstring), and
+``pysid.backends()`` prints what each accepts and what runs on this machine. Users and
+tests force a backend with the ``PYSID_BACKEND`` environment variable or the
 :func:`backend` context manager (the context manager wins):
 
-* ``"auto"`` (default): CUDA tensor -> fastest measured GPU kernel (Triton or
-  CUDA); CPU tensor -> native C++ kernel.
+* ``"auto"`` (default): the fastest implementation that accepts the input, in the
+  registry's priority order for its device (the reference last).
 * ``"reference"``: the pure-PyTorch reference (``pysid.reference``).
-* ``"native"``: the C++ CPU kernel for CPU tensors, the CUDA kernel for CUDA tensors.
-* ``"cpu"``: the C++ CPU kernel (CPU tensors only).
-* ``"triton"``: the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
-* ``"cuda"``: the CUDA C++ kernel (CUDA tensors only).
+* ``"native"``: the C++ kernel of the tensor's device (CPU or CUDA).
+* ``"cpu"``, ``"triton"``, ``"cuda"``: that kernel.
 
 A forced backend that cannot run the given input raises; it never falls back.
 """
@@ -23,14 +23,22 @@ import threading
 from typing import Iterator
 
 BACKENDS = ("auto", "reference", "native", "cpu", "triton", "cuda")
+SELECTORS = ("auto", "native")  # names that choose among the implementations
 
+_names = list(BACKENDS)  # grows with the registry: a registered backend is a known name
 _local = threading.local()
+
+
+def add_name(name: str) -> None:
+    """Make ``name`` a valid backend (called by ``pysid.ops.registry.register``)."""
+    if name not in _names:
+        _names.append(name)
 
 
 def _check(name: str) -> str:
     name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown pysid backend {name!r}; expected one of {BACKENDS}")
+    if name not in _names:
+        raise ValueError(f"unknown pysid backend {name!r}; expected one of {tuple(_names)}")
     return name
 
 

@@ -5,8 +5,8 @@ balanced (size-constrained) assignment, residual k-means, and multi-process runs
     cbs = pysid.residual_kmeans(x, levels=3, k=256)       # [3, 256, D] codebooks
     out = pysid.residual_quantize(x, cbs)                 # ready to encode
 
-Algorithm (every step runs on the kernels of ``pysid.ops.kmeans``: C++ on CPU, Triton on
-CUDA, the PyTorch reference under ``pysid.backend("reference")`` or for float64 input):
+Algorithm (every step runs on the engine ``pysid.ops.kmeans.engine(x)`` gives for the
+input under the backend in force; ``pysid.backends()`` lists the implementations):
 
 * Seeding (``init="k-means++"``): greedy k-means++ as in scikit-learn. The first centre
   is drawn with probability proportional to the row weights; each next centre draws
@@ -56,7 +56,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_tensor, nonfinite_rows  # nonfinite_rows: also imported from here
+from ._dist import Comm as _Comm
 from .ops import kmeans as _ops
+from .ops.kmeans import KMeansEngine
 
 __all__ = ["KMeansResult", "kmeans", "residual_kmeans"]
 
@@ -91,51 +94,16 @@ class KMeansResult:
                 f"converged={self.converged}, sizes min/mean/max={int(s.min())}/{s.mean():.1f}/{int(s.max())})")
 
 
-# --------------------------------------------------------------------------- multi-process
-class _Comm:
-    """The few collectives k-means needs; a no-op for one process."""
-
-    def __init__(self, device: torch.device):
-        import torch.distributed as dist
-
-        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.world = dist.get_world_size() if self.on else 1
-        self.rank = dist.get_rank() if self.on else 0
-        # gloo reduces CPU tensors, nccl CUDA tensors
-        self.dev = device if (not self.on or dist.get_backend() == "nccl") else torch.device("cpu")
-
-    def sum(self, t: Tensor) -> Tensor:
-        if not self.on:
-            return t
-        import torch.distributed as dist
-
-        u = t.to(self.dev).clone()
-        dist.all_reduce(u)
-        return u.to(t.device)
-
-    def gather(self, t: Tensor) -> Tensor:
-        """[world, *t.shape]: every rank's t (same shape on every rank)."""
-        if not self.on:
-            return t[None]
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(t, device=self.dev) for _ in range(self.world)]
-        dist.all_gather(parts, t.to(self.dev).contiguous())
-        return torch.stack(parts).to(t.device)
-
-
 # --------------------------------------------------------------------------- validation
 def _validate(x: Tensor, k: int, weights: Tensor | None, comm: _Comm) -> int:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x must be [N, D], got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.shape[1] < 1:
         raise ValueError("x must have at least one column")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    check_int("k", k)
     n_total = int(comm.sum(torch.tensor([x.shape[0]], dtype=torch.int64))[0])
     if n_total == 0:
         raise ValueError("x is empty (N = 0)")
@@ -162,22 +130,10 @@ def _check_weights(x: Tensor, weights: Tensor | None, name: str, comm: _Comm) ->
         raise ValueError(f"{name} sum to 0")
 
 
-def nonfinite_rows(x: Tensor) -> Tensor | None:
-    """Indices of x's rows [N, D] holding NaN/Inf, or None when every value is finite.
-
-    Fast path: the column sums of a finite matrix are finite unless they overflow, and
-    NaN/Inf always reaches its column's sum, so one reduction (no [N, D] mask) clears the
-    common case; only a non-finite sum pays for the exact per-row check."""
-    if x.numel() == 0 or bool(torch.isfinite(x.sum(0, dtype=torch.float32)).all()):
-        return None
-    bad = (~torch.isfinite(x)).any(1).nonzero()[:, 0]
-    return bad if bad.numel() else None
-
-
 # --------------------------------------------------------------------------- sampling
 def _draw(cum: Tensor, u: Tensor, comm: _Comm) -> tuple[Tensor, Tensor]:
     """Rows drawn with probability proportional to the weights p (>= 0) whose inclusive
-    float64 prefix sums are cum (``_ops.cumulative``: [N], or a single 0 for no rows), over the
+    float64 prefix sums are cum (``KMeansEngine.cumulative``: [N], or a single 0 for no rows), over the
     union of the ranks' rows.
 
     u: [T] float64 uniforms in [0, 1) (identical on every rank). Returns (local row index
@@ -209,13 +165,15 @@ def _take(x: Tensor, idx: Tensor, mine: Tensor, comm: _Comm) -> Tensor:
 _GRAPH_SEEDING = True  # CUDA graph replay of the k-means++ steps (bench_kmeans --gpu times it off too)
 
 
-def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generator, impl: str,
+def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generator, eng: KMeansEngine,
               comm: _Comm, progress, fused: bool = True, graph: bool | None = None) -> Tensor:
     """Greedy k-means++ centres [k, D] float32 (float64 on the float64 reference path).
 
-    One CPU process runs the whole loop in C++ (``fused``; the same centres as the
-    step-by-step loop below, which serves CUDA, the reference and torch.distributed).
-    On CUDA (Triton kernels, one process) the steps from the third centre on replay one
+    One process on an engine with a fused seeding loop (``eng.seed``: the C++ kernels) runs
+    the whole loop in one call (``fused``; the same centres as the step-by-step loop below,
+    which serves CUDA, the reference and torch.distributed).
+    On an engine that allows CUDA graphs (Triton kernels on CUDA, one process) the steps
+    from the third centre on replay one
     captured CUDA graph (``graph``, default on): a step is ~20 small kernels whose launch
     overhead, not the pass over x, set its time (GPU run 2: 0.43 ms per step). Same
     kernels, same centres."""
@@ -223,28 +181,28 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     u = torch.rand((k, trials), generator=g, dtype=torch.float64).to(x.device)  # every draw, up front
     w32 = w.to(torch.float32) if w is not None else None
-    if fused and impl == "cpu" and not comm.on:
-        return x[_ops.kmeanspp_cpu(x, w32, u, progress)].to(cdtype)
+    if fused and eng.seed is not None and not comm.on:
+        return x[eng.seed(x, w32, u, progress)].to(cdtype)
     centres = torch.empty((k, x.shape[1]), dtype=cdtype, device=x.device)
     mind = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
-    cum = _ops.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
+    cum = eng.cumulative(w32 if w32 is not None else torch.ones(n, dtype=torch.float32, device=x.device))
     step = torch.zeros(1, dtype=torch.int64, device=x.device)  # the centre being chosen, on the device
 
     def one_step(t: int) -> None:  # no host synchronisation (one process): capturable
         idx, mine = _draw(cum, u.index_select(0, step)[0, :t], comm)
         cand = _take(x, idx, mine, comm)
-        dist, pot = _ops.candidates(x, cand, mind, w, impl)
+        dist, pot = eng.candidates(x, cand, mind, w)
         best = torch.argmin(comm.sum(pot)).reshape(1)  # ties: the first candidate
         centres.index_copy_(0, step, cand.index_select(0, best).to(cdtype))
         # mind <- min(mind, dist[:, best]); the next draw's weights w * mind (in place: graph replays)
-        new_mind, new_cum = _ops.commit(dist, best, mind, w32, impl)
+        new_mind, new_cum = eng.commit(dist, best, mind, w32)
         if new_mind is not mind:  # the C++ commit updates mind in place
             mind.copy_(new_mind)
         cum.copy_(new_cum)
         step.add_(1)
 
     if graph is None:
-        graph = _GRAPH_SEEDING and impl == "triton" and x.is_cuda and not comm.on  # the reference stays eager
+        graph = _GRAPH_SEEDING and eng.cuda_graphs and not comm.on  # the reference stays eager
     eager = min(k, 2) if graph else k  # two eager steps compile every kernel the graph records
     for c in range(eager):
         one_step(1 if c == 0 else trials)  # the first centre: one weighted draw (scikit-learn's rule)
@@ -388,8 +346,8 @@ def kmeans(
         raise NotImplementedError("balanced=True runs on one process; gather the rows on one rank")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
-    impl = _ops.select(x)
-    xk = _ops.prepare(x, impl)
+    eng = _ops.engine(x)
+    xk = eng.prepare(x)
     _check_weights(x, init_weights, "init_weights", comm)
     w = None if weights is None else weights.to(torch.float32).contiguous()
     iw = w if init_weights is None else init_weights.to(torch.float32).contiguous()
@@ -409,9 +367,9 @@ def kmeans(
         if trials < 1:
             raise ValueError(f"n_local_trials must be >= 1, got {trials}")
         xs, ws = _subsample(xk, iw, k, n_total, init_sample, g, comm)
-        centroids = _kmeanspp(xs, ws, k, trials, g, impl, comm, bars.new(k, "k-means++"))
+        centroids = _kmeanspp(xs, ws, k, trials, g, eng, comm, bars.new(k, "k-means++"))
     elif init == "random":
-        centroids = _random_init(xk, iw, k, g, comm).to(cdtype)
+        centroids = _random_init(xk, iw, k, g, eng, comm).to(cdtype)
     else:
         raise ValueError(f"init must be 'k-means++', 'random' or a [k, D] tensor, got {init!r}")
     _sync(x)
@@ -432,14 +390,14 @@ def kmeans(
                                          dtype=torch.float64))[0])
         tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
 
-    bounded = _ops.BoundedAssign(xk) if impl == "cpu" and not balanced else None
+    bounded = eng.bounded_assign(xk) if eng.bounded_assign is not None and not balanced else None
 
     def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
         if balanced:
             return _balanced_assign(xk, c, balance_candidates)
-        if bounded is not None:  # the same result as _ops.assign, searching fewer rows
+        if bounded is not None:  # the same result as eng.assign, searching fewer rows
             return bounded(c)
-        return _ops.assign(xk, c, impl)
+        return eng.assign(xk, c)
 
     t0 = time.perf_counter()
     history: list[float] = []
@@ -450,7 +408,7 @@ def kmeans(
         codes, dist = step_assign(centroids)
         wd = dist.double() if w is None else dist.double() * w
         history.append(float(comm.sum(wd.sum()[None])[0]))
-        sums, counts = _ops.update(xk, codes, w, k, impl)
+        sums, counts = eng.update(xk, codes, w, k)
         sums, counts = comm.sum(sums), comm.sum(counts)
         new = (sums / counts.clamp(min=1e-300)[:, None]).to(cdtype)
         empty = counts <= 0
@@ -505,13 +463,13 @@ def _skip_exact_rows(r: Tensor, w: Tensor | None, k: int, comm: _Comm) -> Tensor
     return live.to(torch.float32) if w is None else torch.where(live, w, torch.zeros_like(w))
 
 
-def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, comm: _Comm) -> Tensor:
+def _random_init(x: Tensor, w: Tensor | None, k: int, g: torch.Generator, eng: KMeansEngine, comm: _Comm) -> Tensor:
     """k distinct rows, drawn without replacement with probability proportional to w."""
     p = torch.ones(x.shape[0], dtype=torch.float32, device=x.device) if w is None else w.clone()
     out = []
     u = torch.rand((k,), generator=g, dtype=torch.float64)
     for c in range(k):
-        idx, mine = _draw(_ops.cumulative(p), u[c : c + 1], comm)
+        idx, mine = _draw(eng.cumulative(p), u[c : c + 1], comm)
         out.append(_take(x, idx, mine, comm)[0])
         if bool(mine[0]) and x.shape[0]:
             p[idx[0]] = 0.0
@@ -601,8 +559,7 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
                      **kmeans_options) -> tuple[list[Tensor], list[Tensor]]:
     """:func:`residual_kmeans`'s codebooks (a list) and each level's final assignments [N] int64
     (each row's nearest codeword to its residual: the greedy codes of the rows)."""
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+    check_int("levels", levels)
     ks = [k] * levels if isinstance(k, int) else [int(v) for v in k]
     if len(ks) != levels:
         raise ValueError(f"k has {len(ks)} sizes for {levels} levels")

@@ -337,7 +337,7 @@ class _RQKMeans(Method):
         cbs = [b.to(torch.float32) for b in books]
         codes = None
         if (not balanced and beam_width == 1 and not dedup.needs_residual
-                and x.dtype == torch.float32 and _kops.select(x) == "cpu"):
+                and x.dtype == torch.float32 and _kops.engine(x).lloyd_codes_are_greedy_codes):
             # the last Lloyd assignments are the greedy codes already: on the C++ kernels each level's
             # residual and scores are computed exactly as residual_quantize computes them
             codes = torch.stack(train_codes, 1)

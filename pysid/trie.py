@@ -7,8 +7,13 @@ Layout (per-level CSR; L levels, M items, depth d has n_d nodes, n_0 = 1, n_L = 
                                    increasing within a parent
     item_ids    [M]        int32 (int64 if an id needs it): the item of each leaf
 
-Nodes are numbered in lexicographic order of their prefixes. For 3 x 256 codes
-plus a small disambiguation level this is about 12 bytes per item.
+Nodes are numbered in lexicographic order of their prefixes (the layout is specified by
+the reference build, :mod:`pysid.reference.trie`). For 3 x 256 codes plus a small
+disambiguation level this is about 12 bytes per item.
+
+The build and the walk run the C++ kernels on CPU tensors and the reference on other
+devices (both registered in ``pysid.ops.registry``; ``pysid.backends()`` lists them).
+Duplicate tuples raise :class:`DuplicateCodesError` from either build.
 """
 
 from __future__ import annotations
@@ -20,13 +25,79 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ops.beam_search import trie_build, trie_walk
+from . import _native
+from .ops.registry import Inputs, register, select
+from .reference.trie import DuplicateCodesError, build_trie_ref, walk_trie_ref
 
-__all__ = ["Trie"]
+__all__ = ["DuplicateCodesError", "Trie"]
 
 _FORMAT = "pysid.Trie"
 _VERSION = 1
 _I32 = 2**31 - 1
+
+
+# --------------------------------------------------------------------------- build / walk
+
+_DUPLICATE = 10  # status of the C++ trie sort: two equal tuples
+
+
+def _code_bytes(t: Tensor) -> int:
+    return 2 if t.dtype == torch.int16 else 4
+
+
+@register("trie_build", "reference", devices=None, dtypes=None)
+def _build_reference(codes: Tensor, vocab_sizes: Sequence[int], code_dtype: torch.dtype):
+    off, cc, perm = build_trie_ref(codes)
+    return [o.to(torch.int32) for o in off], [c.to(code_dtype) for c in cc], perm
+
+
+@register("trie_build", "cpu", devices=("cpu",), dtypes=None)
+def _build_cpu(codes: Tensor, vocab_sizes: Sequence[int], code_dtype: torch.dtype):
+    M, L = codes.shape
+    C = _native.cpu()
+    vocab = torch.tensor(list(vocab_sizes), dtype=torch.int64)
+    perm = torch.empty(M, dtype=torch.int64)
+    lcp = torch.empty(M, dtype=torch.int8)
+    status, a, b = C.trie_sort(codes.data_ptr(), M, L, vocab.data_ptr(), perm.data_ptr(), lcp.data_ptr())
+    if status == _DUPLICATE:
+        raise DuplicateCodesError(a, b)
+    counts = torch.bincount(lcp.long(), minlength=L)[:L].cumsum(0)  # n_{d+1} = #{lcp <= d}
+    n = [1] + [int(c) for c in counts]
+    offsets = [torch.empty(n[d] + 1, dtype=torch.int32) for d in range(L)]
+    child = [torch.empty(n[d + 1], dtype=code_dtype) for d in range(L)]
+    C.trie_fill(codes.data_ptr(), M, L, perm.data_ptr(), lcp.data_ptr(), [o.data_ptr() for o in offsets],
+                [c.data_ptr() for c in child], _code_bytes(child[0]) if L else 4)
+    return offsets, child, perm
+
+
+def trie_build(codes: Tensor, vocab_sizes: Sequence[int], code_dtype: torch.dtype) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Build the per-level CSR of validated, contiguous int64 ``codes`` [M, L].
+
+    Returns (offsets: L int32 tensors, child_codes: L tensors of ``code_dtype``, perm [M] int64).
+    Raises :class:`DuplicateCodesError` naming the first two colliding rows on duplicates.
+    """
+    return select("trie_build", Inputs(codes.device)).fn(codes, vocab_sizes, code_dtype)
+
+
+@register("trie_walk", "reference", devices=None, dtypes=None)
+def _walk_reference(offsets: Sequence[Tensor], child_codes: Sequence[Tensor], prefixes: Tensor) -> Tensor:
+    return walk_trie_ref(offsets, child_codes, prefixes)
+
+
+@register("trie_walk", "cpu", devices=("cpu",), dtypes=None)
+def _walk_cpu(offsets: Sequence[Tensor], child_codes: Sequence[Tensor], prefixes: Tensor) -> Tensor:
+    N, t = prefixes.shape
+    prefixes = prefixes.contiguous()
+    out = torch.empty(N, dtype=torch.int64)
+    _native.cpu().trie_walk(prefixes.data_ptr(), N, t, max(t, 1), [o.data_ptr() for o in offsets],
+                            [c.data_ptr() for c in child_codes], _code_bytes(child_codes[0]), out.data_ptr())
+    return out
+
+
+def trie_walk(offsets: Sequence[Tensor], child_codes: Sequence[Tensor], prefixes: Tensor) -> Tensor:
+    """Node id at depth t of each validated prefix ``prefixes`` [N, t] (int64), -1 if absent."""
+    return select("trie_walk", Inputs(prefixes.device)).fn(offsets, child_codes, prefixes)
+
 
 
 def _as_int_tensor(x, name: str, dims: int) -> Tensor:
@@ -119,17 +190,13 @@ class Trie:
 
         try:
             offsets, child, perm = trie_build(codes, vocab, code_dtype)
-        except ValueError as e:
-            msg = str(e)
-            if "duplicate" in msg:
-                a, b = (int(x) for x in msg.rsplit("rows ", 1)[1].split(" and "))
-                ia, ib = (a, b) if ids is None else (int(ids[a]), int(ids[b]))
-                tup = tuple(codes[a].tolist())
-                raise ValueError(
-                    f"duplicate Semantic IDs: items {ia} and {ib} (rows {a} and {b}) share the code tuple {tup}; "
-                    "add a disambiguation level"
-                ) from None
-            raise
+        except DuplicateCodesError as e:
+            a, b = e.rows
+            ia, ib = (a, b) if ids is None else (int(ids[a]), int(ids[b]))
+            tup = tuple(codes[a].tolist())
+            raise DuplicateCodesError(
+                a, b, f"duplicate Semantic IDs: items {ia} and {ib} (rows {a} and {b}) share the code tuple {tup}; "
+                "add a disambiguation level", items=(ia, ib)) from None
         leaf_ids = perm if ids is None else ids[perm]
         id_dtype = torch.int32 if (M == 0 or int(leaf_ids.max()) <= _I32) else torch.int64
         self._set(offsets, child, leaf_ids.to(id_dtype), vocab)

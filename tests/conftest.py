@@ -38,4 +38,76 @@ def triton_devices():
     return ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def random_catalogue(seed: int, L: int, vocab: list[int], M: int, skew: float = 1.0) -> torch.Tensor:
+    """Up to M unique code tuples, codes skewed towards 0 by ``skew`` (>= 1), shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(M, L, generator=g) ** skew
+    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
+    codes = torch.unique(codes, dim=0)
+    return codes[torch.randperm(codes.shape[0], generator=g)]
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+_ORDER = ("reference", "cpu", "triton", "cuda")
+
+
+def _impls(op):
+    from pysid.ops import registry
+
+    impls = registry.implementations(op)
+    return [impls[b] for b in sorted(impls, key=lambda b: _ORDER.index(b) if b in _ORDER else len(_ORDER))]
+
+
+def cpu_backends(op):
+    """Registered backends of ``op`` that run CPU tensors natively (no interpreter), e.g.
+    ["reference", "cpu"]: taken from pysid's backend registry, not listed by hand."""
+    return [i.backend for i in _impls(op) if i.devices is None or "cpu" in i.devices]
+
+
+def backend_cases(op):
+    """Every registered backend of ``op`` that can run here: "name" for those that run CPU
+    tensors natively, "name:device" for the others (Triton under TRITON_INTERPRET=1 on
+    "cpu", Triton / CUDA kernels on "cuda" when a GPU is present)."""
+    cases = cpu_backends(op)
+    for impl in _impls(op):
+        if impl.backend in cases or impl.unavailable():
+            continue
+        here = [d for d in impl.run_devices() or () if _device_here(d)]
+        if here:  # a real device before the interpreter on CPU
+            cases.append(f"{impl.backend}:{sorted(here, key=lambda d: d == 'cpu')[0]}")
+    return cases
+
+
+def _device_here(device):
+    if device == "cpu":
+        return True
+    mod = getattr(torch, device, None)
+    return bool(mod is not None and hasattr(mod, "is_available") and mod.is_available())
+
+
+def _gloo_entry(rank, world, init_file, out_dir, module, name):
+    import importlib
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        res = getattr(importlib.import_module(module), name)(rank)
+        torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_processes(fn, tmp_path):
+    """Run ``fn(rank) -> dict`` (a module-level function of a test module) in two spawned
+    processes of one gloo process group; returns the two ranks' dicts."""
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    mp.start_processes(_gloo_entry, args=(2, str(tmp_path / "store"), str(tmp_path), fn.__module__, fn.__name__),
+                       nprocs=2, start_method="spawn")
+    return torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")

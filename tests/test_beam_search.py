@@ -9,20 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysid
+from conftest import cpu_backends, random_catalogue
 from pysid.ops.beam_search import constrained_beam_step
 from pysid.reference.beam_search import beam_search_ref, constrained_beam_step_ref, score_catalogue_ref
 from pysid.search import beam_search, exclusion_masks
 from pysid.trie import Trie
 
 NEG = float("-inf")
-
-
-def random_catalogue(seed, L, vocab, M, skew=1.0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(M, L, generator=g) ** skew
-    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
-    codes = torch.unique(codes, dim=0)
-    return codes[torch.randperm(codes.shape[0], generator=g)]
 
 
 class TableModel:
@@ -79,6 +72,13 @@ def check_valid(res, trie, codes, exclude=None):
 # --------------------------------------------------------------------------- the fused step
 
 
+def step_cases(*, L, vocab, M, B, K):
+    """Hypothesis strategies of one beam step case, sizes up to the given bounds."""
+    return dict(seed=st.integers(0, 2**31 - 1), L=st.integers(1, L), vocab=st.integers(1, vocab), M=st.integers(1, M),
+                skew=st.floats(1.0, 4.0), B=st.integers(0, B), K=st.integers(1, K), ties=st.booleans(),
+                banned=st.booleans())
+
+
 def random_step_inputs(seed, trie, level, B, K, ties, dead_frac=0.3, banned=False):
     g = torch.Generator().manual_seed(seed)
     V = trie.vocab_sizes[level] + int(torch.randint(0, 3, (1,), generator=g))
@@ -103,18 +103,29 @@ def random_step_inputs(seed, trie, level, B, K, ties, dead_frac=0.3, banned=Fals
     return lp, scores, nodes, ban
 
 
+@pytest.mark.parametrize("backend", cpu_backends("constrained_beam_step"))
+def test_beam_step_takes_a_levels_arrays(backend):
+    """ops.beam_step runs on one level's arrays (no Trie object): the same result as the
+    Trie convenience, and the same checks."""
+    from pysid.ops import beam_step
+
+    codes = random_catalogue(3, 3, [6, 5, 4], 90)
+    trie = Trie(codes)
+    for level in range(3):
+        lp, scores, nodes, ban = random_step_inputs(level, trie, level, 3, 4, level == 1, banned=True)
+        with pysid.backend(backend):
+            want = constrained_beam_step(lp, scores, nodes, trie, level, banned=ban)
+            got = beam_step(lp, scores, nodes, trie.offsets[level], trie.codes[level],
+                            max_children=trie.max_children[level], vocab_size=trie.vocab_sizes[level], banned=ban)
+            derived = beam_step(lp, scores, nodes, trie.offsets[level], trie.codes[level], banned=ban)
+        for w, a, d in zip(want, got, derived):
+            assert torch.equal(a, w) and torch.equal(d, w)
+    with pytest.raises(ValueError, match="columns but the level has 9 codes"):
+        beam_step(lp, scores, nodes, trie.offsets[2], trie.codes[2], vocab_size=9)
+
+
 @settings(max_examples=80)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    L=st.integers(1, 4),
-    vocab=st.integers(1, 12),
-    M=st.integers(1, 200),
-    skew=st.floats(1.0, 4.0),
-    B=st.integers(0, 5),
-    K=st.integers(1, 12),
-    ties=st.booleans(),
-    banned=st.booleans(),
-)
+@given(**step_cases(L=4, vocab=12, M=200, B=5, K=12))
 def test_step_matches_reference(seed, L, vocab, M, skew, B, K, ties, banned):
     codes = random_catalogue(seed, L, [vocab] * L, M, skew)
     trie = Trie(codes)
@@ -209,7 +220,7 @@ def test_driver_matches_trie_free_beam_search(seed, L, vocab, M, skew, B, K, top
     topk = max(1, round(topk_frac * K))
     exclude = [ids[torch.randint(0, len(ids), (n_ex,), generator=g)].tolist() + [10**9] for _ in range(B)]
     want = beam_search_ref(model.step, codes, ids, B, K, topk, exclude=exclude)
-    for backend in ("cpu", "reference"):
+    for backend in cpu_backends("constrained_beam_step"):
         with pysid.backend(backend):
             got = beam_search(model.step, trie, B, K, topk=topk, exclude=exclude)
         assert torch.equal(got.items, want[0]), backend
@@ -371,17 +382,7 @@ def _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned, dead_frac=0.3
 
 @needs_triton
 @settings(max_examples=25)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    L=st.integers(1, 3),
-    vocab=st.integers(1, 9),
-    M=st.integers(1, 120),
-    skew=st.floats(1.0, 4.0),
-    B=st.integers(0, 3),
-    K=st.integers(1, 9),
-    ties=st.booleans(),
-    banned=st.booleans(),
-)
+@given(**step_cases(L=3, vocab=9, M=120, B=3, K=9))
 def test_triton_step_matches_reference(seed, L, vocab, M, skew, B, K, ties, banned):
     trie, level, (lp, scores, nodes, ban), want = _triton_step_case(seed, L, vocab, M, skew, B, K, ties, banned)
     with pysid.backend("triton"):

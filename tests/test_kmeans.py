@@ -5,17 +5,15 @@ errors."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 import pysid
-from conftest import triton_devices
+from conftest import backend_cases, cpu_backends, run_two_processes
 from pysid.reference import residual_quantize_ref
 
-BACKENDS = ["reference", "cpu"] + [f"triton:{d}" for d in triton_devices()]
+BACKENDS = backend_cases("kmeans_assign")  # from the backend registry
 
 
 def _run(backend: str, x: torch.Tensor, *args, **kw):
@@ -105,8 +103,11 @@ def _seed_rows(device, weighted, fused=False, graph=None):
     km = importlib.import_module("pysid.kmeans")
     x = blobs(3000, 24, 30, seed=11).to(device)
     w = torch.rand(3000, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
-    impl = "triton" if x.is_cuda else "cpu"
-    return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), impl, km._Comm(x.device), None,
+    from pysid._dist import Comm
+    from pysid.ops.kmeans import engine
+
+    eng = engine(x, "triton" if x.is_cuda else "cpu")
+    return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), eng, Comm(x.device), None,
                         fused=fused, graph=graph)
 
 
@@ -139,7 +140,7 @@ def test_kmeanspp_cuda_graph_replay_same_centres(weighted):
     assert torch.equal(got, _seed_rows("cuda", weighted, graph=True))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", cpu_backends("kmeans_assign"))
 def test_kmeanspp_sampling_distribution(backend):
     """Plain k-means++ (one trial): the first centre is uniform, the second is drawn with
     probability proportional to D^2 (chi-square test over 3000 seeds)."""
@@ -186,7 +187,7 @@ def test_empty_cluster_reseeded_to_farthest_row(backend):
     assert bool((res.sizes > 0).all())
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", cpu_backends("kmeans_assign"))
 @pytest.mark.parametrize("n,k", [(1000, 7), (997, 32), (64, 64), (300, 1)])
 def test_balanced_sizes(backend, n, k):
     x = blobs(n, 6, 3, seed=n)  # 3 natural clusters, k of them forced to equal size
@@ -315,29 +316,18 @@ def test_forced_backend_never_falls_back():
         pysid.kmeans(torch.randn(10, 3), 2)
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        x = blobs(1200, 8, 12, seed=11)
-        w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
-        shard = slice(0, 500) if rank == 0 else slice(500, 1200)
-        res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
-        cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
-        torch.save({"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs},
-                   os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    x = blobs(1200, 8, 12, seed=11)
+    w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
+    shard = slice(0, 500) if rank == 0 else slice(500, 1200)
+    res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
+    cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
+    return {"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs}
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_processes_equal_one(tmp_path):
-    import torch.multiprocessing as mp
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
-    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    r0, r1 = run_two_processes(_worker, tmp_path)
     x = blobs(1200, 8, 12, seed=11)
     w = torch.rand(1200, generator=torch.Generator().manual_seed(3)) + 0.5
     one = pysid.kmeans(x, 12, iters=6, seed=5, weights=w, init_sample=600)
@@ -357,7 +347,11 @@ def test_lloyd_bounds_change_nothing(monkeypatch):
 
     x = blobs(4000, 12, 25, seed=11)
     fast = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
-    monkeypatch.setattr(kops, "BoundedAssign", lambda xk: (lambda c: kops.assign(xk, c, "cpu")))
+    from pysid.ops import registry
+
+    assert kops.engine(x).bounded_assign is not None  # the first run used the bounds
+    monkeypatch.delitem(registry._REGISTRY["kmeans_assign_bounded"], "cpu")  # the plain search
+    assert kops.engine(x).bounded_assign is None
     plain = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
     assert torch.equal(fast.centroids, plain.centroids) and torch.equal(fast.assignments, plain.assignments)
     assert fast.history == plain.history and fast.inertia == plain.inertia

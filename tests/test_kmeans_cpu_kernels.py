@@ -607,7 +607,7 @@ def _lloyd_sequence(x, k, steps, seed, jump=False):
     from pysid.ops import kmeans as kops
 
     for s in range(steps):
-        codes, _ = kops.assign(x, c, "cpu")
+        codes, _ = kops.engine(x, "cpu").assign(x, c)
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, codes, x.double())
         cnt = torch.bincount(codes, minlength=k).double()
         new = (sums / cnt.clamp(min=1)[:, None]).float()
@@ -635,7 +635,7 @@ def test_bounded_assign_is_bit_identical(monkeypatch, isa, n, d, k):
     b = kops.BoundedAssign(x)
     b.give_up = 2.0  # never fall back: test the bounds on every call
     for c in _lloyd_sequence(x, k, 8, seed=k, jump=True):
-        want_codes, want_dist = kops.assign(x, c, "cpu")
+        want_codes, want_dist = kops.engine(x, "cpu").assign(x, c)
         got_codes, got_dist = b(c)
         assert torch.equal(got_codes, want_codes)
         assert torch.equal(got_dist, want_dist)
@@ -664,7 +664,7 @@ def test_bounded_assign_falls_back_when_bounds_do_not_prune():
     b.give_up = 0.0  # any search counts as "not pruning"
     seq = _lloyd_sequence(x, 30, 6, seed=2)
     for c in seq:
-        want = kops.assign(x, c, "cpu")
+        want = kops.engine(x, "cpu").assign(x, c)
         got = b(c)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert len(b.searched) == 3  # two bounded calls after the first, then the plain search

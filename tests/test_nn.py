@@ -5,13 +5,12 @@ errors, and 2-process agreement under torch.distributed / DDP."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 import pysid
+from conftest import run_two_processes
 from pysid.nn import RQVAE, ResidualQuantizer, sinkhorn_codes, train_rqvae
 
 
@@ -376,56 +375,47 @@ def test_errors():
 
 
 # --------------------------------------------------------------------------- 2 processes
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
+def _ddp_worker(rank: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        res = {}
-        # (a) EMA quantizer, k-means init on the union, then data that leaves codes unused
-        rq = ResidualQuantizer(4, 2, 8, update="ema", kmeans_iters=3, dead_code_window=2, seed=3)
-        dead = []
-        for step in range(5):
-            x = blobs(96 + 16 * rank, 4, 10, seed=1, data_seed=100 * rank + step)
-            if step:
-                x = x * 0.2 + rank  # concentrated, different per rank
-            dead.append(rq(x).dead_codes)
-        res["a"] = {k: v.clone() for k, v in rq.state_dict().items()}
-        res["a_dead"] = torch.stack(dead)
-        # (b) EMA quantizer without resets: equals one process on the concatenated batches
-        rq = ResidualQuantizer(4, 2, 8, update="ema", kmeans_iters=3, dead_code_window=0, seed=3)
-        for step in range(3):
-            rq(blobs(128, 4, 10, seed=1, data_seed=10 * rank + step))
-        res["b"] = rq.get_codebooks()
-        # (c) RQVAE in DDP, gradient mode, k-means init inside the first forward, dead codes
-        model = RQVAE(12, hidden=(16,), latent=4, levels=2, codebook_size=8, kmeans_iters=3,
-                      dead_code_window=2, balanced_levels=(1,), progressive=True, seed=5)
-        ddp = DDP(model, broadcast_buffers=False)
-        opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-        cdead = 0
-        for step in range(4):
-            x = blobs(64, 12, 6, seed=2, data_seed=50 * rank + step) * (1 + rank)
-            out = ddp(x)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            cdead += int(out.quantizer.dead_codes.sum())
-        res["c"] = {k: v.clone() for k, v in model.state_dict().items()}
-        res["c_dead"] = cdead
-        torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    res = {}
+    # (a) EMA quantizer, k-means init on the union, then data that leaves codes unused
+    rq = ResidualQuantizer(4, 2, 8, update="ema", kmeans_iters=3, dead_code_window=2, seed=3)
+    dead = []
+    for step in range(5):
+        x = blobs(96 + 16 * rank, 4, 10, seed=1, data_seed=100 * rank + step)
+        if step:
+            x = x * 0.2 + rank  # concentrated, different per rank
+        dead.append(rq(x).dead_codes)
+    res["a"] = {k: v.clone() for k, v in rq.state_dict().items()}
+    res["a_dead"] = torch.stack(dead)
+    # (b) EMA quantizer without resets: equals one process on the concatenated batches
+    rq = ResidualQuantizer(4, 2, 8, update="ema", kmeans_iters=3, dead_code_window=0, seed=3)
+    for step in range(3):
+        rq(blobs(128, 4, 10, seed=1, data_seed=10 * rank + step))
+    res["b"] = rq.get_codebooks()
+    # (c) RQVAE in DDP, gradient mode, k-means init inside the first forward, dead codes
+    model = RQVAE(12, hidden=(16,), latent=4, levels=2, codebook_size=8, kmeans_iters=3,
+                  dead_code_window=2, balanced_levels=(1,), progressive=True, seed=5)
+    ddp = DDP(model, broadcast_buffers=False)
+    opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
+    cdead = 0
+    for step in range(4):
+        x = blobs(64, 12, 6, seed=2, data_seed=50 * rank + step) * (1 + rank)
+        out = ddp(x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        cdead += int(out.quantizer.dead_codes.sum())
+    res["c"] = {k: v.clone() for k, v in model.state_dict().items()}
+    res["c_dead"] = cdead
+    return res
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_processes_agree(tmp_path):
-    import torch.multiprocessing as mp
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
-    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    r0, r1 = run_two_processes(_ddp_worker, tmp_path)
     for key in ("a", "c"):
         assert r0[key].keys() == r1[key].keys()
         for k in r0[key]:

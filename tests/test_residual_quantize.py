@@ -14,7 +14,7 @@ import pysid
 from pysid import _native
 from pysid.reference import residual_quantize_ref, rq_vae_loss_ref
 
-from conftest import requires_cuda, triton_devices
+from conftest import backend_cases, cpu_backends, requires_cuda, triton_devices
 
 # --------------------------------------------------------------------------- helpers
 
@@ -144,7 +144,7 @@ def test_beam_against_brute_force(seed):
     tuples = list(itertools.product(*[range(k) for k in ks]))
     quant = torch.stack([sum(cbs[l][t[l]] for l in range(3)) for t in tuples])  # [T, D]
     best = ((x[:, None, :].double() - quant[None].double()) ** 2).sum(-1).min(1).values
-    for impl in ["reference", "cpu"]:
+    for impl in cpu_backends("residual_quantize"):
         out = run(impl, x, cbs, beam)
         torch.testing.assert_close(out.distances[:, -1].double(), best, rtol=1e-5, atol=1e-5)
 
@@ -282,7 +282,7 @@ def st_reference(x, cbs, codes):
     return q_st, torch.stack(dists, 1)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu"])
+@pytest.mark.parametrize("impl", cpu_backends("residual_quantize"))
 @pytest.mark.parametrize("with_q,with_d", [(True, False), (False, True), (True, True)])
 def test_gradients(impl, with_q, with_d):
     x, cbs = make_problem(5, 50, 7, [9, 4, 11])
@@ -342,7 +342,7 @@ def test_rq_vae_loss():
         pysid.rq_vae_loss(x, cbs, out.codes[:, :2])
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu"])
+@pytest.mark.parametrize("impl", cpu_backends("residual_quantize"))
 def test_opcheck(impl):
     x, cbs = make_problem(9, 20, 5, [7, 3])
     with pysid.backend(impl):
@@ -397,8 +397,9 @@ def test_codebook_forms_and_dtypes():
 
 def test_empty_input():
     x, cbs = make_problem(12, 0, 4, [3, 2])
-    for impl in ["reference", "cpu"] + (["triton"] if TRITON else []):
-        out = run(impl, x.to(TRITON[0]) if impl == "triton" else x, [c.to(x.device if impl != "triton" else TRITON[0]) for c in cbs])
+    for case in backend_cases("residual_quantize"):
+        impl, _, dev = case.partition(":")
+        out = run(impl, x.to(dev or "cpu"), [c.to(dev or "cpu") for c in cbs])
         assert out.quantized.shape == (0, 4) and out.distances.shape == (0, 2) and out.codes.shape == (0, 2)
 
 
@@ -433,10 +434,11 @@ def test_bad_beam_width(beam):
         pysid.residual_quantize(x, cbs, beam_width=beam)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("case", backend_cases("residual_quantize"))
 @pytest.mark.parametrize("where", ["x_nan", "x_inf", "cb_nan", "cb_inf"])
-def test_non_finite_is_an_error(impl, where):
-    device = (TRITON or ["cpu"])[0] if impl == "triton" else "cpu"
+def test_non_finite_is_an_error(case, where):
+    impl, _, device = case.partition(":")
+    device = device or "cpu"
     x, cbs = make_problem(15, 10, 5, [4, 4], device=device)
     if where.startswith("x"):
         x[3, 1] = float("nan") if where == "x_nan" else float("inf")

@@ -9,17 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysid
+from conftest import cpu_backends, random_catalogue
 from pysid.reference.beam_search import build_trie_ref, walk_trie_ref
 from pysid.trie import Trie
-
-
-def random_catalogue(seed: int, L: int, vocab: list[int], M: int, skew: float = 1.0) -> torch.Tensor:
-    """Up to M unique code tuples, codes skewed towards 0 by ``skew`` (>= 1), shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(M, L, generator=g) ** skew
-    codes = (u * torch.tensor(vocab)).long().clamp(max=torch.tensor(vocab) - 1)
-    codes = torch.unique(codes, dim=0)
-    return codes[torch.randperm(codes.shape[0], generator=g)]
 
 
 catalogues = st.builds(
@@ -132,6 +124,30 @@ def test_duplicates_name_the_items():
         Trie(codes)
 
 
+@pytest.mark.parametrize("backend", cpu_backends("trie_build"))
+def test_duplicates_are_a_typed_error_from_every_build(backend):
+    """Both builds raise DuplicateCodesError (a ValueError) carrying the two rows; the Trie
+    adds the item ids. No message is parsed on the way."""
+    from pysid.reference.trie import DuplicateCodesError as RefError
+    from pysid.trie import DuplicateCodesError, trie_build
+
+    assert DuplicateCodesError is RefError and issubclass(DuplicateCodesError, ValueError)
+    codes = torch.tensor([[0, 1, 2], [1, 1, 1], [3, 0, 0], [1, 1, 1], [3, 0, 0]])
+    with pysid.backend(backend):
+        with pytest.raises(DuplicateCodesError) as raw:
+            trie_build(codes, [4, 2, 3], torch.int16)
+        with pytest.raises(DuplicateCodesError) as e:
+            Trie(codes, item_ids=[10, 11, 12, 13, 14])
+    a, b = raw.value.rows
+    assert a != b and torch.equal(codes[a], codes[b])
+    assert set(raw.value.rows) in ({1, 3}, {2, 4})
+    assert e.value.rows == raw.value.rows and e.value.items == (10 + a, 10 + b)
+    assert f"items {10 + a} and {10 + b}" in str(e.value)
+    with pytest.raises(DuplicateCodesError) as ref:
+        build_trie_ref(codes)
+    assert set(ref.value.rows) in ({1, 3}, {2, 4})
+
+
 @pytest.mark.parametrize(
     "codes, kwargs, exc, match",
     [
@@ -180,7 +196,7 @@ def test_empty_catalogue_children_and_search():
     codes, counts = t.children([[0]])
     assert codes.shape == (1, 0) and counts.tolist() == [0]
     f = lambda tokens, parent: torch.zeros(tokens.shape[0], 4)  # noqa: E731
-    for name in ("auto", "reference"):
+    for name in ["auto"] + cpu_backends("trie_walk"):
         with pysid.backend(name):
             out = pysid.beam_search(f, t, 2, 3, exclude=[[1], [2]])
         assert (out.items == -1).all()

@@ -122,34 +122,7 @@ class QuantizerOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------- collectives
-class _Dist:
-    """all_reduce / broadcast under torch.distributed (world > 1), no-ops otherwise."""
-
-    def __init__(self, device: torch.device):
-        import torch.distributed as dist
-
-        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.on else 0
-        self.dev = device if (not self.on or dist.get_backend() == "nccl") else torch.device("cpu")
-
-    def sum(self, t: Tensor) -> Tensor:
-        if not self.on:
-            return t
-        import torch.distributed as dist
-
-        u = t.to(self.dev).contiguous().clone()
-        dist.all_reduce(u)
-        return u.to(t.device)
-
-    def broadcast(self, t: Tensor) -> Tensor:
-        """Rank 0's t (same shape and dtype on every rank)."""
-        if not self.on:
-            return t
-        import torch.distributed as dist
-
-        u = t.to(self.dev).contiguous().clone()
-        dist.broadcast(u, src=0)
-        return u.to(t.device)
+from .._dist import Comm as _Dist  # noqa: E402  (all_reduce / broadcast; no-ops for one process)
 
 
 # --------------------------------------------------------------------------- helpers

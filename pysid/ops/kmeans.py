@@ -1,86 +1,93 @@
-"""k-means primitives with backend dispatch: nearest-centroid assignment, centroid update
-(segmented sum) and the greedy k-means++ candidate step.
+"""k-means primitives and the engine that :mod:`pysid.kmeans` runs on.
 
-Every primitive has three implementations with the same semantics: the reference
-(``pysid.reference.kmeans`` / ``residual_quantize_ref``), the C++ CPU kernels
-(``pysid._C``) and the Triton kernels (``pysid.kernels``; CUDA, or CPU under
-``TRITON_INTERPRET=1``). There is no CUDA C++ k-means kernel: on CUDA tensors
-``auto`` runs Triton, and forcing ``cuda``/``native`` raises.
+The primitives (nearest-centroid assignment, bounded assignment, centroid update,
+k-means++ candidates / commit and fused seeding) register their implementations with
+``pysid.ops.registry`` (reference: ``pysid.reference.kmeans`` / ``residual_quantize_ref``;
+``cpu``: the C++ kernels of ``pysid._C``; ``triton``: ``pysid.kernels``, on CUDA or on
+CPU under ``TRITON_INTERPRET=1``); ``pysid.backends()`` lists them. :func:`engine` picks
+one backend for a whole run, by the backend in force and the input, and hands the
+algorithm a :class:`KMeansEngine`: the primitives of that backend and its capabilities.
+The algorithm never names a backend.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import Tensor
 
-from .. import _backend, _native
+from .. import _native
 from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
 from ..reference.residual_quantize import residual_quantize_ref
+from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["BoundedAssign", "KMeansEngine", "cumulative", "engine"]
 
-
-def select(x: Tensor) -> str:
-    """'reference', 'cpu' or 'triton' for this input under the backend in force (never falls back)."""
-    name = _backend.get_backend()
-    if name == "reference" or (name == "auto" and x.dtype not in _KERNEL_DTYPES):
-        return "reference"
-    if x.dtype not in _KERNEL_DTYPES:
-        raise TypeError(f"the {name} backend takes float32, float16 or bfloat16 x, got {x.dtype} "
-                        "(float64 runs on the reference)")
-    if x.is_cuda:
-        if name in ("auto", "triton"):
-            if not _native.has_triton():
-                raise RuntimeError("k-means on CUDA tensors needs Triton (pip install triton)")
-            return "triton"
-        raise RuntimeError(f"backend {name!r}: pysid has no CUDA C++ k-means kernels; use 'triton' or 'auto'")
-    if x.device.type != "cpu":
-        if name == "auto":
-            return "reference"
-        raise RuntimeError(f"pysid has no {name} kernel for {x.device.type} tensors")
-    if name == "cuda":
-        raise RuntimeError("backend 'cuda' was forced but x is a CPU tensor")
-    return "triton" if name == "triton" else "cpu"
+_CPU = dict(devices=("cpu",), dtypes=KERNEL_DTYPES)
+_TRITON = dict(devices=("cuda",), dtypes=KERNEL_DTYPES)
+_REF = dict(devices=None, dtypes=FLOAT_DTYPES)
 
 
-def prepare(x: Tensor, impl: str) -> Tensor:
-    """x as the kernels of ``impl`` want it: contiguous; float32 for the C++ assignment (and for
-    the reference, which computes half-precision input in float32 like the kernels)."""
-    if impl == "triton":
-        return x.contiguous()
-    if impl == "cpu" or x.dtype != torch.float64:
-        return x.to(torch.float32).contiguous()
-    return x
+# --------------------------------------------------------------------------- input layout
+# prepare(x) -> x as the backend's kernels want it (the rows every primitive then takes)
 
 
-def assign(x: Tensor, centroids: Tensor, impl: str) -> tuple[Tensor, Tensor]:
-    """Nearest centroid of every row: (codes [N] int64, squared distances [N] float32).
+@register("kmeans_prepare", "reference", **_REF)
+@register("kmeans_prepare", "cpu", **_CPU)
+def _prepare_float32(x: Tensor) -> Tensor:
+    """Contiguous float32 (the C++ kernels; the reference computes half-precision input in
+    float32 like the kernels); float64 stays (the reference only)."""
+    return x if x.dtype == torch.float64 else x.to(torch.float32).contiguous()
 
-    Exact float32 argmin of ||x - c||^2 with ties to the lowest index (float64 on the
-    float64 reference path); never builds an N x k matrix in the kernels."""
+
+@register("kmeans_prepare", "triton", **_TRITON)
+def _prepare_contiguous(x: Tensor) -> Tensor:
+    return x.contiguous()
+
+
+# --------------------------------------------------------------------------- assignment
+# assign(x, centroids) -> (codes [N] int64, squared distances [N] float32): exact float32
+# argmin of ||x - c||^2 with ties to the lowest index (float64 on the float64 reference
+# path); the kernels never build an N x k matrix.
+
+
+@register("kmeans_assign", "reference", **_REF)
+def _assign_reference(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    _, dist, codes = residual_quantize_ref(x, [centroids.to(x.dtype)])
+    return codes[:, 0].long(), dist[:, 0]
+
+
+# the C++ assignment is residual_quantize's C++ kernel on one level: the same codes, bit for bit
+@register("kmeans_assign", "cpu", traits=("greedy_codes",), **_CPU)
+def _assign_cpu(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     n, k = x.shape[0], centroids.shape[0]
-    if impl == "reference":
-        _, dist, codes = residual_quantize_ref(x, [centroids.to(x.dtype)])
-        return codes[:, 0].long(), dist[:, 0]
     c = centroids.to(torch.float32).contiguous()
-    if impl == "cpu":
-        dist = torch.empty((n, 1), dtype=torch.float32)
-        codes = torch.empty((n, 1), dtype=torch.int32)
-        if n:
-            off = torch.tensor([0, k], dtype=torch.int64)
-            _native.cpu().rq_encode(x.data_ptr(), n, x.shape[1], c.data_ptr(), off.data_ptr(), 1, 1, 0,
-                                    dist.data_ptr(), codes.data_ptr())
-        return codes[:, 0].long(), dist[:, 0]
+    dist = torch.empty((n, 1), dtype=torch.float32)
+    codes = torch.empty((n, 1), dtype=torch.int32)
+    if n:
+        off = torch.tensor([0, k], dtype=torch.int64)
+        _native.cpu().rq_encode(x.data_ptr(), n, x.shape[1], c.data_ptr(), off.data_ptr(), 1, 1, 0,
+                                dist.data_ptr(), codes.data_ptr())
+    return codes[:, 0].long(), dist[:, 0]
+
+
+# a k-means++ step on the Triton kernels has no host synchronisation: it can be a CUDA graph
+@register("kmeans_assign", "triton", traits=("cuda_graphs",), **_TRITON)
+def _assign_triton(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     from ..kernels.residual_quantize import residual_quantize_triton
 
+    k = centroids.shape[0]
+    c = centroids.to(torch.float32).contiguous()
     _, dist, codes = residual_quantize_triton(x, c, [0, k], 1, quantized=False)
     return codes[:, 0].long(), dist[:, 0]
 
 
+@register("kmeans_assign_bounded", "cpu", limits="Hamerly/Elkan bounds", **_CPU)
 class BoundedAssign:
     """Lloyd's assignment step on the CPU kernels with bounds carried from call to call.
 
-    ``BoundedAssign(x)(centroids)`` returns what ``assign(x, centroids, "cpu")`` returns, bit for bit,
+    ``BoundedAssign(x)(centroids)`` returns what the ``cpu`` assignment returns, bit for bit,
     but after the first call it searches only the rows whose code may have changed: a
     row keeps its code when its distance to that centre, plus the float error of the
     kernel's scores, stays below a lower bound on its distance to every other centre
@@ -90,7 +97,7 @@ class BoundedAssign:
     of later RQ levels), checking them costs more than it saves: once a call after the
     second has searched more than ``give_up`` of the rows, later calls run the plain search.
 
-    x: [N, D] float32 contiguous (as :func:`prepare` gives for the "cpu" kernels)."""
+    x: [N, D] float32 contiguous (as :meth:`KMeansEngine.prepare` gives for the C++ kernels)."""
 
     give_up = 0.85
 
@@ -106,7 +113,7 @@ class BoundedAssign:
     def __call__(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
         x, (n, d), k = self.x, self.x.shape, centroids.shape[0]
         if len(self.searched) > 2 and self.searched[-1] > self.give_up * n:
-            return assign(x, centroids, "cpu")
+            return _assign_cpu(x, centroids)
         c = centroids.to(torch.float32).contiguous()
         shift = None
         if self.prev is not None and self.prev.shape == c.shape:
@@ -119,36 +126,85 @@ class BoundedAssign:
         return self.codes.long(), dist
 
 
-def update(x: Tensor, codes: Tensor, weights: Tensor | None, k: int, impl: str) -> tuple[Tensor, Tensor]:
-    """Per-cluster weighted sums [k, D] and weights [k], both float64 (deterministic)."""
-    if impl == "reference":
-        return kmeans_update_ref(x, codes, weights, k)
+# --------------------------------------------------------------------------- update
+# update(x, codes, weights, k) -> per-cluster weighted sums [k, D] and weights [k], float64.
+
+
+@register("kmeans_update", "reference", **_REF)
+def _update_reference(x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+    return kmeans_update_ref(x, codes, weights, k)
+
+
+@register("kmeans_update", "cpu", **_CPU)
+def _update_cpu(x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
     c32 = codes.to(torch.int32).contiguous()
-    if impl == "cpu":
-        return _native.cpu().kmeans_update(x, c32, weights, k)
+    return _native.cpu().kmeans_update(x, c32, weights, k)
+
+
+@register("kmeans_update", "triton", **_TRITON)
+def _update_triton(x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
     from ..kernels.kmeans import kmeans_update_triton
 
-    sums, counts = kmeans_update_triton(x, c32, weights, k)
+    sums, counts = kmeans_update_triton(x, codes.to(torch.int32).contiguous(), weights, k)
     return sums.double(), counts.double()
 
 
-def candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None, impl: str) -> tuple[Tensor, Tensor]:
-    """Distances [N, T] float32 to T candidate centres, and the potential [T] float64 of each."""
-    if impl == "reference":
-        return kmeanspp_candidates_ref(x, cand, mind, weights)
+# --------------------------------------------------------------------------- k-means++
+# candidates(x, cand, mind, weights) -> distances [N, T] float32 to T candidate centres and
+# the potential [T] float64 of each; commit(dist, best, mind, weights) -> (mind, cum): after
+# a centre is chosen, mind <- min(mind, dist[:, best]) and the next draw's cumulative
+# weights cumsum(w * mind) float64 [N].
+
+
+@register("kmeanspp_candidates", "reference", **_REF)
+def _candidates_reference(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    return kmeanspp_candidates_ref(x, cand, mind, weights)
+
+
+@register("kmeanspp_candidates", "cpu", **_CPU)
+def _candidates_cpu(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     cand = cand.to(torch.float32).contiguous()
-    if impl == "cpu":
-        return _native.cpu().kmeanspp_candidates(x, cand, mind, weights)
+    return _native.cpu().kmeanspp_candidates(x, cand, mind, weights)
+
+
+@register("kmeanspp_candidates", "triton", **_TRITON)
+def _candidates_triton(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     from ..kernels.kmeans import kmeanspp_candidates_triton
 
-    dist, pot = kmeanspp_candidates_triton(x, cand, mind, weights)
+    dist, pot = kmeanspp_candidates_triton(x, cand.to(torch.float32).contiguous(), mind, weights)
     return dist, pot.double()
 
 
-def kmeanspp_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Tensor:
+def cumulative(p: Tensor) -> Tensor:
+    """Inclusive float64 prefix sums of the sampling weights p [N] (a single 0 when N = 0)."""
+    if p.shape[0] == 0:
+        return torch.zeros(1, dtype=torch.float64, device=p.device)
+    return torch.cumsum(p.to(torch.float64), 0)
+
+
+def _commit_torch(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    mind = torch.minimum(mind, dist.index_select(1, best.reshape(1))[:, 0])
+    return mind, cumulative(mind if weights is None else weights * mind)
+
+
+# the reference and the Triton path commit with the same torch ops (the same bits as the C++ pass)
+register("kmeanspp_commit", "reference", **_REF)(_commit_torch)
+register("kmeanspp_commit", "triton", **_TRITON)(_commit_torch)
+
+
+@register("kmeanspp_commit", "cpu", limits="one fused pass, in place on mind", **_CPU)
+def _commit_cpu(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    if dist.shape[0] == 0:
+        return _commit_torch(dist, best, mind, weights)
+    cum = _native.cpu().kmeanspp_commit(dist, int(best), mind, weights)
+    return mind, cum
+
+
+@register("kmeanspp_seed", "cpu", limits="one process (the whole loop in C++)", **_CPU)
+def _seed_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Tensor:
     """Greedy k-means++ on one process with the C++ loop: the rows [k] int64 of x chosen
-    as centres, the same ones as the step-by-step loop over :func:`candidates` and
-    :func:`commit` (one draw for centre 0, then ``u.shape[1]`` candidates per centre).
+    as centres, the same ones as the step-by-step loop over ``candidates`` and
+    ``commit`` (one draw for centre 0, then ``u.shape[1]`` candidates per centre).
 
     x: [N, D] float32 contiguous CPU; weights: None or [N] float32; u: [k, T] float64
     uniforms in [0, 1); progress: a tqdm bar (or None), advanced once per centre."""
@@ -168,19 +224,65 @@ def kmeanspp_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) ->
     return chosen
 
 
-def cumulative(p: Tensor) -> Tensor:
-    """Inclusive float64 prefix sums of the sampling weights p [N] (a single 0 when N = 0)."""
-    if p.shape[0] == 0:
-        return torch.zeros(1, dtype=torch.float64, device=p.device)
-    return torch.cumsum(p.to(torch.float64), 0)
+# --------------------------------------------------------------------------- the engine
 
 
-def commit(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None, impl: str) -> tuple[Tensor, Tensor]:
-    """After a k-means++ centre is chosen: mind <- min(mind, dist[:, best]) and the next draw's
-    cumulative weights cumsum(w * mind) float64 [N]. The C++ path does both in one pass (in
-    place on mind); the others are the same torch ops, which give the same bits."""
-    if impl == "cpu" and dist.shape[0] > 0:
-        cum = _native.cpu().kmeanspp_commit(dist, int(best), mind, weights)
-        return mind, cum
-    mind = torch.minimum(mind, dist.index_select(1, best.reshape(1))[:, 0])
-    return mind, cumulative(mind if weights is None else weights * mind)
+class KMeansEngine:
+    """The primitives of one backend for one k-means run, and what they can do.
+
+    Primitives (registered per backend; a backend needs :attr:`REQUIRED`): :meth:`prepare`, :meth:`assign`, :meth:`update`, :meth:`candidates`,
+    :meth:`commit`, :meth:`cumulative`; optional ones are None when the backend lacks
+    them: :attr:`bounded_assign` (``BoundedAssign``-like factory: ``bounded_assign(x)(c)``
+    equals ``assign(x, c)`` bit for bit) and :attr:`seed` (the whole greedy k-means++ loop
+    of one process in one call).
+
+    Capabilities: :attr:`lloyd_codes_are_greedy_codes` (the final Lloyd assignments of
+    float32 input equal ``residual_quantize``'s greedy codes bit for bit: the same kernel
+    computes both) and :attr:`cuda_graphs` (the k-means++ step may be captured and
+    replayed as a CUDA graph)."""
+
+    REQUIRED = ("kmeans_prepare", "kmeans_assign", "kmeans_update", "kmeanspp_candidates", "kmeanspp_commit")
+    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed")
+
+    def __init__(self, backend: str, device: torch.device):
+        self.backend = backend
+        missing = [op for op in self.REQUIRED if get(op, backend) is None]
+        if missing:
+            raise BackendNotSupportedError(f"backend {backend!r} lacks the k-means primitives {missing}",
+                                           {backend: [f"no {op}" for op in missing]})
+        self._prepare, self._assign, self._update, self._candidates, self._commit = (
+            get(op, backend).fn for op in self.REQUIRED)
+        bounded, seed = (get(op, backend) for op in self.OPTIONAL)
+        self.bounded_assign: Optional[Callable[[Tensor], Callable]] = None if bounded is None else bounded.fn
+        self.seed: Optional[Callable] = None if seed is None else seed.fn
+        traits = get("kmeans_assign", backend).traits
+        self.lloyd_codes_are_greedy_codes = "greedy_codes" in traits
+        self.cuda_graphs = "cuda_graphs" in traits and device.type == "cuda"
+
+    def __repr__(self) -> str:
+        return f"KMeansEngine({self.backend!r})"
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """x as the kernels want it (contiguous; float32 for the C++ kernels and the reference)."""
+        return self._prepare(x)
+
+    def assign(self, x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        return self._assign(x, centroids)
+
+    def update(self, x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        return self._update(x, codes, weights, k)
+
+    def candidates(self, x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._candidates(x, cand, mind, weights)
+
+    def commit(self, dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._commit(dist, best, mind, weights)
+
+    cumulative = staticmethod(cumulative)
+
+
+def engine(x: Tensor, backend: Optional[str] = None) -> KMeansEngine:
+    """The k-means engine for ``x`` [N, D] under ``backend`` (default: the backend in force);
+    never falls back: a forced backend that cannot run x raises ``BackendNotSupportedError``."""
+    impl = select("kmeans_assign", Inputs.of(x), backend)
+    return KMeansEngine(impl.backend, x.device)

@@ -1,39 +1,27 @@
 """``pysid::residual_quantize``: fused residual codeword search as a PyTorch op.
 
-Backends (chosen here and nowhere else, see ``pysid._backend``):
-
-========== ==================================== =====================================
-backend    CPU tensors                          CUDA tensors
-========== ==================================== =====================================
-auto       C++ kernel (``pysid._C``)            Triton kernel (beam <= 16), else CUDA
-                                                kernel (greedy), else the reference
-reference  ``pysid.reference`` (PyTorch)        ``pysid.reference`` (PyTorch)
-native     C++ kernel                           CUDA kernel (``pysid._cuda``)
-cpu        C++ kernel                           error
-triton     Triton (``TRITON_INTERPRET=1`` only) Triton kernel
-cuda       error                                CUDA kernel
-========== ==================================== =====================================
-
-float64 inputs run on the reference under ``auto`` (no kernel computes in
-float64); a forced kernel backend rejects them.
+Implementations (reference, C++ ``cpu``, ``triton``, CUDA C++ ``cuda``) register with
+``pysid.ops.registry``, which picks one per call under the backend in force; run
+``pysid.backends()`` for what each accepts (devices, dtypes, beam widths) and what runs
+on this machine. float64 input runs on the reference (no kernel computes in float64).
 """
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .. import _backend, _native
+from .. import _native
+from .._checks import check_int, check_tensor, nonfinite_rows
+from .registry import KERNEL_DTYPES, FLOAT_DTYPES, Inputs, direct_call_ok, register, select
 from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
 
 __all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
 
 Codebooks = Union[Tensor, Sequence[Tensor]]
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -67,8 +55,7 @@ def _as_list(codebooks: Codebooks) -> list[Tensor]:
 
 def _check_inputs(x: Tensor, cbs: list[Tensor], beam_width: int) -> None:
     """Static checks (shapes, dtypes, devices): trace-safe, no host sync."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(x, "x")
     if not x.is_floating_point():
         raise TypeError(f"x must be floating point (float32, float16 or bfloat16), got {x.dtype}")
     if x.dim() != 2:
@@ -88,17 +75,16 @@ def _check_inputs(x: Tensor, cbs: list[Tensor], beam_width: int) -> None:
             raise ValueError(f"codebooks[{level}] has D = {c.shape[1]} but x has D = {x.shape[1]}")
         if c.device != x.device:
             raise ValueError(f"codebooks[{level}] is on {c.device} but x is on {x.device}")
-    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    check_int("beam_width", beam_width, 1, what="an integer")
 
 
 def _raise_non_finite(x: Tensor, cbs: list[Tensor], distances: Tensor) -> None:
     for level, c in enumerate(cbs):
-        bad = (~torch.isfinite(c)).any(1).nonzero().flatten()
-        if bad.numel():
+        bad = nonfinite_rows(c)
+        if bad is not None:
             raise ValueError(f"codebooks[{level}] has NaN/Inf in rows {bad[:10].tolist()}")
-    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
-    if bad.numel():
+    bad = nonfinite_rows(x)
+    if bad is not None:
         raise ValueError(f"x has NaN/Inf in {bad.numel()} rows, e.g. rows {bad[:10].tolist()}")
     bad = (~torch.isfinite(distances)).any(1).nonzero().flatten()
     raise ValueError(
@@ -133,6 +119,19 @@ def _pack(cbs: list[Tensor]) -> tuple[Tensor, list[int]]:
     return packed.to(torch.float32).contiguous(), offsets
 
 
+_TRITON_MAX_BEAM = 16  # the Triton beam kernel keeps the beams on chip
+
+
+def _beam(limit: str, ok):
+    return lambda inp: [] if ok(inp.params.get("beam_width", 1)) else [f"{limit}, got beam_width {inp.params.get('beam_width')}"]
+
+
+@register("residual_quantize", "reference", devices=None, dtypes=FLOAT_DTYPES, limits="float64 computes in float64")
+def _run_reference(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    return residual_quantize_ref(x, cbs, beam_width)
+
+
+@register("residual_quantize", "cpu", devices=("cpu",), dtypes=KERNEL_DTYPES)
 def _run_cpu(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
     ext = _native.cpu()
     xf = x.to(torch.float32).contiguous()
@@ -148,9 +147,9 @@ def _run_cpu(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Ten
     return q, dist, codes
 
 
+@register("residual_quantize", "cuda", devices=("cuda",), dtypes=KERNEL_DTYPES, limits="greedy only (beam_width 1)",
+          check=_beam("the CUDA kernel encodes greedily only (beam_width 1; 'triton' runs beams)", lambda b: b == 1))
 def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
-    if beam_width > 1:
-        raise NotImplementedError("the CUDA kernel encodes greedily only: use backend 'triton' (or 'auto') for beam_width > 1")
     ext = _native.cuda()
     xc = x.contiguous()
     packed, offsets = _pack(cbs)
@@ -166,63 +165,38 @@ def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Te
     return q, dist, codes
 
 
-def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    if not _native.has_triton():
-        raise RuntimeError("the triton backend needs the `triton` package (pip install triton)")
+def _triton_encode(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.residual_quantize import residual_quantize_triton
 
     packed, offsets = _pack(cbs)
     return residual_quantize_triton(x.contiguous(), packed, offsets, beam_width)
 
 
-_TRITON_MAX_BEAM = 16  # the Triton beam kernel keeps the beams on chip
-
-
-def _select(x: Tensor, beam_width: int) -> str:
-    """The concrete implementation for this input under the backend in force."""
-    name = _backend.get_backend()
-    kernel_dtype = x.dtype in _KERNEL_DTYPES
-    if name == "reference" or (name == "auto" and not kernel_dtype):
-        return "reference"
-    if not kernel_dtype:
-        raise TypeError(f"the {name} backend takes float32, float16 or bfloat16 x, got {x.dtype} (float64 runs on the reference)")
-    if x.is_cuda:
-        if name == "cpu":
-            raise RuntimeError("backend 'cpu' was forced but x is a CUDA tensor")
-        if name == "auto":  # no GPU kernel for beams wider than 16: the reference runs them
-            if _native.has_triton() and beam_width <= _TRITON_MAX_BEAM:
-                return "triton"
-            return "cuda" if _native.has_cuda() and beam_width == 1 else "reference"
-        return "cuda" if name == "native" else name
-    if x.device.type != "cpu":
-        if name == "auto":
-            return "reference"
-        raise RuntimeError(f"pysid has no {name} kernel for {x.device.type} tensors")
-    if name == "cuda":
-        raise RuntimeError("backend 'cuda' was forced but x is a CPU tensor")
-    return "triton" if name == "triton" else "cpu"
-
-
-_RUN = {"cpu": _run_cpu, "cuda": _run_cuda, "triton": _run_triton}
+@register("residual_quantize", "triton", devices=("cuda",), dtypes=KERNEL_DTYPES,
+          limits=f"beam_width <= {_TRITON_MAX_BEAM}",
+          check=_beam(f"the Triton kernel keeps at most {_TRITON_MAX_BEAM} beams on chip", lambda b: b <= _TRITON_MAX_BEAM))
+def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    out = _triton_encode(x, cbs, beam_width)
+    if beam_width > 1:  # never worse than greedy (the C++ kernel and the reference keep greedy rows themselves)
+        out = better_of(out, _triton_encode(x, cbs, 1))
+    return out
 
 
 # --------------------------------------------------------------------------- the custom op
 
 
-@torch.library.custom_op("pysid::residual_quantize", mutates_args=())
-def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+def _residual_quantize(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The op's body: validate, run the selected implementation, check finiteness."""
     _check_inputs(x, codebooks, beam_width)
-    impl = _select(x, beam_width)
-    if impl == "reference":
-        q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
-    else:
-        q, dist, codes = _RUN[impl](x, codebooks, beam_width)
-        if beam_width > 1 and impl == "triton":  # the C++ kernel keeps greedy rows itself
-            q, dist, codes = better_of((q, dist, codes), _RUN[impl](x, codebooks, 1))
+    impl = select("residual_quantize", Inputs.of(x, beam_width=beam_width))
+    q, dist, codes = impl.fn(x, codebooks, beam_width)
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
+
+
+@torch.library.custom_op("pysid::residual_quantize", mutates_args=())
+def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _residual_quantize(x, codebooks, beam_width)
 
 
 def _dist_dtype(x: Tensor) -> torch.dtype:
@@ -321,7 +295,11 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
     tuples = 1
     for c in cbs:
         tuples = min(tuples * c.shape[0], beam_width)
-    q, dist, codes = _residual_quantize_op(x, cbs, min(beam_width, tuples))
+    beam_width = min(beam_width, tuples)
+    # the custom op serves torch.compile, autograd and opcheck; a plain call skips it (its
+    # first call imports torch._dynamo, ~2 s) and runs the same body
+    run = _residual_quantize if direct_call_ok([x, *cbs]) else _residual_quantize_op
+    q, dist, codes = run(x, cbs, beam_width)
     return ResidualQuantizeOutput(q, dist, codes)
 
 

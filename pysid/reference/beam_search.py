@@ -2,19 +2,16 @@
 
 Pure PyTorch, nothing imported from the rest of pysid. Three layers:
 
-* :func:`build_trie_ref` / :func:`walk_trie_ref` - the compact per-level CSR
-  (vectorised sorting), the layout the native kernels must reproduce exactly.
+* :func:`build_trie_ref` / :func:`walk_trie_ref` (in :mod:`pysid.reference.trie`) - the
+  compact per-level CSR (vectorised sorting), the layout the native kernels must
+  reproduce exactly.
 * :func:`constrained_beam_step_ref` - one exact beam step on that CSR,
   vectorised (pads each beam's children to the widest node of the level).
 * :func:`beam_search_ref` and :func:`score_catalogue_ref` - trie-free brute
   force: the beam search re-derives each beam's valid next codes by scanning
   the whole catalogue; the scorer scores every item under the model.
 
-Trie layout (L levels, M items; depth d has n_d nodes, n_0 = 1, n_L = M)::
-
-    offsets[d]      [n_d + 1]   children of node i are nodes offsets[d][i] .. offsets[d][i+1]-1 of depth d+1
-    child_codes[d]  [n_{d+1}]   the code of each depth-(d+1) node, increasing within a parent
-    perm            [M]         leaf r is input row perm[r] (lexicographic order of the tuples)
+The trie layout is described once, in :mod:`pysid.reference.trie`.
 
 Beam step rule (shared by every backend): the candidates of query b are the
 children of its live beams (node >= 0, score > -inf), scored
@@ -26,10 +23,12 @@ parent / token / node -1.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+
+from .trie import build_trie_ref, walk_trie_ref  # noqa: F401  (re-exported: the trie layout lives in .trie)
 
 __all__ = [
     "build_trie_ref",
@@ -38,56 +37,6 @@ __all__ = [
     "beam_search_ref",
     "score_catalogue_ref",
 ]
-
-
-def build_trie_ref(codes: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Per-level CSR of M unique code tuples ``codes`` [M, L] (int64).
-
-    Returns (offsets, child_codes, perm), all int64 (see the module docstring).
-    Raises ValueError if two rows are equal.
-    """
-    codes = codes.long()
-    M, L = codes.shape
-    perm = torch.arange(M, device=codes.device)
-    for d in reversed(range(L)):  # lexicographic order by stable sorts, last key first
-        perm = perm[torch.sort(codes[perm, d], stable=True).indices]
-    s = codes[perm]
-    new = torch.ones(M, L, dtype=torch.bool, device=codes.device)  # row r opens a node at depth d+1
-    if M > 1:
-        new[1:] = (s[1:] != s[:-1]).long().cummax(dim=1).values.bool()
-        dup = (~new[1:, -1]).nonzero()
-        if dup.numel():
-            r = int(dup[0]) + 1
-            raise ValueError(f"duplicate code tuples: rows {int(perm[r - 1])} and {int(perm[r])}")
-    node = new.long().cumsum(0) - 1  # node id at depth d+1 of row r
-    offsets, child_codes = [], []
-    for d in range(L):
-        child_codes.append(s[new[:, d], d])
-        n_d = 1 if d == 0 else int(node[-1, d - 1]) + 1 if M else 0
-        parent = torch.zeros(int(new[:, d].sum()), dtype=torch.long, device=codes.device)
-        if d > 0:
-            parent = node[new[:, d], d - 1]
-        counts = torch.bincount(parent, minlength=n_d)[:n_d] if parent.numel() else torch.zeros(n_d, dtype=torch.long, device=codes.device)
-        offsets.append(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-    return offsets, child_codes, perm
-
-
-def walk_trie_ref(offsets: Sequence[Tensor], child_codes: Sequence[Tensor], prefixes: Tensor) -> Tensor:
-    """Node id at depth t of each prefix ``prefixes`` [N, t], or -1 if it is not in the trie."""
-    N, t = prefixes.shape
-    node = torch.zeros(N, dtype=torch.long, device=prefixes.device)
-    for d in range(t):
-        off, cc = offsets[d].long(), child_codes[d].long()
-        V = int(cc.max()) + 1 if cc.numel() else 1
-        parent = torch.repeat_interleave(torch.arange(len(off) - 1, device=off.device), off.diff())
-        key = parent * V + cc  # globally sorted: parents in order, codes increasing within one
-        c = prefixes[:, d].long()
-        q = node.clamp_min(0) * V + c.clamp(0, V - 1)
-        pos = torch.searchsorted(key, q).clamp(max=max(len(key) - 1, 0))
-        ok = (node >= 0) & (c >= 0) & (c < V) & (len(key) > 0)
-        ok &= key[pos] == q if len(key) else ok
-        node = torch.where(ok, pos, -1)
-    return node
 
 
 def constrained_beam_step_ref(
