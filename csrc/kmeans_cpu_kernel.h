@@ -1,19 +1,8 @@
 // k-means row kernels, written once over a tiny SIMD "traits" type and compiled
 // once per ISA (kmeans_cpu.cpp: scalar, kmeans_cpu_avx2.cpp, kmeans_cpu_avx512.cpp).
-// Include it from a .cpp that, before the include, defines inside an anonymous
-// namespace:
-//
-//   struct Isa {
-//     static constexpr int W;                        // lanes (floats) per vector, divides 16
-//     using V;                                       // float vector
-//     V zero(); V load(const float*); void store(float*, V);
-//     V set1(float);                                 // every lane = the value
-//     V sub(V, V); V fmadd(V a, V b, V c);           // a*b + c
-//     V load_f16(const uint16_t*); V load_bf16(const uint16_t*);  // W values -> float32, exact
-//   };
-//   constexpr int kGroup;   // candidates scored per pass over the rows (<= 8)
-//   constexpr int kPanels;  // 16-row panels scored together (kPanels * 16 / W * kGroup
-//                           // accumulators in registers)
+// Include it from a .cpp right after one of simd_scalar.h / simd_avx2.h / simd_avx512.h
+// (the `Isa` wrappers and PYSID_ISA); it defines the entry points km_update_<isa> and
+// km_pp_<isa> (kmeans_cpu_plan.h).
 //
 // Everything here has internal linkage (anonymous namespace, no std:: templates),
 // so code compiled with AVX-512 flags can never be shared with the scalar path.
@@ -30,6 +19,12 @@ using pysid::kmcpu::UpdateArgs;
 
 using V = Isa::V;
 constexpr int W = Isa::W;
+
+// Candidates scored per pass over the rows (<= 8) and 16-row panels scored together
+// (kPanels * 16 / W * kGroup accumulators in registers), per path: AVX-512 8 x 2 (16 zmm
+// accumulators + 2 row vectors + temporaries), AVX2 and portable 4 x 1 (8 ymm + 2 + ...).
+constexpr int kGroup = Isa::kLevel == pysid::kIsaAvx512 ? 8 : 4;
+constexpr int kPanels = Isa::kLevel == pysid::kIsaAvx512 ? 2 : 1;
 
 template <int DT>
 inline V km_loadx(const char* p) {
@@ -257,3 +252,15 @@ void km_pp_any(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scra
 }
 
 }  // namespace
+
+namespace pysid {
+namespace kmcpu {
+void PYSID_ISA_FN(km_update)(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
+                             float* rowbuf) {
+  km_update_any(a, j0, j1, acc, cnt, rowbuf);
+}
+void PYSID_ISA_FN(km_pp)(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
+  km_pp_any(a, i0, i1, pot, scratch);
+}
+}  // namespace kmcpu
+}  // namespace pysid

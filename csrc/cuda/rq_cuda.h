@@ -2,10 +2,9 @@
 #pragma once
 #include <cstdint>
 
-namespace pysid {
+#include "status.h"  // Status and DType codes (x_dtype)
 
-// x_dtype codes shared with the Python layer.
-enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+namespace pysid {
 
 // Residual quantization on the GPU, greedy (beam_width == 1) or beam search.
 //   x          [n, d] device pointer, dtype x_dtype, row-major contiguous; accumulation in float32
@@ -13,7 +12,7 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 //   offsets    [levels + 1] int64 HOST pointer
 //   quantized  [n, d] float32, distances [n, levels] float32, codes [n, levels] int32 (device)
 //   stream     cudaStream_t of the caller (as an integer), never synchronised here
-// Returns a pysid::Status (rq.h); a launch error is kCudaError.
+// Returns a pysid::Status (status.h); a launch error is kCudaError.
 int rq_encode_cuda(const void* x, int x_dtype, int64_t n, int64_t d,
                    const float* codebooks, const int64_t* offsets, int64_t levels,
                    int64_t beam_width,

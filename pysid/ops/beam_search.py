@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import _backend, _native
+from .. import _backend, _native, _status
 from ..reference.beam_search import build_trie_ref, constrained_beam_step_ref, walk_trie_ref
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["constrained_beam_step", "trie_build", "trie_walk"]
 
-_DUPLICATE = 10
+_DUPLICATE = _status.DUPLICATE_CODES
 
 
 def _use_cpu_kernel(device: torch.device, what: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend, _native
+from .. import _backend, _native, _native_kmeans
 from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
 from ..reference.residual_quantize import residual_quantize_ref
 
@@ -125,7 +125,7 @@ def update(x: Tensor, codes: Tensor, weights: Tensor | None, k: int, impl: str) 
         return kmeans_update_ref(x, codes, weights, k)
     c32 = codes.to(torch.int32).contiguous()
     if impl == "cpu":
-        return _native.cpu().kmeans_update(x, c32, weights, k)
+        return _native_kmeans.kmeans_update(x, c32, weights, k)
     from ..kernels.kmeans import kmeans_update_triton
 
     sums, counts = kmeans_update_triton(x, c32, weights, k)
@@ -138,7 +138,7 @@ def candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None, im
         return kmeanspp_candidates_ref(x, cand, mind, weights)
     cand = cand.to(torch.float32).contiguous()
     if impl == "cpu":
-        return _native.cpu().kmeanspp_candidates(x, cand, mind, weights)
+        return _native_kmeans.kmeanspp_candidates(x, cand, mind, weights)
     from ..kernels.kmeans import kmeanspp_candidates_triton
 
     dist, pot = kmeanspp_candidates_triton(x, cand, mind, weights)
@@ -152,7 +152,7 @@ def kmeanspp_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) ->
 
     x: [N, D] float32 contiguous CPU; weights: None or [N] float32; u: [k, T] float64
     uniforms in [0, 1); progress: a tqdm bar (or None), advanced once per centre."""
-    C = _native.cpu()
+    C = _native_kmeans
     n, d = x.shape
     k = u.shape[0]
     panels = C.kmeanspp_pack(x)
@@ -180,7 +180,7 @@ def commit(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None, imp
     cumulative weights cumsum(w * mind) float64 [N]. The C++ path does both in one pass (in
     place on mind); the others are the same torch ops, which give the same bits."""
     if impl == "cpu" and dist.shape[0] > 0:
-        cum = _native.cpu().kmeanspp_commit(dist, int(best), mind, weights)
+        cum = _native_kmeans.kmeanspp_commit(dist, int(best), mind, weights)
         return mind, cum
     mind = torch.minimum(mind, dist.index_select(1, best.reshape(1))[:, 0])
     return mind, cumulative(mind if weights is None else weights * mind)

@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _backend, _native
+from .. import _backend, _native, _status
 from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
 
 __all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
@@ -34,7 +34,7 @@ __all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
 Codebooks = Union[Tensor, Sequence[Tensor]]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE_CODE = _status.DTYPE_CODES
 
 
 class ResidualQuantizeOutput(NamedTuple):
@@ -158,11 +158,12 @@ def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Te
     q = torch.empty((n, d), dtype=torch.float32, device=x.device)
     dist = torch.empty((n, len(cbs)), dtype=torch.float32, device=x.device)
     codes = torch.empty((n, len(cbs)), dtype=torch.int32, device=x.device)
+    off = torch.tensor(offsets, dtype=torch.int64)  # host: the kernel reads the level sizes on the CPU
     if n:
         with torch.cuda.device(x.device):
             stream = torch.cuda.current_stream().cuda_stream
-            ext.rq_encode(xc.data_ptr(), _DTYPE_CODE[xc.dtype], n, d, packed.data_ptr(), offsets, beam_width,
-                          q.data_ptr(), dist.data_ptr(), codes.data_ptr(), stream)
+            ext.rq_encode(xc.data_ptr(), _DTYPE_CODE[xc.dtype], n, d, packed.data_ptr(), off.data_ptr(), len(cbs),
+                          beam_width, q.data_ptr(), dist.data_ptr(), codes.data_ptr(), stream)
     return q, dist, codes
 
 
@@ -219,7 +220,7 @@ def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -
         q, dist, codes = residual_quantize_ref(x, codebooks, beam_width)
     else:
         q, dist, codes = _RUN[impl](x, codebooks, beam_width)
-        if beam_width > 1 and impl == "triton":  # the C++ kernel keeps greedy rows itself
+        if beam_width > 1:  # the kernels search beams only: never worse than greedy, here for every backend
             q, dist, codes = better_of((q, dist, codes), _RUN[impl](x, codebooks, 1))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
