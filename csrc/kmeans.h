@@ -1,10 +1,11 @@
 // pysid native kernels: the two passes over the data that k-means needs on the
-// CPU (issue 3). No torch headers: raw pointers and sizes only. The binding
-// (bind_kmeans.cpp) validates shapes, dtypes and contiguity and allocates the
-// outputs; these functions trust their inputs except where noted.
+// CPU (issue 3), and the bounded assignment step. No torch headers: raw pointers and
+// sizes only. pysid/_native_kmeans.py validates shapes, dtypes and contiguity and
+// allocates the outputs; these functions trust their inputs except where noted.
 //
-// x dtypes (x_dtype): the DType codes of status.h (kFloat32, kFloat16, kBFloat16). x is [n, d], row-major, contiguous; float16 and
-// bfloat16 rows are converted to float32 exactly before any arithmetic.
+// x dtypes (x_dtype): the DType codes of status.h (kFloat32, kFloat16, kBFloat16). x is
+// [n, d], row-major, contiguous; float16 and bfloat16 rows are converted to float32
+// exactly before any arithmetic.
 //
 // Determinism: every kernel produces bit-identical results for any number of
 // OpenMP threads (fixed partition of the work into chunks whose boundaries do

@@ -1,6 +1,6 @@
-// Shared, ISA-neutral description of one rq_encode_cpu call (or one bounded k-means
-// assignment, kmeans_cpu.cpp), passed from the dispatcher to the per-ISA block kernels (rq_cpu_kernel.h
-// instantiated in rq_cpu.cpp / rq_cpu_avx2.cpp / rq_cpu_avx512.cpp).
+// Shared, ISA-neutral description of one rq_encode_cpu call (or of one bounded k-means
+// assignment, kmeans_cpu.cpp), passed from the dispatcher to the per-ISA block kernels
+// (rq_cpu_kernel.h instantiated in rq_cpu.cpp / rq_cpu_avx2.cpp / rq_cpu_avx512.cpp).
 //
 // Only plain data and `static` functions live here: every translation unit
 // gets its own copy, so no inline function compiled with -mavx512f can be
