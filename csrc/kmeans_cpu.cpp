@@ -44,6 +44,8 @@ void pick(UpdateFn* upd, PPFn* pp) {
   *pp = PYSID_BY_ISA(level, kmcpu::km_pp);
 }
 
+bool known_dtype(int t) { return t == kFloat32 || t == kFloat16 || t == kBFloat16; }
+
 int threads_for(int64_t x_bytes, int64_t tasks) {
   int nthreads = omp_get_max_threads();
   if (x_bytes < kParallelMinBytes) nthreads = 1;
@@ -179,10 +181,10 @@ int64_t kmeanspp_chunk_rows() { return kPPChunkRows; }
 int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const int32_t* codes,
                       const float* weights, int64_t k, double* sums, double* counts,
                       int64_t* bad_row) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || k < 1) return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0 || k < 1) return kBadArgument;
   if (!counts || (d > 0 && !sums)) return kBadArgument;
   if (n > 0 && (!codes || (d > 0 && !x))) return kBadArgument;
-  const int64_t esize = x_dtype == 0 ? 4 : 2;
+  const int64_t esize = x_dtype == kFloat32 ? 4 : 2;
 
   // 1. histogram of the codes (and the range check, before anything is written)
   AlignedBuf start_buf, cursor_buf;
@@ -343,12 +345,11 @@ void pp_commit(const float* dist, int64_t stride, int64_t n, float* mind, const 
 int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
                             int64_t t, const float* mind, const float* weights, float* dist,
                             double* pot) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates)
-    return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates) return kBadArgument;
   if (!pot || (d > 0 && !cand)) return kBadArgument;
   if (n > 0 && (!mind || !dist || (d > 0 && !x))) return kBadArgument;
   const kmcpu::PPArgs args{x, x_dtype, nullptr, n, d, cand, t, mind, weights, dist, t, 1};
-  return pp_score(args, x_dtype == 0 ? 4 : 2, pot);
+  return pp_score(args, x_dtype == kFloat32 ? 4 : 2, pot);
 }
 
 int64_t kmeanspp_panel_floats(int64_t n, int64_t d) {
@@ -356,7 +357,7 @@ int64_t kmeanspp_panel_floats(int64_t n, int64_t d) {
 }
 
 int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* panels) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0) return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0) return kBadArgument;
   if (n > 0 && d > 0 && (!x || !panels)) return kBadArgument;
   constexpr int64_t P = kmcpu::kPanelRows;
   const int64_t npan = kmeanspp_panel_floats(n, 1) / P;
@@ -369,8 +370,8 @@ int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* p
       for (int64_t j = 0; j < d; ++j) {
         float v = 0.0f;
         if (i < n) {
-          if (x_dtype == 0) v = static_cast<const float*>(x)[i * d + j];
-          else if (x_dtype == 1) v = km_half_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
+          if (x_dtype == kFloat32) v = static_cast<const float*>(x)[i * d + j];
+          else if (x_dtype == kFloat16) v = km_half_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
           else v = km_bf16_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
         }
         dst[j * P + l] = v;

@@ -28,20 +28,22 @@ constexpr int kPanels = Isa::kLevel == pysid::kIsaAvx512 ? 2 : 1;
 
 template <int DT>
 inline V km_loadx(const char* p) {
-  if constexpr (DT == 0) return Isa::load(reinterpret_cast<const float*>(p));
-  else if constexpr (DT == 1) return Isa::load_f16(reinterpret_cast<const uint16_t*>(p));
+  if constexpr (DT == pysid::kFloat32) return Isa::load(reinterpret_cast<const float*>(p));
+  else if constexpr (DT == pysid::kFloat16)
+    return Isa::load_f16(reinterpret_cast<const uint16_t*>(p));
   else return Isa::load_bf16(reinterpret_cast<const uint16_t*>(p));
 }
 
 template <int DT>
 inline float km_scalar_x(const char* row, int64_t j) {
-  if constexpr (DT == 0) return reinterpret_cast<const float*>(row)[j];
-  else if constexpr (DT == 1) return km_half_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
+  if constexpr (DT == pysid::kFloat32) return reinterpret_cast<const float*>(row)[j];
+  else if constexpr (DT == pysid::kFloat16)
+    return km_half_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
   else return km_bf16_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
 }
 
 template <int DT>
-constexpr int64_t km_esize() { return DT == 0 ? 4 : 2; }
+constexpr int64_t km_esize() { return DT == pysid::kFloat32 ? 4 : 2; }
 
 template <int DT>
 inline void km_convert_row(const char* row, int64_t d, float* __restrict dst) {
@@ -73,7 +75,7 @@ void km_update_impl(const UpdateArgs& a, int64_t j0, int64_t j1, double* __restr
     if (j + kAhead < j1) km_prefetch_row(x + idx[j + kAhead] * rowbytes, rowbytes);
     const int64_t i = idx[j];
     const float* __restrict xr;
-    if constexpr (DT == 0) {
+    if constexpr (DT == pysid::kFloat32) {
       xr = reinterpret_cast<const float*>(x + i * rowbytes);
     } else {
       km_convert_row<DT>(x + i * rowbytes, d, rowbuf);
@@ -100,9 +102,9 @@ void km_update_dt(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, doub
 
 void km_update_any(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
                    float* rowbuf) {
-  if (a.dtype == 1) km_update_dt<1>(a, j0, j1, acc, cnt, rowbuf);
-  else if (a.dtype == 2) km_update_dt<2>(a, j0, j1, acc, cnt, rowbuf);
-  else km_update_dt<0>(a, j0, j1, acc, cnt, rowbuf);
+  if (a.dtype == pysid::kFloat16) km_update_dt<pysid::kFloat16>(a, j0, j1, acc, cnt, rowbuf);
+  else if (a.dtype == pysid::kBFloat16) km_update_dt<pysid::kBFloat16>(a, j0, j1, acc, cnt, rowbuf);
+  else km_update_dt<pysid::kFloat32>(a, j0, j1, acc, cnt, rowbuf);
 }
 
 // ------------------------------------------------------------------ k-means++ scoring
@@ -246,9 +248,9 @@ void km_pp_dt(const PPArgs& a, int64_t i0, int64_t i1, double* __restrict pot,
 }
 
 void km_pp_any(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
-  if (a.panels || a.dtype == 0) km_pp_dt<0>(a, i0, i1, pot, scratch);
-  else if (a.dtype == 1) km_pp_dt<1>(a, i0, i1, pot, scratch);
-  else km_pp_dt<2>(a, i0, i1, pot, scratch);
+  if (a.panels || a.dtype == pysid::kFloat32) km_pp_dt<pysid::kFloat32>(a, i0, i1, pot, scratch);
+  else if (a.dtype == pysid::kFloat16) km_pp_dt<pysid::kFloat16>(a, i0, i1, pot, scratch);
+  else km_pp_dt<pysid::kBFloat16>(a, i0, i1, pot, scratch);
 }
 
 }  // namespace

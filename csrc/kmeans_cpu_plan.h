@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "status.h"  // DType codes
+
 namespace pysid {
 namespace kmcpu {
 
@@ -17,7 +19,7 @@ inline int64_t pp_scratch_floats(int64_t d) { return kLaneFloats + kUnitMax * d;
 
 struct UpdateArgs {
   const void* x;
-  int dtype;           // 0 f32, 1 f16, 2 bf16
+  int dtype;           // DType (status.h)
   int64_t d;
   const int64_t* idx;  // row ids sorted (stably) by code
   const float* w;      // nullptr: all ones
@@ -25,7 +27,7 @@ struct UpdateArgs {
 
 struct PPArgs {
   const void* x;         // [n][d] row-major (dtype): read when panels is nullptr
-  int dtype;             // 0 f32, 1 f16, 2 bf16
+  int dtype;             // DType (status.h)
   const float* panels;   // or [ceil(n / 32) * 2][d][16] float32 panels (zero padded)
   int64_t n;
   int64_t d;

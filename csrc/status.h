@@ -40,9 +40,4 @@ enum DType : int {
 #undef PYSID_DTYPE_ENUM
 };
 
-// Bytes per element of a DType (0 for an unknown code).
-inline int dtype_bytes(int dtype) {
-  return dtype == kFloat32 ? 4 : (dtype == kFloat16 || dtype == kBFloat16) ? 2 : 0;
-}
-
 }  // namespace pysid

@@ -59,3 +59,18 @@ def test_kmeans_constants_agree_with_cpp():
     assert _native_kmeans.MAX_CANDIDATES == C.kmeanspp_max_candidates
     for n in (1, 15, 16, 31, 32, 33, 100):
         assert _native_kmeans._panel_count(n) * 16 * 7 == C.kmeanspp_panel_floats(n, 7)
+
+
+@pytest.mark.skipif(not _native.has_cuda(), reason="the CUDA extension was not built")
+def test_cuda_binding_takes_host_offsets_pointer():
+    """_cuda.rq_encode takes the level offsets as a host int64 pointer + levels, like _C's: the
+    kernel checks them before any launch (N = 0 launches nothing, so no GPU is needed)."""
+    ext = _native.cuda()
+    f32 = _status.DTYPE_CODES[torch.float32]
+    good = torch.tensor([0, 3, 5], dtype=torch.int64)
+    ext.rq_encode(0, f32, 0, 4, 0, good.data_ptr(), 2, 1, 0, 0, 0, 0)  # valid: nothing to do
+    bad = torch.tensor([0, 3, 3], dtype=torch.int64)  # an empty level
+    with pytest.raises(ValueError, match="pysid native CUDA rq_encode failed: bad argument"):
+        ext.rq_encode(0, f32, 0, 4, 0, bad.data_ptr(), 2, 1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="bad argument"):  # beams: Triton's, not this kernel's
+        ext.rq_encode(0, f32, 0, 4, 0, good.data_ptr(), 2, 2, 0, 0, 0, 0)
