@@ -6,7 +6,8 @@
 
 namespace pysid {
 
-// Residual quantization on the GPU, greedy (beam_width == 1) or beam search.
+// Residual quantization on the GPU, greedy only (beam_width != 1: kBadArgument; the op
+// runs beams on Triton or the reference).
 //   x          [n, d] device pointer, dtype x_dtype, row-major contiguous; accumulation in float32
 //   codebooks  [sum_k, d] float32 device pointer, row-major; level l owns rows offsets[l]..offsets[l+1]-1
 //   offsets    [levels + 1] int64 HOST pointer
