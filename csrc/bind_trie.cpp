@@ -1,6 +1,6 @@
-// pybind11 bindings for the trie kernels (trie.h). Pointers arrive as integers
-// (tensor.data_ptr()); per-level arrays arrive as lists of such integers. The
-// Python layer owns validation and allocation.
+// pybind11 bindings for the trie kernels (trie.h), in the one binding style of
+// bind_common.h: pointers arrive as integers (tensor.data_ptr()); per-level arrays as
+// lists of such integers. The Python layer owns validation and allocation.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -9,32 +9,24 @@
 #include <string>
 #include <vector>
 
-#include "bind_status.h"
+#include "bind_common.h"
 #include "trie.h"
 
 namespace py = pybind11;
 
-namespace {
-
-template <typename T>
-T* tptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
-}  // namespace
-
+using pysid::ptr;
 void pysid_bind_trie(py::module_& m) {
-  // Returns (status, dup_a, dup_b): status 0 = ok, 10 = duplicate tuples (rows dup_a, dup_b).
+  // Returns (status, dup_a, dup_b): kOk, or kDuplicateCodes with the colliding rows dup_a, dup_b
+  // (returned, not raised: the caller names the rows in its own error).
   m.def(
       "trie_sort",
       [](std::uintptr_t codes, int64_t M, int64_t L, std::uintptr_t vocab, std::uintptr_t perm,
          std::uintptr_t lcp) {
         int64_t dup[2] = {-1, -1};
         int status;
-        {
-          py::gil_scoped_release release;
-          status = pysid::trie_sort_cpu(tptr<const int64_t>(codes), M, L,
-                                        tptr<const int64_t>(vocab), tptr<int64_t>(perm),
-                                        tptr<int8_t>(lcp), dup);
-        }
+        PYSID_NOGIL(status = pysid::trie_sort_cpu(ptr<const int64_t>(codes), M, L,
+                                        ptr<const int64_t>(vocab), ptr<int64_t>(perm),
+                                        ptr<int8_t>(lcp), dup));
         if (status != pysid::kDuplicateCodes) pysid::raise_for_status(status, "trie_sort");
         return py::make_tuple(status, dup[0], dup[1]);
       },
@@ -51,16 +43,13 @@ void pysid_bind_trie(py::module_& m) {
         std::vector<int32_t*> off(L);
         std::vector<void*> cc(L);
         for (int64_t d = 0; d < L; ++d) {
-          off[d] = tptr<int32_t>(offsets[d]);
-          cc[d] = tptr<void>(child_codes[d]);
+          off[d] = ptr<int32_t>(offsets[d]);
+          cc[d] = ptr<void>(child_codes[d]);
         }
         int status;
-        {
-          py::gil_scoped_release release;
-          status = pysid::trie_fill_cpu(tptr<const int64_t>(codes), M, L,
-                                        tptr<const int64_t>(perm), tptr<const int8_t>(lcp),
-                                        off.data(), cc.data(), code_bytes);
-        }
+        PYSID_NOGIL(status = pysid::trie_fill_cpu(ptr<const int64_t>(codes), M, L,
+                                        ptr<const int64_t>(perm), ptr<const int8_t>(lcp),
+                                        off.data(), cc.data(), code_bytes));
         pysid::raise_for_status(status, "trie_fill");
       },
       py::arg("codes"), py::arg("M"), py::arg("L"), py::arg("perm"), py::arg("lcp"),
@@ -75,14 +64,11 @@ void pysid_bind_trie(py::module_& m) {
           throw std::invalid_argument("trie_walk: need one offsets and one codes pointer per level");
         std::vector<const int32_t*> off(offsets.size());
         std::vector<const void*> cc(child_codes.size());
-        for (size_t d = 0; d < offsets.size(); ++d) off[d] = tptr<const int32_t>(offsets[d]);
-        for (size_t d = 0; d < child_codes.size(); ++d) cc[d] = tptr<const void>(child_codes[d]);
+        for (size_t d = 0; d < offsets.size(); ++d) off[d] = ptr<const int32_t>(offsets[d]);
+        for (size_t d = 0; d < child_codes.size(); ++d) cc[d] = ptr<const void>(child_codes[d]);
         int status;
-        {
-          py::gil_scoped_release release;
-          status = pysid::trie_walk_cpu(tptr<const int64_t>(prefixes), N, t, stride, off.data(),
-                                        cc.data(), code_bytes, tptr<int64_t>(nodes));
-        }
+        PYSID_NOGIL(status = pysid::trie_walk_cpu(ptr<const int64_t>(prefixes), N, t, stride, off.data(),
+                                        cc.data(), code_bytes, ptr<int64_t>(nodes)));
         pysid::raise_for_status(status, "trie_walk");
       },
       py::arg("prefixes"), py::arg("N"), py::arg("t"), py::arg("stride"), py::arg("offsets"),
@@ -95,15 +81,12 @@ void pysid_bind_trie(py::module_& m) {
          std::uintptr_t out_scores, std::uintptr_t out_parent, std::uintptr_t out_token,
          std::uintptr_t out_node) {
         int status;
-        {
-          py::gil_scoped_release release;
-          status = pysid::beam_step_cpu(
-              tptr<const float>(logprobs), lp_stride, V, tptr<const float>(beam_scores),
-              tptr<const int64_t>(nodes), B, K, tptr<const int32_t>(offsets), n_nodes,
-              tptr<const void>(child_codes), code_bytes,
-              banned ? tptr<const int64_t>(banned) : nullptr, E, tptr<float>(out_scores),
-              tptr<int64_t>(out_parent), tptr<int64_t>(out_token), tptr<int64_t>(out_node));
-        }
+        PYSID_NOGIL(status = pysid::beam_step_cpu(
+              ptr<const float>(logprobs), lp_stride, V, ptr<const float>(beam_scores),
+              ptr<const int64_t>(nodes), B, K, ptr<const int32_t>(offsets), n_nodes,
+              ptr<const void>(child_codes), code_bytes,
+              banned ? ptr<const int64_t>(banned) : nullptr, E, ptr<float>(out_scores),
+              ptr<int64_t>(out_parent), ptr<int64_t>(out_token), ptr<int64_t>(out_node)));
         pysid::raise_for_status(status, "beam_step");
       },
       py::arg("logprobs"), py::arg("lp_stride"), py::arg("V"), py::arg("beam_scores"),

@@ -1,11 +1,11 @@
 // pysid native kernels: the two passes over the data that k-means needs on the
-// CPU (issue 3). No torch headers: raw pointers and sizes only. The binding
-// (bind_kmeans.cpp) validates shapes, dtypes and contiguity and allocates the
-// outputs; these functions trust their inputs except where noted.
+// CPU (issue 3), and the bounded assignment step. No torch headers: raw pointers and
+// sizes only. pysid/_native_kmeans.py validates shapes, dtypes and contiguity and
+// allocates the outputs; these functions trust their inputs except where noted.
 //
-// x dtypes (x_dtype): 0 = float32, 1 = float16, 2 = bfloat16 (the same codes as
-// rq_encode's CUDA binding). x is [n, d], row-major, contiguous; float16 and
-// bfloat16 rows are converted to float32 exactly before any arithmetic.
+// x dtypes (x_dtype): the DType codes of status.h (kFloat32, kFloat16, kBFloat16). x is
+// [n, d], row-major, contiguous; float16 and bfloat16 rows are converted to float32
+// exactly before any arithmetic.
 //
 // Determinism: every kernel produces bit-identical results for any number of
 // OpenMP threads (fixed partition of the work into chunks whose boundaries do
@@ -15,12 +15,9 @@
 #pragma once
 #include <cstdint>
 
-#include "rq.h"  // Status codes (kOk, kBadArgument, kOutOfMemory), cpu_isa()
+#include "status.h"  // Status codes (the k-means one: kCodeOutOfRange) and DType codes
 
 namespace pysid {
-
-// Extra status code of the k-means kernels.
-constexpr int kCodeOutOfRange = 20;  // codes[bad_row] is not in [0, k)
 
 // Per-cluster weighted sums (the M-step of Lloyd's algorithm).
 //   x         [n, d]  float32 / float16 / bfloat16 (x_dtype), n >= 0, d >= 0
@@ -88,6 +85,21 @@ int kmeanspp_run_cpu(const float* panels, int64_t n, int64_t d, const float* wei
 // finite inputs: the sampling weights of the next draw.
 int kmeanspp_commit_cpu(const float* dist, int64_t n, int64_t t, int64_t best, float* mind,
                         const float* weights, double* cum);
+
+// Nearest centroid of every row (k-means assignment), skipping the search where bounds
+// prove the code cannot change: codes and distances are bit-identical to rq_encode_cpu (rq.h)
+// with the one level `centroids` (same ISA path).
+//   x          [n, d]  float32;  centroids [k, d] float32
+//   shift      [k]     float64 ||c_j - c_j_before|| since the call that set the bounds,
+//                      or nullptr: search every row and set the bounds (first call)
+//   codes      [n]     int32: in (previous codes, when shift is set) / out
+//   distances  [n]     float32 out: ||x - c_code||^2 as rq_encode_cpu computes it
+//   lower      [n]     float64 in/out: lower bound on each row's distance to every other centre
+//   xnorm2     [n]     float64 in/out: ||x_i||^2 (written when shift is null)
+//   searched   [1]     int64 out (may be null): rows that needed the full search
+int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                              const double* shift, int32_t* codes, float* distances, double* lower,
+                              double* xnorm2, int64_t* searched);
 
 // The fixed chunk sizes (part of the summation-order contract above).
 int64_t kmeans_update_chunk_rows();

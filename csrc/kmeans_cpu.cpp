@@ -3,50 +3,26 @@
 // run-time ISA dispatch and the OpenMP loops. The row kernels are
 // kmeans_cpu_kernel.h, compiled three times: here without ISA flags (portable
 // "scalar" path, also the one used off x86), and in kmeans_cpu_avx2.cpp /
-// kmeans_cpu_avx512.cpp with their -m flags. The path is the one cpu_isa()
-// names (rq_cpu.cpp: the hardware's best, lowered by PYSID_CPU_ISA).
+// kmeans_cpu_avx512.cpp with their -m flags. The path is the one cpu_isa_level()
+// names (cpu_isa.h: the hardware's best, lowered by PYSID_CPU_ISA). Also the driver of
+// the bounded assignment (kmeans_assign_bounded_cpu) over rq_cpu_kernel.h's level kernel.
 #include <omp.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
+#include "aligned_buf.h"
+#include "cpu_isa.h"
 #include "kmeans.h"
 #include "kmeans_cpu_plan.h"
+#include "rq_cpu_plan.h"
 
-namespace {
+#include "simd_scalar.h"
 
-// Portable "vector" of 8 floats; the compiler maps the fixed-size loops onto
-// whatever SIMD the baseline target has (SSE2 on x86-64, NEON on aarch64).
-struct Isa {
-  static constexpr int W = 8;
-  struct V { float v[8]; };
-  static inline V zero() { V r; for (int i = 0; i < 8; ++i) r.v[i] = 0.0f; return r; }
-  static inline V load(const float* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = p[i]; return r; }
-  static inline V set1(float a) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a; return r; }
-  static inline void store(float* p, V a) { for (int i = 0; i < 8; ++i) p[i] = a.v[i]; }
-  static inline V sub(V a, V b) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] - b.v[i]; return r; }
-  static inline V fmadd(V a, V b, V c) { V r; for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
-  static inline V load_f16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_half_to_float(p[i]); return r; }
-  static inline V load_bf16(const uint16_t* p) { V r; for (int i = 0; i < 8; ++i) r.v[i] = km_bf16_to_float(p[i]); return r; }
-};
-constexpr int kGroup = 4;
-constexpr int kPanels = 1;
-
-}  // namespace
-
-#include "kmeans_cpu_kernel.h"
+#include "kmeans_cpu_kernel.h"  // the portable path: km_update_scalar, km_pp_scalar
 
 namespace pysid {
-namespace kmcpu {
-void km_update_scalar(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
-                      float* rowbuf) {
-  km_update_any(a, j0, j1, acc, cnt, rowbuf);
-}
-void km_pp_scalar(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
-  km_pp_any(a, i0, i1, pot, scratch);
-}
-}  // namespace kmcpu
 
 namespace {
 
@@ -59,31 +35,16 @@ using kmcpu::UpdateFn;
 constexpr int64_t kUpdateChunkRows = 2048;  // rows of one cluster summed by one thread
 constexpr int64_t kPPChunkRows = 1024;      // rows per partial potential
 constexpr int64_t kParallelMinBytes = 1 << 18;  // below this much of x, one thread
-
-struct KmBuf {
-  void* p = nullptr;
-  bool alloc(int64_t bytes) {
-    if (bytes <= 0) bytes = 64;
-    if (posix_memalign(&p, 64, static_cast<size_t>(bytes)) != 0) p = nullptr;
-    return p != nullptr;
-  }
-  ~KmBuf() { std::free(p); }
-};
+constexpr int64_t kBoundedChunk = 2048;  // rows per unit of OpenMP work in the bounded assignment
+constexpr double kBoundedParallelMinWork = 2.0e6;  // multiply-adds below which threads are not woken
 
 void pick(UpdateFn* upd, PPFn* pp) {
-  *upd = kmcpu::km_update_scalar;
-  *pp = kmcpu::km_pp_scalar;
-#if defined(PYSID_X86)
-  const char* isa = cpu_isa();
-  if (std::strcmp(isa, "avx512") == 0) {
-    *upd = kmcpu::km_update_avx512;
-    *pp = kmcpu::km_pp_avx512;
-  } else if (std::strcmp(isa, "avx2") == 0) {
-    *upd = kmcpu::km_update_avx2;
-    *pp = kmcpu::km_pp_avx2;
-  }
-#endif
+  const int level = cpu_isa_level();
+  *upd = PYSID_BY_ISA(level, kmcpu::km_update);
+  *pp = PYSID_BY_ISA(level, kmcpu::km_pp);
 }
+
+bool known_dtype(int t) { return t == kFloat32 || t == kFloat16 || t == kBFloat16; }
 
 int threads_for(int64_t x_bytes, int64_t tasks) {
   int nthreads = omp_get_max_threads();
@@ -94,19 +55,139 @@ int threads_for(int64_t x_bytes, int64_t tasks) {
 
 }  // namespace
 
+// ------------------------------------------------------------ bounded assignment
+// The row kernel is the greedy level kernel of rq_cpu_kernel.h (rq_assign_bounded_<isa>,
+// which also keeps each row's second-best score); this is its driver.
+int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                              const double* shift, int32_t* codes, float* distances, double* lower,
+                              double* xnorm2, int64_t* searched) {
+  using namespace rqcpu;
+  if (n < 0 || d < 1 || k < 1 || k > INT32_MAX) return kBadArgument;
+  if (searched) *searched = 0;
+  if (n == 0) return kOk;
+  if (!x || !centroids || !codes || !distances || !lower || !xnorm2) return kBadArgument;
+  if (shift)
+    for (int64_t i = 0; i < n; ++i)
+      if (codes[i] < 0 || codes[i] >= k) return kBadArgument;
+  const Kernels kern = pick_kernels();
+  const int64_t W = kern.W;
+  int64_t pofs[2] = {0, (k + W - 1) / W};
+  const int64_t offsets[2] = {0, k};
+  AlignedBuf packed;
+  if (!pack_codebooks(centroids, offsets, 1, d, W, pofs, packed)) return kOutOfMemory;
+
+  // centre geometry: the largest norm (float64), and half of a lower bound on the
+  // distance from each centre to its nearest other centre (the centres searched
+  // against themselves by the same kernel: its bound on "every code but the winner")
+  double cmax = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    double s = 0.0;
+    for (int64_t e = 0; e < d; ++e) s += static_cast<double>(centroids[j * d + e]) * centroids[j * d + e];
+    cmax = s > cmax ? s : cmax;
+  }
+  cmax = __builtin_sqrt(cmax) * (1.0 + 1e-12);
+  AlignedBuf geo;
+  if (!geo.alloc(static_cast<int64_t>(sizeof(double)) * 2 * k + 8 * k)) return kOutOfMemory;
+  double* half = static_cast<double*>(geo.p);
+  double* cn2 = half + k;
+  int32_t* ccode = reinterpret_cast<int32_t*>(cn2 + k);
+  float* cdist = reinterpret_cast<float*>(ccode + k);
+  Bounds b0{};
+  static float kSecondMarker;  // any non-null pointer: the scratch layout of the bounded pass
+  Plan plan{};
+  plan.x = x;
+  plan.n = n;
+  plan.d = d;
+  plan.levels = 1;
+  plan.cb = centroids;
+  plan.off = offsets;
+  plan.q = nullptr;
+  plan.dist = distances;
+  plan.codes = codes;
+  plan.panels = static_cast<float*>(packed.p);
+  plan.pnorms = plan.panels + pofs[1] * W * d;
+  plan.pofs = pofs;
+  plan.W = W;
+  plan.kpad_max = pofs[1] * W;
+  plan.beam = 1;
+  const int64_t one = 1;
+  plan.nbeams = &one;
+  plan.bcap = 1;
+  plan.block_rows = kBlockBeamRows - kBlockBeamRows % kern.tile;
+  plan.second = &kSecondMarker;
+
+  if (shift) {
+    Plan cp = plan;  // the centres as rows: lower[j] bounds the distance to every centre but the winner
+    cp.x = centroids;
+    cp.n = k;
+    cp.codes = ccode;
+    cp.dist = cdist;
+    AlignedBuf cs;
+    if (!cs.alloc(static_cast<int64_t>(sizeof(float)) * rq_round_up(rq_scratch_layout(cp).total, kAlign)))
+      return kOutOfMemory;
+    Bounds cb{};
+    cb.cmax = cmax;
+    cb.lower = half;
+    cb.xnorm2 = cn2;
+    kern.bounded(cp, cb, 0, k, static_cast<float*>(cs.p));
+    for (int64_t j = 0; j < k; ++j) half[j] *= 0.5;  // winner j: half the nearest other; else 0
+    b0.shift_arg = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double v = shift[j];
+      if (!(v >= 0.0) || v == __builtin_inf()) return kBadArgument;
+      if (v > b0.shift_max) {
+        b0.shift_max2 = b0.shift_max;
+        b0.shift_max = v;
+        b0.shift_arg = j;
+      } else if (v > b0.shift_max2) {
+        b0.shift_max2 = v;
+      }
+    }
+  }
+  b0.shift = shift;
+  b0.half = half;
+  b0.cmax = cmax;
+  b0.lower = lower;
+  b0.xnorm2 = xnorm2;
+  b0.searched = 0;
+
+  const int64_t nchunks = (n + kBoundedChunk - 1) / kBoundedChunk;
+  int nthreads = omp_get_max_threads();
+  if (nchunks < 2 || static_cast<double>(n) * k * d < kBoundedParallelMinWork) nthreads = 1;
+  if (nthreads > nchunks) nthreads = static_cast<int>(nchunks);
+  const int64_t per_thread = rq_round_up(rq_scratch_layout(plan).total, kAlign);
+  AlignedBuf scratch;
+  if (!scratch.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads)) return kOutOfMemory;
+  float* sbase = static_cast<float*>(scratch.p);
+  int64_t total = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+ : total)
+  {
+    float* sc = sbase + per_thread * omp_get_thread_num();
+    Bounds b = b0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t i0 = c * kBoundedChunk;
+      kern.bounded(plan, b, i0, (n - i0 < kBoundedChunk) ? n : i0 + kBoundedChunk, sc);
+    }
+    total += b.searched;
+  }
+  if (searched) *searched = total;
+  return kOk;
+}
+
 int64_t kmeans_update_chunk_rows() { return kUpdateChunkRows; }
 int64_t kmeanspp_chunk_rows() { return kPPChunkRows; }
 
 int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const int32_t* codes,
                       const float* weights, int64_t k, double* sums, double* counts,
                       int64_t* bad_row) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || k < 1) return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0 || k < 1) return kBadArgument;
   if (!counts || (d > 0 && !sums)) return kBadArgument;
   if (n > 0 && (!codes || (d > 0 && !x))) return kBadArgument;
-  const int64_t esize = x_dtype == 0 ? 4 : 2;
+  const int64_t esize = x_dtype == kFloat32 ? 4 : 2;
 
   // 1. histogram of the codes (and the range check, before anything is written)
-  KmBuf start_buf, cursor_buf;
+  AlignedBuf start_buf, cursor_buf;
   if (!start_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * (k + 1)) ||
       !cursor_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * k))
     return kOutOfMemory;
@@ -125,7 +206,7 @@ int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const in
   for (int64_t c = 0; c < k; ++c) start[c + 1] += start[c];
 
   // 2. stable counting sort of the row ids by code
-  KmBuf idx_buf;
+  AlignedBuf idx_buf;
   if (!idx_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * n)) return kOutOfMemory;
   int64_t* idx = static_cast<int64_t*>(idx_buf.p);
   std::memcpy(cursor, start, sizeof(int64_t) * static_cast<size_t>(k));
@@ -141,7 +222,7 @@ int kmeans_update_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const in
     units += ch;
     extra += ch - 1;
   }
-  KmBuf unit_buf, part_buf, pcnt_buf, row_buf;
+  AlignedBuf unit_buf, part_buf, pcnt_buf, row_buf;
   if (!unit_buf.alloc(static_cast<int64_t>(sizeof(int64_t)) * 4 * units) ||
       !part_buf.alloc(static_cast<int64_t>(sizeof(double)) * extra * d) ||
       !pcnt_buf.alloc(static_cast<int64_t>(sizeof(double)) * extra))
@@ -223,7 +304,7 @@ int pp_score(const kmcpu::PPArgs& args, int64_t esize, double* pot) {
   const int64_t nch = (n + kPPChunkRows - 1) / kPPChunkRows;
   const int nthreads = threads_for(n * d * esize, nch);
   const int64_t per_thread = (kmcpu::pp_scratch_floats(d) + 15) / 16 * 16;  // floats, 64-byte multiple
-  KmBuf part_buf, scratch_buf;
+  AlignedBuf part_buf, scratch_buf;
   if (!part_buf.alloc(static_cast<int64_t>(sizeof(double)) * nch * t) ||
       !scratch_buf.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads))
     return kOutOfMemory;
@@ -264,12 +345,11 @@ void pp_commit(const float* dist, int64_t stride, int64_t n, float* mind, const 
 int kmeanspp_candidates_cpu(const void* x, int x_dtype, int64_t n, int64_t d, const float* cand,
                             int64_t t, const float* mind, const float* weights, float* dist,
                             double* pot) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates)
-    return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0 || t < 1 || t > kmeanspp_max_candidates) return kBadArgument;
   if (!pot || (d > 0 && !cand)) return kBadArgument;
   if (n > 0 && (!mind || !dist || (d > 0 && !x))) return kBadArgument;
   const kmcpu::PPArgs args{x, x_dtype, nullptr, n, d, cand, t, mind, weights, dist, t, 1};
-  return pp_score(args, x_dtype == 0 ? 4 : 2, pot);
+  return pp_score(args, x_dtype == kFloat32 ? 4 : 2, pot);
 }
 
 int64_t kmeanspp_panel_floats(int64_t n, int64_t d) {
@@ -277,7 +357,7 @@ int64_t kmeanspp_panel_floats(int64_t n, int64_t d) {
 }
 
 int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* panels) {
-  if (x_dtype < 0 || x_dtype > 2 || n < 0 || d < 0) return kBadArgument;
+  if (!known_dtype(x_dtype) || n < 0 || d < 0) return kBadArgument;
   if (n > 0 && d > 0 && (!x || !panels)) return kBadArgument;
   constexpr int64_t P = kmcpu::kPanelRows;
   const int64_t npan = kmeanspp_panel_floats(n, 1) / P;
@@ -290,8 +370,8 @@ int kmeanspp_pack_cpu(const void* x, int x_dtype, int64_t n, int64_t d, float* p
       for (int64_t j = 0; j < d; ++j) {
         float v = 0.0f;
         if (i < n) {
-          if (x_dtype == 0) v = static_cast<const float*>(x)[i * d + j];
-          else if (x_dtype == 1) v = km_half_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
+          if (x_dtype == kFloat32) v = static_cast<const float*>(x)[i * d + j];
+          else if (x_dtype == kFloat16) v = km_half_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
           else v = km_bf16_to_float(static_cast<const uint16_t*>(x)[i * d + j]);
         }
         dst[j * P + l] = v;
@@ -309,7 +389,7 @@ int kmeanspp_run_cpu(const float* panels, int64_t n, int64_t d, const float* wei
   if (steps == 0) return kOk;
   constexpr int64_t P = kmcpu::kPanelRows;
   const int64_t ldd = kmeanspp_panel_floats(n, 1);  // n rounded up to whole units
-  KmBuf dist_buf, cand_buf;
+  AlignedBuf dist_buf, cand_buf;
   if (!dist_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * ldd) ||
       !cand_buf.alloc(static_cast<int64_t>(sizeof(float)) * t * (d > 0 ? d : 1)))
     return kOutOfMemory;

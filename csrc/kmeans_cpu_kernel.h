@@ -1,19 +1,8 @@
 // k-means row kernels, written once over a tiny SIMD "traits" type and compiled
 // once per ISA (kmeans_cpu.cpp: scalar, kmeans_cpu_avx2.cpp, kmeans_cpu_avx512.cpp).
-// Include it from a .cpp that, before the include, defines inside an anonymous
-// namespace:
-//
-//   struct Isa {
-//     static constexpr int W;                        // lanes (floats) per vector, divides 16
-//     using V;                                       // float vector
-//     V zero(); V load(const float*); void store(float*, V);
-//     V set1(float);                                 // every lane = the value
-//     V sub(V, V); V fmadd(V a, V b, V c);           // a*b + c
-//     V load_f16(const uint16_t*); V load_bf16(const uint16_t*);  // W values -> float32, exact
-//   };
-//   constexpr int kGroup;   // candidates scored per pass over the rows (<= 8)
-//   constexpr int kPanels;  // 16-row panels scored together (kPanels * 16 / W * kGroup
-//                           // accumulators in registers)
+// Include it from a .cpp right after one of simd_scalar.h / simd_avx2.h / simd_avx512.h
+// (the `Isa` wrappers and PYSID_ISA); it defines the entry points km_update_<isa> and
+// km_pp_<isa> (kmeans_cpu_plan.h).
 //
 // Everything here has internal linkage (anonymous namespace, no std:: templates),
 // so code compiled with AVX-512 flags can never be shared with the scalar path.
@@ -31,22 +20,30 @@ using pysid::kmcpu::UpdateArgs;
 using V = Isa::V;
 constexpr int W = Isa::W;
 
+// Candidates scored per pass over the rows (<= 8) and 16-row panels scored together
+// (kPanels * 16 / W * kGroup accumulators in registers), per path: AVX-512 8 x 2 (16 zmm
+// accumulators + 2 row vectors + temporaries), AVX2 and portable 4 x 1 (8 ymm + 2 + ...).
+constexpr int kGroup = Isa::kLevel == pysid::kIsaAvx512 ? 8 : 4;
+constexpr int kPanels = Isa::kLevel == pysid::kIsaAvx512 ? 2 : 1;
+
 template <int DT>
 inline V km_loadx(const char* p) {
-  if constexpr (DT == 0) return Isa::load(reinterpret_cast<const float*>(p));
-  else if constexpr (DT == 1) return Isa::load_f16(reinterpret_cast<const uint16_t*>(p));
+  if constexpr (DT == pysid::kFloat32) return Isa::load(reinterpret_cast<const float*>(p));
+  else if constexpr (DT == pysid::kFloat16)
+    return Isa::load_f16(reinterpret_cast<const uint16_t*>(p));
   else return Isa::load_bf16(reinterpret_cast<const uint16_t*>(p));
 }
 
 template <int DT>
 inline float km_scalar_x(const char* row, int64_t j) {
-  if constexpr (DT == 0) return reinterpret_cast<const float*>(row)[j];
-  else if constexpr (DT == 1) return km_half_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
+  if constexpr (DT == pysid::kFloat32) return reinterpret_cast<const float*>(row)[j];
+  else if constexpr (DT == pysid::kFloat16)
+    return km_half_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
   else return km_bf16_to_float(reinterpret_cast<const uint16_t*>(row)[j]);
 }
 
 template <int DT>
-constexpr int64_t km_esize() { return DT == 0 ? 4 : 2; }
+constexpr int64_t km_esize() { return DT == pysid::kFloat32 ? 4 : 2; }
 
 template <int DT>
 inline void km_convert_row(const char* row, int64_t d, float* __restrict dst) {
@@ -78,7 +75,7 @@ void km_update_impl(const UpdateArgs& a, int64_t j0, int64_t j1, double* __restr
     if (j + kAhead < j1) km_prefetch_row(x + idx[j + kAhead] * rowbytes, rowbytes);
     const int64_t i = idx[j];
     const float* __restrict xr;
-    if constexpr (DT == 0) {
+    if constexpr (DT == pysid::kFloat32) {
       xr = reinterpret_cast<const float*>(x + i * rowbytes);
     } else {
       km_convert_row<DT>(x + i * rowbytes, d, rowbuf);
@@ -105,9 +102,9 @@ void km_update_dt(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, doub
 
 void km_update_any(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
                    float* rowbuf) {
-  if (a.dtype == 1) km_update_dt<1>(a, j0, j1, acc, cnt, rowbuf);
-  else if (a.dtype == 2) km_update_dt<2>(a, j0, j1, acc, cnt, rowbuf);
-  else km_update_dt<0>(a, j0, j1, acc, cnt, rowbuf);
+  if (a.dtype == pysid::kFloat16) km_update_dt<pysid::kFloat16>(a, j0, j1, acc, cnt, rowbuf);
+  else if (a.dtype == pysid::kBFloat16) km_update_dt<pysid::kBFloat16>(a, j0, j1, acc, cnt, rowbuf);
+  else km_update_dt<pysid::kFloat32>(a, j0, j1, acc, cnt, rowbuf);
 }
 
 // ------------------------------------------------------------------ k-means++ scoring
@@ -251,9 +248,21 @@ void km_pp_dt(const PPArgs& a, int64_t i0, int64_t i1, double* __restrict pot,
 }
 
 void km_pp_any(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
-  if (a.panels || a.dtype == 0) km_pp_dt<0>(a, i0, i1, pot, scratch);
-  else if (a.dtype == 1) km_pp_dt<1>(a, i0, i1, pot, scratch);
-  else km_pp_dt<2>(a, i0, i1, pot, scratch);
+  if (a.panels || a.dtype == pysid::kFloat32) km_pp_dt<pysid::kFloat32>(a, i0, i1, pot, scratch);
+  else if (a.dtype == pysid::kFloat16) km_pp_dt<pysid::kFloat16>(a, i0, i1, pot, scratch);
+  else km_pp_dt<pysid::kBFloat16>(a, i0, i1, pot, scratch);
 }
 
 }  // namespace
+
+namespace pysid {
+namespace kmcpu {
+void PYSID_ISA_FN(km_update)(const UpdateArgs& a, int64_t j0, int64_t j1, double* acc, double* cnt,
+                             float* rowbuf) {
+  km_update_any(a, j0, j1, acc, cnt, rowbuf);
+}
+void PYSID_ISA_FN(km_pp)(const PPArgs& a, int64_t i0, int64_t i1, double* pot, float* scratch) {
+  km_pp_any(a, i0, i1, pot, scratch);
+}
+}  // namespace kmcpu
+}  // namespace pysid

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "status.h"  // DType codes
+
 namespace pysid {
 namespace kmcpu {
 
@@ -17,7 +19,7 @@ inline int64_t pp_scratch_floats(int64_t d) { return kLaneFloats + kUnitMax * d;
 
 struct UpdateArgs {
   const void* x;
-  int dtype;           // 0 f32, 1 f16, 2 bf16
+  int dtype;           // DType (status.h)
   int64_t d;
   const int64_t* idx;  // row ids sorted (stably) by code
   const float* w;      // nullptr: all ones
@@ -25,7 +27,7 @@ struct UpdateArgs {
 
 struct PPArgs {
   const void* x;         // [n][d] row-major (dtype): read when panels is nullptr
-  int dtype;             // 0 f32, 1 f16, 2 bf16
+  int dtype;             // DType (status.h)
   const float* panels;   // or [ceil(n / 32) * 2][d][16] float32 panels (zero padded)
   int64_t n;
   int64_t d;
@@ -59,38 +61,4 @@ void km_pp_avx512(const PPArgs&, int64_t, int64_t, double*, float*);
 }  // namespace kmcpu
 }  // namespace pysid
 
-// Exact scalar conversions of one float16 / bfloat16 value (internal linkage: every
-// translation unit, whatever its ISA flags, gets its own copy).
-#include <cstring>
-namespace {
-
-inline float km_half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t man = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0x1fu) {
-    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
-  } else if (exp == 0) {
-    if (man == 0) {
-      bits = sign;  // +-0
-    } else {  // subnormal: man * 2^-24, exact in float32
-      const float f = static_cast<float>(man) * 5.9604644775390625e-8f;
-      return sign ? -f : f;
-    }
-  } else {
-    bits = sign | ((exp + 112u) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-inline float km_bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-}  // namespace
+#include "half.h"  // km_half_to_float, km_bf16_to_float (every translation unit its own copy)

@@ -3,14 +3,9 @@
 #pragma once
 #include <cstdint>
 
-namespace pysid {
+#include "status.h"  // Status codes (kOk, kBadArgument, ...)
 
-enum Status : int {
-  kOk = 0,
-  kBadArgument = 1,   // a size or option the kernel cannot take
-  kOutOfMemory = 2,
-  kCudaError = 3,
-};
+namespace pysid {
 
 // Residual quantization, CPU.
 //   x          [n, d]        float32, row-major, contiguous
@@ -18,8 +13,9 @@ enum Status : int {
 //                            offsets[l] .. offsets[l+1]-1 (k_l = offsets[l+1]-offsets[l] >= 1)
 //   offsets    [levels + 1]  int64, offsets[0] == 0
 //   beam_width >= 1          1: greedy; >1: keep the best beam_width partial encodings
-//                            (ties by score, beam rank, code); rows where the greedy
-//                            encoding ends strictly lower take it (never worse than greedy)
+//                            (ties by score, beam rank, code): pure beam search, which
+//                            may end above greedy (the op layer keeps the better of the two:
+//                            pysid/ops/residual_quantize.py, for every backend)
 // Outputs (fully written on kOk):
 //   quantized  [n, d]        float32: sum of the chosen codewords (may be null when
 //                            beam_width == 1: not written, e.g. for k-means assignment)
@@ -30,21 +26,6 @@ int rq_encode_cpu(const float* x, int64_t n, int64_t d,
                   const float* codebooks, const int64_t* offsets, int64_t levels,
                   int64_t beam_width,
                   float* quantized, float* distances, int32_t* codes);
-
-// Nearest centroid of every row (k-means assignment), skipping the search where bounds
-// prove the code cannot change: codes and distances are bit-identical to rq_encode_cpu
-// with the one level `centroids` (same ISA path).
-//   x          [n, d]  float32;  centroids [k, d] float32
-//   shift      [k]     float64 ||c_j - c_j_before|| since the call that set the bounds,
-//                      or nullptr: search every row and set the bounds (first call)
-//   codes      [n]     int32: in (previous codes, when shift is set) / out
-//   distances  [n]     float32 out: ||x - c_code||^2 as rq_encode_cpu computes it
-//   lower      [n]     float64 in/out: lower bound on each row's distance to every other centre
-//   xnorm2     [n]     float64 in/out: ||x_i||^2 (written when shift is null)
-//   searched   [1]     int64 out (may be null): rows that needed the full search
-int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
-                              const double* shift, int32_t* codes, float* distances, double* lower,
-                              double* xnorm2, int64_t* searched);
 
 // Name of the SIMD path the CPU dispatcher chose ("avx512", "avx2", "scalar").
 const char* cpu_isa();

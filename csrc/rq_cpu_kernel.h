@@ -1,20 +1,9 @@
 // Residual-quantization block kernel, written once over a tiny SIMD "traits"
 // type and compiled once per ISA (rq_cpu.cpp: scalar, rq_cpu_avx2.cpp,
-// rq_cpu_avx512.cpp). Include it from a .cpp that, before the include,
-// defines inside an anonymous namespace:
-//
-//   struct Isa {
-//     static constexpr int W;                   // lanes (floats) per vector
-//     using V / VI / M;                         // float vector, int32 vector, lane mask
-//     V zero(); V load(const float*); void store(float*, V); V set1(float);
-//     V fmadd(V a, V b, V c);                   // a*b + c
-//     V add(V, V); V sub(V, V); V min(V, V); float hsum(V); float hmin(V);
-//     M lt(V a, V b); M le(V a, V b); M eq(V a, V b);  // false on NaN
-//     V blend(M m, V a, V b); VI blendi(M m, VI a, VI b);   // m ? b : a
-//     VI loadi(const int32_t*); void storei(int32_t*, VI); VI iota(int32_t base); // base + lane
-//     unsigned movemask(M);
-//   };
-//   constexpr int kRowsMax, kPanelsMax;         // register tile: rows x panels of W codes
+// rq_cpu_avx512.cpp). Include it from a .cpp right after one of simd_scalar.h /
+// simd_avx2.h / simd_avx512.h (the `Isa` wrappers and PYSID_ISA); it defines the entry
+// points rq_block_<isa>, rq_assign_bounded_<isa>, rq_tile_rows_<isa>, rq_lanes_<isa>
+// (rq_cpu_plan.h).
 //
 // Everything here has internal linkage (anonymous namespace, no std:: templates),
 // so code compiled with AVX-512 flags can never be shared with the scalar path.
@@ -37,6 +26,11 @@ using V = Isa::V;
 using VI = Isa::VI;
 using M = Isa::M;
 constexpr int W = Isa::W;
+
+// Register tile (rows x panels of W codes) per path: AVX-512 12 x 2 (24 zmm accumulators
+// + 2 panel rows + 1 broadcast), AVX2 6 x 2 (12 ymm + 2 + 1), portable 4 x 1.
+constexpr int kRowsMax = Isa::kLevel == pysid::kIsaAvx512 ? 12 : Isa::kLevel == pysid::kIsaAvx2 ? 6 : 4;
+constexpr int kPanelsMax = Isa::kLevel == pysid::kIsaScalar ? 1 : 2;
 
 // ---------------------------------------------------------------- microkernel
 // a: R rows of residuals (stride lda floats) ; b: P panels [d][W] (stride ldb floats) ;
@@ -499,3 +493,16 @@ void block_impl(const Plan& p, int64_t i0, int64_t m, float* scratch) {
 }
 
 }  // namespace
+
+namespace pysid {
+namespace rqcpu {
+void PYSID_ISA_FN(rq_block)(const Plan& plan, int64_t i0, int64_t m, float* scratch) {
+  block_impl(plan, i0, m, scratch);
+}
+void PYSID_ISA_FN(rq_assign_bounded)(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch) {
+  assign_bounded(plan, b, i0, i1, scratch);
+}
+int64_t PYSID_ISA_FN(rq_tile_rows)() { return tile_rows(); }
+int64_t PYSID_ISA_FN(rq_lanes)() { return W; }
+}  // namespace rqcpu
+}  // namespace pysid

@@ -1,6 +1,6 @@
-// Shared, ISA-neutral description of one rq_encode_cpu call, passed from the
-// dispatcher (rq_cpu.cpp) to the per-ISA block kernels (rq_cpu_kernel.h
-// instantiated in rq_cpu.cpp / rq_cpu_avx2.cpp / rq_cpu_avx512.cpp).
+// Shared, ISA-neutral description of one rq_encode_cpu call (or of one bounded k-means
+// assignment, kmeans_cpu.cpp), passed from the dispatcher to the per-ISA block kernels
+// (rq_cpu_kernel.h instantiated in rq_cpu.cpp / rq_cpu_avx2.cpp / rq_cpu_avx512.cpp).
 //
 // Only plain data and `static` functions live here: every translation unit
 // gets its own copy, so no inline function compiled with -mavx512f can be
@@ -9,8 +9,12 @@
 #include <cstdint>
 
 namespace pysid {
+
+struct AlignedBuf;  // aligned_buf.h (included by the dispatchers only: no ISA-flagged copy)
+
 namespace rqcpu {
 
+constexpr int64_t kBlockBeamRows = 96;  // beam rows (input rows x live beams) per block
 constexpr int64_t kAlign = 16;  // floats (64 bytes): every scratch sub-buffer starts on a cache line
 
 struct Plan {
@@ -101,6 +105,21 @@ int64_t rq_tile_rows_avx512();
 int64_t rq_lanes_avx2();
 int64_t rq_lanes_avx512();
 #endif
+
+// The chosen ISA's kernels and its panel width / register tile rows (rq_cpu.cpp; the
+// path cpu_isa_level() names).
+struct Kernels {
+  void (*block)(const Plan&, int64_t, int64_t, float*);
+  void (*bounded)(const Plan&, Bounds&, int64_t, int64_t, float*);
+  int64_t W, tile;
+};
+Kernels pick_kernels();
+
+// Codebooks packed for the kernels (rq_cpu.cpp): panel p = [d][W] transposed codewords,
+// zero-padded, then the panels' squared norms (+inf padding); pofs [levels + 1] panel
+// offsets. False when out of memory.
+bool pack_codebooks(const float* codebooks, const int64_t* offsets, int64_t levels, int64_t d,
+                    int64_t W, const int64_t* pofs, AlignedBuf& packed);
 
 }  // namespace rqcpu
 }  // namespace pysid

@@ -14,14 +14,9 @@
 #pragma once
 #include <cstdint>
 
-#include "rq.h"  // Status codes (kOk, kBadArgument, kOutOfMemory)
+#include "status.h"  // Status codes; the trie's own: kDuplicateCodes, kNonFinite, kBadNode
 
 namespace pysid {
-
-// Extra status codes of the trie kernels.
-constexpr int kDuplicateCodes = 10;  // two items share one code tuple
-constexpr int kNonFinite = 11;       // a NaN log-prob / score was read
-constexpr int kBadNode = 12;         // a node id out of range for its depth
 
 // Sort M code tuples lexicographically (ties impossible once duplicates are
 // rejected; the sort is stable on the input index).

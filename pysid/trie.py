@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _native, _status
 from .ops.registry import Inputs, register, select
 from .reference.trie import DuplicateCodesError, build_trie_ref, walk_trie_ref
 
@@ -38,7 +38,7 @@ _I32 = 2**31 - 1
 
 # --------------------------------------------------------------------------- build / walk
 
-_DUPLICATE = 10  # status of the C++ trie sort: two equal tuples
+_DUPLICATE = _status.DUPLICATE_CODES  # status of the C++ trie sort: two equal tuples
 
 
 def _code_bytes(t: Tensor) -> int:

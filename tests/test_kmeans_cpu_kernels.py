@@ -1,6 +1,6 @@
 """The C++ k-means kernels (pysid._C.kmeans_update / kmeanspp_candidates / kmeanspp_commit /
-kmeanspp_pack / kmeanspp_run) against straightforward torch computations, plus determinism
-and argument checks."""
+kmeanspp_pack / kmeanspp_run, called through their checked Python face pysid._native_kmeans)
+against straightforward torch computations, plus determinism and argument checks."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pysid import _native
+from pysid import _native, _native_kmeans
 
 C = _native.cpu()
+K = _native_kmeans  # the k-means bindings, arguments checked and outputs allocated in Python
 
 ISAS = ["scalar", "avx2", "avx512"]
 LOW_PRECISION = [torch.float16, torch.bfloat16]
@@ -48,7 +49,7 @@ def make_x(g, n, d, dtype, scale=1.0):
 
 
 def check_update(x, codes, weights, k):
-    sums, counts = C.kmeans_update(x, codes, weights, k)
+    sums, counts = K.kmeans_update(x, codes, weights, k)
     assert sums.dtype == torch.float64 and sums.shape == (k, x.shape[1]) and sums.is_contiguous()
     assert counts.dtype == torch.float64 and counts.shape == (k,)
     ref_s, ref_c = update_ref(x, codes, weights, k)
@@ -66,7 +67,7 @@ def check_update(x, codes, weights, k):
 
 
 def check_pp(x, cand, mind, weights):
-    dist, pot = C.kmeanspp_candidates(x, cand, mind, weights)
+    dist, pot = K.kmeanspp_candidates(x, cand, mind, weights)
     n, t = x.shape[0], cand.shape[0]
     assert dist.dtype == torch.float32 and dist.shape == (n, t) and dist.is_contiguous()
     assert pot.dtype == torch.float64 and pot.shape == (t,)
@@ -143,7 +144,7 @@ def test_update_low_precision_is_exact_conversion(dtype):
     codes = torch.randint(0, 40, (3001,), generator=g, dtype=torch.int32)
     w = torch.rand(3001, generator=g)
     s16, c16 = check_update(x, codes, w, 40)
-    s32, c32 = C.kmeans_update(x.float(), codes, w, 40)
+    s32, c32 = K.kmeans_update(x.float(), codes, w, 40)
     assert torch.equal(s16, s32) and torch.equal(c16, c32)
 
 
@@ -162,7 +163,7 @@ def test_update_deterministic_across_threads_and_isas(monkeypatch):
             monkeypatch.setenv("PYSID_CPU_ISA", isa)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                results.append(C.kmeans_update(x, codes, w, k))
+                results.append(K.kmeans_update(x, codes, w, k))
     finally:
         torch.set_num_threads(old)
     for s, c in results[1:]:
@@ -176,7 +177,7 @@ def test_update_does_not_modify_inputs():
     codes = torch.randint(0, 4, (500,), generator=g, dtype=torch.int32)
     w = torch.rand(500, generator=g)
     xc, cc, wc = x.clone(), codes.clone(), w.clone()
-    C.kmeans_update(x, codes, w, 4)
+    K.kmeans_update(x, codes, w, 4)
     assert torch.equal(x, xc) and torch.equal(codes, cc) and torch.equal(w, wc)
 
 
@@ -243,7 +244,7 @@ def test_pp_low_precision_is_exact_conversion(dtype):
     mind = torch.rand(2001, generator=g) * 100
     w = torch.rand(2001, generator=g)
     d16, p16 = check_pp(x, cand, mind, w)
-    d32, p32 = C.kmeanspp_candidates(x.float(), cand, mind, w)
+    d32, p32 = K.kmeanspp_candidates(x.float(), cand, mind, w)
     assert torch.equal(d16, d32) and torch.equal(p16, p32)
 
 
@@ -252,13 +253,13 @@ def test_pp_mind_rule():
     g = torch.Generator().manual_seed(8)
     x = make_x(g, 100, 4, torch.float32)
     cand = torch.randn(3, 4, generator=g)
-    dist, pot = C.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), None)
+    dist, pot = K.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), None)
     torch.testing.assert_close(pot, dist.double().sum(0), rtol=1e-12, atol=0)
-    _, pot0 = C.kmeanspp_candidates(x, cand, torch.zeros(100), None)
+    _, pot0 = K.kmeanspp_candidates(x, cand, torch.zeros(100), None)
     assert torch.equal(pot0, torch.zeros(3, dtype=torch.float64))
     w = torch.zeros(100)
     w[7] = 2.5
-    _, potw = C.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), w)
+    _, potw = K.kmeanspp_candidates(x, cand, torch.full((100,), math.inf), w)
     torch.testing.assert_close(potw, 2.5 * dist[7].double(), rtol=1e-15, atol=0)
 
 
@@ -270,11 +271,11 @@ def test_pp_distance_independent_of_grouping():
         x = make_x(g, 1001, d, torch.float32)
         cand = torch.randn(19, d, generator=g)
         mind = torch.full((1001,), math.inf)
-        full, _ = C.kmeanspp_candidates(x, cand, mind, None)
+        full, _ = K.kmeanspp_candidates(x, cand, mind, None)
         for j in (0, 5, 8, 13, 18):
-            alone, _ = C.kmeanspp_candidates(x, cand[j : j + 1].contiguous(), mind, None)
+            alone, _ = K.kmeanspp_candidates(x, cand[j : j + 1].contiguous(), mind, None)
             assert torch.equal(alone[:, 0], full[:, j])
-        tail, _ = C.kmeanspp_candidates(x[1:].contiguous(), cand[3:10].contiguous(), mind[1:].contiguous(), None)
+        tail, _ = K.kmeanspp_candidates(x[1:].contiguous(), cand[3:10].contiguous(), mind[1:].contiguous(), None)
         assert torch.equal(tail, full[1:, 3:10])
 
 
@@ -330,10 +331,10 @@ def test_pp_fma_paths_sum_in_order(monkeypatch, isa):
         cand = torch.randn(t, d, generator=g)
         mind = torch.rand(n, generator=g) * d
         w = torch.rand(n, generator=g)
-        dist, pot = C.kmeanspp_candidates(x, cand, mind, w)
+        dist, pot = K.kmeanspp_candidates(x, cand, mind, w)
         assert torch.equal(dist, dist_fma_ref(x, cand))
         monkeypatch.setenv("PYSID_CPU_ISA", "avx2")
-        assert torch.equal(C.kmeanspp_candidates(x, cand, mind, w)[1], pot)
+        assert torch.equal(K.kmeanspp_candidates(x, cand, mind, w)[1], pot)
         monkeypatch.setenv("PYSID_CPU_ISA", isa)
 
 
@@ -347,9 +348,9 @@ def test_pp_deterministic_across_threads():
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        d1, p1 = C.kmeanspp_candidates(x, cand, mind, w)
+        d1, p1 = K.kmeanspp_candidates(x, cand, mind, w)
         torch.set_num_threads(2)
-        d2, p2 = C.kmeanspp_candidates(x, cand, mind, w)
+        d2, p2 = K.kmeanspp_candidates(x, cand, mind, w)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(d1, d2) and torch.equal(p1, p2)
@@ -358,15 +359,15 @@ def test_pp_deterministic_across_threads():
 def test_zero_width_and_zero_rows():
     """D = 0 (counts only, distances 0) and N = 0 (zero sums, zero potentials) are valid."""
     codes = torch.tensor([0, 1, 1, 3, 0], dtype=torch.int32)
-    sums, counts = C.kmeans_update(torch.empty(5, 0), codes, None, 5)
+    sums, counts = K.kmeans_update(torch.empty(5, 0), codes, None, 5)
     assert sums.shape == (5, 0) and torch.equal(counts, torch.tensor([2.0, 2, 0, 1, 0], dtype=torch.float64))
     mind = torch.tensor([1.0, math.inf, 0.0, 2.0, 3.0])
-    dist, pot = C.kmeanspp_candidates(torch.empty(5, 0), torch.empty(2, 0), mind, None)
+    dist, pot = K.kmeanspp_candidates(torch.empty(5, 0), torch.empty(2, 0), mind, None)
     assert torch.equal(dist, torch.zeros(5, 2)) and torch.equal(pot, torch.zeros(2, dtype=torch.float64))
     for dtype in (torch.float32, torch.bfloat16):
-        sums, counts = C.kmeans_update(torch.empty(0, 3, dtype=dtype), torch.empty(0, dtype=torch.int32), None, 2)
+        sums, counts = K.kmeans_update(torch.empty(0, 3, dtype=dtype), torch.empty(0, dtype=torch.int32), None, 2)
         assert torch.equal(sums, torch.zeros(2, 3, dtype=torch.float64)) and torch.equal(counts, torch.zeros(2, dtype=torch.float64))
-        dist, pot = C.kmeanspp_candidates(torch.empty(0, 3, dtype=dtype), torch.randn(4, 3), torch.empty(0), None)
+        dist, pot = K.kmeanspp_candidates(torch.empty(0, 3, dtype=dtype), torch.randn(4, 3), torch.empty(0), None)
         assert dist.shape == (0, 4) and torch.equal(pot, torch.zeros(4, dtype=torch.float64))
 
 
@@ -386,7 +387,7 @@ def test_update_code_out_of_range(bad):
     codes[6] = bad
     before = (x.clone(), codes.clone(), w.clone())
     with pytest.raises(ValueError, match=rf"codes\[6\] = {bad} is out of range \[0, 3\)"):
-        C.kmeans_update(x, codes, w, k)
+        K.kmeans_update(x, codes, w, k)
     # inputs untouched; the outputs never escape a failing call (the binding allocates them)
     assert torch.equal(x, before[0]) and torch.equal(codes, before[1]) and torch.equal(w, before[2])
 
@@ -416,7 +417,7 @@ def test_update_bad_arguments(mutate, exc, pattern):
     x, codes, w, k = _update_args()
     a = mutate({"x": x, "codes": codes, "weights": w, "k": k})
     with pytest.raises(exc, match=pattern):
-        C.kmeans_update(a["x"], a["codes"], a["weights"], a["k"])
+        K.kmeans_update(a["x"], a["codes"], a["weights"], a["k"])
 
 
 def _pp_args():
@@ -453,7 +454,7 @@ def _pp_args():
 def test_pp_bad_arguments(mutate, exc, pattern):
     a = mutate(_pp_args())
     with pytest.raises(exc, match=pattern):
-        C.kmeanspp_candidates(a["x"], a["cand"], a["mind"], a["weights"])
+        K.kmeanspp_candidates(a["x"], a["cand"], a["mind"], a["weights"])
 
 
 def test_module_constants():
@@ -476,7 +477,7 @@ def test_commit_matches_torch_ops(n, t, weighted):
         m = mind.clone()
         want_m = torch.minimum(mind, dist[:, best])
         want_cum = torch.cumsum((want_m if w is None else w * want_m).double(), 0)
-        cum = C.kmeanspp_commit(dist, best, m, w)
+        cum = K.kmeanspp_commit(dist, best, m, w)
         assert torch.equal(m, want_m)
         assert cum.dtype == torch.float64 and torch.equal(cum, want_cum)
 
@@ -484,18 +485,18 @@ def test_commit_matches_torch_ops(n, t, weighted):
 def test_commit_errors():
     dist, mind = torch.rand(4, 3), torch.rand(4)
     with pytest.raises(ValueError, match="out of range"):
-        C.kmeanspp_commit(dist, 3, mind, None)
+        K.kmeanspp_commit(dist, 3, mind, None)
     with pytest.raises(ValueError, match="out of range"):
-        C.kmeanspp_commit(dist, -1, mind, None)
+        K.kmeanspp_commit(dist, -1, mind, None)
     with pytest.raises(ValueError, match=r"\[N\]"):
-        C.kmeanspp_commit(dist, 0, torch.rand(5), None)
+        K.kmeanspp_commit(dist, 0, torch.rand(5), None)
     with pytest.raises(TypeError, match="float32"):
-        C.kmeanspp_commit(dist.double(), 0, mind, None)
+        K.kmeanspp_commit(dist.double(), 0, mind, None)
     with pytest.raises(ValueError, match="contiguous"):
-        C.kmeanspp_commit(torch.rand(3, 4).t(), 0, mind, None)
+        K.kmeanspp_commit(torch.rand(3, 4).t(), 0, mind, None)
     before = mind.clone()
     with pytest.raises(ValueError):
-        C.kmeanspp_commit(dist, 0, mind, torch.rand(3))  # bad weights: mind untouched
+        K.kmeanspp_commit(dist, 0, mind, torch.rand(3))  # bad weights: mind untouched
     assert torch.equal(mind, before)
 
 
@@ -508,7 +509,7 @@ def test_pack_layout(n, d, dtype):
     """panels[q, j, l] = x[16 q + l, j] (float32, exact), zero rows up to a multiple of 32."""
     g = torch.Generator().manual_seed(n * 31 + d)
     x = make_x(g, n, d, dtype, scale=5.0)
-    p = C.kmeanspp_pack(x)
+    p = K.kmeanspp_pack(x)
     rows = (n + 31) // 32 * 32
     assert p.dtype == torch.float32 and p.shape == (rows // 16, d, 16)
     want = torch.zeros(rows, d)
@@ -526,10 +527,10 @@ def step_loop(x, w, u):
     for c in range(u.shape[0]):
         t = 1 if c == 0 else u.shape[1]
         idx = torch.searchsorted(cum, u[c, :t] * cum[-1], right=True).clamp_(0, n - 1)
-        dist, pot = C.kmeanspp_candidates(x, x[idx].float().contiguous(), mind, w)
+        dist, pot = K.kmeanspp_candidates(x, x[idx].float().contiguous(), mind, w)
         best = int(torch.argmin(pot))
         chosen.append(int(idx[best]))
-        cum = C.kmeanspp_commit(dist, best, mind, w)
+        cum = K.kmeanspp_commit(dist, best, mind, w)
     return torch.tensor(chosen), mind, cum
 
 
@@ -544,16 +545,16 @@ def test_run_matches_step_loop(n, d, k, t, weighted):
     w = torch.rand(n, generator=g) * 2 if weighted else None
     u = torch.rand(k, t, generator=g, dtype=torch.float64)
     want, want_mind, want_cum = step_loop(x, w, u)
-    p = C.kmeanspp_pack(x)
+    p = K.kmeanspp_pack(x)
     old = torch.get_num_threads()
     try:
         for threads, cuts in ((2, [0, k]), (1, sorted({0, 1, k // 2, k}))):
             torch.set_num_threads(threads)
             mind = torch.full((n,), math.inf)
             cum = torch.cumsum((torch.ones(n) if w is None else w).double(), 0)
-            got = torch.cat([C.kmeanspp_run(p, n, w, u[a:b].contiguous(), a, mind, cum) for a, b in zip(cuts, cuts[1:])])
+            got = torch.cat([K.kmeanspp_run(p, n, w, u[a:b].contiguous(), a, mind, cum) for a, b in zip(cuts, cuts[1:])])
             assert torch.equal(got, want) and torch.equal(mind, want_mind) and torch.equal(cum, want_cum)
-        none = C.kmeanspp_run(p, n, w, torch.empty(0, t, dtype=torch.float64), k, mind, cum)
+        none = K.kmeanspp_run(p, n, w, torch.empty(0, t, dtype=torch.float64), k, mind, cum)
         assert none.shape == (0,) and torch.equal(mind, want_mind) and torch.equal(cum, want_cum)
     finally:
         torch.set_num_threads(old)
@@ -562,7 +563,7 @@ def test_run_matches_step_loop(n, d, k, t, weighted):
 def _run_args():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 4, generator=g)
-    return {"panels": C.kmeanspp_pack(x), "n": 40, "weights": torch.rand(40, generator=g),
+    return {"panels": K.kmeanspp_pack(x), "n": 40, "weights": torch.rand(40, generator=g),
             "u": torch.rand(3, 2, generator=g, dtype=torch.float64), "c0": 0,
             "mind": torch.full((40,), math.inf), "cum": torch.arange(1, 41, dtype=torch.float64)}
 
@@ -587,15 +588,15 @@ def test_run_bad_arguments(mutate, exc, pattern):
     a = mutate(_run_args())
     mind, cum = a["mind"].clone(), a["cum"].clone()
     with pytest.raises(exc, match=pattern):
-        C.kmeanspp_run(a["panels"], a["n"], a["weights"], a["u"], a["c0"], a["mind"], a["cum"])
+        K.kmeanspp_run(a["panels"], a["n"], a["weights"], a["u"], a["c0"], a["mind"], a["cum"])
     assert torch.equal(a["mind"], mind) and torch.equal(a["cum"], cum)  # nothing written
 
 
 def test_pack_bad_arguments():
     with pytest.raises(TypeError, match="x must be torch.float32"):
-        C.kmeanspp_pack(torch.zeros(3, 2, dtype=torch.float64))
+        K.kmeanspp_pack(torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="2-D"):
-        C.kmeanspp_pack(torch.zeros(3))
+        K.kmeanspp_pack(torch.zeros(3))
 
 
 # --------------------------------------------------------------------------- bounded assignment

@@ -22,7 +22,7 @@
 #include <cstdint>
 
 #include "cuda/rq_cuda.h"
-#include "rq.h"
+#include "status.h"
 
 namespace pysid {
 namespace {

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _status
 from .._checks import check_tensor
 from ..reference.beam_search import constrained_beam_step_ref
 from .registry import Inputs, direct_call_ok, register, select
@@ -33,10 +33,6 @@ def _code_bytes(t: Tensor) -> int:
     return 2 if t.dtype == torch.int16 else 4
 
 
-_STEP_ERRORS = {
-    11: "NaN in the log-probs or beam scores of a live beam",
-    12: "a node id is out of range for this level",
-}
 
 
 @register("constrained_beam_step", "reference", devices=None, dtypes=None)
@@ -64,7 +60,7 @@ def _run_triton(logprobs: Tensor, beam_scores: Tensor, nodes: Tensor, offsets: T
     if status.numel() and not capturing:
         err = int(status.max())
         if err:
-            raise ValueError(f"pysid triton constrained beam step failed: {_STEP_ERRORS.get(err, f'status {err}')}")
+            raise ValueError(f"pysid triton constrained beam step failed: {_status.message(err)}")
     return s, p, t, n
 
 

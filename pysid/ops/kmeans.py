@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _native_kmeans
 from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
 from ..reference.residual_quantize import residual_quantize_ref
 from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
@@ -138,7 +138,7 @@ def _update_reference(x: Tensor, codes: Tensor, weights: Tensor | None, k: int) 
 @register("kmeans_update", "cpu", **_CPU)
 def _update_cpu(x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
     c32 = codes.to(torch.int32).contiguous()
-    return _native.cpu().kmeans_update(x, c32, weights, k)
+    return _native_kmeans.kmeans_update(x, c32, weights, k)
 
 
 @register("kmeans_update", "triton", **_TRITON)
@@ -164,7 +164,7 @@ def _candidates_reference(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor
 @register("kmeanspp_candidates", "cpu", **_CPU)
 def _candidates_cpu(x: Tensor, cand: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     cand = cand.to(torch.float32).contiguous()
-    return _native.cpu().kmeanspp_candidates(x, cand, mind, weights)
+    return _native_kmeans.kmeanspp_candidates(x, cand, mind, weights)
 
 
 @register("kmeanspp_candidates", "triton", **_TRITON)
@@ -196,7 +196,7 @@ register("kmeanspp_commit", "triton", **_TRITON)(_commit_torch)
 def _commit_cpu(dist: Tensor, best: Tensor, mind: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     if dist.shape[0] == 0:
         return _commit_torch(dist, best, mind, weights)
-    cum = _native.cpu().kmeanspp_commit(dist, int(best), mind, weights)
+    cum = _native_kmeans.kmeanspp_commit(dist, int(best), mind, weights)
     return mind, cum
 
 
@@ -208,7 +208,7 @@ def _seed_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Te
 
     x: [N, D] float32 contiguous CPU; weights: None or [N] float32; u: [k, T] float64
     uniforms in [0, 1); progress: a tqdm bar (or None), advanced once per centre."""
-    C = _native.cpu()
+    C = _native_kmeans
     n, d = x.shape
     k = u.shape[0]
     panels = C.kmeanspp_pack(x)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _status
 from .._checks import check_int, check_tensor, nonfinite_rows
 from .registry import KERNEL_DTYPES, FLOAT_DTYPES, Inputs, direct_call_ok, register, select
 from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
@@ -22,7 +22,7 @@ __all__ = ["ResidualQuantizeOutput", "residual_quantize", "rq_vae_loss"]
 
 Codebooks = Union[Tensor, Sequence[Tensor]]
 
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE_CODE = _status.DTYPE_CODES
 
 
 class ResidualQuantizeOutput(NamedTuple):
@@ -157,11 +157,12 @@ def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Te
     q = torch.empty((n, d), dtype=torch.float32, device=x.device)
     dist = torch.empty((n, len(cbs)), dtype=torch.float32, device=x.device)
     codes = torch.empty((n, len(cbs)), dtype=torch.int32, device=x.device)
+    off = torch.tensor(offsets, dtype=torch.int64)  # host: the kernel reads the level sizes on the CPU
     if n:
         with torch.cuda.device(x.device):
             stream = torch.cuda.current_stream().cuda_stream
-            ext.rq_encode(xc.data_ptr(), _DTYPE_CODE[xc.dtype], n, d, packed.data_ptr(), offsets, beam_width,
-                          q.data_ptr(), dist.data_ptr(), codes.data_ptr(), stream)
+            ext.rq_encode(xc.data_ptr(), _DTYPE_CODE[xc.dtype], n, d, packed.data_ptr(), off.data_ptr(), len(cbs),
+                          beam_width, q.data_ptr(), dist.data_ptr(), codes.data_ptr(), stream)
     return q, dist, codes
 
 
@@ -176,10 +177,7 @@ def _triton_encode(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tenso
           limits=f"beam_width <= {_TRITON_MAX_BEAM}",
           check=_beam(f"the Triton kernel keeps at most {_TRITON_MAX_BEAM} beams on chip", lambda b: b <= _TRITON_MAX_BEAM))
 def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
-    out = _triton_encode(x, cbs, beam_width)
-    if beam_width > 1:  # never worse than greedy (the C++ kernel and the reference keep greedy rows themselves)
-        out = better_of(out, _triton_encode(x, cbs, 1))
-    return out
+    return _triton_encode(x, cbs, beam_width)
 
 
 # --------------------------------------------------------------------------- the custom op
@@ -190,6 +188,10 @@ def _residual_quantize(x: Tensor, codebooks: list[Tensor], beam_width: int) -> t
     _check_inputs(x, codebooks, beam_width)
     impl = select("residual_quantize", Inputs.of(x, beam_width=beam_width))
     q, dist, codes = impl.fn(x, codebooks, beam_width)
+    if beam_width > 1 and impl.backend != "reference":
+        # the kernels search beams only; the rule "never worse than greedy" lives here, once for
+        # every kernel (the reference, the specification, applies it itself)
+        q, dist, codes = better_of((q, dist, codes), impl.fn(x, codebooks, 1))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
 
