@@ -500,10 +500,10 @@ def test_triton_greedy_kernel_compiles_for_sm90(monkeypatch):
     sig = {"x_ptr": f32, "cb_ptr": f32, "cbhi_ptr": f32, "cn_ptr": f32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
            "stat_ptr": f32, "q_ptr": f32, "dist_ptr": f32, "code_ptr": "*i32", "scratch_ptr": f32,
            "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": i32, "D": i32, "L": i32, "stride_xm": i32,
-           "stride_xd": i32, "gamma": "fp32"}
+           "stride_xd": i32, "gamma": "fp32", "gamma_chk": "fp32"}
     monkeypatch.setattr(module, "_INTERPRET", False)  # the GPU's blocks, not the interpreter's
     bm, bk, nw, ns = module._greedy_config(256, 1 << 20)
-    base = dict(BM=bm, BK=bk, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True)
+    base = dict(BM=bm, BK=bk, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False)
     jobs = [dict(module=module.__file__, kernel="_rq_greedy_kernel", signature=sig, constexprs=dict(base, **c),
                  num_warps=nw, num_stages=ns) for c in (dict(FAST=True, REDO=False), dict(FAST=False, REDO=True))]
     res = sm90_resources(jobs)
