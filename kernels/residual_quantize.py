@@ -221,7 +221,7 @@ def _better(e, i, be, bi):
 @triton.jit
 def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, kend, kreal, chimax, clomax, cnmax,
                 gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
-                PACK_BITS: tl.constexpr):
+                PACK_BITS: tl.constexpr, PROVE: tl.constexpr):
     """tf32 search keeping the 4 best per row, float32 re-check of the best 3.
 
     Returns (global row index of the choice, unsure mask)."""
@@ -281,27 +281,31 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
         c1, d1, c3, d3 = _cswap(c1, d1, c3, d3)
         v0, i0, v1, i1 = _cswap(c0, d0, c1, d1)
         v2, i2, v3, i3 = _cswap(c2, d2, c3, d3)
-    # error bound on every tf32 key (see module docstring)
-    err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
-    pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
-    e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
-    # rows whose tf32 winner is provably the float32 winner need no re-check
-    need = (v1 - e_bound) <= (v0 + e_bound)
-    # float32 re-check of the best three, (score, index) order
-    e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
-    be, bi = _better(e1, i1, e0, i0)
-    be, bi = _better(e2, i2, be, bi)
-    # The re-check sums D-slices with tl.sum (a tree), the canonical score with one FMA chain:
-    # both are within gamma_D ||r|| ||c|| of the real dot, so each re-checked score is within
-    # e_chk of its canonical value (dot error x 2 x 2, and the two roundings of cn - 2 dot).
-    # The choice is the canonical one only if the winner is apart from the other two by more
-    # than 2 e_chk (exact ties included: duplicated codewords go to the exact pass) and every
-    # unchecked candidate is provably worse; other rows are unsure (the exact pass decides).
-    cmax = chimax + clomax
-    e_chk = 4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax) + 1e-30
-    sec = tl.where(bi == i0, tl.minimum(e1, e2), tl.where(bi == i1, tl.minimum(e0, e2), tl.minimum(e0, e1)))
-    unsure = need & (((v3 - e_bound) <= (be + e_chk)) | ((sec - be) <= 2.0 * e_chk))
-    bi = tl.where(need, bi, i0)
+    if PROVE:
+        # error bound on every tf32 key (see module docstring)
+        err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
+        pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
+        e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
+        # rows whose tf32 winner is provably the float32 winner need no re-check
+        need = (v1 - e_bound) <= (v0 + e_bound)
+        # float32 re-check of the best three, (score, index) order
+        e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
+        be, bi = _better(e1, i1, e0, i0)
+        be, bi = _better(e2, i2, be, bi)
+        # The re-check sums D-slices with tl.sum (a tree), the canonical score with one FMA chain:
+        # both are within gamma_D ||r|| ||c|| of the real dot, so each re-checked score is within
+        # e_chk of its canonical value (dot error x 2 x 2, and the two roundings of cn - 2 dot).
+        # The choice is the canonical one only if the winner is apart from the other two by more
+        # than 2 e_chk (exact ties included: duplicated codewords go to the exact pass) and every
+        # unchecked candidate is provably worse; other rows are unsure (the exact pass decides).
+        cmax = chimax + clomax
+        e_chk = 4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax) + 1e-30
+        sec = tl.where(bi == i0, tl.minimum(e1, e2), tl.where(bi == i1, tl.minimum(e0, e2), tl.minimum(e0, e1)))
+        unsure = need & (((v3 - e_bound) <= (be + e_chk)) | ((sec - be) <= 2.0 * e_chk))
+        bi = tl.where(need, bi, i0)
+    else:  # precision="fast": the tf32 choice as it is (near-ties may differ from float32)
+        bi = i0
+        unsure = i0 < 0  # never: no row is listed for the exact pass
     return bi, unsure
 
 
@@ -313,7 +317,7 @@ def _rq_greedy_kernel(
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
-    STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr,
+    STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr,
 ):
     """FAST: tf32 pass; rows it cannot prove at some level are appended to the redo list
     (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the exact pass over the
@@ -347,7 +351,8 @@ def _rq_greedy_kernel(
                 clomax = tl.load(stat_ptr + 3 * l + 1)
                 cnmax = tl.load(stat_ptr + 3 * l + 2)
                 best, unsure = _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kbeg, kend, kreal,
-                                           chimax, clomax, cnmax, gamma, gamma_chk, BM, BK, DP, BD, PACK_BITS)
+                                           chimax, clomax, cnmax, gamma, gamma_chk, BM, BK, DP, BD, PACK_BITS,
+                                           PROVE)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
@@ -504,6 +509,7 @@ def residual_quantize_triton(
     beam_width: int = 1,
     *,
     fast: bool = True,
+    precision: str = "exact",
     block_m: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
@@ -527,6 +533,11 @@ def residual_quantize_triton(
             candidates and an exact fallback where the re-check cannot prove the choice
             (same answer as ``fast=False`` up to float32 rounding). ``fast=False``:
             float32 (``input_precision="ieee"``) dot products throughout.
+        precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
+            path (with ``fast=True`` the tf32 pass proposes and the proof / exact redo decides).
+            ``"fast"``: greedy with ``fast=True`` only: the tf32 pass's choice without the proof
+            (no re-check, no redo launch); codes may differ from float32 on near-ties (about
+            0.1 % of rows on random data). torch's global tf32 flags never change either.
         block_m, block_k, num_warps, num_stages, block_d: override the tile heuristic (tuning;
             block_d: D-slice of the float32 re-check / exact passes).
         programs_per_sm: greedy, CUDA: persistent programs per SM of the tf32 pass (tuning;
@@ -562,6 +573,8 @@ def residual_quantize_triton(
         raise ValueError(f"codebooks {tuple(codebooks.shape)} do not match offsets[-1]={offsets[-1]}, D={d}")
     if d < 1:
         raise ValueError("D must be >= 1")
+    if precision not in ("exact", "fast"):
+        raise ValueError(f'precision must be "exact" or "fast", got {precision!r}')
     beam_width = int(beam_width)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
@@ -649,14 +662,15 @@ def residual_quantize_triton(
     # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
     gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
     fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
+    prove = precision == "exact"
     bd = min(dp, block_d or (16 if not _INTERPRET else dp))
-    for redo_pass in (False, True) if fast else (False,):
+    for redo_pass in (False, True) if fast and prove else (False,):
         # the exact pass over the listed rows needs no host sync: its programs read the count
         _rq_greedy_kernel[(nprog_redo if redo_pass else nprog,)](
             x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, redo, counter,
             n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
             BM=bm, BK=bk, DP=dp, BD=bd, FAST=bool(fast) and not redo_pass, REDO=redo_pass,
             PACK_BITS=int(math.log2(bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            FMA_CHAIN=bool(fma_chain), num_warps=nw, num_stages=ns,
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, num_warps=nw, num_stages=ns,
         )
     return q, dist, codes

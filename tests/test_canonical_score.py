@@ -290,3 +290,20 @@ def test_gpu_every_path_returns_the_canonical_codes(seed):
         assert torch.equal(pysid.residual_quantize(xc, [c.cuda() for c in cbs]).codes.cpu(), want)
     if fma_isas():
         assert torch.equal(cpu_codes(x, cbs)[2], want)
+
+
+@needs_triton
+def test_precision_option():
+    """precision="exact" (default) is the canonical answer; "fast" is the tf32 pass's choice without
+    the proof: no row is re-checked or redone, every code is optimal within the tf32 error (the
+    reference's tolerance), and on these near-ties some differ from the canonical codes."""
+    x, cbs = nasty_problem(3, 40, 33, [64, 33], 37.0)
+    want = canonical_codes(x, cbs)
+    assert torch.equal(triton_run(x, cbs, precision="exact")[2], want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter)
+    assert counter.tolist() == [0, 0]
+    check_greedy(x, cbs, fast, rtol=1e-3)
+    assert not torch.equal(fast[2], want)  # the proof matters on these rows
+    with pytest.raises(ValueError, match="precision"):
+        triton_run(x, cbs, precision="tf32")

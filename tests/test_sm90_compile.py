@@ -31,7 +31,8 @@ def kernel_jobs() -> list[dict]:
                   "scratch_ptr": F32, "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32, "D": I32, "L": I32,
                   "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
     # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: (64, 64, 8, 2)
-    greedy = dict(BM=64, BK=64, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False)
+    greedy = dict(BM=64, BK=64, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False,
+                  PROVE=True)
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
                 "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32", "N": I32, "D": I32, "L": I32,
                 "stride_xm": I32, "stride_xd": I32}
