@@ -298,9 +298,11 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
         # The choice is the canonical one only if the winner is apart from the other two by more
         # than 2 e_chk (exact ties included: duplicated codewords go to the exact pass) and every
         # unchecked candidate is provably worse; other rows are unsure (the exact pass decides).
+        # (x 1.125: room for the float rounding of these few operations; the second-best score is
+        # the median of the three, which needs no candidate indices)
         cmax = chimax + clomax
-        e_chk = 4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax) + 1e-30
-        sec = tl.where(bi == i0, tl.minimum(e1, e2), tl.where(bi == i1, tl.minimum(e0, e2), tl.minimum(e0, e1)))
+        e_chk = (4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax)) * 1.125 + 1e-30
+        sec = tl.maximum(tl.minimum(e0, e1), tl.minimum(tl.maximum(e0, e1), e2))
         unsure = need & (((v3 - e_bound) <= (be + e_chk)) | ((sec - be) <= 2.0 * e_chk))
         bi = tl.where(need, bi, i0)
     else:  # precision="fast": the tf32 choice as it is (near-ties may differ from float32)
