@@ -94,17 +94,24 @@ KNOWN_SASS_GAPS = {"rq_greedy_fast": VERSIONS_ALL}
 _CACHE: dict = {}
 
 
+def _compile(which: str):
+    if which == "installed":
+        py = None
+    else:
+        py = triton36_python()
+        if py is None:
+            return "triton 3.6.0 could not be installed here (no wheel or no network)"
+    res = sm90_compile(kernel_jobs(), python=py)
+    return "ptxas/cuobjdump not found" if res is None else {r["name"]: r for r in res}
+
+
 def _results(which: str):
-    if which not in _CACHE:
-        if which == "installed":
-            py = None
-        else:
-            py = triton36_python()
-            if py is None:
-                _CACHE[which] = "triton 3.6.0 could not be installed here (no wheel or no network)"
-                return _CACHE[which]
-        res = sm90_compile(kernel_jobs(), python=py)
-        _CACHE[which] = "ptxas/cuobjdump not found" if res is None else {r["name"]: r for r in res}
+    if not _CACHE:  # both versions at once (two compiler processes: ~40 % less wall time)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            for v, res in zip(VERSIONS, pool.map(_compile, VERSIONS)):
+                _CACHE[v] = res
     return _CACHE[which]
 
 
