@@ -29,7 +29,7 @@ from pysid.kernels.residual_quantize import residual_quantize_triton  # noqa: E4
 _KEYS = [r"^gpu__time_duration\.sum$", r"^launch__(registers_per_thread|grid_size|block_size|occupancy_limit_.*)$",
          r"^sm__throughput\.avg\.pct", r"^gpu__compute_memory_throughput\.avg\.pct", r"^sm__warps_active\.avg\.pct",
          r"^smsp__issue_active\.avg\.pct", r"pipe_tensor.*pct", r"^lts__t_sector_hit_rate\.pct$",
-         r"^dram__throughput\.avg\.pct"]
+         r"^dram__throughput\.avg\.pct", r"gmma", r"^sm__pipe_tensor_cycles_active"]
 
 
 def summarize(path: str) -> None:

@@ -27,6 +27,23 @@ Kernels pick_kernels() {
           PYSID_BY_ISA(level, rq_lanes)(), PYSID_BY_ISA(level, rq_tile_rows)()};
 }
 
+// The canonical squared norms of one panel's W codewords (the same routine in every backend:
+// Triton's codeword_sqnorms, the CUDA kernel): one float32 FMA chain per codeword over d
+// ascending. The W chains are independent (the compiler interleaves them); on x86 an FMA
+// clone is chosen at load time, elsewhere fmaf is the hardware instruction or libm's.
+#if defined(PYSID_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("fma", "default")))
+#endif
+void panel_sqnorms(const float* pan, int64_t d, int64_t W, float* out) {
+  float s[64];
+  for (int64_t t = 0; t < W; ++t) s[t] = 0.0f;
+  for (int64_t j = 0; j < d; ++j)
+    for (int64_t t = 0; t < W; ++t) s[t] = __builtin_fmaf(pan[j * W + t], pan[j * W + t], s[t]);
+  for (int64_t t = 0; t < W; ++t) out[t] = s[t];
+}
+
+// Codebooks packed for the kernels: panel p = [d][W] transposed codewords, zero-padded,
+// then the panels' squared norms (+inf padding); pofs [levels + 1] panel offsets.
 bool pack_codebooks(const float* codebooks, const int64_t* offsets, int64_t levels, int64_t d,
                     int64_t W, const int64_t* pofs, AlignedBuf& packed) {
   const int64_t npanels = pofs[levels];
@@ -41,17 +58,14 @@ bool pack_codebooks(const float* codebooks, const int64_t* offsets, int64_t leve
         const int64_t code = (p - pofs[l]) * W + t;
         if (code < k) {
           const float* c = codebooks + (offsets[l] + code) * d;
-          double s = 0.0;
-          for (int64_t j = 0; j < d; ++j) {
-            pan[j * W + t] = c[j];
-            s += static_cast<double>(c[j]) * c[j];
-          }
-          pnorms[p * W + t] = static_cast<float>(s);
+          for (int64_t j = 0; j < d; ++j) pan[j * W + t] = c[j];
         } else {
           for (int64_t j = 0; j < d; ++j) pan[j * W + t] = 0.0f;
-          pnorms[p * W + t] = __builtin_inff();
         }
       }
+      panel_sqnorms(pan, d, W, pnorms + p * W);
+      for (int64_t t = 0; t < W; ++t)
+        if ((p - pofs[l]) * W + t >= k) pnorms[p * W + t] = __builtin_inff();
     }
   }
   return true;

@@ -16,6 +16,17 @@ level's codebook in ``BLOCK_K`` chunks through ``tl.dot`` and keeps the best can
 the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
 path (``fast=False``) runs the same loop with ``input_precision="ieee"``, D-chunked.
 
+The canonical score (every backend and path returns its codes bit for bit; C++ kernel,
+CUDA kernel, this module; tests/test_canonical_score.py): ``score_k = fl(cn_k - 2 dot_k)``,
+``dot_k`` one float32 FMA chain ``acc = fma(r_d, c_kd, acc)`` over d = 0..D-1 from 0, ``cn_k``
+the same chain of ``c_kd * c_kd`` (:func:`codeword_sqnorms`), exact ties to the lowest index,
+the next residual ``fl(r - c)``. The exact pass computes it (``tl.dot(ieee)`` is that chain on
+the GPU; under the interpreter the chain is spelled out with ``tl.fma``, ``FMA_CHAIN``). The
+tf32 pass and the re-check only propose: the re-check sums with ``tl.sum`` (a tree), so its
+choice stands only where it is apart from the other candidates by more than twice its proven
+distance to the canonical score (``e_chk``); other rows go to the exact pass. Distances
+(``tl.sum(r * r)``) are not canonical: their summation order differs between backends.
+
 Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 answer:
 
 * Both operands are rounded to tf32 explicitly (the codebook on the host, the
@@ -33,7 +44,8 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   re-check (its loads are masked off for them).
 * The 4th score ``v3`` is the smallest tf32 score of every candidate that was NOT
   re-checked, so if ``v3 - E > best_exact`` no unchecked candidate can be as good:
-  the choice is the float32 argmin (ties included).  Rows where this cannot be proven
+  the choice is the float32 argmin (ties included; with the re-check's own distance to the
+  canonical score, ``e_chk``, added on both sides).  Rows where this cannot be proven
   at some level are "unsure": the program appends them to a list (an atomic counter and
   a row index each) and goes on.  A second launch of the same kernel (``REDO``, no host
   sync: its persistent programs read the count) re-encodes just the listed rows, every
@@ -63,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["residual_quantize_triton"]
+__all__ = ["residual_quantize_triton", "codeword_sqnorms"]
 
 _PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real one
 _MAX_BEAM = 16
@@ -80,12 +92,17 @@ def _round_tf32(v):
 
 
 @triton.jit
-def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-                 BD: tl.constexpr):
+def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, D, BM: tl.constexpr, BK: tl.constexpr,
+                 DP: tl.constexpr, BD: tl.constexpr, FMA_CHAIN: tl.constexpr):
     """Exact float32 argmin over rows kbeg..kend-1 (padded) of the packed codebook: global row index.
 
-    The residual is read back from this program's scratch tile sp_ptr [BM, DP] in BD-column
-    slices, so the FMA dot never holds a [BM, DP] operand in registers."""
+    The canonical score (module docstring): ``fl(cn_k - 2 dot_k)``, ``dot_k`` one float32
+    FMA chain over d = 0..D-1, exact ties to the lowest index. The residual is read back from
+    this program's scratch tile sp_ptr [BM, DP]. On the GPU ``tl.dot(..., input_precision="ieee")``
+    on float32 lowers to exactly that chain (Triton's FMA dot: ``acc = fma(a[k], b[k], acc)`` for
+    k ascending, the accumulator carried across the BD-column slices). ``FMA_CHAIN`` spells the
+    chain out with ``tl.fma`` column by column: the interpreter's ``tl.dot`` is
+    ``numpy.matmul(a, b) + acc`` (blocked sums, not a chain), so the interpreter runs this form."""
     kk = tl.arange(0, BK)
     dd = tl.arange(0, BD)
     mm = tl.arange(0, BM)
@@ -93,11 +110,17 @@ def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, BM: tl.constexpr,
     bi = tl.zeros([BM], dtype=tl.int32) + kbeg
     for kb in range(kbeg, kend, BK):
         acc = tl.zeros([BM, BK], dtype=tl.float32)
-        for d0 in range(0, DP, BD):
-            ddz = d0 + dd + _opaque_zero(zero_ptr)
-            a = tl.load(sp_ptr + mm[:, None] * DP + ddz[None, :])  # [BM, BD]
-            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + ddz[:, None])  # [BD, BK]
-            acc = tl.dot(a, c, acc, input_precision="ieee")
+        if FMA_CHAIN:
+            for j in range(0, D):
+                a = tl.load(sp_ptr + mm * DP + j)  # [BM]: column j of the residual
+                c = tl.load(cb_ptr + (kb + kk) * DP + j)  # [BK]
+                acc = tl.fma(a[:, None], c[None, :], acc)
+        else:
+            for d0 in range(0, DP, BD):
+                ddz = d0 + dd + _opaque_zero(zero_ptr)
+                a = tl.load(sp_ptr + mm[:, None] * DP + ddz[None, :])  # [BM, BD]
+                c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + ddz[:, None])  # [BD, BK]
+                acc = tl.dot(a, c, acc, input_precision="ieee")
         cn = tl.load(cn_ptr + kb + kk)
         s = cn[None, :] - 2.0 * acc
         m = tl.min(s, 1)
@@ -106,6 +129,35 @@ def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, BM: tl.constexpr,
         bv = tl.where(better, m, bv)
         bi = tl.where(better, kb + idx, bi)
     return bi
+
+
+@triton.jit
+def _sqnorm_kernel(c_ptr, out_ptr, K, D, BLOCK: tl.constexpr):
+    """out[k] = ||c_k||^2 as one float32 FMA chain over d = 0..D-1 (c: [K, D] contiguous)."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < K
+    base = rows.to(tl.int64) * D
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in range(0, D):
+        v = tl.load(c_ptr + base + j, mask=rmask, other=0.0)
+        acc = tl.fma(v, v, acc)
+    tl.store(out_ptr + rows, acc, mask=rmask)
+
+
+def codeword_sqnorms(c: torch.Tensor) -> torch.Tensor:
+    """The canonical ``||c_k||^2`` [K] float32 of a contiguous float32 [K, D] codebook: one float32
+    FMA chain per codeword over d ascending (``s = fma(c_kd, c_kd, s)``, s = 0 first). The C++
+    kernel (rq_cpu.cpp, ``pack_codebooks``) and the CUDA kernel compute the same chain."""
+    if c.dim() != 2 or c.dtype != torch.float32:
+        raise ValueError(f"codebook must be a float32 [K, D] tensor, got {c.dtype} {tuple(c.shape)}")
+    c = c.contiguous()
+    k, d = c.shape
+    out = torch.empty((k,), dtype=torch.float32, device=c.device)
+    if k == 0:
+        return out
+    block = 128 if not _INTERPRET else max(16, min(1024, _next_pow2(k)))
+    _sqnorm_kernel[(triton.cdiv(k, block),)](c, out, k, d, BLOCK=block, num_warps=4)
+    return out
 
 
 @triton.jit
@@ -168,8 +220,8 @@ def _better(e, i, be, bi):
 
 @triton.jit
 def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, kend, kreal, chimax, clomax, cnmax,
-                gamma, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
-                PACK_BITS: tl.constexpr):
+                gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+                PACK_BITS: tl.constexpr, PROVE: tl.constexpr):
     """tf32 search keeping the 4 best per row, float32 re-check of the best 3.
 
     Returns (global row index of the choice, unsure mask)."""
@@ -229,18 +281,33 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
         c1, d1, c3, d3 = _cswap(c1, d1, c3, d3)
         v0, i0, v1, i1 = _cswap(c0, d0, c1, d1)
         v2, i2, v3, i3 = _cswap(c2, d2, c3, d3)
-    # error bound on every tf32 key (see module docstring)
-    err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
-    pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
-    e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
-    # rows whose tf32 winner is provably the float32 winner need no re-check
-    need = (v1 - e_bound) <= (v0 + e_bound)
-    # float32 re-check of the best three, (score, index) order
-    e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
-    be, bi = _better(e1, i1, e0, i0)
-    be, bi = _better(e2, i2, be, bi)
-    unsure = need & ((v3 - e_bound) <= be)
-    bi = tl.where(need, bi, i0)
+    if PROVE:
+        # error bound on every tf32 key (see module docstring)
+        err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
+        pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
+        e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
+        # rows whose tf32 winner is provably the float32 winner need no re-check
+        need = (v1 - e_bound) <= (v0 + e_bound)
+        # float32 re-check of the best three, (score, index) order
+        e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
+        be, bi = _better(e1, i1, e0, i0)
+        be, bi = _better(e2, i2, be, bi)
+        # The re-check sums D-slices with tl.sum (a tree), the canonical score with one FMA chain:
+        # both are within gamma_D ||r|| ||c|| of the real dot, so each re-checked score is within
+        # e_chk of its canonical value (dot error x 2 x 2, and the two roundings of cn - 2 dot).
+        # The choice is the canonical one only if the winner is apart from the other two by more
+        # than 2 e_chk (exact ties included: duplicated codewords go to the exact pass) and every
+        # unchecked candidate is provably worse; other rows are unsure (the exact pass decides).
+        # (x 1.125: room for the float rounding of these few operations; the second-best score is
+        # the median of the three, which needs no candidate indices)
+        cmax = chimax + clomax
+        e_chk = (4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax)) * 1.125 + 1e-30
+        sec = tl.maximum(tl.minimum(e0, e1), tl.minimum(tl.maximum(e0, e1), e2))
+        unsure = need & (((v3 - e_bound) <= (be + e_chk)) | ((sec - be) <= 2.0 * e_chk))
+        bi = tl.where(need, bi, i0)
+    else:  # precision="fast": the tf32 choice as it is (near-ties may differ from float32)
+        bi = i0
+        unsure = i0 < 0  # never: no row is listed for the exact pass
     return bi, unsure
 
 
@@ -249,10 +316,10 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
 def _rq_greedy_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
     q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, fallback_ptr,
-    N, D, L, stride_xm, stride_xd, gamma,
+    N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
-    STORE_Q: tl.constexpr,
+    STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr,
 ):
     """FAST: tf32 pass; rows it cannot prove at some level are appended to the redo list
     (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the exact pass over the
@@ -286,14 +353,15 @@ def _rq_greedy_kernel(
                 clomax = tl.load(stat_ptr + 3 * l + 1)
                 cnmax = tl.load(stat_ptr + 3 * l + 2)
                 best, unsure = _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kbeg, kend, kreal,
-                                           chimax, clomax, cnmax, gamma, BM, BK, DP, BD, PACK_BITS)
+                                           chimax, clomax, cnmax, gamma, gamma_chk, BM, BK, DP, BD, PACK_BITS,
+                                           PROVE)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
             else:
                 _to_scratch(rs_ptr, r, poff_ptr, DP, BM)
-                best = _level_exact(rs_ptr, cb_ptr, cn_ptr, poff_ptr, kbeg, kend, BM, BK, DP, BD)
+                best = _level_exact(rs_ptr, cb_ptr, cn_ptr, poff_ptr, kbeg, kend, D, BM, BK, DP, BD, FMA_CHAIN)
             colz = cols + _opaque_zero(poff_ptr)
             c = tl.load(cb_ptr + best[:, None] * DP + colz[None, :])  # [BM, DP] gather
             r = r - c
@@ -355,7 +423,7 @@ def _rq_beam_kernel(
             acc = tl.reshape(tl.dot(r2, c, input_precision="ieee"), [BM, BP, BK])
             cn = tl.load(cn_ptr + kb + kk)
             code = kb - kbeg + kk  # [BK]
-            s = rn[:, :, None] + cn[None, None, :] - 2.0 * acc
+            s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
             ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
             s = tl.where(ok, s, INF)
             flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
@@ -443,6 +511,7 @@ def residual_quantize_triton(
     beam_width: int = 1,
     *,
     fast: bool = True,
+    precision: str = "exact",
     block_m: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
@@ -451,6 +520,8 @@ def residual_quantize_triton(
     programs_per_sm: int | None = None,
     _fallback_counter: torch.Tensor | None = None,
     quantized: bool = True,
+    _fma_chain: bool | None = None,
+    _force_redo: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -464,6 +535,11 @@ def residual_quantize_triton(
             candidates and an exact fallback where the re-check cannot prove the choice
             (same answer as ``fast=False`` up to float32 rounding). ``fast=False``:
             float32 (``input_precision="ieee"``) dot products throughout.
+        precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
+            path (with ``fast=True`` the tf32 pass proposes and the proof / exact redo decides).
+            ``"fast"``: greedy with ``fast=True`` only: the tf32 pass's choice without the proof
+            (no re-check, no redo launch); codes may differ from float32 on near-ties (about
+            0.1 % of rows on random data). torch's global tf32 flags never change either.
         block_m, block_k, num_warps, num_stages, block_d: override the tile heuristic (tuning;
             block_d: D-slice of the float32 re-check / exact passes).
         programs_per_sm: greedy, CUDA: persistent programs per SM of the tf32 pass (tuning;
@@ -472,6 +548,10 @@ def residual_quantize_triton(
             not prove, #rows re-encoded by the exact pass) - for tests and tuning.
         quantized: greedy only: False skips writing the quantized rows (k-means assignment);
             the first returned tensor is then an empty [0, D] placeholder.
+        _fma_chain: the exact pass spells its FMA chain out with ``tl.fma`` (default: under the
+            interpreter only; on the GPU ``tl.dot(ieee)`` is that chain) - for tests.
+        _force_redo: fast path: an error bound so wide that every row with ||r|| > 0 is re-checked,
+            left unproven and re-encoded by the exact pass (the redo tier forced on) - for tests.
 
     Returns:
         quantized [N, D] float32 (x - final residual = sum of the chosen codewords),
@@ -495,6 +575,8 @@ def residual_quantize_triton(
         raise ValueError(f"codebooks {tuple(codebooks.shape)} do not match offsets[-1]={offsets[-1]}, D={d}")
     if d < 1:
         raise ValueError("D must be >= 1")
+    if precision not in ("exact", "fast"):
+        raise ValueError(f'precision must be "exact" or "fast", got {precision!r}')
     beam_width = int(beam_width)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
@@ -540,7 +622,7 @@ def residual_quantize_triton(
     cb = torch.zeros((poff[-1], dp), dtype=torch.float32, device=dev)
     cb[dst, :d] = codebooks
     cn = torch.full((poff[-1],), _PAD_SCORE, dtype=torch.float32, device=dev)
-    cn[dst] = (codebooks * codebooks).sum(1)
+    cn[dst] = codeword_sqnorms(codebooks)  # the canonical ||c||^2 (one FMA chain per codeword)
     poff_t = torch.tensor(poff, dtype=torch.int32, device=dev)
     kreal_t = torch.tensor(ks, dtype=torch.int32, device=dev)
     grid = (triton.cdiv(n, bm),)
@@ -578,15 +660,19 @@ def residual_quantize_triton(
         nprog = nprog_redo = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
     scratch = torch.empty((max(nprog, nprog_redo), 2, bm, dp), dtype=torch.float32, device=dev)
     # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
-    gamma = (dp + 8) * 2.0 ** -21
+    gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
+    # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
+    gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
+    fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
+    prove = precision == "exact"
     bd = min(dp, block_d or (16 if not _INTERPRET else dp))
-    for redo_pass in (False, True) if fast else (False,):
+    for redo_pass in (False, True) if fast and prove else (False,):
         # the exact pass over the listed rows needs no host sync: its programs read the count
         _rq_greedy_kernel[(nprog_redo if redo_pass else nprog,)](
             x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, redo, counter,
-            n, d, levels, x.stride(0), x.stride(1), gamma,
+            n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
             BM=bm, BK=bk, DP=dp, BD=bd, FAST=bool(fast) and not redo_pass, REDO=redo_pass,
             PACK_BITS=int(math.log2(bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            num_warps=nw, num_stages=ns,
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, num_warps=nw, num_stages=ns,
         )
     return q, dist, codes

@@ -209,25 +209,40 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
         if progress is not None:
             progress.update(1)
     if eager < k:
-        _replay_steps(one_step, trials, k - eager, progress)
+        _replay_steps(one_step, trials, k - eager, progress, step)
     return centres
 
 
-def _replay_steps(one_step, trials: int, count: int, progress) -> None:
+def _replay_steps(one_step, trials: int, count: int, progress, step: Tensor) -> None:
     """Capture one k-means++ step (its kernels were compiled by the eager steps before) and
     replay it ``count`` times. If capture fails, a warning says why and the steps run
-    eagerly (same kernels, same centres, slower)."""
+    eagerly (same kernels, same centres, slower). ``step`` is the on-device step counter
+    that ``one_step`` advances. Never captured for tensors off CUDA, and an empty graph
+    (nothing recorded: on a CUDA machine a capture of CPU work "succeeds" that way) is
+    never replayed: both count as a failed capture."""
     import warnings
 
     run = lambda: one_step(trials)  # noqa: E731
+    start = int(step) if step.is_cuda else 0
     try:
+        if not step.is_cuda:
+            raise RuntimeError(f"the k-means++ state is on {step.device}, not on a CUDA device")
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            one_step(trials)  # recorded, not run
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.cuda.graph(g):
+                one_step(trials)  # recorded, not run
+        for w in caught:
+            if "graph is empty" in str(w.message).lower():
+                raise RuntimeError(f"the captured graph is empty ({w.message})")
+        for w in caught:  # anything else the capture said, as it was said
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         run = g.replay
     except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager loop correct
         warnings.warn(f"k-means++: CUDA graph capture failed ({type(e).__name__}: {e}); running the steps eagerly",
                       RuntimeWarning, stacklevel=3)
+        if step.is_cuda:  # a capture that ran its work instead of recording it has done a step already
+            count -= int(step) - start
     for _ in range(count):
         run()
         if progress is not None:

@@ -119,11 +119,27 @@ def test_kmeanspp_fused_loop_matches_step_loop(weighted):
 
 
 def test_kmeanspp_graph_capture_failure_warns_and_runs_eagerly():
-    """Where a CUDA graph cannot be captured (here: no CUDA), the step loop warns and runs
-    the remaining steps eagerly: the same centres."""
-    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+    """Where a CUDA graph cannot be captured (here: CPU tensors, on a machine with or without
+    CUDA), the step loop warns and runs the remaining steps eagerly: the same centres. (On a
+    CUDA machine a capture of CPU work used to "succeed" with an empty graph whose replays
+    left the centres unset.)"""
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*not on a CUDA device"):
         got = _seed_rows("cpu", True, graph=True)
     assert torch.equal(got, _seed_rows("cpu", True, graph=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_replay_steps_never_replays_an_empty_graph():
+    """A step that records no CUDA work captures an empty graph: it is not replayed (a warning,
+    then eager steps), and a step the capture ran instead of recording is not run twice."""
+    import importlib
+
+    km = importlib.import_module("pysid.kmeans")
+    step = torch.zeros(1, dtype=torch.int64, device="cuda")
+    calls = []
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*empty"):
+        km._replay_steps(lambda t: calls.append(t), 5, 4, None, step)
+    assert calls == [5] * 5  # the capture's call (recorded nothing) + 4 eager steps
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -491,24 +491,6 @@ def test_half_input_codebook_gradients_accumulate_in_float32():
     assert torch.equal(c.grad, torch.full((1, 4), 100_000.0))  # would overflow in float16
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or not TRITON, reason="compile-only check for machines without a GPU")
-def test_triton_greedy_kernel_compiles_for_sm90(monkeypatch):
-    """Both launches of the greedy kernel (the tf32 pass and the exact pass over the listed
-    rows) compile for sm_90 at the D = 256 default blocks without spills."""
-    import pysid.kernels.residual_quantize as module
-    from sm90 import sm90_resources
-
-    f32, i32 = "*fp32", "i32"
-    sig = {"x_ptr": f32, "cb_ptr": f32, "cbhi_ptr": f32, "cn_ptr": f32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
-           "stat_ptr": f32, "q_ptr": f32, "dist_ptr": f32, "code_ptr": "*i32", "scratch_ptr": f32,
-           "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": i32, "D": i32, "L": i32, "stride_xm": i32,
-           "stride_xd": i32, "gamma": "fp32"}
-    monkeypatch.setattr(module, "_INTERPRET", False)  # the GPU's blocks, not the interpreter's
-    bm, bk, nw, ns = module._greedy_config(256, 1 << 20)
-    base = dict(BM=bm, BK=bk, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True)
-    jobs = [dict(module=module.__file__, kernel="_rq_greedy_kernel", signature=sig, constexprs=dict(base, **c),
-                 num_warps=nw, num_stages=ns) for c in (dict(FAST=True, REDO=False), dict(FAST=False, REDO=True))]
-    res = sm90_resources(jobs)
-    if res is None:
-        pytest.skip("cuobjdump not found")
-    assert all(local == 0 for _, local in res), res
+# The sm_90 compile checks of both greedy launches (and of every other GPU kernel, on the installed
+# triton and on triton 3.6, with spills read from ptxas -v and the SASS forms) are in
+# tests/test_sm90_compile.py: the LOCAL column this file used to read stays 0 while kilobytes spill.

@@ -13,6 +13,9 @@
 //   3. the row's 8 threads subtract the chosen codeword, write the new residual
 //      (or, on the last level, quantized = x - residual) and the squared norm.
 // The first level reads x (float32 / float16 / bfloat16) instead of the buffer.
+// Scores are the canonical ones (kernels/residual_quantize.py): the dot and ||c||^2 are each
+// one fmaf chain over d ascending (the accumulators carry across the kTileD stages), the score
+// cn - 2 dot, exact ties to the lowest index: the same codes as the C++ and Triton kernels.
 // Beam search (beam_width > 1) is not implemented here: kBadArgument.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,0 +1,309 @@
+"""One canonical nearest-codeword score for every backend and path.
+
+score_k = fl(cn_k - 2 dot_k): dot_k one float32 FMA chain ``acc = fma(r_d, c_kd, acc)`` over
+d = 0..D-1 from acc = 0, cn_k = ||c_k||^2 the same chain of c_kd * c_kd (one routine:
+``codeword_sqnorms`` in Triton, ``panel_sqnorms`` in C++, the CUDA kernel's tile loop), exact ties
+to the lowest index; the residual of the next level is fl(r - c) elementwise. The C++ kernel
+(AVX2 / AVX-512), the Triton exact pass, the Triton fast pass (tf32 proposal, float32 re-check
+within a proven bound, exact redo of unproven rows) and the forced redo tier must return the
+codes of that score bit for bit, on adversarial near-ties; the float64 reference agrees within
+the DESIGN.md tolerance (check_greedy). Distances are float32 sums whose order differs between
+backends (vector lanes in C++, tl.sum in Triton, a warp shuffle tree in CUDA): compared with the
+reference's tolerance, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pysid import _native
+
+from conftest import requires_cuda, triton_devices
+from test_residual_quantize import check_greedy
+
+TRITON = triton_devices()
+needs_triton = pytest.mark.skipif(not TRITON, reason="triton is not installed")
+
+
+# --------------------------------------------------------------------------- the canonical score, in torch
+def fma_rn32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 fma(a, b, c), elementwise: the product of two float32 values is
+    exact in float64; the float64 sum is made round-to-odd (TwoSum gives the exact remainder; an
+    inexact result with an even last bit moves one ulp towards the exact value), and rounding a
+    round-to-odd value with >= 24 + 2 bits to float32 is correct rounding (Boldo & Melquiond)."""
+    p = a.double() * b.double()
+    cc = c.double()
+    s = p + cc
+    bp = s - cc
+    err = (p - bp) + (cc - (s - bp))  # s + err == p + cc exactly
+    bits = s.view(torch.int64)
+    fix = (err != 0) & ((bits & 1) == 0)
+    toward = torch.where((err > 0) == (s > 0), bits + 1, bits - 1)
+    return torch.where(fix, toward, bits).view(torch.float64).to(torch.float32)
+
+
+def fma_chain(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_d a[..., d] * b[..., d] as one float32 FMA chain over d ascending, from 0."""
+    acc = torch.zeros(torch.broadcast_shapes(a.shape, b.shape)[:-1], dtype=torch.float32)
+    for j in range(a.shape[-1]):
+        acc = fma_rn32(a[..., j], b[..., j], acc)
+    return acc
+
+
+def canonical_codes(x: torch.Tensor, cbs: list[torch.Tensor]) -> torch.Tensor:
+    """Greedy codes [N, L] of the canonical score (ties to the lowest index)."""
+    r = x.float().cpu()
+    codes = []
+    for c in cbs:
+        c = c.float().cpu()
+        cn = fma_chain(c, c)
+        dot = fma_chain(r[:, None, :], c[None, :, :])  # [N, K]
+        score = cn[None, :] - 2.0 * dot  # exact: 2 * dot is exact, one rounding
+        k = torch.argmin(score, 1)  # first minimum: the lowest index
+        codes.append(k)
+        r = r - c[k]
+    return torch.stack(codes, 1).to(torch.int32) if codes else torch.zeros((x.shape[0], 0), dtype=torch.int32)
+
+
+# --------------------------------------------------------------------------- adversarial problems
+def nasty_problem(seed: int, n: int, d: int, ks: list[int], scale: float):
+    """Codebooks and rows built for near-ties: exact duplicates; coordinate-swapped copies (equal
+    norm and, for rows equal on the swapped pair, equal dot in real arithmetic, while the float
+    chains add in a different order); copies one ulp apart in one coordinate; rows on midpoints of
+    two codewords (a real tie, broken only by rounding) and rows equal to codewords."""
+    g = torch.Generator().manual_seed(seed)
+    cbs = []
+    for level, k in enumerate(ks):
+        c = torch.randn(k, d, generator=g) * scale * 0.5**level
+        if k >= 2:
+            c[1] = c[0]  # exact duplicate
+        if k >= 4 and d >= 2:
+            c[3] = c[2]
+            c[3, [0, 1]] = c[2, [1, 0]]  # swapped pair
+        if k >= 6:
+            c[5] = c[4]
+            c[5, d // 2] = torch.nextafter(c[4, d // 2], torch.tensor(float("inf")))  # one ulp apart
+        if k >= 8:
+            c[7] = c[6] * (1 + 2.0**-23)  # every coordinate ~1 ulp larger
+        cbs.append(c.contiguous())
+    x = torch.randn(n, d, generator=g) * scale
+    c0 = cbs[0]
+    k0 = c0.shape[0]
+    for i in range(n):
+        kind = i % 6
+        a, b = (2 * i) % k0, (2 * i + 3) % k0
+        if kind == 0:  # the midpoint of two codewords, plus noise at the last-bit level
+            x[i] = (c0[a] + c0[b]) / 2 + torch.randn(d, generator=g) * scale * 2.0**-22
+        elif kind == 1:  # exactly a codeword (a duplicated one first)
+            x[i] = c0[i % min(k0, 8)]
+        elif kind == 2 and d >= 2 and k0 >= 4:  # equal on the swapped pair: codes 2 and 3 tie in real arithmetic
+            x[i] = c0[2] + torch.randn(d, generator=g) * scale * 2.0**-12
+            x[i, 1] = x[i, 0]
+        elif kind == 3 and k0 >= 6:  # between the one-ulp pair
+            x[i] = (c0[4] + c0[5]) / 2
+    return x.contiguous(), cbs
+
+
+def cpu_codes(x, cbs, isa=None):
+    """Codes of the C++ kernel, called directly (PYSID_CPU_ISA picks the SIMD path)."""
+    ext = _native.cpu()
+    n, d = x.shape
+    packed = torch.cat(cbs).contiguous()
+    off = torch.tensor([0] + list(np.cumsum([c.shape[0] for c in cbs])), dtype=torch.int64)
+    q = torch.full((n, d), float("nan"))
+    dist = torch.full((n, len(cbs)), float("nan"))
+    codes = torch.full((n, len(cbs)), -1, dtype=torch.int32)
+    old = os.environ.get("PYSID_CPU_ISA")
+    try:
+        if isa is not None:
+            os.environ["PYSID_CPU_ISA"] = isa
+        ext.rq_encode(x.data_ptr(), n, d, packed.data_ptr(), off.data_ptr(), len(cbs), 1,
+                      q.data_ptr(), dist.data_ptr(), codes.data_ptr())
+    finally:
+        if old is None:
+            os.environ.pop("PYSID_CPU_ISA", None)
+        else:
+            os.environ["PYSID_CPU_ISA"] = old
+    return q, dist, codes
+
+
+def fma_isas() -> list[str]:
+    """The C++ SIMD paths with a fused multiply-add (the portable scalar path is built without one
+    on x86-64 and rounds a*b + c twice: it is held to the reference's tolerance elsewhere)."""
+    order = ["scalar", "avx2", "avx512"]
+    hw = _native.cpu().cpu_isa()
+    return [i for i in order[1:] if order.index(i) <= order.index(hw)]
+
+
+def triton_run(x, cbs, **kw):
+    from pysid.kernels.residual_quantize import residual_quantize_triton
+
+    dev = TRITON[0]
+    packed = torch.cat(cbs).contiguous().to(dev)
+    off = [0] + [int(v) for v in np.cumsum([c.shape[0] for c in cbs])]
+    return [t.cpu() for t in residual_quantize_triton(x.to(dev), packed, off, **kw)]
+
+
+# --------------------------------------------------------------------------- tests
+def test_fma_rn32_is_correctly_rounded():
+    """The torch emulation of a float32 fma against exact rational arithmetic, on cases built to
+    sit on and next to rounding boundaries."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3000, generator=g)
+    b = torch.randn(3000, generator=g)
+    c = torch.randn(3000, generator=g)
+    c[:1000] = -(a[:1000] * b[:1000])  # cancellation: the float32 product is off by its rounding
+    c[1000:2000] *= 2.0 ** torch.randint(-30, 30, (1000,), generator=g).float()
+    got = fma_rn32(a, b, c)
+    for ai, bi, ci, gi in zip(a.tolist(), b.tolist(), c.tolist(), got.tolist()):
+        exact = Fraction(ai) * Fraction(bi) + Fraction(ci)
+        f = np.float32(float(exact))  # within one float32 ulp; pick the nearest neighbour exactly
+        cands = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+        errs = [abs(Fraction(float(v)) - exact) for v in cands]
+        best = min(errs)
+        ok = [float(v) for v, e in zip(cands, errs) if e == best]
+        if len(ok) > 1:  # a tie: to even
+            ok = [v for v in ok if int(np.float32(v).view(np.int32)) % 2 == 0]
+        assert gi == ok[0], (ai, bi, ci, gi, ok)
+
+
+@needs_triton
+def test_codeword_sqnorms_is_the_fma_chain():
+    """Triton's ``codeword_sqnorms`` is the canonical FMA chain bit for bit, also where a float32
+    tree sum (torch's) differs."""
+    from pysid.kernels.residual_quantize import codeword_sqnorms
+
+    g = torch.Generator().manual_seed(2)
+    c = torch.randn(300, 67, generator=g) * torch.logspace(-3, 3, 67)[torch.randperm(67, generator=g)]
+    got = codeword_sqnorms(c.to(TRITON[0])).cpu()
+    want = fma_chain(c, c)
+    assert torch.equal(got, want)
+    assert not torch.equal(want, (c * c).sum(1))  # the data tell the orders apart
+
+
+@pytest.mark.parametrize("isa", fma_isas())
+def test_cpu_kernel_norms_are_canonical(isa):
+    """The C++ kernel's ||c||^2 is the canonical chain: a zero row picks the codeword of the smallest
+    canonical norm, which a float64 norm (the old routine) would rank differently here."""
+    g = torch.Generator().manual_seed(9)
+    d, k = 61, 4000
+    c = torch.randn(k, d, generator=g) * torch.logspace(-2, 2, d)
+    c = c / fma_chain(c, c).sqrt()[:, None]  # all norms ~1: the minimum is decided in the last bits
+    cn = fma_chain(c, c)
+    x = torch.zeros(1, d)
+    _, dist, codes = cpu_codes(x, [c], isa)
+    assert int(codes[0, 0]) == int(torch.argmin(cn))
+    cn64 = (c.double() ** 2).sum(1).float()
+    assert int(torch.argmin(cn64)) != int(torch.argmin(cn))  # the data tell the two routines apart
+
+
+problems = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "n": st.sampled_from([1, 6, 19, 40]),
+        "d": st.sampled_from([1, 2, 5, 16, 33]),
+        "ks": st.lists(st.sampled_from([1, 2, 4, 8, 9, 33, 64]), min_size=1, max_size=2),
+        "scale": st.sampled_from([1e-3, 1.0, 37.0]),
+    }
+)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems)
+def test_cpu_codes_are_canonical(p):
+    x, cbs = nasty_problem(p["seed"], p["n"], p["d"], p["ks"], p["scale"])
+    want = canonical_codes(x, cbs)
+    for isa in fma_isas():
+        out = cpu_codes(x, cbs, isa)
+        assert torch.equal(out[2], want), isa
+        check_greedy(x, cbs, out)
+
+
+@needs_triton
+@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems)
+def test_every_triton_path_returns_the_canonical_codes(p):
+    """Exact pass, fast pass (with its own unproven-row redo) and the forced redo tier: the canonical
+    codes bit for bit, the same as the C++ kernel's; the reference within tolerance."""
+    x, cbs = nasty_problem(p["seed"], p["n"], p["d"], p["ks"], p["scale"])
+    want = canonical_codes(x, cbs)
+    exact = triton_run(x, cbs, fast=False)
+    assert torch.equal(exact[2], want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter)
+    assert torch.equal(fast[2], want)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True)
+    assert torch.equal(redo[2], want)
+    for out in (exact, fast, redo):
+        check_greedy(x, cbs, out)
+    # the redone rows are the exact pass's rows, bit for bit (outputs included)
+    nz = x.norm(dim=1) > 0
+    for a, b in zip(redo, exact):
+        assert torch.equal(a[nz], b[nz])
+    if fma_isas():
+        assert torch.equal(cpu_codes(x, cbs)[2], want)
+
+
+@needs_triton
+def test_fast_path_sends_re_check_ties_to_the_exact_pass():
+    """Rows whose best candidates tie within the re-check's distance to the canonical score (here:
+    duplicated codewords, an exact tie) are not decided by the tree-summed re-check: the exact
+    pass re-encodes them, and the lowest index wins."""
+    g = torch.Generator().manual_seed(4)
+    d, k, n = 24, 40, 30
+    c = torch.randn(k, d, generator=g)
+    c[7] = c[3]  # duplicate
+    x = c[3] + torch.randn(n, d, generator=g) * 1e-3
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, [c], _fallback_counter=counter)
+    assert (fast[2][:, 0] == 3).all()
+    unsure, redone = counter.tolist()
+    assert redone == n and unsure == n
+
+
+# --------------------------------------------------------------------------- GPU (skipped on CPU)
+@requires_cuda
+@pytest.mark.parametrize("seed", range(4))
+def test_gpu_every_path_returns_the_canonical_codes(seed):
+    """On the GPU: tl.dot(ieee) (Triton's FMA lowering: the same chain), the spelled-out tl.fma
+    chain, the fast pass, the forced redo tier, the CUDA kernel and the C++ kernel agree bit for
+    bit on the codes."""
+    import pysid
+    from pysid.kernels.residual_quantize import residual_quantize_triton
+
+    x, cbs = nasty_problem(seed, 600, 64 + 8 * seed, [256, 64], 1.0)
+    want = canonical_codes(x, cbs)
+    packed = torch.cat(cbs).contiguous().cuda()
+    off = [0] + [int(v) for v in np.cumsum([c.shape[0] for c in cbs])]
+    xc = x.cuda()
+    for kw in (dict(fast=False), dict(fast=False, _fma_chain=True), dict(fast=True), dict(fast=True, _force_redo=True)):
+        got = residual_quantize_triton(xc, packed, off, **kw)[2].cpu()
+        assert torch.equal(got, want), kw
+    with pysid.backend("cuda"):
+        assert torch.equal(pysid.residual_quantize(xc, [c.cuda() for c in cbs]).codes.cpu(), want)
+    if fma_isas():
+        assert torch.equal(cpu_codes(x, cbs)[2], want)
+
+
+@needs_triton
+def test_precision_option():
+    """precision="exact" (default) is the canonical answer; "fast" is the tf32 pass's choice without
+    the proof: no row is re-checked or redone, every code is optimal within the tf32 error (the
+    reference's tolerance), and on these near-ties some differ from the canonical codes."""
+    x, cbs = nasty_problem(3, 40, 33, [64, 33], 37.0)
+    want = canonical_codes(x, cbs)
+    assert torch.equal(triton_run(x, cbs, precision="exact")[2], want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter)
+    assert counter.tolist() == [0, 0]
+    check_greedy(x, cbs, fast, rtol=1e-3)
+    assert not torch.equal(fast[2], want)  # the proof matters on these rows
+    with pytest.raises(ValueError, match="precision"):
+        triton_run(x, cbs, precision="tf32")

@@ -1,0 +1,156 @@
+"""Every GPU kernel compiled for sm_90 (Hopper) without a GPU: no spills, the SASS forms expected.
+
+On the installed triton and on triton 3.6 (the GPU machines' version; a cached side venv under
+build/, see sm90.triton36_python). Spills are read from ``ptxas -v`` (spill stores / loads) and
+cuobjdump's STACK column (LOCAL stays 0 while kilobytes spill). Kernels known to spill or to miss
+their 128-bit / wgmma forms today are strict xfails carrying the figure measured here: the test
+turns red when the kernel is fixed, so the mark has to go with the fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sm90 import nvcc_sm90, sm90_compile, triton36_python
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F32, I32, I64 = "*fp32", "i32", "i64"
+
+
+def _mod(name: str) -> str:
+    return os.path.join(ROOT, "kernels", name)
+
+
+def kernel_jobs() -> list[dict]:
+    """Every Triton kernel at its default GPU configuration for D = 256 (N = 2^20)."""
+    rq = _mod("residual_quantize.py")
+    greedy_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
+                  "kreal_ptr": "*i32", "stat_ptr": F32, "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
+                  "scratch_ptr": F32, "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32, "D": I32, "L": I32,
+                  "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
+    # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: (64, 64, 8, 2)
+    greedy = dict(BM=64, BK=64, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False,
+                  PROVE=True)
+    beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
+                "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32", "N": I32, "D": I32, "L": I32,
+                "stride_xm": I32, "stride_xd": I32}
+    km = _mod("kmeans.py")
+    chunk_sig = {"x_ptr": F32, "w_ptr": F32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
+                 "psum_ptr": F32, "pcnt_ptr": F32, "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32,
+                 "CHUNK": I32}
+    reduce_sig = {"psum_ptr": F32, "pcnt_ptr": F32, "offs_ptr": "*i32", "sums_ptr": F32, "counts_ptr": F32,
+                  "D": I32, "CHUNK": I32}
+    kpp_sig = {"x_ptr": F32, "candt_ptr": F32, "mind_ptr": F32, "w_ptr": F32, "dist_ptr": F32, "part_ptr": "*fp64",
+               "N": I32, "D": I32, "T": I32, "stride_xm": I32, "stride_xd": I32}
+    bs_sig = {"lp_ptr": F32, "bs_ptr": F32, "node_ptr": "*i64", "off_ptr": "*i32", "cc_ptr": "*i32", "ban_ptr": "*i64",
+              "out_s_ptr": F32, "out_p_ptr": "*i64", "out_t_ptr": "*i64", "out_n_ptr": "*i64", "status_ptr": "*i32",
+              "K": I32, "FAN": I32, "n_nodes": I32, "lp_stride": I32, "E": I32}
+    div = ["D", "stride_xm"]
+    return [
+        dict(name="rq_greedy_fast", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
+             constexprs=dict(greedy, FAST=True, REDO=False), num_warps=8, num_stages=2),
+        dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
+             constexprs=dict(greedy, FAST=False, REDO=True), num_warps=8, num_stages=2),
+        dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
+             constexprs=dict(BEAM=5, BP=8, BM=4, BK=32, DP=256, LP=4), num_warps=4, num_stages=2),
+        dict(name="rq_sqnorm", module=rq, kernel="_sqnorm_kernel", signature={"c_ptr": F32, "out_ptr": F32, "K": I32,
+             "D": I32}, divisible=["D"], constexprs=dict(BLOCK=128), num_warps=4),
+        dict(name="kmeans_update_chunk", module=km, kernel="_kmeans_chunk_kernel", signature=chunk_sig, divisible=div,
+             constexprs=dict(HAS_W=True, BLOCK_R=32, BLOCK_D=256), num_warps=8, num_stages=2),
+        dict(name="kmeans_update_reduce", module=km, kernel="_kmeans_reduce_kernel", signature=reduce_sig,
+             divisible=["D"], constexprs=dict(HAS_W=True, BLOCK_D=256), num_warps=1),
+        dict(name="kmeanspp_t8", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
+             constexprs=dict(HAS_W=True, TP=8, BLOCK_N=256, BLOCK_D=4), num_warps=4),
+        dict(name="kmeanspp_t64", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
+             constexprs=dict(HAS_W=True, TP=64, BLOCK_N=128, BLOCK_D=1), num_warps=4),
+        dict(name="beam_step", module=_mod("beam_step.py"), kernel="_beam_step_kernel", signature=bs_sig,
+             constexprs=dict(KP=32, BR=32, BC=128, BAN_STEPS=0), num_warps=16),
+    ]
+
+
+VERSIONS_ALL = {"installed", "triton36"}
+
+# What each kernel must show in its SASS (besides: no spill bytes, STACK == 0).
+EXPECT_SASS = {
+    "rq_greedy_fast": {"wgmma": 1, "ldgsts128": 1},  # tf32 wgmma; 16-byte codebook copies
+    "kmeans_update_chunk": {"ldg128": 1},             # gathered rows as 16-byte loads
+}
+
+# Today's known gaps (kernel -> triton versions), measured here 2026-12-04 (ptxas -v, spill stores / loads
+# in bytes per thread; see ../shared/GPU-NOTES.md): the fix is issue 15's kernel work.
+#   rq_greedy_fast  3.9: 3428 / 3848, 3.6: 3792 / 4572 (main before the canonical re-check: 2728 / 2996, 3008 / 3844)
+#   rq_greedy_redo  3.9:  256 /  260, 3.6:  500 /  500 (unchanged)
+#   rq_beam5        3.9: 1384 / 1012, 3.6:  444 /  240
+#   kmeans_update_chunk             3.6:    4 /    4
+KNOWN_SPILLS = {"rq_greedy_fast": VERSIONS_ALL, "rq_greedy_redo": VERSIONS_ALL, "rq_beam5": VERSIONS_ALL,
+                "kmeans_update_chunk": {"triton36"}}
+# rq_greedy_fast: _opaque_zero makes every codebook copy a 4-byte cp.async (LDGSTS.E, 128 of them), no
+# 16-byte form
+KNOWN_SASS_GAPS = {"rq_greedy_fast": VERSIONS_ALL}
+
+
+_CACHE: dict = {}
+
+
+def _compile(which: str):
+    if which == "installed":
+        py = None
+    else:
+        py = triton36_python()
+        if py is None:
+            return "triton 3.6.0 could not be installed here (no wheel or no network)"
+    res = sm90_compile(kernel_jobs(), python=py)
+    return "ptxas/cuobjdump not found" if res is None else {r["name"]: r for r in res}
+
+
+def _results(which: str):
+    if not _CACHE:  # both versions at once (two compiler processes: ~40 % less wall time)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            for v, res in zip(VERSIONS, pool.map(_compile, VERSIONS)):
+                _CACHE[v] = res
+    return _CACHE[which]
+
+
+NAMES = [j["name"] for j in kernel_jobs()]
+VERSIONS = ["installed", "triton36"]
+
+
+def _get(which, name):
+    res = _results(which)
+    if isinstance(res, str):
+        pytest.skip(res)
+    return res[name]
+
+
+def _params(known):
+    return [pytest.param(v, n, marks=pytest.mark.xfail(strict=True, reason="known gap, see GPU-NOTES.md"))
+            if v in known.get(n, ()) else (v, n) for v in VERSIONS for n in NAMES]
+
+
+@pytest.mark.parametrize("which,name", _params(KNOWN_SPILLS))
+def test_no_spills(which, name):
+    r = _get(which, name)
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack_res"] == 0, r
+
+
+@pytest.mark.parametrize("which,name", _params(KNOWN_SASS_GAPS))
+def test_expected_sass_forms(which, name):
+    r = _get(which, name)
+    for form, least in EXPECT_SASS.get(name, {}).items():
+        assert r["sass"][form] >= least, (form, r)
+    assert r["sass"]["ldl"] == 0 and r["sass"]["stl"] == 0 or which in KNOWN_SPILLS.get(name, ()), r
+
+
+def test_cuda_kernel_compiles_without_spills():
+    """csrc/cuda/rq_cuda.cu for sm_90 with nvcc -Xptxas -v: no spills, no stack; shared-memory tiles."""
+    rec = nvcc_sm90(os.path.join(ROOT, "csrc", "cuda", "rq_cuda.cu"))
+    if rec is None:
+        pytest.skip("nvcc not found")
+    assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0 and rec["stack"] == 0, rec["ptxas_log"]
+    assert rec["regs"] <= 128, rec["ptxas_log"]
+    if "sass" in rec:
+        assert rec["sass"]["ldl"] == 0 and rec["sass"]["stl"] == 0, rec
