@@ -512,10 +512,10 @@ def _demo_catalogue(a):
 
         try:
             seqs = read_sequences(a.data)
+        except UnicodeDecodeError:  # before ValueError, its base class
+            raise CliError(f"--data {a.data}: not a text file of 'user_id item_id ...' lines") from None
         except (OSError, ValueError) as e:
             raise CliError(f"--data: {e}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"--data {a.data}: not a text file of 'user_id item_id ...' lines") from None
         if not seqs:
             raise CliError(f"--data {a.data}: no interaction sequences (the file is empty or blank)")
         train = [s[:-2] for s in seqs]
