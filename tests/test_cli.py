@@ -389,3 +389,64 @@ def test_fit_killed_while_writing_leaves_the_old_table(work):
         seen.add(levels)
     for f in os.listdir("."):  # a killed run may leave its temporary file, never a broken output
         assert f in ("sids.npz", "emb.npy", "new.npy") or f.startswith(".sids.npz."), f
+
+
+# --------------------------------------------------------------------------- demo
+TOYS = "/work/shared/data/amazon/toys.txt"
+if os.path.exists(os.path.join(ROOT, "..", "shared", "data", "amazon", "toys.txt")):
+    TOYS = os.path.join(ROOT, "..", "shared", "data", "amazon", "toys.txt")
+
+
+def _demo_results(out: str):
+    rows = re.findall(r"item\s+(\d+) -> top-(\d+) items \[([^\]]*)\]\s+(hit|miss)", out)
+    return [(int(q), int(k), [int(v) for v in items.split(",")], h) for q, k, items, h in rows]
+
+
+def test_demo_data_prints_the_files_item_ids(tmp_path, capsys):
+    """Item ids 5000..5299 (not row numbers): queries and results are ids of the file."""
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for u in range(600):
+        c = int(torch.randint(0, 15, (1,), generator=g))
+        seq = 5000 + c * 20 + torch.randint(0, 20, (8,), generator=g)
+        lines.append(f"{u} " + " ".join(map(str, seq.tolist())))
+    (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
+    assert main(["demo", "--data", str(tmp_path / "seq.txt"), "--queries", "6", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    res = _demo_results(out)
+    assert len(res) == 6
+    ids = set(range(5000, 5300))
+    for q, k, items, _ in res:
+        assert q in ids and k == 5 and set(items) <= ids
+    assert re.search(r"trie: \d+ items, \d+ bytes = [\d.]+ bytes/item", out)
+    assert re.search(r"tokens of item 50\d\d:", out)
+    hits = sum(h == "hit" for *_, h in res)
+    assert f"recall@5 {hits / 6:.2f}, invalid items 0" in out
+
+
+def test_demo_topk_follows_a_small_beam(capsys):
+    assert main(["demo", "--items", "600", "--beam", "3", "--queries", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    res = _demo_results(out)
+    assert len(res) == 4 and all(k == 3 and len(items) == 3 for _, k, items, _ in res)
+    assert "recall@3" in out and "beam 3, top 3" in out
+
+
+def test_nn_distance():
+    from pysid.cli import nn_distance
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 5.0], [10.0, 10.0], [10.0, 12.0]])
+    # nearest-neighbour distances 5, 1, 1, 2, 2: median 2
+    assert nn_distance(x) == pytest.approx(2.0)
+    assert nn_distance(x, sample=3) in (1.0, 2.0, 5.0)
+
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_demo_recall_on_real_data_is_meaningful(capsys):
+    """The query noise scales with the data: on Amazon Toys' collaborative vectors the noisy item
+    is found (it was 0.2-0.6 with a fixed noise larger than the vectors' typical distance)."""
+    assert main(["demo", "--data", TOYS, "--queries", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    recall = float(re.search(r"recall@5 ([\d.]+)", out).group(1))
+    assert recall >= 0.8, out[-2000:]
+    assert all(q >= 1 for q, *_ in _demo_results(out))  # 1-based Amazon ids
