@@ -692,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     emb_help = ".npy, .npz or .pt file of [M, D] floating-point embeddings, one row per item"
     f = cmd("fit", "train codebooks and assign Semantic IDs",
             "Train codebooks on item embeddings and write the table of unique Semantic IDs (.npz).\n"
-            "rq-kmeans is deterministic for a seed; rq-vae trains a small model (same seed -> same table on CPU\n"
-            "with the same thread count).")
+            "rq-kmeans: residual k-means, the same table for the same seed. rq-vae: TIGER's RQ-VAE, trained\n"
+            "here (its reproducibility for a seed is stated in pysid.fit's docstring).")
     f.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
     f.add_argument("-o", "--output", required=True, metavar="SIDS.npz",
                    help="output table (SemanticIds .npz; the name is used as given)")
@@ -702,23 +702,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--item-ids", metavar="FILE",
                    help="item ids, one per embedding row: .npy of integers or a text file of integers "
                         "(default: the row numbers 0..M-1)")
-    f.add_argument("--levels", type=_int_at_least(1), default=3, help="semantic levels L")
+    f.add_argument("--levels", type=_int_at_least(1), default=3, metavar="L", help="semantic levels L")
     f.add_argument("--codebook-size", type=_codebook_sizes, default=[256], metavar="K[,K...]",
                    help="codes per level: K, or one per level (256,256,128)")
     f.add_argument("--method", choices=["rq-kmeans", "rq-vae"], default="rq-kmeans",
                    help="residual k-means codebooks, or TIGER's RQ-VAE (trained here)")
     f.add_argument("--dedup", choices=["suffix", "reassign", "none"], default="suffix",
                    help="collision rule: an extra suffix level (TIGER), reassignment to a free code, or none")
-    f.add_argument("--iters", type=_int_at_least(1), default=20, help="k-means (Lloyd) iterations per level")
+    f.add_argument("--iters", type=_int_at_least(1), default=20, metavar="N", help="k-means (Lloyd) iterations per level")
     f.add_argument("--balanced", action="store_true",
                    help="balanced k-means at every level: equal-size clusters (rq-kmeans)")
-    f.add_argument("--beam-width", type=_int_at_least(1), default=1,
+    f.add_argument("--beam-width", type=_int_at_least(1), default=1, metavar="W",
                    help="codes by beam search over the levels (1: greedy)")
-    f.add_argument("--epochs", type=_int_at_least(1), default=None,
+    f.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
                    help="rq-vae training epochs (default: 100, pysid.nn.train_rqvae's)")
-    f.add_argument("--latent", type=_int_at_least(1), default=None,
+    f.add_argument("--latent", type=_int_at_least(1), default=None, metavar="D",
                    help="rq-vae latent dimension (default: 32, pysid.nn.RQVAE's)")
-    f.add_argument("--batch-size", type=_int_at_least(1), default=None, help="rq-vae batch size (default: 1024)")
+    f.add_argument("--batch-size", type=_int_at_least(1), default=None, metavar="B", help="rq-vae batch size (default: 1024)")
     f.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     f.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
