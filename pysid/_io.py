@@ -86,4 +86,4 @@ def check_writable(path: PathLike, *, inputs: Iterable[PathLike] = (), force: bo
         if same:
             raise ValueError(f"{path}: the output is an input file; choose another output name")
     if os.path.exists(path) and not force:
-        raise ValueError(f"{path}: exists; use --force to overwrite it")
+        raise ValueError(f"{path}: exists (force=True overwrites it)")

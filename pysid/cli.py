@@ -258,35 +258,24 @@ def _progress(a) -> Any:
     return False if getattr(a, "quiet", False) else "auto"
 
 
-def _table_tmp_path(path: str) -> str:
+def save_table(sids, path: str) -> None:
+    """``sids.save`` into a fresh temporary folder next to ``path``, then ``atomic_write`` of those
+    bytes over ``path`` (temporary file, fsync, rename): ``path`` is the old table or the new one."""
+    import shutil
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".npz",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    return tmp
-
-
-def save_table(sids, path: str) -> None:
-    """``sids.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    tmp = _table_tmp_path(path)
+    tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path)))
     try:
+        tmp = os.path.join(tmpdir, "table.npz")
         sids.save(tmp)
 
-        def copy(f) -> None:  # atomic_write's temporary file: the bytes of the saved table
+        def copy(f) -> None:
             with open(tmp, "rb") as src:
-                while True:
-                    chunk = src.read(1 << 22)
-                    if not chunk:
-                        break
-                    f.write(chunk)
+                shutil.copyfileobj(src, f, 1 << 22)
 
         atomic_write(path, copy)
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def save_npy(arr, path: str) -> None:
@@ -300,9 +289,29 @@ def _npy_name(path: str) -> str:
     return path if path.endswith(".npy") else path + ".npy"
 
 
-def _writable(path: str, inputs: Sequence[Optional[str]], force: bool) -> None:
+def _same_file(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
     try:
-        check_writable(path, inputs=[i for i in inputs if i], force=force)
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _writable(path: str, inputs: Sequence[Optional[str]], force: bool) -> None:
+    """The CLI's output rules, checked before any work (pysid._io.check_writable as the backstop)."""
+    inputs = [i for i in inputs if i]
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{path}: the output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a folder, not a file")
+    if any(_same_file(path, i) for i in inputs):
+        raise CliError(f"{path}: the output is an input file; choose another output name")
+    if os.path.exists(path) and not force:
+        raise CliError(f"{path}: exists; use --force to overwrite it")
+    try:
+        check_writable(path, inputs=inputs, force=force)
     except ValueError as e:
         raise CliError(str(e)) from None
 
