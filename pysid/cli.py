@@ -72,8 +72,24 @@ def _check_magic(path: str, ext: str) -> None:
     head = _magic(path)
     if ext == ".npy" and not head.startswith(_NPY_MAGIC):
         raise CliError(f"{path}: not a numpy .npy file (no NPY header; a text file? use numpy.save)")
-    if ext == ".npz" and not head.startswith(_ZIP_MAGIC):
-        raise CliError(f"{path}: not a numpy .npz archive (not a zip file)")
+    if ext == ".npz":
+        if not head.startswith(_ZIP_MAGIC):
+            raise CliError(f"{path}: not a numpy .npz archive (not a zip file)")
+        _check_zip(path)
+
+
+def _check_zip(path: str) -> None:
+    """An .npz must be a whole zip archive: every member's CRC is checked (and the file closed)
+    before numpy reads it (numpy leaves the file open when the archive is broken)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, OSError, ...
+        raise _read_error(path, e) from None
+    if bad is not None:
+        raise CliError(f"{path}: cannot read: the file is truncated or corrupt (member {bad!r} fails its CRC check)")
 
 
 def _read_error(path: str, e: BaseException) -> CliError:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,9 +156,9 @@ def test_fit_writes_and_reports(work, capsys):
 
 def test_fit_refuses_to_overwrite_without_force(work, capsys):
     fit_table()
-    first = open("sids.npz", "rb").read()
+    first = Path("sids.npz").read_bytes()
     assert main(["fit", "emb.npy", "-o", "sids.npz", "--levels", "2", "--codebook-size", "8", "--quiet"]) == 2
-    assert "exists; use --force" in capsys.readouterr().err and open("sids.npz", "rb").read() == first
+    assert "exists; use --force" in capsys.readouterr().err and Path("sids.npz").read_bytes() == first
     assert main(["fit", "emb.npy", "-o", "sids.npz", "--levels", "2", "--codebook-size", "8", "--quiet",
                  "--force"]) == 0
     assert pysid.SemanticIds.load("sids.npz").codebook_sizes == [8, 8]
@@ -166,7 +167,7 @@ def test_fit_refuses_to_overwrite_without_force(work, capsys):
 def test_fit_item_ids_npy_and_txt_and_balanced(work):
     ids = np.arange(600, dtype=np.int64) * 3 + 1000
     np.save("ids.npy", ids)
-    open("ids.txt", "w").write("\n".join(map(str, ids[::-1])) + "\n")
+    Path("ids.txt").write_text("\n".join(map(str, ids[::-1])) + "\n")
     fit_table("a.npz", "--item-ids", "ids.npy", "--balanced")
     a = pysid.SemanticIds.load("a.npz")
     assert a.item_ids.tolist() == ids.tolist() and a.settings["balanced"] is True
@@ -233,11 +234,11 @@ def test_encode_add_in_place_and_table_out(work, capsys):
     assert len(inplace) == 640 and inplace.item_ids[-40:].tolist() == list(range(600, 640))
     assert "added to the table: 640 items -> sids.npz" in capsys.readouterr().out
     # the new ids must be new: nothing is written when they are not
-    before = open("sids.npz", "rb").read()
+    before = Path("sids.npz").read_bytes()
     assert main(["encode", "sids.npz", "new.npy", "--add", "--in-place", "--item-ids", "new_ids.npy"]) == 0
     assert main(["encode", "sids.npz", "new.npy", "--add", "--in-place", "--item-ids", "new_ids.npy"]) == 2
     assert "new, unique" in capsys.readouterr().err
-    assert len(pysid.SemanticIds.load("sids.npz")) == 680 and open("sids.npz", "rb").read() != before
+    assert len(pysid.SemanticIds.load("sids.npz")) == 680 and Path("sids.npz").read_bytes() != before
 
 
 # --------------------------------------------------------------------------- stats
@@ -370,7 +371,7 @@ def test_fit_killed_while_writing_leaves_the_old_table(work):
     import time
 
     fit_table()
-    old = open("sids.npz", "rb").read()
+    old = Path("sids.npz").read_bytes()
     cmd = [sys.executable, "-m", "pysid", "fit", "emb.npy", "-o", "sids.npz", "--force", "--levels", "3",
            "--codebook-size", "16", "--quiet"]
     t0 = time.perf_counter()
@@ -379,7 +380,7 @@ def test_fit_killed_while_writing_leaves_the_old_table(work):
     assert pysid.SemanticIds.load("sids.npz").num_levels == 3
     seen = set()
     for i in range(5):
-        open("sids.npz", "wb").write(old)
+        Path("sids.npz").write_bytes(old)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(total * (0.6 + 0.15 * i))
         proc.send_signal(signal.SIGKILL)
@@ -450,3 +451,32 @@ def test_demo_recall_on_real_data_is_meaningful(capsys):
     recall = float(re.search(r"recall@5 ([\d.]+)", out).group(1))
     assert recall >= 0.8, out[-2000:]
     assert all(q >= 1 for q, *_ in _demo_results(out))  # 1-based Amazon ids
+
+
+def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(work, capsys, monkeypatch):
+    """An OSError while the output is written (ENOSPC here, injected into the write itself):
+    one line, exit status 2, the old table unchanged, no temporary file left."""
+    import errno
+
+    import pysid.cli as cli
+
+    fit_table()
+    old = Path("sids.npz").read_bytes()
+    real = cli.atomic_write
+
+    def full_disk(path, write_fn):
+        def partial(f):
+            f.write(b"PK\x03\x04 half a table")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+        return real(path, partial)
+
+    monkeypatch.setattr(cli, "atomic_write", full_disk)
+    capsys.readouterr()
+    assert main(["fit", "emb.npy", "-o", "sids.npz", "--force", "--levels", "2", "--codebook-size", "8",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pysid: error: ") and "No space left on device" in err[0]
+    assert Path("sids.npz").read_bytes() == old and sorted(os.listdir(".")) == ["emb.npy", "new.npy", "sids.npz"]
+    assert main(["encode", "sids.npz", "new.npy", "-o", "c.npy"]) == 2
+    assert "No space left on device" in capsys.readouterr().err and not os.path.exists("c.npy")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def snapshot(folder) -> dict[str, tuple]:
         for n in dirs + names:
             p = os.path.join(root, n)
             st = os.stat(p)
-            digest = hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.isfile(p) else "dir"
+            digest = hashlib.sha256(Path(p).read_bytes()).hexdigest() if os.path.isfile(p) else "dir"
             out[os.path.relpath(p, folder)] = (digest, st.st_mtime_ns, st.st_size)
     return out
 

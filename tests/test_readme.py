@@ -25,7 +25,8 @@ import pysid
 from pysid.cli import build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
+    README = _f.read()
 
 SUBSTITUTIONS = {"100_000": "5_000"}
 
