@@ -16,17 +16,35 @@ Backend control: ``pysid.backend("reference" | "native" | "cpu" | "triton" | "cu
 context manager or the ``PYSID_BACKEND`` environment variable.
 """
 
-from ._backend import backend, get_backend
-from .kmeans import KMeansResult, kmeans, residual_kmeans
-from .ops.registry import backends
-from .ops import ResidualQuantizeOutput, constrained_beam_step, residual_quantize, rq_vae_loss
-from .search import BeamSearchOutput, beam_search
-from . import collab, data, metrics, nn
-from .metrics import SIDReport, sid_report
-from .sid import SemanticIds, fit
-from .trie import Trie
+# Lazy package (PEP 562): ``import pysid`` and ``pysid.__version__`` do not import torch; each
+# public name is imported from its module on first access (``pysid.X`` or ``from pysid import X``).
+import importlib as _importlib
+import types as _types
+import sys as _sys
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "backend": "._backend",
+    "backends": ".ops.registry",
+    "get_backend": "._backend",
+    "KMeansResult": ".kmeans",
+    "kmeans": ".kmeans",
+    "residual_kmeans": ".kmeans",
+    "ResidualQuantizeOutput": ".ops",
+    "constrained_beam_step": ".ops",
+    "residual_quantize": ".ops",
+    "rq_vae_loss": ".ops",
+    "BeamSearchOutput": ".search",
+    "beam_search": ".search",
+    "SIDReport": ".metrics",
+    "sid_report": ".metrics",
+    "SemanticIds": ".sid",
+    "fit": ".sid",
+    "Trie": ".trie",
+}
+_SUBMODULES = ("cli", "collab", "data", "integrations", "kmeans", "metrics", "nn", "ops", "reference", "search",
+               "sid", "trie")
 
 __all__ = [
     "BeamSearchOutput",
@@ -48,3 +66,37 @@ __all__ = [
     "rq_vae_loss",
     "sid_report",
 ]
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is not None:
+        value = getattr(_importlib.import_module(mod, __name__), name)
+        if name != "kmeans":  # pysid.kmeans is a property of the module class (below)
+            globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+class _Package(_types.ModuleType):
+    """``pysid.kmeans`` names the function (as ``from .kmeans import kmeans`` made it), even after
+    the submodule ``pysid.kmeans`` is imported, which would otherwise rebind the attribute."""
+
+    @property
+    def kmeans(self):
+        override = self.__dict__.get("_kmeans_override")
+        return override if override is not None else _importlib.import_module(".kmeans", __name__).kmeans
+
+    @kmeans.setter
+    def kmeans(self, value) -> None:
+        if not isinstance(value, _types.ModuleType):  # the import system binds the submodule: ignored
+            self.__dict__["_kmeans_override"] = value  # e.g. a test's monkeypatch
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,112 +1,451 @@
-"""The ``pysid`` command line.
+"""The ``pysid`` command line (also ``python -m pysid``).
 
     pysid fit EMBEDDINGS -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
-    pysid encode SIDS.npz EMBEDDINGS -o CODES.npy     # cold-start items, the table's dedup rule
-    pysid stats SIDS.npz [--embeddings EMBEDDINGS]    # metrics report
-    pysid bench [rq|beam|kmeans|sid|all] [--full]     # the benchmark scripts (quick by default)
-    pysid demo                                        # embeddings -> SIDs -> trie -> decoding
+    pysid encode SIDS.npz EMBEDDINGS -o CODES.npy    # cold-start items, the table's dedup rule
+    pysid encode SIDS.npz EMBEDDINGS --add --in-place # ... and append them to the table
+    pysid stats SIDS.npz [--embeddings EMBEDDINGS] [--json]
+    pysid bench [rq|beam|kmeans|sid|startup|all] [--full]   # the benchmark scripts (quick by default)
+    pysid demo [--data FILE]                         # embeddings -> SIDs -> trie -> decoding
 
 EMBEDDINGS: .npy, .pt (a tensor, or a dict of tensors with --key) or .npz (--key, default the
-first array), [M, D] floating point. Errors exit with status 2 and a one-line message.
+first array), [M, D] floating point.
+
+Rules:
+* Every bad input ends with one line ``pysid: error: ...`` on stderr and exit status 2
+  (``PYSID_DEBUG=1`` shows the traceback instead).
+* Outputs are checked before any work (the folder exists and is writable, the output is not
+  an input, an existing file is replaced only with ``--force``) and written atomically (a
+  temporary file in the same folder, then a rename): an interrupted run leaves the old file.
+* Long work reports progress on stderr: a tqdm bar on a terminal, otherwise a line every few
+  seconds with rate and ETA (``PYSID_PROGRESS_INTERVAL`` seconds, default 5); ``--quiet``: none.
+
+This module imports numpy and torch only inside the commands: ``pysid --help`` and
+``pysid --version`` start without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from typing import Any, NoReturn, Optional, Sequence
 
-import numpy as np
-import torch
+from . import __version__
+from ._io import atomic_write, check_writable
 
 
 class CliError(Exception):
     """A user error: printed as 'pysid: error: ...', exit status 2."""
 
 
-def load_embeddings(path: str, key: str | None = None) -> torch.Tensor:
+# --------------------------------------------------------------------------- input files
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK"
+
+
+def _check_file(path: str, what: str = "file") -> str:
+    """The extension of an existing, non-empty regular file (CliError otherwise)."""
     if not os.path.exists(path):
         raise CliError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a folder, not a {what}")
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise CliError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise CliError(f"{path}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise CliError(f"{path}: permission denied")
+    return os.path.splitext(path)[1].lower()
+
+
+def _magic(path: str, n: int = 6) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _check_magic(path: str, ext: str) -> None:
+    head = _magic(path)
+    if ext == ".npy" and not head.startswith(_NPY_MAGIC):
+        raise CliError(f"{path}: not a numpy .npy file (no NPY header; a text file? use numpy.save)")
+    if ext == ".npz":
+        if not head.startswith(_ZIP_MAGIC):
+            raise CliError(f"{path}: not a numpy .npz archive (not a zip file)")
+        _check_zip(path)
+
+
+def _check_zip(path: str) -> None:
+    """An .npz must be a whole zip archive: every member's CRC is checked (and the file closed)
+    before numpy reads it (numpy leaves the file open when the archive is broken)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, OSError, ...
+        raise _read_error(path, e) from None
+    if bad is not None:
+        raise CliError(f"{path}: cannot read: the file is truncated or corrupt (member {bad!r} fails its CRC check)")
+
+
+def _read_error(path: str, e: BaseException) -> CliError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    kind = type(e).__name__
+    if "pickled data" in msg:  # numpy's message for anything that is not an array file
+        msg = "not a numpy array file"
+    elif kind in ("BadZipFile", "EOFError", "error") or "truncated" in msg.lower() or "zip" in msg.lower():
+        msg = f"the file is truncated or corrupt ({kind}{': ' + msg if msg else ''})"
+    else:
+        msg = f"{kind}: {msg}" if msg else kind
+    return CliError(f"{path}: cannot read: {msg}")
+
+
+def load_array(path: str, key: Optional[str] = None, what: str = "array"):
+    """The numpy array (or torch tensor for .pt) in a .npy / .npz / .pt file."""
+    ext = _check_file(path)
+    if ext not in (".npy", ".npz", ".pt", ".pth"):
+        raise CliError(f"{path}: unknown extension {ext or '(none)'!r} (use .npy, .npz or .pt)")
+    if ext in (".npy", ".npz"):
+        _check_magic(path, ext)
+    import numpy as np
+
     try:
         if ext == ".npy":
-            arr = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif ext == ".npz":
+            if key is not None:
+                raise CliError(f"{path}: --key applies to .npz and .pt files")
+            return np.load(path, allow_pickle=False)
+        if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 names = list(z.files)
                 if not names:
                     raise CliError(f"{path}: the archive is empty")
                 name = key or names[0]
                 if name not in names:
-                    raise CliError(f"{path}: no array {name!r} (has {names})")
-                arr = torch.from_numpy(z[name])
-        elif ext in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                if key is None and len(obj) != 1:
-                    raise CliError(f"{path}: a dict of {len(obj)} entries; choose one with --key ({list(obj)[:8]})")
-                obj = obj[key] if key is not None else next(iter(obj.values()))
-            if not isinstance(obj, torch.Tensor):
-                raise CliError(f"{path}: expected a tensor, found {type(obj).__name__}")
-            arr = obj
-        else:
-            raise CliError(f"{path}: unknown extension {ext!r} (use .npy, .npz or .pt)")
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        if isinstance(e, CliError):
-            raise
-        raise CliError(f"{path}: cannot read: {e}") from None
+                    raise CliError(f"{path}: no array {name!r} (has {names[:8]})")
+                return z[name]
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            if key is None and len(obj) != 1:
+                raise CliError(f"{path}: a dict of {len(obj)} entries; choose one with --key ({list(obj)[:8]})")
+            if key is not None and key not in obj:
+                raise CliError(f"{path}: no entry {key!r} (has {list(obj)[:8]})")
+            obj = obj[key] if key is not None else next(iter(obj.values()))
+        elif key is not None:
+            raise CliError(f"{path}: --key given but the file holds a {type(obj).__name__}, not a dict")
+        if not isinstance(obj, torch.Tensor):
+            raise CliError(f"{path}: expected a tensor, found {type(obj).__name__}")
+        return obj
+    except CliError:
+        raise
+    except MemoryError:
+        raise CliError(f"{path}: not enough memory to load it") from None
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, UnpicklingError, ValueError, OSError, ...
+        raise _read_error(path, e) from None
+
+
+def load_embeddings(path: str, key: Optional[str] = None):
+    """[M, D] float tensor from a file, with the checks of pysid.fit (shape, dtype, NaN/Inf, scale)."""
+    import numpy as np
+    import torch
+
+    arr = load_array(path, key)
+    if isinstance(arr, np.ndarray):
+        if arr.dtype.kind not in "fiub" or arr.dtype == object:
+            raise CliError(f"{path}: the array must be floating point, got dtype {arr.dtype}")
+        arr = torch.from_numpy(np.ascontiguousarray(arr))
     from .sid import _as_embeddings
 
-    try:  # shape, dtype and NaN/Inf rows (named by index): the same checks as pysid.fit
-        return _as_embeddings(arr, "the array")
+    try:  # shape, dtype, NaN/Inf rows (named by index) and scale: the same checks as pysid.fit
+        x = _as_embeddings(arr, "the array")
     except (ValueError, TypeError) as e:
         raise CliError(f"{path}: {e}") from None
+    return x
+
+
+def load_item_ids(path: str, n: int):
+    """[n] int64 unique non-negative item ids from a .npy (integer array) or a text file (one
+    integer per line, or whitespace separated)."""
+    import numpy as np
+    import torch
+
+    ext = _check_file(path)
+    if ext == ".npy":
+        _check_magic(path, ext)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise _read_error(path, e) from None
+        if arr.dtype.kind not in "iu":
+            raise CliError(f"{path}: item ids must be integers, got dtype {arr.dtype}")
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise CliError(f"{path}: item ids must be a 1-D array, got shape {arr.shape}")
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+            raise CliError(f"{path}: item id {int(arr.max())} does not fit in int64")
+        ids = torch.from_numpy(arr.astype(np.int64))
+    elif ext in (".txt", ".csv", ".tsv", ""):
+        vals: list[int] = []
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    for tok in line.replace(",", " ").split():
+                        try:
+                            v = int(tok)
+                        except ValueError:
+                            raise CliError(f"{path}:{lineno}: item ids must be integers, found {tok!r}") from None
+                        if not -(2**63) <= v < 2**63:
+                            raise CliError(f"{path}:{lineno}: item id {v} does not fit in int64")
+                        vals.append(v)
+        except UnicodeDecodeError:
+            raise CliError(f"{path}: not a text file of integers (use .npy for a numpy array)") from None
+        ids = torch.tensor(vals, dtype=torch.int64)
+    else:
+        raise CliError(f"{path}: unknown extension {ext!r} for item ids (use .npy or .txt)")
+    if ids.numel() != n:
+        raise CliError(f"{path}: {ids.numel()} item ids for {n} embedding rows")
+    if n and int(ids.min()) < 0:
+        raise CliError(f"{path}: negative item id {int(ids.min())}")
+    u, counts = torch.unique(ids, return_counts=True)
+    if u.numel() != n:
+        raise CliError(f"{path}: duplicate item id {int(u[counts > 1][0])}")
+    return ids
 
 
 def _load_sids(path: str):
+    ext = _check_file(path, "table")
+    if ext == ".npz" or _magic(path, 2) == _ZIP_MAGIC:
+        _check_magic(path, ".npz")
+    else:
+        raise CliError(f"{path}: not a pysid SemanticIds file (expected the .npz that 'pysid fit' writes)")
     from .sid import SemanticIds
 
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
     try:
         return SemanticIds.load(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise CliError(f"{path}: not a pysid SemanticIds file ({e})") from None
+    except Exception as e:  # the file passed the zip check: anything else is a corrupt / foreign archive
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if msg.startswith(str(path)):
+            raise CliError(msg) from None
+        if isinstance(e, (ValueError, KeyError)):
+            raise CliError(f"{path}: not a pysid SemanticIds file ({msg})") from None
+        raise _read_error(path, e) from None
+
+
+def _check_device(device: Optional[str]) -> Optional[str]:
+    """Validate --device before any work: a torch device string that exists here."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise CliError(f"--device {device}: not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type != "cuda":
+        raise CliError(f"--device {device}: pysid runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise CliError(f"--device {device}: CUDA is not available ({why})")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _progress(a) -> Any:
+    return False if getattr(a, "quiet", False) else "auto"
+
+
+def save_table(sids, path: str) -> None:
+    """``sids.save`` into a fresh temporary folder next to ``path``, then ``atomic_write`` of those
+    bytes over ``path`` (temporary file, fsync, rename): ``path`` is the old table or the new one."""
+    import shutil
+    import tempfile
+
+    tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        tmp = os.path.join(tmpdir, "table.npz")
+        sids.save(tmp)
+
+        def copy(f) -> None:
+            with open(tmp, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 22)
+
+        atomic_write(path, copy)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def save_npy(arr, path: str) -> None:
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, arr))
+
+
+def _npy_name(path: str) -> str:
+    """The file numpy.save writes for ``path``: '.npy' is appended unless present."""
+    return path if path.endswith(".npy") else path + ".npy"
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _writable(path: str, inputs: Sequence[Optional[str]], force: bool) -> None:
+    """The CLI's output rules, checked before any work (pysid._io.check_writable as the backstop)."""
+    inputs = [i for i in inputs if i]
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{path}: the output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a folder, not a file")
+    if any(_same_file(path, i) for i in inputs):
+        raise CliError(f"{path}: the output is an input file; choose another output name")
+    if os.path.exists(path) and not force:
+        raise CliError(f"{path}: exists; use --force to overwrite it")
+    try:
+        check_writable(path, inputs=inputs, force=force)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+# --------------------------------------------------------------------------- collision figures
+def collision_figures(sids) -> dict[str, Any]:
+    """Collision rates of a table before dedup (its semantic tuples) and after (its full IDs),
+    and the suffix level's size, computed from the codes (overflow-safe: no packed keys)."""
+    import torch
+
+    L = sids.num_levels
+
+    def stats(c) -> dict[str, Any]:
+        m = int(c.shape[0])
+        if m == 0:
+            return {"items": 0, "distinct": 0, "collision_rate": 0.0, "max_per_tuple": 0}
+        _, counts = torch.unique(c, dim=0, return_counts=True)
+        shared = int(counts[counts > 1].sum())
+        return {"items": m, "distinct": int(counts.numel()), "collision_rate": shared / m,
+                "max_per_tuple": int(counts.max())}
+
+    out: dict[str, Any] = {}
+    if sids.dedup == "reassign":  # the tuples before reassignment are not stored: the fit's figure
+        before = dict(sids.collisions.get("before", {}))
+        before["source"] = "fit (tuples before reassignment are not stored)"
+    else:
+        before = stats(sids.codes[:, :L])
+        before["source"] = "table codes"
+    out["before_dedup"] = before
+    out["after_dedup"] = stats(sids.codes)
+    if sids.has_suffix:
+        suf = sids.codes[:, -1]
+        out["suffix_level"] = {"size": int(suf.max()) + 1 if len(sids) else 0,
+                               "items_with_nonzero_suffix": int((suf > 0).sum())}
+    else:
+        out["suffix_level"] = None
+    return out
+
+
+def _collision_lines(fig: dict[str, Any]) -> list[str]:
+    b, a, s = fig["before_dedup"], fig["after_dedup"], fig["suffix_level"]
+    lines = [f"collision rate before dedup: {b.get('collision_rate', float('nan')):.4f} "
+             f"({b.get('distinct', '?')} distinct tuples, largest group {b.get('max_per_tuple', '?')}"
+             + (", as fitted" if b.get("source", "").startswith("fit") else "") + ")",
+             f"collision rate after dedup:  {a['collision_rate']:.4f} ({a['distinct']} distinct IDs)"]
+    if s is None:
+        lines.append("suffix level: none")
+    else:
+        lines.append(f"suffix level: {s['size']} codes ({s['items_with_nonzero_suffix']} items with a suffix > 0)")
+    return lines
 
 
 # --------------------------------------------------------------------------- commands
 def cmd_fit(a) -> int:
+    if a.method != "rq-vae":
+        for opt, v in (("--epochs", a.epochs), ("--latent", a.latent), ("--batch-size", a.batch_size)):
+            if v is not None:
+                raise CliError(f"{opt} applies to --method rq-vae")
+    elif a.balanced:
+        raise CliError("--balanced applies to --method rq-kmeans")
+    _writable(a.output, [a.embeddings, a.item_ids], a.force)
+    device = _check_device(a.device)
+    x = load_embeddings(a.embeddings, a.key)
+    ids = load_item_ids(a.item_ids, x.shape[0]) if a.item_ids else None
+    sizes = a.codebook_size
+    if len(sizes) not in (1, a.levels):
+        raise CliError(f"--codebook-size: {len(sizes)} sizes for --levels {a.levels} (give 1 or {a.levels})")
+    if a.method == "rq-kmeans" and max(sizes) > x.shape[0]:
+        raise CliError(f"--codebook-size {max(sizes)} is larger than the number of items {x.shape[0]}")
+    rq = None
+    if a.method == "rq-vae":
+        rq = {k: v for k, v in (("epochs", a.epochs), ("latent", a.latent), ("batch_size", a.batch_size))
+              if v is not None}
     from .sid import fit
 
-    x = load_embeddings(a.embeddings, a.key)
-    sizes = [int(v) for v in a.codebook_size.split(",")]
     t0 = time.perf_counter()
     try:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
-                   dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=a.device,
-                   progress=not a.quiet)
+                   dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=device,
+                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a))
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
-    sids.save(a.output)
-    c = sids.collisions
-    print(f"fit {len(sids)} items x {x.shape[1]} dims in {time.perf_counter() - t0:.2f} s: {sids.num_levels} levels "
-          f"{sids.codebook_sizes}, collision rate {c['before']['collision_rate']:.4f} before dedup "
-          f"({c['before']['distinct']} distinct tuples), {c['after']['collision_rate']:.4f} after ({a.dedup}) "
-          f"-> {a.output}")
+    secs = time.perf_counter() - t0
+    save_table(sids, a.output)
+    print(f"fit {len(sids)} items x {x.shape[1]} dims in {secs:.2f} s: {a.method}, {sids.num_levels} levels "
+          f"{sids.codebook_sizes}, dedup {a.dedup}")
+    for line in _collision_lines(collision_figures(sids)):
+        print("  " + line)
+    print(f"wrote {a.output}")
     return 0
 
 
 def cmd_encode(a) -> int:
+    if a.add and not (a.in_place or a.table_out):
+        raise CliError("--add needs --in-place (update SIDS) or --table-out FILE (write the grown table there)")
+    if (a.in_place or a.table_out) and not a.add:
+        raise CliError("--in-place / --table-out apply with --add")
+    if a.in_place and a.table_out:
+        raise CliError("give --in-place or --table-out, not both")
+    if not a.output and not a.add:
+        raise CliError("-o/--output is required (the .npy of codes), unless --add")
+    out = _npy_name(a.output) if a.output else None
+    table_out = a.sids if a.in_place else a.table_out
+    if table_out and not a.in_place:
+        _writable(table_out, [a.sids, a.embeddings, a.item_ids], a.force)
+    elif table_out:
+        _writable(table_out, [a.embeddings, a.item_ids], True)
+    if out:
+        _writable(out, [a.sids, a.embeddings, a.item_ids, table_out], a.force)
     sids = _load_sids(a.sids)
     x = load_embeddings(a.embeddings, a.key)
+    ids = load_item_ids(a.item_ids, x.shape[0]) if a.item_ids else None
     try:
-        codes = sids.encode(x)
-    except (ValueError, TypeError) as e:
-        raise CliError(str(e)) from None
-    np.save(a.output, codes.numpy())
-    print(f"encoded {codes.shape[0]} items -> {a.output} ({codes.shape[1]} columns)")
+        res = sids.encode_result(x, item_ids=ids, add=bool(a.add))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CliError(str(e).strip("'\"")) from None
+    codes = res.codes
+    if out:
+        save_npy(codes.numpy(), out)
+    n_known = int(res.known.sum())
+    if a.add:
+        save_table(sids, table_out)
+        print(f"encoded {codes.shape[0]} items ({codes.shape[1]} columns), added to the table: "
+              f"{len(sids)} items -> {table_out}")
+    else:
+        print(f"encoded {codes.shape[0]} items ({codes.shape[1]} columns): {n_known} known items (their table ID), "
+              f"{codes.shape[0] - n_known} new (a fresh ID that collides with no table ID)")
+    if out:
+        print(f"wrote {out}")
     return 0
 
 
@@ -115,13 +454,26 @@ def cmd_stats(a) -> int:
     x = load_embeddings(a.embeddings, a.key) if a.embeddings else None
     if x is not None and x.shape[0] != len(sids):
         raise CliError(f"{a.embeddings}: {x.shape[0]} rows for a table of {len(sids)} items")
+    try:
+        rep = sids.report(x)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from None
+    fig = collision_figures(sids)
+    if a.json:
+        payload = {"file": a.sids, "items": len(sids), "method": sids.method, "dedup": sids.dedup,
+                   "levels": sids.num_levels, "codebook_sizes": [int(k) for k in sids.codebook_sizes],
+                   "columns": int(sids.codes.shape[1]), "collisions": fig, "report": rep.to_dict()}
+        print(json.dumps(payload, indent=2, default=str))
+        return 0
     print(sids)
-    print(sids.report(x))
+    for line in _collision_lines(fig):
+        print(line)
+    print(rep)
     return 0
 
 
 _BENCHES = {"rq": "bench_residual_quantize.py", "beam": "bench_beam_search.py", "kmeans": "bench_kmeans.py",
-            "sid": "bench_sid.py"}
+            "sid": "bench_sid.py", "startup": "bench_startup.py"}
 
 
 def bench_dir() -> str:
@@ -131,6 +483,8 @@ def bench_dir() -> str:
 
 
 def cmd_bench(a) -> int:
+    if not os.path.isdir(a.out_dir):
+        raise CliError(f"--out-dir {a.out_dir}: no such folder")
     names = list(_BENCHES) if a.which == "all" else [a.which]
     rc = 0
     for name in names:
@@ -141,39 +495,96 @@ def cmd_bench(a) -> int:
     return rc
 
 
-def cmd_demo(a) -> int:
-    from .search import beam_search
-    from .sid import fit
+def _demo_catalogue(a):
+    """(x [M, D] float32, item ids [M] int64, description)."""
+    import torch
 
-    torch.manual_seed(a.seed)
     if a.data:
         from .collab import item_embeddings
         from .data import read_sequences
 
-        seqs = read_sequences(a.data)
-        x = item_embeddings([s[:-2] for s in seqs], dim=64, seed=a.seed)
-        x = x[x.norm(dim=1) > 0]
-        print(f"catalogue: collaborative embeddings of {a.data}: {x.shape[0]} items x {x.shape[1]}")
-    else:
-        g = torch.Generator().manual_seed(a.seed)
-        topics = torch.randn(200, 64, generator=g)
-        lab = torch.multinomial(1.0 / torch.arange(1, 201) ** 0.7, a.items, replacement=True, generator=g)
-        x = topics[lab] + 0.5 * torch.randn(a.items, 64, generator=g)
-        print(f"catalogue: {a.items} synthetic items x 64 dims (200 topics, Zipf sizes); --data FILE for real data")
+        try:
+            seqs = read_sequences(a.data)
+        except UnicodeDecodeError:  # before ValueError, its base class
+            raise CliError(f"--data {a.data}: not a text file of 'user_id item_id ...' lines") from None
+        except (OSError, ValueError) as e:
+            raise CliError(f"--data: {e}") from None
+        if not seqs:
+            raise CliError(f"--data {a.data}: no interaction sequences (the file is empty or blank)")
+        train = [s[:-2] for s in seqs]
+        if not any(train):
+            raise CliError(f"--data {a.data}: every sequence has fewer than 3 items: nothing to train on "
+                           "(the last two items of each user are held out)")
+        try:
+            x = item_embeddings(train, dim=64, seed=a.seed)
+        except (ValueError, TypeError) as e:
+            raise CliError(f"--data {a.data}: {e}") from None
+        ids = (x.norm(dim=1) > 0).nonzero()[:, 0]  # row i is item id i; ids that never co-occur are zero
+        x = x[ids]
+        if x.shape[0] < 2:
+            raise CliError(f"--data {a.data}: only {x.shape[0]} item(s) co-occur with another item; need 2 or more")
+        return x, ids, f"collaborative embeddings of {a.data}: {x.shape[0]} items x {x.shape[1]}"
+    g = torch.Generator().manual_seed(a.seed)
+    topics = torch.randn(200, 64, generator=g)
+    lab = torch.multinomial(1.0 / torch.arange(1, 201) ** 0.7, a.items, replacement=True, generator=g)
+    x = topics[lab] + 0.5 * torch.randn(a.items, 64, generator=g)
+    return x, torch.arange(a.items), (f"{a.items} synthetic items x 64 dims (200 topics, Zipf sizes); "
+                                      "--data FILE for real data")
+
+
+def nn_distance(x, sample: int = 1000, seed: int = 0) -> float:
+    """Median distance from (up to ``sample``) rows of x to their nearest other row."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(x.shape[0], generator=g)[:sample]
+    best = torch.full((rows.numel(),), float("inf"), dtype=torch.float64)
+    q = x[rows].double()
+    for i in range(0, x.shape[0], 8192):
+        d = torch.cdist(q, x[i : i + 8192].double())
+        own = (rows[:, None] == torch.arange(i, i + d.shape[1])[None])
+        d[own] = float("inf")
+        best = torch.minimum(best, d.min(1).values)
+    best = best[torch.isfinite(best)]
+    return float(best.median()) if best.numel() else 0.0
+
+
+def cmd_demo(a) -> int:
+    if a.topk is not None and a.topk > a.beam:
+        raise CliError(f"--topk {a.topk} is larger than --beam {a.beam} (a beam search returns at most --beam items)")
+    import torch
+
+    from .search import beam_search
+    from .sid import fit
+
+    torch.manual_seed(a.seed)
+    x, ids, desc = _demo_catalogue(a)
+    m = x.shape[0]
+    if a.queries > m:
+        raise CliError(f"--queries {a.queries} is larger than the catalogue ({m} items)")
+    print(f"catalogue: {desc}")
     t0 = time.perf_counter()
-    sids = fit(x, levels=3, codebook_size=min(256, x.shape[0]), dedup="suffix", seed=a.seed, progress=not a.quiet)
+    sids = fit(x, levels=3, codebook_size=min(256, m), dedup="suffix", seed=a.seed, item_ids=ids,
+               progress=_progress(a))
     print(f"\nfit (rq-kmeans, 3 x {sids.codebook_sizes[0]} + suffix) in {time.perf_counter() - t0:.2f} s")
     print(sids.report(x))
     trie = sids.trie()
-    print(f"\ntrie: {trie.num_items} items, {trie.nbytes / trie.num_items:.1f} bytes/item")
-    print("tokens of item 0:", sids.to_tokens(codes=sids.codes[:1])[0])
+    print(f"\ntrie: {trie.num_items} items, {trie.nbytes} bytes = {trie.nbytes / trie.num_items:.1f} bytes/item "
+          f"(measured: Trie.nbytes)")
+    print(f"tokens of item {int(ids[0])}:", sids.to_tokens(codes=sids.codes[:1])[0])
 
     # decode: queries are noisy item embeddings; the 'model' scores the next code by how close
-    # the partial reconstruction comes to the query; the trie keeps only existing SIDs
-    q_items = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(a.seed))[: a.queries]
-    q = x[q_items] + 0.1 * torch.randn(a.queries, x.shape[1])
+    # the partial reconstruction comes to the query; the trie keeps only existing SIDs.
+    # The noise is scaled to the data: its expected norm is --noise x the median distance
+    # between an item and its nearest neighbour.
+    d_nn = nn_distance(x, seed=a.seed)
+    sigma = a.noise * d_nn / x.shape[1] ** 0.5
+    g = torch.Generator().manual_seed(a.seed)
+    q_rows = torch.randperm(m, generator=g)[: a.queries]
+    q = x[q_rows].float() + sigma * torch.randn(a.queries, x.shape[1], generator=g)
     cbs = sids.codebooks
     L, K = sids.num_levels, a.beam
+    topk = a.topk if a.topk is not None else min(5, K)
 
     def step_fn(tokens, parent):
         t = tokens.shape[1]
@@ -184,72 +595,211 @@ def cmd_demo(a) -> int:
         r = qq - prefix
         return -(((r[:, None, :] - cbs[t][None]) ** 2).sum(-1))
 
-    out = beam_search(step_fn, trie, a.queries, K, topk=5)
-    hits = (out.items == q_items[:, None]).any(1)
-    print(f"\nconstrained beam search (beam {K}) for {a.queries} noisy item embeddings:")
+    out = beam_search(step_fn, trie, a.queries, K, topk=topk)
+    q_ids = ids[q_rows]
+    hits = (out.items == q_ids[:, None]).any(1)
+    print(f"\nconstrained beam search (beam {K}, top {topk}) for {a.queries} noisy item embeddings "
+          f"(noise norm ~{a.noise:g} x the median nearest-neighbour distance {d_nn:.3g}):")
     for i in range(a.queries):
-        print(f"  query {int(q_items[i]):6d} -> top-5 items {out.items[i].tolist()}  {'hit' if hits[i] else 'miss'}")
-    print(f"recall@5 {hits.float().mean():.2f}, invalid items {int((out.items < 0).sum())}")
+        print(f"  item {int(q_ids[i]):6d} -> top-{topk} items {out.items[i].tolist()}  {'hit' if hits[i] else 'miss'}")
+    print(f"recall@{topk} {hits.float().mean():.2f}, invalid items {int((out.items < 0).sum())}")
     return 0
+
+
+# --------------------------------------------------------------------------- argument types
+def _int_at_least(lo: int, name: str = "an integer"):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected {name} >= {lo}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected {name} >= {lo}")
+        return v
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected a number >= 0") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected a finite number >= 0")
+    return v
+
+
+def _codebook_sizes(s: str) -> list[int]:
+    out = []
+    for part in s.split(","):
+        try:
+            v = int(part)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {s!r}: expected an integer >= 1, or one per level separated by commas (256,256,128)")
+        out.append(v)
+    return out
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it is None / False or the help states it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        d = action.default
+        if ("default" in h or d is None or d is False or d is argparse.SUPPRESS or isinstance(d, bool)
+                or not action.option_strings or action.nargs == 0):
+            return h
+        if isinstance(d, list):
+            return h + f" (default: {','.join(map(str, d))})"
+        return h + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """One-line errors: 'pysid: error: ...' and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see 'pysid {sub} --help')" if sub else " (see 'pysid --help')"
+        self.exit(2, f"pysid: error: {message}{hint}\n")
 
 
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pysid", description="Semantic IDs: fit, encode, inspect, benchmark.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="pysid", formatter_class=_Formatter,
+                description="Semantic IDs: fit, encode, inspect, benchmark, demo.",
+                epilog="Errors: one line 'pysid: error: ...', exit status 2 (PYSID_DEBUG=1: traceback).\n"
+                       "Outputs are written atomically; an existing output is replaced only with --force.\n"
+                       "Progress goes to stderr: a bar on a terminal, else a log line every PYSID_PROGRESS_INTERVAL\n"
+                       "seconds (default 5); --quiet: none. 'pysid COMMAND --help' for each command's options.")
+    p.add_argument("--version", action="version", version=f"pysid {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    f = sub.add_parser("fit", help="train codebooks and assign Semantic IDs")
-    f.add_argument("embeddings")
-    f.add_argument("-o", "--output", required=True, help="output .npz (SemanticIds)")
-    f.add_argument("--key", help="array name inside .npz / .pt")
-    f.add_argument("--levels", type=int, default=3)
-    f.add_argument("--codebook-size", default="256", help="K, or one per level: 256,256,128")
-    f.add_argument("--method", choices=["rq-kmeans", "rq-vae"], default="rq-kmeans")
-    f.add_argument("--dedup", choices=["suffix", "reassign", "none"], default="suffix")
-    f.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--beam-width", type=int, default=1, help="codes by beam search over the levels (1: greedy)")
-    f.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    def cmd(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+
+    emb_help = ".npy, .npz or .pt file of [M, D] floating-point embeddings, one row per item"
+    f = cmd("fit", "train codebooks and assign Semantic IDs",
+            "Train codebooks on item embeddings and write the table of unique Semantic IDs (.npz).\n"
+            "rq-kmeans: residual k-means, the same table for the same seed. rq-vae: TIGER's RQ-VAE, trained\n"
+            "here (its reproducibility for a seed is stated in pysid.fit's docstring).")
+    f.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+    f.add_argument("-o", "--output", required=True, metavar="SIDS.npz",
+                   help="output table (SemanticIds .npz; the name is used as given)")
+    f.add_argument("--force", action="store_true", help="replace an existing output file")
+    f.add_argument("--key", help="array name inside an .npz / entry of a .pt dict (default: the first / only one)")
+    f.add_argument("--item-ids", metavar="FILE",
+                   help="item ids, one per embedding row: .npy of integers or a text file of integers "
+                        "(default: the row numbers 0..M-1)")
+    f.add_argument("--levels", type=_int_at_least(1), default=3, metavar="L", help="semantic levels L")
+    f.add_argument("--codebook-size", type=_codebook_sizes, default=[256], metavar="K[,K...]",
+                   help="codes per level: K, or one per level (256,256,128)")
+    f.add_argument("--method", choices=["rq-kmeans", "rq-vae"], default="rq-kmeans",
+                   help="residual k-means codebooks, or TIGER's RQ-VAE (trained here)")
+    f.add_argument("--dedup", choices=["suffix", "reassign", "none"], default="suffix",
+                   help="collision rule: an extra suffix level (TIGER), reassignment to a free code, or none")
+    f.add_argument("--iters", type=_int_at_least(1), default=20, metavar="N", help="k-means (Lloyd) iterations per level")
+    f.add_argument("--balanced", action="store_true",
+                   help="balanced k-means at every level: equal-size clusters (rq-kmeans)")
+    f.add_argument("--beam-width", type=_int_at_least(1), default=1, metavar="W",
+                   help="codes by beam search over the levels (1: greedy)")
+    f.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
+                   help="rq-vae training epochs (default: 100, pysid.nn.train_rqvae's)")
+    f.add_argument("--latent", type=_int_at_least(1), default=None, metavar="D",
+                   help="rq-vae latent dimension (default: 32, pysid.nn.RQVAE's)")
+    f.add_argument("--batch-size", type=_int_at_least(1), default=None, metavar="B", help="rq-vae batch size (default: 1024)")
+    f.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    f.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    f.add_argument("--quiet", action="store_true", help="no progress output")
     f.set_defaults(func=cmd_fit)
 
-    e = sub.add_parser("encode", help="Semantic IDs for new (cold-start) items")
-    e.add_argument("sids")
-    e.add_argument("embeddings")
-    e.add_argument("-o", "--output", required=True, help="output .npy of codes")
-    e.add_argument("--key")
+    e = cmd("encode", "Semantic IDs for new (cold-start) items",
+            "Encode embeddings with a table's codebooks and dedup rule.\n"
+            "Writes the codes [N, columns] as .npy (-o; '.npy' is appended to a name without it, as numpy does)\n"
+            "Known items (--item-ids in the table, or an embedding equal to a fitted one) get their table ID\n"
+            "back, new items a fresh ID that collides with no table ID; it reports how many of each.\n"
+            "--add appends the items to the table: --in-place replaces SIDS (atomically), --table-out FILE\n"
+            "writes the grown table to another file.")
+    e.add_argument("sids", metavar="SIDS.npz", help="the table written by 'pysid fit'")
+    e.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+    e.add_argument("-o", "--output", metavar="CODES.npy", help="output .npy of codes (required unless --add)")
+    e.add_argument("--force", action="store_true", help="replace existing output files")
+    e.add_argument("--key", help="array name inside an .npz / entry of a .pt dict")
+    e.add_argument("--item-ids", metavar="FILE", help="item ids of the rows (.npy or text of integers); with --add "
+                                                      "the new items' ids (default: max id + 1, ...)")
+    e.add_argument("--add", action="store_true", help="append the items to the table (needs --in-place or "
+                                                      "--table-out)")
+    e.add_argument("--in-place", action="store_true", help="with --add: replace SIDS with the grown table")
+    e.add_argument("--table-out", metavar="FILE", help="with --add: write the grown table to FILE")
     e.set_defaults(func=cmd_encode)
 
-    s = sub.add_parser("stats", help="print a table's metrics")
-    s.add_argument("sids")
-    s.add_argument("--embeddings", help="the fitted embeddings: adds the reconstruction error")
-    s.add_argument("--key")
+    s = cmd("stats", "print a table's metrics",
+            "Metrics of a table: collision rate before dedup (semantic tuples) and after (full IDs), the\n"
+            "suffix level's size, per-level usage and perplexity, prefix fan-out.")
+    s.add_argument("sids", metavar="SIDS.npz", help="the table written by 'pysid fit'")
+    s.add_argument("--embeddings", metavar="EMBEDDINGS", help="the fitted embeddings: adds the reconstruction error")
+    s.add_argument("--key", help="array name inside an .npz / entry of a .pt dict")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     s.set_defaults(func=cmd_stats)
 
-    b = sub.add_parser("bench", help="run the benchmark scripts (quick mode unless --full)")
-    b.add_argument("which", nargs="?", default="all", choices=["all", *_BENCHES])
-    b.add_argument("--full", action="store_true")
-    b.add_argument("--out-dir", default=".", help="where the JSON results go (default: the current directory)")
+    b = cmd("bench", "run the benchmark scripts (quick mode unless --full)",
+            "Run bench/*.py: each prints a table and writes JSON (pysid_bench_NAME.json).")
+    b.add_argument("which", nargs="?", default="all", choices=["all", *_BENCHES], help="which benchmark")
+    b.add_argument("--full", action="store_true", help="full sizes (minutes) instead of --quick")
+    b.add_argument("--out-dir", default=".", help="folder for the JSON results")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="embeddings -> SIDs -> metrics -> trie -> constrained decoding")
-    d.add_argument("--items", type=int, default=20000)
-    d.add_argument("--data", help="an Amazon-format sequence file: collaborative embeddings instead of synthetic")
-    d.add_argument("--queries", type=int, default=5)
-    d.add_argument("--beam", type=int, default=10)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d = cmd("demo", "embeddings -> SIDs -> metrics -> trie -> constrained decoding",
+            "The main job end to end: fit 3 x 256 codes + suffix, print the report and the trie size,\n"
+            "decode noisy item embeddings by trie-constrained beam search and report the recall.")
+    d.add_argument("--items", type=_int_at_least(2), default=20000, help="synthetic catalogue size")
+    d.add_argument("--data", metavar="FILE", help="an Amazon-format sequence file ('user_id item_id ...' lines): "
+                                                  "collaborative embeddings of its items instead of synthetic ones")
+    d.add_argument("--queries", type=_int_at_least(1), default=5, help="queries to decode")
+    d.add_argument("--beam", type=_int_at_least(1), default=10, help="beam width")
+    d.add_argument("--topk", type=_int_at_least(1), default=None, help="results per query (default: min(5, --beam))")
+    d.add_argument("--noise", type=_positive_float, default=0.25,
+                   help="query noise: expected norm as a fraction of the median nearest-neighbour distance")
+    d.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    d.add_argument("--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and usage errors (2)
+        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
+    debug = bool(os.environ.get("PYSID_DEBUG"))
     try:
         return int(args.func(args) or 0)
     except CliError as e:
+        if debug:
+            raise
         print(f"pysid: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # writing an output: disk full, permissions changed meanwhile, ...
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"pysid: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. 'pysid stats --json | head': the reader left
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except KeyboardInterrupt:
+        print("pysid: interrupted (outputs are unchanged unless reported written)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

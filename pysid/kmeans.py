@@ -328,7 +328,7 @@ def kmeans(
     n_local_trials: int | None = None,
     init_sample: int | None = None,
     balance_candidates: int = 16,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> KMeansResult:
     """k-means clustering of the rows of x.
 
@@ -350,7 +350,9 @@ def kmeans(
         n_local_trials: candidates per k-means++ step (default 2 + floor(ln k)).
         init_sample: rows used for seeding (default 256 * k; 0: all rows).
         balance_candidates: nearest clusters each row proposes to first (balanced=True).
-        progress: show tqdm progress bars.
+        progress: progress reports: False, True (a tqdm bar on a terminal), "tqdm", "log" (a line
+            on stderr every few seconds with rate and ETA) or "auto" (tqdm on a terminal, else
+            log lines); see ``pysid._progress``.
 
     Returns:
         :class:`KMeansResult`.
@@ -515,21 +517,20 @@ def _sync(x: Tensor) -> None:
 
 
 class _Bars:
-    """tqdm bars when asked for and available; otherwise nothing."""
+    """Progress bars as ``progress=`` asks (``pysid._progress``: tqdm, log lines or nothing)."""
 
-    def __init__(self, on: bool):
-        self.on = bool(on)
+    def __init__(self, on):
+        from ._progress import check_mode
+
+        self.on = check_mode(on)
         self.bars: list = []
 
     def new(self, total: int, desc: str):
-        if not self.on or total <= 0:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            return None
-        b = tqdm(total=total, desc=desc, leave=False, disable=None)  # None: off when not a terminal
-        self.bars.append(b)
+        from ._progress import bar
+
+        b = bar(self.on, total, desc)
+        if b is not None:
+            self.bars.append(b)
         return b
 
     def close(self) -> None:

@@ -182,7 +182,8 @@ def train_rqvae(
         x: [N, in_dim] float tensor, finite.
         epochs, batch_size, lr, weight_decay: the optimisation settings.
         seed: seeds the shuffling.
-        progress: tqdm bar over the epochs.
+        progress: progress over the epochs: False, True, "tqdm", "log" or "auto" (as in
+            :func:`pysid.kmeans`).
         align_with: optional [N, Dc] collaborative embeddings (row i belongs to x[i]). Each
             batch's loss then adds ``align_weight * alignment_loss(model.align_head(q), c)``
             (symmetric in-batch InfoNCE at ``align_temperature``, see
@@ -247,14 +248,9 @@ def _train(model, x, epochs, batch_size, lr, weight_decay, seed, progress, align
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     was = model.training
     model.train()
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    from .._progress import bar as _bar
 
-            bar = tqdm(total=epochs, desc="RQ-VAE", leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = _bar(progress, epochs, "RQ-VAE epochs")
     losses: list[float] = []
     try:
         for epoch in range(epochs):
