@@ -162,7 +162,10 @@ def _scan(path: str, embedding_column: str, id_column: str) -> _Shard:
         try:
             with open(path, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 offset = f.tell()
         except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"{path} is not a readable .npy file ({e})") from None
@@ -248,6 +251,8 @@ def _read_chunk(sh: _Shard, a: int, b: int, embedding_column: str, id_column: st
     v = vals.to_numpy(zero_copy_only=False)
     if v.dtype == np.float64:
         v = v.astype(np.float32)
+    elif not v.flags.writeable:
+        v = v.copy()
     x = torch.from_numpy(np.ascontiguousarray(v).reshape(b - a, sh.dim))
     ids = None
     if sh.has_ids:
@@ -315,7 +320,7 @@ def _prepare_out(out_dir: str, manifest: dict, overwrite: bool) -> bool:
                 old = json.load(f)
         except (OSError, ValueError):
             old = None
-        same = isinstance(old, dict) and {k: v for k, v in old.items() if k != "complete"} == manifest
+        same = isinstance(old, dict) and {k: old.get(k) for k in manifest} == manifest
         if not same:
             if not overwrite:
                 raise ValueError(f"output folder {out_dir} holds a run of other inputs, settings or table "
