@@ -11,6 +11,7 @@ Ops:
     sid_report         metrics of a SID table (usage, perplexity, collisions, reconstruction)
     nn                 ResidualQuantizer, RQVAE, train_rqvae (modules)
     collab, data       collaborative item embeddings from sequences; Amazon sequence files
+    stream, dedup      catalogue scale: shards on disk -> Parquet IDs (resumable); suffix dedup, sharded
 
 Backend control: ``pysid.backend("reference" | "native" | "cpu" | "triton" | "cuda" | "auto")``
 context manager or the ``PYSID_BACKEND`` environment variable.
@@ -20,7 +21,7 @@ from ._backend import backend, get_backend
 from .kmeans import KMeansResult, kmeans, residual_kmeans
 from .ops import ResidualQuantizeOutput, constrained_beam_step, residual_quantize, rq_vae_loss
 from .search import BeamSearchOutput, beam_search
-from . import collab, data, metrics, nn
+from . import collab, data, dedup, metrics, nn, stream
 from .metrics import SIDReport, sid_report
 from .sid import SemanticIds, fit
 from .trie import Trie

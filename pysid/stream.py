@@ -52,6 +52,7 @@ from __future__ import annotations
 import glob as _glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -64,7 +65,6 @@ import torch
 
 from ._io import atomic_write
 from .dedup import suffix_of_keys, tuple_keys
-from .kmeans import nonfinite_rows
 
 __all__ = ["encode_shards", "read_output", "StreamSummary", "list_shards"]
 
@@ -267,11 +267,21 @@ def _read_chunk(sh: _Shard, a: int, b: int, embedding_column: str, id_column: st
 def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict[str, np.ndarray]:
     """Codes of one chunk: semantic codes [n, L] int32 (new rows: the codebooks'; known rows: the
     table's), the table's suffix of known rows (-1 for new rows) and the known flags."""
-    from .sid import _as_embeddings, _method, _quantize
+    from .ops import residual_quantize
+    from .sid import _MIN_ABS, _MAX_SQ, _as_embeddings, _method
 
-    x = _as_embeddings(x, where)
+    if x.numel():  # one min/max pass in the input dtype; the full checks (their messages) only when it fails
+        mn, mx = (float(v) for v in torch.aminmax(x))  # half: no float32 copy
+        big = max(-mn, mx)
+        if not (math.isfinite(mn) and math.isfinite(mx)) or big > math.sqrt(_MAX_SQ / (4 * x.shape[1])) \
+                or 0 < big < _MIN_ABS:
+            _as_embeddings(x, where)
     n, L = x.shape[0], table.num_levels
-    rows, known = table._find_ids(ids)
+    if len(table) and ids.numel() and (int(ids.min()) <= int(table.item_ids.max())
+                                        and int(ids.max()) >= int(table.item_ids.min())):
+        rows, known = table._find_ids(ids)
+    else:  # no id of this chunk can be a table item
+        rows, known = torch.zeros_like(ids), torch.zeros(ids.shape, dtype=torch.bool)
     sem = np.empty((n, L), np.int32)
     tsuf = np.full(n, -1, np.int32)
     k = known.numpy()
@@ -282,8 +292,9 @@ def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict
             tsuf[k] = tc[:, L].numpy()
     if not k.all():
         xn = x[~known]
-        raw, _ = _quantize(_method(table.method).latents(table, xn), table.codebooks,
-                           table.settings.get("beam_width", 1))
+        lat = _method(table.method).latents(table, xn)
+        raw = residual_quantize(lat, [c.to(lat.device) for c in table.codebooks],
+                                beam_width=table.settings.get("beam_width", 1)).codes
         sem[~k] = raw.numpy()
     return {"sem": sem, "table_suffix": tsuf, "known": k, "ids": ids.numpy().astype(np.int64)}
 
