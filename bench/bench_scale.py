@@ -43,7 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import environment  # noqa: E402
 
-TOYS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "amazon", "toys.txt")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# the repository's sibling shared/ folder (a checkout in /work/main, or a worktree one level deeper)
+TOYS = next((p for p in (os.path.join(_HERE, *[".."] * up, "shared", "data", "amazon", "toys.txt") for up in (2, 3))
+             if os.path.exists(p)), os.path.join(_HERE, "..", "..", "shared", "data", "amazon", "toys.txt"))
 
 
 def peak_rss_mb() -> float:
@@ -203,6 +206,7 @@ def main() -> None:
     p.add_argument("--tmp", default=None, help="folder for the generated data (default: a temporary folder)")
     p.add_argument("--no-fit-sample", action="store_true")
     p.add_argument("--no-toys", action="store_true")
+    p.add_argument("--no-synthetic", action="store_true", help="fit-sample rows: skip the synthetic case")
     p.add_argument("--fractions", default="0.1,0.25,0.5")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--synthetic-n", type=int, default=100000)
@@ -229,7 +233,7 @@ def main() -> None:
     os.makedirs(tmp, exist_ok=True)
     try:
         if not args.no_fit_sample:
-            cases = ["synthetic"] + ([] if args.no_toys or not os.path.exists(TOYS) else ["amazon-toys"])
+            cases = ([] if args.no_synthetic else ["synthetic"]) + ([] if args.no_toys or not os.path.exists(TOYS) else ["amazon-toys"])
             for case in cases:
                 r = run_child("fit-sample", case=case, n=args.synthetic_n, threads=args.threads,
                               fractions=args.fractions, seeds=args.seeds)

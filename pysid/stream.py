@@ -407,7 +407,9 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                 "levels": table.num_levels}
     if _prepare_out(out_dir, manifest, overwrite):
         parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
-        info = json.load(open(os.path.join(out_dir, _MANIFEST)))
+        with open(os.path.join(out_dir, _MANIFEST)) as f:
+            info = json.load(f)
+        shutil.rmtree(os.path.join(out_dir, _WORK), ignore_errors=True)  # a kill during the last clean-up
         return StreamSummary(out_dir, total, info.get("new_rows", 0), info.get("known_rows", 0), len(chunks),
                              len(chunks), parts, 0.0, 0.0, 0.0, info.get("suffixed_rows", 0), info.get("max_suffix", 0))
     work = os.path.join(out_dir, _WORK)
@@ -426,8 +428,9 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=sum(chunks[j][2] - chunks[j][1] for j in range(len(chunks))
-                                            if j not in set(todo)), unit="rows", desc="encode")
+        left = set(todo)
+        bar = tqdm(total=total, initial=sum(c[2] - c[1] for j, c in enumerate(chunks) if j not in left),
+                   unit="rows", desc="encode")
     t0 = time.perf_counter()
     done_rows = 0
     with ThreadPoolExecutor(1) as pool:

@@ -84,7 +84,7 @@ def test_npy_shards_equal_encode(table, tmp_path, dtype):
     # a glob and an explicit list give the same
     out2 = tmp_path / "out2"
     stream.encode_shards(table, [str(d / "shard-0.npy"), str(d / "shard-[12].npy")], out2, chunk_rows=1000,
-                         first_id=400, prefetch=False)
+                         first_id=400, prefetch=False, progress=True)
     _check(out2, table, x, ids)
 
 
