@@ -37,8 +37,9 @@ modification time, rows, D), the table's digest and the settings; each chunk's c
 written atomically to ``out_dir/_work/chunk-NNNNNN.npz`` (a crash leaves a chunk whole or
 absent, never half). Calling ``encode_shards`` again with the same arguments skips the chunks
 that are there and encodes the rest: no duplicates, no gaps. The final pass reads the codes
-of every chunk (12-16 bytes per row: the packed tuple key and the suffix), computes the
-suffixes with ``pysid.dedup.suffix_of_keys``, writes each ``part-*.parquet`` atomically, and
+of every chunk into one int64 tuple key per row (after the table's items' keys), computes
+the suffixes with ``pysid.dedup.suffix_of_keys`` (about 20 bytes per row and table item in
+all: the keys, the sorted packed keys and the int32 suffixes), writes each ``part-*.parquet`` atomically, and
 only then marks the manifest ``"complete": true`` and writes ``_SUCCESS``; ``read_output`` and
 a reader that checks ``_SUCCESS`` never see a partial result as complete. An input that
 fails mid-run (unreadable, truncated, NaN/Inf rows, a wrong list length) raises ValueError
@@ -371,8 +372,8 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                   prefetch: bool = True) -> StreamSummary:
     """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
     docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
-    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus 12-16 bytes
-    per new row in the final pass. Returns a :class:`StreamSummary`."""
+    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
+    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
     from .sid import _dedup, _method
 
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -465,28 +466,25 @@ def _finish(table, out_dir: str, n_chunks: int, rule) -> dict[str, int]:
     L = table.num_levels
     sizes = [int(k) for k in table.codebook_sizes]
     with_suffix = rule.suffix != "never" and (table.has_suffix or rule.suffix == "always")
-    new_counts = []
-    for j in range(n_chunks):
-        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-            new_counts.append(int((~z["known"]).sum()))
-    n_new = sum(new_counts)
-    keys = np.empty(n_new, np.int64)
-    pos = 0
+    with open(os.path.join(out_dir, _MANIFEST)) as f:
+        total = int(json.load(f)["rows"])
+    # one read of the chunks: the table's semantic keys first, then the new rows' in input order -
+    # the suffix of a new row is its rank among the table's items and the earlier new rows
+    t = len(table)
+    keys = np.empty(t + total, np.int64)
+    keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
+    pos, new_counts = t, []
     for j in range(n_chunks):
         with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
             known, sem = z["known"], z["sem"]
-            keys[pos : pos + new_counts[j]] = tuple_keys(sem[~known], sizes)
-        pos += new_counts[j]
+        new = sem[~known]
+        keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
+        pos += new.shape[0]
+        new_counts.append(new.shape[0])
+    n_new = pos - t
     suffix = None
     if rule.suffix != "never":
-        # the table's rule for new rows: rank among the table's items and the earlier new rows
-        suffix = suffix_of_keys(keys)
-        tkeys = tuple_keys(table.codes[:, :L].numpy(), sizes)
-        tu, tc = np.unique(tkeys, return_counts=True)
-        if tu.size and n_new:
-            p = np.searchsorted(tu, keys).clip(max=tu.size - 1)
-            hit = tu[p] == keys
-            suffix[hit] += tc[p[hit]].astype(np.int32)
+        suffix = suffix_of_keys(keys[:pos])[t:]
         if not with_suffix and n_new and (suffix.max() > 0):
             with_suffix = True  # "if-needed" rules (none offered today) would gain the level here
     del keys
@@ -512,7 +510,6 @@ def _finish(table, out_dir: str, n_chunks: int, rule) -> dict[str, int]:
     mpath = os.path.join(out_dir, _MANIFEST)
     with open(mpath) as f:
         man = json.load(f)
-    total = man["rows"]
     stats = {"new_rows": n_new, "known_rows": total - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
     man.update(stats, complete=True)
     atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
