@@ -257,3 +257,26 @@ def test_kill9_mid_run_then_resume_equals_one_shot(table, tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     _check(out, table, x, np.arange(1500))
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["none", "rq-vae"])
+def test_other_tables(tmp_path, kind):
+    """dedup="none": no suffix column, codes as encode_result gives them; rq-vae: the encoder's latents."""
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randn(300, D, generator=g)
+    if kind == "none":
+        t = pysid.fit(x0, levels=2, codebook_size=8, dedup="none", progress=False)
+    else:
+        t = pysid.fit(x0, method="rq-vae", levels=2, codebook_size=8, progress=False,
+                      rqvae_options={"epochs": 2, "latent": 4})
+    x = _data(500, 8)
+    np.save(tmp_path / "a.npy", x)
+    stream.encode_shards(t, tmp_path / "a.npy", tmp_path / "out", chunk_rows=64)
+    got = stream.read_output(tmp_path / "out")
+    res = _expected(t, x, np.arange(500))
+    L = t.num_levels
+    np.testing.assert_array_equal(np.stack([got[f"level_{j}"] for j in range(L)], 1), res.codes[:, :L].numpy())
+    if kind == "none":
+        assert "suffix" not in got and res.codes.shape[1] == L
+    else:
+        np.testing.assert_array_equal(got["suffix"], res.codes[:, L].numpy())
