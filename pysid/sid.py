@@ -962,6 +962,27 @@ def _sample_size(sample, m: int) -> int:
     return max(1, min(m, int(round(f * m))))
 
 
+def _stratified(labels: Tensor, size: int, m: int, seed: int) -> Tensor:
+    """Sorted rows of a stratified sample of ``size`` of ``m`` rows (``fit(sample_by=...)``)."""
+    if labels.numel() != m:
+        raise ValueError(f"sample_by has {labels.numel()} labels for {m} items")
+    lab = labels.numpy()
+    uniq, inv, counts = np.unique(lab, return_inverse=True, return_counts=True)
+    share = counts * (size / m)
+    quota = np.floor(share).astype(np.int64)
+    left = size - int(quota.sum())
+    if left:  # largest remainders first, then the smaller labels (stable)
+        order = np.lexsort((np.arange(uniq.size), counts, -(share - quota)))
+        quota[order[:left]] += 1
+    g = torch.Generator().manual_seed(seed)
+    r = torch.rand(m, generator=g, dtype=torch.float64).numpy()
+    rows = np.lexsort((r, inv))  # by label, random within a label
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(m, np.int64)
+    rank[rows] = np.arange(m) - np.repeat(start, counts)
+    return torch.from_numpy(np.flatnonzero(rank < quota[inv]))
+
+
 def fit(
     embeddings,
     *,
@@ -981,6 +1002,7 @@ def fit(
     input_weights: Sequence[float] | None = None,
     sample: Union[int, float, None] = None,
     sample_seed: int = 0,
+    sample_by=None,
 ) -> SemanticIds:
     """Semantic IDs for item embeddings.
 
@@ -1027,6 +1049,10 @@ def fit(
             Collision rate before dedup: synthetic 0.884 (full) -> 0.820 / 0.856 / 0.892;
             Toys 0.136 -> 0.402 / 0.237 / 0.181.
         sample_seed: seeds the sample (a different stream from ``seed``).
+        sample_by: [M] integer labels (e.g. categories) for a stratified sample: each label
+            gets its share of the sample (proportional allocation; the rounding remainders go
+            to the labels with the largest fractions, then the smaller labels), uniform within
+            each label. Needs ``sample``.
 
     Returns:
         :class:`SemanticIds` (codes on the CPU), with each item's embedding fingerprint (for
@@ -1064,9 +1090,13 @@ def fit(
     if sample is not None:
         sample_seed = _int_arg("sample_seed", sample_seed, 0)
         m_train = _sample_size(sample, m)
-        if m_train < m:
+        if sample_by is not None:
+            train_rows = _stratified(_as_ids(sample_by, "sample_by"), m_train, m, sample_seed)
+        elif m_train < m:
             g = torch.Generator().manual_seed(sample_seed)
             train_rows = torch.randperm(m, generator=g)[:m_train].sort().values
+    elif sample_by is not None:
+        raise ValueError("sample_by stratifies a sample: pass sample= too")
     meth.check(m_train, sizes, iters)
     parts = list(embeddings) if isinstance(embeddings, (list, tuple)) else [embeddings]
     fps = _fingerprints([_as_tensor(p) for p in parts])
@@ -1078,7 +1108,7 @@ def fit(
                                 "balanced": bool(balanced), "reassign_candidates": reassign_candidates,
                                 "beam_width": beam_width}
     if sample is not None:
-        settings.update(sample=m_train, sample_seed=sample_seed)
+        settings.update(sample=m_train, sample_seed=sample_seed, sample_stratified=sample_by is not None)
     xt = x if train_rows is None else x[train_rows.to(x.device)]
     opts = rqvae_options
     if train_rows is not None and opts and opts.get("align_with") is not None:

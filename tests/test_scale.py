@@ -154,3 +154,25 @@ def test_fit_sample_bad(bad, err):
 def test_fit_sample_smaller_than_codebook():
     with pytest.raises(ValueError, match="codebook_size 64 is larger than the number of items 10"):
         pysid.fit(_blobs(800, 8, 2), levels=1, codebook_size=64, sample=10, progress=False)
+
+
+def test_fit_sample_stratified():
+    x = _blobs(1000, 8, 4)
+    labels = np.repeat([7, 3, 9], [600, 300, 100])
+    s = pysid.fit(x, levels=2, codebook_size=8, sample=100, sample_by=labels, sample_seed=1, progress=False)
+    rows = pysid.sid._stratified(torch.from_numpy(labels), 100, 1000, 1)
+    assert rows.numel() == 100 and bool((rows[1:] > rows[:-1]).all())
+    assert np.bincount(labels[rows.numpy()], minlength=10)[[7, 3, 9]].tolist() == [60, 30, 10]
+    sub = pysid.fit(x[rows], levels=2, codebook_size=8, progress=False)
+    for a, b in zip(s.codebooks, sub.codebooks):
+        torch.testing.assert_close(a, b)
+    # rounding: 7 of 3 labels 5/3/2 -> quotas 3.5/2.1/1.4 -> 3, 2, 1 and the remainder to the largest fraction
+    r = pysid.sid._stratified(torch.tensor([0] * 5 + [1] * 3 + [2] * 2), 7, 10, 0)
+    assert np.bincount(np.array([0] * 5 + [1] * 3 + [2] * 2)[r.numpy()]).tolist() == [4, 2, 1]
+    # another seed, another sample of the same sizes
+    r2 = pysid.sid._stratified(torch.from_numpy(labels), 100, 1000, 2)
+    assert not torch.equal(rows, r2) and np.bincount(labels[r2.numpy()])[[7, 3, 9]].tolist() == [60, 30, 10]
+    with pytest.raises(ValueError, match="pass sample= too"):
+        pysid.fit(x, levels=2, codebook_size=8, sample_by=labels, progress=False)
+    with pytest.raises(ValueError, match="999 labels for 1000 items"):
+        pysid.fit(x, levels=2, codebook_size=8, sample=100, sample_by=labels[:999], progress=False)
