@@ -86,16 +86,20 @@ def _check_keys(keys) -> np.ndarray:
     return k.astype(np.int64, copy=False)
 
 
-def suffix_of_keys(keys, *, return_groups: bool = False):
+def suffix_of_keys(keys, *, return_groups: bool = False, return_inverse: bool = False):
     """[N] int32: for each row, how many earlier rows have its key (0 for the first).
 
     keys: [N] integer keys (numpy or torch). With ``return_groups``, also the distinct keys
-    (sorted, int64) and their counts (int64): ``(suffix, unique_keys, counts)``."""
+    (sorted, int64) and their counts (int64): ``(suffix, unique_keys, counts)``; with
+    ``return_inverse`` as well, each row's index in ``unique_keys`` ([N] int64, appended)."""
+    return_groups = return_groups or return_inverse
     k = _check_keys(keys)
     n = k.size
     out = np.empty(n, np.int32)
     if n == 0:
         e = np.empty(0, np.int64)
+        if return_inverse:
+            return out, e, e.copy(), e.copy()
         return (out, e, e.copy()) if return_groups else out
     if n - 1 > np.iinfo(np.int32).max:
         raise ValueError(f"{n} rows: suffixes would not fit in int32")
@@ -116,6 +120,8 @@ def suffix_of_keys(keys, *, return_groups: bool = False):
     else:
         order = np.argsort(k, kind="stable")
     uniq, counts = [], []
+    inverse = np.empty(n, np.int64) if return_inverse else None
+    n_groups = 0
     prev_key, run_start = None, 0
     for a in range(0, n, _CHUNK):
         b = min(n, a + _CHUNK)
@@ -137,6 +143,9 @@ def suffix_of_keys(keys, *, return_groups: bool = False):
             starts = np.flatnonzero(first) + a
             uniq.append(sk[first])
             counts.append(starts)
+            if return_inverse:
+                inverse[rows] = np.cumsum(first) - 1 + n_groups
+            n_groups += starts.size
         prev_key, run_start = sk[-1], int(start[-1])
     if not return_groups:
         return out
@@ -145,6 +154,8 @@ def suffix_of_keys(keys, *, return_groups: bool = False):
         ukeys = ukeys + kmin
     st = np.concatenate(counts)
     cnt = np.diff(np.append(st, n))
+    if return_inverse:
+        return out, ukeys.astype(np.int64, copy=False), cnt.astype(np.int64), inverse
     return out, ukeys.astype(np.int64, copy=False), cnt.astype(np.int64)
 
 
@@ -176,12 +187,13 @@ def sharded_suffix(local_keys, group=None, device: Union[str, torch.device] = "c
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("sharded_suffix needs torch.distributed initialised (init_process_group)")
     world = dist.get_world_size(group)
-    local, ukeys, counts = suffix_of_keys(local_keys, return_groups=True)
+    local, ukeys, counts, inv = suffix_of_keys(local_keys, return_inverse=True)
     if world == 1:
         return local
     dev = torch.device(device)
     owner = _owner(ukeys, world)
-    order = np.argsort(owner, kind="stable")  # by owner, keys sorted within each owner
+    small = owner.astype(np.int16 if world < 2**15 else np.int64)  # 16-bit: numpy's radix sort
+    order = np.argsort(small, kind="stable")  # by owner, keys sorted within each owner
     send_keys, send_counts = ukeys[order], counts[order]
     send_split = np.bincount(owner, minlength=world).astype(np.int64)
 
@@ -209,8 +221,7 @@ def sharded_suffix(local_keys, group=None, device: Union[str, torch.device] = "c
     back = exchange(offs, recv_split, send_split)  # in send order
     offset = np.empty_like(back)
     offset[order] = back
-    pos = np.searchsorted(ukeys, _check_keys(local_keys))
-    res = local.astype(np.int64) + offset[pos]
+    res = local.astype(np.int64) + offset[inv]
     if res.size and int(res.max()) > np.iinfo(np.int32).max:
         raise ValueError("suffixes would not fit in int32")
     return res.astype(np.int32)

@@ -303,7 +303,7 @@ def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict
 def _table_digest(table) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"method": table.method, "dedup": table.dedup, "sizes": list(map(int, table.codebook_sizes)),
-                         "settings": {k: v for k, v in table.settings.items() if k != "sample_seed"}},
+                         "settings": table.settings},
                         sort_keys=True, default=str).encode())
     for t in list(table.codebooks) + [table.codes, table.item_ids]:
         h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())

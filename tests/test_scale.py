@@ -29,6 +29,10 @@ def test_suffix_matches_table_rule(n, k):
     uu, cc = np.unique(tuple_keys(codes, [k] * 3), return_counts=True)
     np.testing.assert_array_equal(u, uu)
     np.testing.assert_array_equal(c, cc)
+    s2, u2, c2, inv = suffix_of_keys(tuple_keys(codes, [k] * 3), return_inverse=True)
+    _, inv_ref = np.unique(tuple_keys(codes, [k] * 3), return_inverse=True)
+    np.testing.assert_array_equal(inv, inv_ref.reshape(-1))
+    np.testing.assert_array_equal(s2, want)
 
 
 def test_suffix_of_keys_wide_keys_and_chunks(monkeypatch):
@@ -43,6 +47,9 @@ def test_suffix_of_keys_wide_keys_and_chunks(monkeypatch):
     small = rng.integers(0, 4, 1000)
     want = _rank_within_key(torch.from_numpy(small)).numpy()
     np.testing.assert_array_equal(suffix_of_keys(small), want)
+    _, u, c, inv = suffix_of_keys(small, return_inverse=True)  # group ids carried over chunk borders
+    np.testing.assert_array_equal(u[inv], small)
+    np.testing.assert_array_equal(c, np.bincount(small))
     np.testing.assert_array_equal(suffix_of_keys(keys), _rank_within_key(torch.from_numpy(keys)).numpy())
 
 
