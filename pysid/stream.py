@@ -388,7 +388,11 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
     _pyarrow()  # the output is Parquet: fail before any work
     out_dir = os.path.abspath(os.fspath(out_dir))
-    shards = [_scan(p, embedding_column, id_column) for p in list_shards(inputs)]
+    paths = list_shards(inputs)
+    inside = [p for p in paths if os.path.realpath(p).startswith(os.path.realpath(out_dir) + os.sep)]
+    if inside:
+        raise ValueError(f"input {inside[0]} is inside the output folder {out_dir}: choose another output folder")
+    shards = [_scan(p, embedding_column, id_column) for p in paths]
     want = _method(table.method).input_dim(table)
     for sh in shards:
         if sh.rows and sh.dim != want:

@@ -170,6 +170,8 @@ def test_output_folder_problems(table, tmp_path):
     stream.encode_shards(table, tmp_path / "a.npy", out, chunk_rows=16, overwrite=True)
     _check(out, table, x2, np.arange(60))
     assert len([f for f in os.listdir(out) if f.startswith("part-")]) == 4
+    with pytest.raises(ValueError, match="inside the output folder"):
+        stream.encode_shards(table, str(out / "*.parquet"), out)
     reassign = pysid.fit(torch.randn(300, D), levels=2, codebook_size=8, dedup="reassign", progress=False)
     with pytest.raises(ValueError, match="'reassign'"):
         stream.encode_shards(reassign, tmp_path / "a.npy", tmp_path / "out4")
