@@ -7,7 +7,7 @@
 Inputs (``inputs``: a path, a directory, a glob pattern, or a list of them; files in sorted
 order within a directory or pattern, the list's order otherwise):
 
-* ``.npy`` [N, D] float16 / float32 / bfloat16-free (float64 is read as float32), C order,
+* ``.npy`` [N, D] float16, float32 or float64 (encoded as float32), C order,
   read chunk by chunk with positioned reads (no memory map: mapped pages would count in the
   process's resident memory). Item ids: the global row number plus ``first_id``.
 * ``.parquet`` with an embedding column (``embedding_column``, default "embedding": a list,
