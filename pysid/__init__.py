@@ -11,6 +11,7 @@ Ops:
     sid_report         metrics of a SID table (usage, perplexity, collisions, reconstruction)
     nn                 ResidualQuantizer, RQVAE, train_rqvae (modules)
     collab, data       collaborative item embeddings from sequences; Amazon sequence files
+    stream, dedup      catalogue scale: shards on disk -> Parquet IDs (resumable); suffix dedup, sharded
 
 Backend control: ``pysid.backend("reference" | "native" | "cpu" | "triton" | "cuda" | "auto")``
 context manager or the ``PYSID_BACKEND`` environment variable.
@@ -43,8 +44,8 @@ _LAZY = {
     "fit": ".sid",
     "Trie": ".trie",
 }
-_SUBMODULES = ("cli", "collab", "data", "integrations", "kmeans", "metrics", "nn", "ops", "reference", "search",
-               "sid", "trie")
+_SUBMODULES = ("cli", "collab", "data", "dedup", "integrations", "kmeans", "metrics", "nn", "ops", "reference", "search",
+               "sid", "stream", "trie")
 
 __all__ = [
     "BeamSearchOutput",

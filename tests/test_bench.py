@@ -13,7 +13,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("script", ["bench_residual_quantize.py", "bench_beam_search.py", "bench_kmeans.py", "bench_sid.py",
-                                    "bench_startup.py"])
+                                    "bench_startup.py", "bench_scale.py"])
 def test_bench_quick(script, tmp_path):
     out = tmp_path / "result.json"
     res = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick", "--out", str(out)],

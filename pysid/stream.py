@@ -1,0 +1,543 @@
+"""Streaming encode: embedding shards on disk -> Semantic IDs in Parquet, in bounded memory.
+
+    table = pysid.SemanticIds.load("sids.npz")
+    summary = pysid.stream.encode_shards(table, "emb/*.npy", "out/", chunk_rows=65536)
+    ids = pysid.stream.read_output("out/")        # dict of numpy columns (small outputs, tests)
+
+Inputs (``inputs``: a path, a directory, a glob pattern, or a list of them; files in sorted
+order within a directory or pattern, the list's order otherwise):
+
+* ``.npy`` [N, D] float16, float32 or float64 (encoded as float32), C order,
+  read chunk by chunk with positioned reads (no memory map: mapped pages would count in the
+  process's resident memory). Item ids: the global row number plus ``first_id``.
+* ``.parquet`` with an embedding column (``embedding_column``, default "embedding": a list,
+  large list or fixed-size list of floats) and, if present, an id column (``id_column``,
+  default "item_id", integers; without it: the global row number plus ``first_id``), read
+  by the row groups that overlap each chunk (pyarrow needed: ``pip install pyarrow``).
+
+Every shard must have the table's input dimension D (checked for all shards before any
+work; ValueError naming the shard).
+
+Output (``out_dir``): one Parquet file per input chunk, ``part-000000.parquet``, ... in input
+order, with the columns ``item_id`` (int64), one int32 column per semantic level (``level_0``,
+``level_1``, ...), ``suffix`` (int32, when the table's rule has a suffix level) and ``known``
+(bool). Rows are exactly ``table.encode_result(x, item_ids=ids)`` of all input rows at once:
+
+* a row whose id is in the table (``known``) gets the table's ID of that item;
+* every other row gets the codes of the table's codebooks, and its suffix is its rank among
+  the table's items and the earlier new rows (in input order) with the same semantic tuple -
+  the table's rule for new items, so that no new ID collides with a table ID or another new
+  row's ID. (Rows are not added to the table.)
+
+Tables whose dedup rule is "reassign" are refused (its moves need all new rows' residuals at
+once: use ``SemanticIds.encode``), as are hybrid tables (a list of inputs).
+
+Crash safety and resume: ``out_dir/_manifest.json`` records the inputs (path, size,
+modification time, rows, D), the table's digest and the settings; each chunk's codes are
+written atomically to ``out_dir/_work/chunk-NNNNNN.npz`` (a crash leaves a chunk whole or
+absent, never half). Calling ``encode_shards`` again with the same arguments skips the chunks
+that are there and encodes the rest: no duplicates, no gaps. The final pass reads the codes
+of every chunk into one int64 tuple key per row (after the table's items' keys), computes
+the suffixes with ``pysid.dedup.suffix_of_keys`` (about 20 bytes per row and table item in
+all: the keys, the sorted packed keys and the int32 suffixes), writes each ``part-*.parquet`` atomically, and
+only then marks the manifest ``"complete": true`` and writes ``_SUCCESS``; ``read_output`` and
+a reader that checks ``_SUCCESS`` never see a partial result as complete. An input that
+fails mid-run (unreadable, truncated, NaN/Inf rows, a wrong list length) raises ValueError
+naming the shard and rows; the output stays incomplete. Inputs that changed since the
+manifest was written, or another table, are refused unless ``overwrite=True`` (which clears
+the folder's pysid files and starts again).
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+
+from ._io import atomic_write
+from .dedup import suffix_of_keys, tuple_keys
+
+__all__ = ["encode_shards", "read_output", "StreamSummary", "list_shards"]
+
+_FORMAT = "pysid.stream"
+_VERSION = 1
+_MANIFEST = "_manifest.json"
+_SUCCESS = "_SUCCESS"
+_WORK = "_work"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class StreamSummary:
+    """What :func:`encode_shards` did. ``rows``: input rows; ``known_rows``: rows whose id is a
+    table item; ``new_rows``: the others; ``chunks``: input chunks (= output parts);
+    ``chunks_skipped``: chunks found complete from an earlier run; ``parts``: the output files
+    in order; ``encode_s`` / ``dedup_s``: seconds of the chunk pass (this call) and the final
+    pass; ``rows_per_s``: rows encoded in this call per second of the chunk pass."""
+
+    out_dir: str
+    rows: int
+    new_rows: int
+    known_rows: int
+    chunks: int
+    chunks_skipped: int
+    parts: list = field(default_factory=list)
+    encode_s: float = 0.0
+    dedup_s: float = 0.0
+    rows_per_s: float = 0.0
+    suffixed_rows: int = 0
+    max_suffix: int = 0
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class _Shard:
+    path: str
+    kind: str  # "npy" | "parquet"
+    rows: int
+    dim: int
+    size: int
+    mtime_ns: int
+    dtype: str = ""
+    offset: int = 0  # npy: data offset
+    row_groups: list = field(default_factory=list)  # parquet: rows per row group
+    has_ids: bool = False
+
+    def key(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "rows": self.rows, "dim": self.dim, "size": self.size,
+                "mtime_ns": self.mtime_ns}
+
+
+def list_shards(inputs) -> list[str]:
+    """The input files of ``inputs`` (a path, directory, glob pattern, or a list of them), in
+    order. ValueError if something matches no .npy / .parquet file."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise ValueError("no inputs given")
+    out: list[str] = []
+    for it in items:
+        p = os.fspath(it)
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith((".npy", ".parquet")))
+            if not found:
+                raise ValueError(f"input folder {p} holds no .npy or .parquet file")
+            out += found
+        elif any(ch in p for ch in "*?["):
+            found = sorted(f for f in _glob.glob(p) if os.path.isfile(f))
+            if not found:
+                raise ValueError(f"input pattern {p} matches no file")
+            out += found
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise ValueError(f"input {p}: no such file or folder")
+    bad = [f for f in out if not f.endswith((".npy", ".parquet"))]
+    if bad:
+        raise ValueError(f"inputs must be .npy or .parquet files, got {bad[0]}")
+    return [os.path.abspath(f) for f in out]
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("Parquet input/output needs pyarrow: pip install pyarrow (or pysid[parquet])") from None
+    return pa, pq
+
+
+def _scan(path: str, embedding_column: str, id_column: str) -> _Shard:
+    st = os.stat(path)
+    if path.endswith(".npy"):
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                offset = f.tell()
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable .npy file ({e})") from None
+        if len(shape) != 2:
+            raise ValueError(f"{path}: embeddings must be [N, D], got shape {shape}")
+        if fortran:
+            raise ValueError(f"{path}: Fortran-order arrays are not supported (save it C-contiguous)")
+        if dtype not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"{path}: dtype {dtype} is not float16, float32 or float64")
+        need = offset + shape[0] * shape[1] * dtype.itemsize
+        if st.st_size < need:
+            raise ValueError(f"{path} is truncated: {st.st_size} bytes, the header promises {need}")
+        return _Shard(path, "npy", int(shape[0]), int(shape[1]), st.st_size, st.st_mtime_ns, dtype.str, offset)
+    pa, pq = _pyarrow()
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several kinds
+        raise ValueError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from None
+    schema = pf.schema_arrow
+    if embedding_column not in schema.names:
+        raise ValueError(f"{path} has no column {embedding_column!r} (columns: {schema.names})")
+    t = schema.field(embedding_column).type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+            or not pa.types.is_floating(t.value_type):
+        raise ValueError(f"{path}: column {embedding_column!r} must be a list of floats, got {t}")
+    has_ids = id_column in schema.names
+    if has_ids and not pa.types.is_integer(schema.field(id_column).type):
+        raise ValueError(f"{path}: id column {id_column!r} must be integers, got {schema.field(id_column).type}")
+    groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    rows = int(pf.metadata.num_rows)
+    if pa.types.is_fixed_size_list(t):
+        dim = int(t.list_size)
+    elif rows:
+        first = pf.read_row_group(0, columns=[embedding_column]).column(0)
+        dim = len(first[0].as_py()) if len(first) else 0
+    else:
+        dim = 0
+    return _Shard(path, "parquet", rows, dim, st.st_size, st.st_mtime_ns, str(t.value_type), 0, groups, has_ids)
+
+
+def _read_chunk(sh: _Shard, a: int, b: int, embedding_column: str, id_column: str):
+    """Rows [a, b) of a shard: (float tensor [n, D], ids int64 [n] or None)."""
+    if sh.kind == "npy":
+        dt = np.dtype(sh.dtype)
+        n = b - a
+        buf = np.empty((n, sh.dim), dt)
+        want = buf.nbytes
+        with open(sh.path, "rb", buffering=0) as f:
+            f.seek(sh.offset + a * sh.dim * dt.itemsize)
+            mv = memoryview(buf.reshape(-1).view(np.uint8))
+            got = 0
+            while got < want:
+                r = f.readinto(mv[got:])
+                if not r:
+                    break
+                got += r
+        if got != want:
+            raise ValueError(f"{sh.path}: rows {a}..{b - 1} could not be read (file truncated during the run?)")
+        x = torch.from_numpy(buf)
+        if dt == np.float64:
+            x = x.to(torch.float32)
+        return x, None
+    pa, pq = _pyarrow()
+    pf = pq.ParquetFile(sh.path)
+    cols = [embedding_column] + ([id_column] if sh.has_ids else [])
+    starts = np.cumsum([0] + sh.row_groups)
+    gs = [i for i in range(len(sh.row_groups)) if starts[i] < b and starts[i + 1] > a]
+    tab = pf.read_row_groups(gs, columns=cols).slice(a - int(starts[gs[0]]), b - a)
+    col = tab.column(embedding_column).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        vals = col.flatten()
+        lens_ok = True
+    else:
+        offs = np.asarray(col.offsets)
+        lens = np.diff(offs)
+        lens_ok = bool((lens == sh.dim).all())
+        if not lens_ok:
+            i = int(np.flatnonzero(lens != sh.dim)[0])
+            raise ValueError(f"{sh.path}: row {a + i} has an embedding of length {int(lens[i])}, expected {sh.dim}")
+        vals = col.flatten()
+    if col.null_count:
+        raise ValueError(f"{sh.path}: rows {a}..{b - 1} hold null embeddings")
+    v = vals.to_numpy(zero_copy_only=False)
+    if v.dtype == np.float64:
+        v = v.astype(np.float32)
+    elif not v.flags.writeable:
+        v = v.copy()
+    x = torch.from_numpy(np.ascontiguousarray(v).reshape(b - a, sh.dim))
+    ids = None
+    if sh.has_ids:
+        ic = tab.column(id_column)
+        if ic.null_count:
+            raise ValueError(f"{sh.path}: rows {a}..{b - 1} hold null ids")
+        ids = torch.from_numpy(ic.to_numpy().astype(np.int64))
+    return x, ids
+
+
+# --------------------------------------------------------------------------- chunk encode
+def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict[str, np.ndarray]:
+    """Codes of one chunk: semantic codes [n, L] int32 (new rows: the codebooks'; known rows: the
+    table's), the table's suffix of known rows (-1 for new rows) and the known flags."""
+    from .ops import residual_quantize
+    from .sid import _MIN_ABS, _MAX_SQ, _as_embeddings, _method
+
+    if x.numel():  # one min/max pass in the input dtype; the full checks (their messages) only when it fails
+        mn, mx = (float(v) for v in torch.aminmax(x))  # half: no float32 copy
+        big = max(-mn, mx)
+        if not (math.isfinite(mn) and math.isfinite(mx)) or big > math.sqrt(_MAX_SQ / (4 * x.shape[1])) \
+                or 0 < big < _MIN_ABS:
+            _as_embeddings(x, where)
+    n, L = x.shape[0], table.num_levels
+    if len(table) and ids.numel() and (int(ids.min()) <= int(table.item_ids.max())
+                                        and int(ids.max()) >= int(table.item_ids.min())):
+        rows, known = table._find_ids(ids)
+    else:  # no id of this chunk can be a table item
+        rows, known = torch.zeros_like(ids), torch.zeros(ids.shape, dtype=torch.bool)
+    sem = np.empty((n, L), np.int32)
+    tsuf = np.full(n, -1, np.int32)
+    k = known.numpy()
+    if k.any():
+        tc = table.codes[rows[known]]
+        sem[k] = tc[:, :L].numpy()
+        if table.has_suffix:
+            tsuf[k] = tc[:, L].numpy()
+    if not k.all():
+        xn = x[~known]
+        lat = _method(table.method).latents(table, xn)
+        raw = residual_quantize(lat, [c.to(lat.device) for c in table.codebooks],
+                                beam_width=table.settings.get("beam_width", 1)).codes
+        sem[~k] = raw.numpy()
+    return {"sem": sem, "table_suffix": tsuf, "known": k, "ids": ids.numpy().astype(np.int64)}
+
+
+def _table_digest(table) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"method": table.method, "dedup": table.dedup, "sizes": list(map(int, table.codebook_sizes)),
+                         "settings": table.settings},
+                        sort_keys=True, default=str).encode())
+    for t in list(table.codebooks) + [table.codes, table.item_ids]:
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    for k, v in sorted((table.model_state or {}).items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v.detach().cpu().float().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _prepare_out(out_dir: str, manifest: dict, overwrite: bool) -> bool:
+    """Create / check the output folder; True if a complete run with this manifest is there."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"output {out_dir} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise ValueError(f"the folder {parent} (for the output folder) does not exist")
+    os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {out_dir} is not writable")
+    mpath = os.path.join(out_dir, _MANIFEST)
+    ours = lambda f: f in (_MANIFEST, _SUCCESS, _WORK) or (f.startswith("part-") and f.endswith(".parquet")) \
+        or (f.startswith(".") and f.endswith(".tmp"))
+    if os.path.exists(mpath):
+        try:
+            with open(mpath) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+        same = isinstance(old, dict) and {k: old.get(k) for k in manifest} == manifest
+        if not same:
+            if not overwrite:
+                raise ValueError(f"output folder {out_dir} holds a run of other inputs, settings or table "
+                                 "(an input changed?): pass overwrite=True or another folder")
+            _clear(out_dir, ours)
+        elif old.get("complete") and os.path.exists(os.path.join(out_dir, _SUCCESS)):
+            return True
+    else:
+        others = [f for f in os.listdir(out_dir) if not ours(f)]
+        if others:
+            raise ValueError(f"output folder {out_dir} is not empty ({others[0]}, ...) and holds no pysid "
+                             "stream manifest: choose an empty or new folder")
+        _clear(out_dir, ours)  # parts / work files without a manifest: not ours to trust
+    try:
+        os.remove(os.path.join(out_dir, _SUCCESS))
+    except FileNotFoundError:
+        pass
+    atomic_write(mpath, lambda f: f.write(json.dumps(dict(manifest, complete=False), indent=1).encode()))
+    os.makedirs(os.path.join(out_dir, _WORK), exist_ok=True)
+    return False
+
+
+def _clear(out_dir: str, ours: Callable[[str], bool]) -> None:
+    for f in os.listdir(out_dir):
+        if ours(f):
+            p = os.path.join(out_dir, f)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+# --------------------------------------------------------------------------- the API
+def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
+                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress: bool = False,
+                  prefetch: bool = True) -> StreamSummary:
+    """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
+    docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
+    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
+    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
+    from .sid import _dedup, _method
+
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+    if isinstance(first_id, bool) or not isinstance(first_id, int) or first_id < 0:
+        raise ValueError(f"first_id must be an int >= 0, got {first_id!r}")
+    rule = _dedup(table.dedup)
+    if rule.moves:
+        raise ValueError(f"encode_shards supports the dedup rules without moves (suffix, none); this table's rule "
+                         f"is {rule.name!r}: encode with SemanticIds.encode")
+    if table.settings.get("inputs", 1) != 1:
+        raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
+    _pyarrow()  # the output is Parquet: fail before any work
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    paths = list_shards(inputs)
+    inside = [p for p in paths if os.path.realpath(p).startswith(os.path.realpath(out_dir) + os.sep)]
+    if inside:
+        raise ValueError(f"input {inside[0]} is inside the output folder {out_dir}: choose another output folder")
+    shards = [_scan(p, embedding_column, id_column) for p in paths]
+    want = _method(table.method).input_dim(table)
+    for sh in shards:
+        if sh.rows and sh.dim != want:
+            raise ValueError(f"{sh.path}: embeddings have D={sh.dim}, the table expects D={want} "
+                             f"(shards: {sorted({s.dim for s in shards})})")
+    chunks = []  # (shard index, a, b, global row of a)
+    g = 0
+    for i, sh in enumerate(shards):
+        for a in range(0, sh.rows, chunk_rows):
+            b = min(sh.rows, a + chunk_rows)
+            chunks.append((i, a, b, g + a))
+        g += sh.rows
+    total = g
+    manifest = {"format": _FORMAT, "version": _VERSION, "table": _table_digest(table), "chunk_rows": chunk_rows,
+                "embedding_column": embedding_column, "id_column": id_column, "first_id": first_id,
+                "shards": [s.key() for s in shards], "chunks": len(chunks), "rows": total,
+                "levels": table.num_levels}
+    if _prepare_out(out_dir, manifest, overwrite):
+        parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
+        with open(os.path.join(out_dir, _MANIFEST)) as f:
+            info = json.load(f)
+        shutil.rmtree(os.path.join(out_dir, _WORK), ignore_errors=True)  # a kill during the last clean-up
+        return StreamSummary(out_dir, total, info.get("new_rows", 0), info.get("known_rows", 0), len(chunks),
+                             len(chunks), parts, 0.0, 0.0, 0.0, info.get("suffixed_rows", 0), info.get("max_suffix", 0))
+    work = os.path.join(out_dir, _WORK)
+    work_path = lambda j: os.path.join(work, f"chunk-{j:06d}.npz")
+    todo = [j for j in range(len(chunks)) if not os.path.exists(work_path(j))]
+    skipped = len(chunks) - len(todo)
+
+    def load(j):
+        i, a, b, g0 = chunks[j]
+        x, ids = _read_chunk(shards[i], a, b, embedding_column, id_column)
+        if ids is None:
+            ids = torch.arange(first_id + g0, first_id + g0 + (b - a), dtype=torch.int64)
+        return x, ids
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        left = set(todo)
+        bar = tqdm(total=total, initial=sum(c[2] - c[1] for j, c in enumerate(chunks) if j not in left),
+                   unit="rows", desc="encode")
+    t0 = time.perf_counter()
+    done_rows = 0
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(load, todo[0]) if (todo and prefetch) else None
+        for n_i, j in enumerate(todo):
+            x, ids = nxt.result() if prefetch else load(j)
+            if prefetch and n_i + 1 < len(todo):
+                nxt = pool.submit(load, todo[n_i + 1])
+            i, a, b, _ = chunks[j]
+            arrays = _encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}")
+            _save_npz(work_path(j), arrays)
+            done_rows += b - a
+            if bar is not None:
+                bar.update(b - a)
+    encode_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    t1 = time.perf_counter()
+    stats = _finish(table, out_dir, len(chunks), rule)
+    dedup_s = time.perf_counter() - t1
+    parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
+    return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
+                         encode_s, dedup_s, done_rows / encode_s if encode_s > 0 else 0.0,
+                         stats["suffixed_rows"], stats["max_suffix"])
+
+
+def _finish(table, out_dir: str, n_chunks: int, rule) -> dict[str, int]:
+    """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
+    completion mark and _SUCCESS."""
+    pa, pq = _pyarrow()
+    work = os.path.join(out_dir, _WORK)
+    L = table.num_levels
+    sizes = [int(k) for k in table.codebook_sizes]
+    with_suffix = rule.suffix != "never" and (table.has_suffix or rule.suffix == "always")
+    with open(os.path.join(out_dir, _MANIFEST)) as f:
+        total = int(json.load(f)["rows"])
+    # one read of the chunks: the table's semantic keys first, then the new rows' in input order -
+    # the suffix of a new row is its rank among the table's items and the earlier new rows
+    t = len(table)
+    keys = np.empty(t + total, np.int64)
+    keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
+    pos, new_counts = t, []
+    for j in range(n_chunks):
+        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
+            known, sem = z["known"], z["sem"]
+        new = sem[~known]
+        keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
+        pos += new.shape[0]
+        new_counts.append(new.shape[0])
+    n_new = pos - t
+    suffix = None
+    if rule.suffix != "never":
+        suffix = suffix_of_keys(keys[:pos])[t:]
+        if not with_suffix and n_new and (suffix.max() > 0):
+            with_suffix = True  # "if-needed" rules (none offered today) would gain the level here
+    del keys
+    pos = 0
+    suffixed, max_suffix = 0, 0
+    names = [f"level_{j}" for j in range(L)]
+    for j in range(n_chunks):
+        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
+            known, sem, ids, tsuf = z["known"], z["sem"], z["ids"], z["table_suffix"]
+        cols = {"item_id": pa.array(ids, pa.int64())}
+        for lvl in range(L):
+            cols[names[lvl]] = pa.array(np.ascontiguousarray(sem[:, lvl]), pa.int32())
+        if with_suffix:
+            s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
+            s[~known] = suffix[pos : pos + new_counts[j]]
+            suffixed += int((s > 0).sum())
+            max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
+            cols["suffix"] = pa.array(s, pa.int32())
+        cols["known"] = pa.array(known, pa.bool_())
+        pos += new_counts[j]
+        tab = pa.table(cols)
+        atomic_write(os.path.join(out_dir, f"part-{j:06d}.parquet"), lambda f: pq.write_table(tab, f))
+    mpath = os.path.join(out_dir, _MANIFEST)
+    with open(mpath) as f:
+        man = json.load(f)
+    stats = {"new_rows": n_new, "known_rows": total - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
+    man.update(stats, complete=True)
+    atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
+    atomic_write(os.path.join(out_dir, _SUCCESS), lambda f: f.write(b""))
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
+
+
+def read_output(out_dir: PathLike) -> dict[str, np.ndarray]:
+    """All rows of a complete :func:`encode_shards` output as numpy columns, in input order
+    (holds everything in memory: for tests and small outputs). ValueError if the output is
+    not complete (no ``_SUCCESS`` or the manifest not marked complete)."""
+    pa, pq = _pyarrow()
+    out_dir = os.fspath(out_dir)
+    mpath = os.path.join(out_dir, _MANIFEST)
+    try:
+        with open(mpath) as f:
+            man = json.load(f)
+    except (OSError, ValueError):
+        raise ValueError(f"{out_dir} holds no readable pysid stream manifest") from None
+    if not man.get("complete") or not os.path.exists(os.path.join(out_dir, _SUCCESS)):
+        raise ValueError(f"{out_dir}: the run is not complete (rerun encode_shards with the same arguments to resume)")
+    tabs = [pq.read_table(os.path.join(out_dir, f"part-{j:06d}.parquet")) for j in range(man["chunks"])]
+    if not tabs:
+        return {}
+    tab = pa.concat_tables(tabs)
+    return {name: tab.column(name).to_numpy() for name in tab.column_names}
