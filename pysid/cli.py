@@ -396,7 +396,8 @@ def cmd_fit(a) -> int:
     try:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
                    dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=device,
-                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a))
+                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a),
+                   sample=a.sample, sample_seed=a.sample_seed)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     secs = time.perf_counter() - t0
@@ -621,6 +622,23 @@ def _int_at_least(lo: int, name: str = "an integer"):
     return parse
 
 
+def _sample(s: str):
+    """--sample: an integer item count >= 1, or a fraction in (0, 1]."""
+    try:
+        v = int(s)
+    except ValueError:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected an item count or a fraction in (0, 1]") from None
+        if not 0.0 < v <= 1.0:
+            raise argparse.ArgumentTypeError(f"invalid value {s!r}: a fraction must be in (0, 1]")
+        return v
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {s!r}: expected an item count >= 1 or a fraction in (0, 1]")
+    return v
+
+
 def _positive_float(s: str) -> float:
     try:
         v = float(s)
@@ -712,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--latent", type=_int_at_least(1), default=None, metavar="D",
                    help="rq-vae latent dimension (default: 32, pysid.nn.RQVAE's)")
     f.add_argument("--batch-size", type=_int_at_least(1), default=None, metavar="B", help="rq-vae batch size (default: 1024)")
+    f.add_argument("--sample", type=_sample, default=None, metavar="N|F",
+                   help="train the codebooks on a uniform sample: N items, or a fraction F in (0, 1]; every item "
+                        "is then encoded and deduplicated (keep ~100 sampled items per codeword; default: all)")
+    f.add_argument("--sample-seed", type=int, default=0, help="seed of the --sample draw")
     f.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     f.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     f.add_argument("--quiet", action="store_true", help="no progress output")

@@ -473,3 +473,23 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(work, capsys
     assert Path("sids.npz").read_bytes() == old and sorted(os.listdir(".")) == ["emb.npy", "new.npy", "sids.npz"]
     assert main(["encode", "sids.npz", "new.npy", "-o", "c.npy"]) == 2
     assert "No space left on device" in capsys.readouterr().err and not os.path.exists("c.npy")
+
+
+def test_fit_sample(work, capsys):
+    """--sample trains on a sample and still gives every item a unique ID (the API's fit(sample=))."""
+    assert main(["fit", "emb.npy", "-o", "s.npz", "--levels", "2", "--codebook-size", "16", "--quiet",
+                 "--sample", "0.5", "--sample-seed", "3"]) == 0
+    s = pysid.SemanticIds.load("s.npz")
+    assert len(s) == 600 and s.settings["sample"] == 300 and s.codes.unique(dim=0).shape[0] == 600
+    x = torch.from_numpy(np.load("emb.npy"))
+    ref = pysid.fit(x, levels=2, codebook_size=16, sample=0.5, sample_seed=3, progress=False)
+    assert torch.equal(ref.codes, s.codes)
+
+
+def test_cli_choices_are_the_tables_names():
+    """The CLI spells the dedup rules and methods itself (its --help must not import torch): same names."""
+    from pysid.sid import DEDUP, METHODS
+
+    f = _subparsers(build_parser())["fit"]
+    choices = {a.dest: a.choices for a in f._actions if a.choices}
+    assert list(choices["dedup"]) == list(DEDUP) and list(choices["method"]) == list(METHODS)
