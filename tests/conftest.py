@@ -111,3 +111,14 @@ def run_two_processes(fn, tmp_path):
     mp.start_processes(_gloo_entry, args=(2, str(tmp_path / "store"), str(tmp_path), fn.__module__, fn.__name__),
                        nprocs=2, start_method="spawn")
     return torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+
+
+def embedding_catalogue(m: int = 3000, d: int = 24, topics: int = 40, seed: int = 0, noise: float = 0.3) -> torch.Tensor:
+    """[m, d] float32 item embeddings around ``topics`` random centres (a catalogue with collisions)."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(topics, d, generator=g)
+    return c[torch.randint(0, topics, (m,), generator=g)] + noise * torch.randn(m, d, generator=g)
+
+
+def unique_rows(codes: torch.Tensor) -> bool:
+    return torch.unique(codes, dim=0).shape[0] == codes.shape[0]

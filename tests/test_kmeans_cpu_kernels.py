@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pysid import _native, _native_kmeans
+from pysid.reference.kmeans import kmeans_update_ref
 
 C = _native.cpu()
 K = _native_kmeans  # the k-means bindings, arguments checked and outputs allocated in Python
@@ -20,15 +21,6 @@ ISAS = ["scalar", "avx2", "avx512"]
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 # --------------------------------------------------------------------------- references
-
-
-def update_ref(x, codes, weights, k):
-    """float64 sums [k, D] and counts [k] of x's rows grouped by code."""
-    x64 = x.double()
-    w64 = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else weights.double()
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, codes.long(), x64 * w64[:, None])
-    counts = torch.zeros(k, dtype=torch.float64).index_add_(0, codes.long(), w64)
-    return sums, counts
 
 
 def dist_ref(x, cand):
@@ -52,7 +44,7 @@ def check_update(x, codes, weights, k):
     sums, counts = K.kmeans_update(x, codes, weights, k)
     assert sums.dtype == torch.float64 and sums.shape == (k, x.shape[1]) and sums.is_contiguous()
     assert counts.dtype == torch.float64 and counts.shape == (k,)
-    ref_s, ref_c = update_ref(x, codes, weights, k)
+    ref_s, ref_c = kmeans_update_ref(x, codes, weights, k)
     # float64 sums of float32-exact terms: only the summation order differs
     scale = float(x.double().abs().sum()) if x.numel() else 0.0
     wmax = 1.0 if weights is None or weights.numel() == 0 else float(weights.max())

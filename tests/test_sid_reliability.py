@@ -21,14 +21,7 @@ from pysid.metrics import sid_report
 from pysid.sid import DEDUP, METHODS, Dedup, SemanticIds, _tuple_keys, collision_stats
 
 
-def catalogue(m=3000, d=24, topics=40, seed=0, noise=0.3):
-    g = torch.Generator().manual_seed(seed)
-    c = torch.randn(topics, d, generator=g)
-    return c[torch.randint(0, topics, (m,), generator=g)] + noise * torch.randn(m, d, generator=g)
-
-
-def unique_rows(codes):
-    return torch.unique(codes, dim=0).shape[0] == codes.shape[0]
+from conftest import embedding_catalogue as catalogue, unique_rows
 
 
 @pytest.fixture(scope="module")
