@@ -84,7 +84,9 @@ def terms_of(text, stop_words=STOP_WORDS) -> list[str]:
 
 
 def _words(term: str) -> set[str]:
-    return set(_WORD.findall(term.lower())) or {term.lower()}
+    """Lower-case words of a term, a plural "s" dropped ("Games" and "game" cover each other)."""
+    ws = _WORD.findall(term.lower()) or [term.lower()]
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in ws}
 
 
 @dataclass
@@ -239,7 +241,6 @@ class Description:
         if examples < 0 or (max_children is not None and max_children < 1):
             raise ValueError("examples must be >= 0 and max_children >= 1 (or None)")
         esc = html.escape
-        total = max(self.root.size, 1)
         out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
                f"<title>{esc(title)}</title><style>",
                "body{font:14px/1.45 system-ui,sans-serif;margin:16px 24px;color:#1b1b1b;background:#fff}",
@@ -260,25 +261,26 @@ class Description:
                "set each prefix's items apart from its siblings' (TF-IDF).</p>"]
         if report is not None:
             out.append("<table><tr><th>level</th><th>prefixes</th><th>items/prefix</th><th>coherence</th>"
-                       + "".join(f"<th>{esc(f)} explained</th>" for f in report.facets)
+                       + "".join(f"<th>{esc(f)} explained (chance)</th>" for f in report.facets)
                        + "<th>most common labels</th></tr>")
             for r in report.rows:
                 out.append(f"<tr><td>{r['depth']}</td><td>{r['prefixes']}</td><td>{r['items_per_prefix']:.1f}"
                            f"</td><td>{r['coherence']:.2f}</td>"
-                           + "".join(f"<td>{100 * r['facets'][f]['explained']:.1f}%</td>" for f in report.facets)
+                           + "".join(f"<td>{100 * r['facets'][f]['explained']:.1f}% "
+                                     f"({100 * r['facets'][f]['chance']:.1f}%)</td>" for f in report.facets)
                            + f"<td style='text-align:left'>{esc(', '.join(t for t, _ in r['top_terms']))}</td></tr>")
             out.append("</table>")
 
-        def emit(n: PrefixNode) -> None:
+        def emit(n: PrefixNode, biggest: int) -> None:
             code = "-".join(f"{_level(j)}{c}" for j, c in enumerate(n.prefix))
-            bar = max(1, round(240 * n.size / total))
+            bar = max(1, round(200 * n.size / biggest))
             only = "<span class='only'>(only child)</span>" if n.only_child else ""
             out.append(f"<details><summary><span class='code'>{esc(code)}</span><span class='label'>"
                        f"{esc(n.label) or '&mdash;'}</span><span class='n'>{n.size}</span>"
                        f"<span class='bar' style='width:{bar}px'></span>{only}</summary>")
             kids = n.children if max_children is None else n.children[:max_children]
             for ch in kids:
-                emit(ch)
+                emit(ch, kids[0].size)
             if len(kids) < len(n.children):
                 rest = n.children[len(kids):]
                 out.append(f"<p class='n'>+ {len(rest)} more prefixes ({sum(c.size for c in rest)} items)</p>")
@@ -293,7 +295,7 @@ class Description:
             out.append("</details>")
 
         for ch in self.root.children:
-            emit(ch)
+            emit(ch, self.root.children[0].size)
         out.append("</body></html>")
         page = "\n".join(out)
         if path is not None:

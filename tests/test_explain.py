@@ -64,6 +64,14 @@ def test_labels_distinguish_siblings():
         d.path(99)
 
 
+def test_plural_and_phrase_words_not_repeated():
+    codes = torch.tensor([[0], [0], [1], [1]])
+    text = [["Board Games", "game", "dice"], ["Board Games", "game", "dice"], ["Puzzles", "puzzle"], ["Puzzles", "jigsaw"]]
+    d = describe(codes, text, top_terms=2)
+    assert d.label((0,)) == "Board Games, dice"   # "game" is covered by "Board Games"
+    assert d.label((1,)) == "Puzzles, jigsaw"     # "puzzle" by "Puzzles"
+
+
 def test_tfidf_score_by_hand():
     d = describe(CODES, TEXT, top_terms=2)
     # prefix (1, 1): 3 items, parent (1,) 5 items; "horse" in 3/3 here, 3/5 in the parent
