@@ -16,8 +16,8 @@ Pipeline (one process, one split):
 3. Model: GPT-2 architecture from a config (no download; ``--d-model``, ``--layers``), built
    for the word vocabulary, then ``model.resize_token_embeddings(len(tokenizer))`` as one does
    with a pretrained LM.
-4. Training data, mixed in one shuffled stream (length-bucketed batches, AdamW, a wall budget,
-   best validation state kept):
+4. Training data, mixed in one shuffled stream (length-bucketed batches, AdamW with a linear
+   warm-up, a wall budget, best validation state kept):
    * user sequences: ``[BOS] recommend : <sid 1> <sid 2> ... <sid n>`` (the last
      ``--history`` + 1 items of the training part), next-token loss on every SID token
      (every item is the target of the items before it, as SASRec trains);
@@ -55,6 +55,7 @@ from pysid.collab import item_embeddings
 from pysid.data import leave_one_out, read_item_text, read_sequences
 from pysid.integrations.transformers import TrieLogitsProcessor
 
+PROMPT_WORDS = ("recommend", ":", "=", "is")
 REQUESTS = ("lego star wars", "jigsaw puzzle 1000 pieces", "barbie doll house", "wooden train set")
 
 
@@ -102,9 +103,10 @@ def build_tokenizer(texts: list[str], word_vocab: int):
     tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    # the prompt words are listed with the special tokens, so the vocabulary cap never drops them
     trainer = trainers.WordLevelTrainer(vocab_size=word_vocab, min_frequency=1,
-                                        special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"])
-    tk.train_from_iterator(list(texts) + ["recommend : = is :"] * 3, trainer)
+                                        special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + list(PROMPT_WORDS))
+    tk.train_from_iterator(list(texts), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="[BOS]", eos_token="[EOS]")
 
@@ -300,6 +302,7 @@ def run(args) -> dict:
     val_target = torch.tensor([split.valid_target[i] for i in val_idx])
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(args.warmup, 1)))
     best, best_state, history, step = -1.0, None, [], 0
     budget = args.max_minutes * 60
     t_train = time.perf_counter()
@@ -315,6 +318,7 @@ def run(args) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            sched.step()
             tot, n, step = tot + loss.item(), n + 1, step + 1
             if (args.max_steps and n >= args.max_steps) or time.perf_counter() - t_train > budget:
                 stop = time.perf_counter() - t_train > budget
@@ -390,7 +394,7 @@ def parse_args(argv=None):
     p.add_argument("--cache", default="~/.cache/pysid", help="text embedding cache (text/hybrid SIDs)")
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
-    p.add_argument("--word-vocab", type=int, default=4000)
+    p.add_argument("--word-vocab", type=int, default=2000, help="words (the rest of the item text: [UNK])")
     p.add_argument("--history", type=int, default=20)
     p.add_argument("--text-samples", type=int, default=2, help="word-subset requests per item")
     p.add_argument("--max-text-tokens", type=int, default=24)
@@ -400,6 +404,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=10.0, help="training wall budget")

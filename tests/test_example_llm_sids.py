@@ -74,3 +74,11 @@ def test_to_items_flags_invalid_sids():
     m = ex.ranking_metrics(torch.tensor([[5, 1, -1, 2, 3, 4, 6, 7, 8, 9]]), torch.tensor([1]))
     assert m["R@5"] == 1.0 and m["invalid_rate"] == 0.1
     assert m["N@10"] == pytest.approx(1 / torch.log2(torch.tensor(3.0)).item())
+
+
+def test_prompt_words_survive_the_vocabulary_cap():
+    ex = _load()
+    tok = ex.build_tokenizer(["lego star wars set", "barbie doll house"] * 3, word_vocab=len(ex.PROMPT_WORDS) + 6)
+    ids = tok("recommend : lego = is :", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in [ids[0], ids[1], ids[3], ids[4]]
+    assert tok.convert_ids_to_tokens(ids)[0] == "recommend"
