@@ -419,7 +419,8 @@ def describe(sids, item_text, *, top_terms: int = 2, stop_words=STOP_WORDS, max_
         node_keys.append([tuple(u) for u in uniq.tolist()])
 
     def df(d: int) -> tuple[Tensor, Tensor]:
-        """(items per node, sparse node x term item counts as a dict-free dense-by-key tensor)"""
+        """Depth d: items per node [nodes], and the (node, term) pairs that occur as sorted keys
+        node * V + term with their item counts."""
         nn_ = len(node_keys[d])
         size = torch.bincount(node_of[d], minlength=nn_)
         if inc_row.numel():
@@ -447,9 +448,8 @@ def describe(sids, item_text, *, top_terms: int = 2, stop_words=STOP_WORDS, max_
         score = (cnt.double() / size[node].double()) * (torch.log((1 + n_par) / (1 + pdf)) + 1)
         siblings = torch.bincount(parent, minlength=len(node_keys[d - 1]))
         # per node: candidates sorted by (-score, term name)
-        order = sorted(range(k.numel()), key=lambda j, nd=node.tolist(), s=score.tolist(), tm=term.tolist():
-                       (nd[j], -s[j], names[tm[j]]))
         nd_l, sc_l, tm_l = node.tolist(), score.tolist(), term.tolist()
+        order = sorted(range(len(nd_l)), key=lambda j: (nd_l[j], -sc_l[j], names[tm_l[j]]))
         cand: dict[int, list] = {}
         for j in order:
             cand.setdefault(nd_l[j], []).append((tm_l[j], sc_l[j]))
