@@ -39,9 +39,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (never the repo root: it would
+# shadow the installed pysid with the source tree, which has no compiled module)
 
-from bench.common import environment  # noqa: E402
+from common import environment  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # the repository's sibling shared/ folder (a checkout in /work/main, or a worktree one level deeper)
@@ -147,7 +148,7 @@ def child_fit_sample(a) -> dict:
         emb = item_embeddings(leave_one_out(read_sequences(TOYS)).train, dim=64)
         x = emb[emb.abs().sum(1) > 0].contiguous()
     else:
-        from bench.bench_kmeans import make_data
+        from bench_kmeans import make_data
 
         x = make_data(a.n, 128, "cpu")
     rows = []
