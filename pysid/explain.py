@@ -49,6 +49,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .sid import _level_name as _level  # the token names' level letters: a, b, ..., z, aa, ...
+
 __all__ = ["Description", "PrefixNode", "LevelReport", "describe", "terms_of", "STOP_WORDS"]
 
 # English stop words (the usual short list: articles, pronouns, prepositions, auxiliaries)
@@ -311,13 +313,6 @@ class Description:
                              for p, n in sorted(self.nodes.items()) if p]}
 
 
-def _level(j: int) -> str:
-    s = ""
-    j += 1
-    while j:
-        j, r = divmod(j - 1, 26)
-        s = chr(ord("a") + r) + s
-    return s
 
 
 def _entropy(counts) -> float:
