@@ -13,9 +13,9 @@ namespace pysid {
 //                            offsets[l] .. offsets[l+1]-1 (k_l = offsets[l+1]-offsets[l] >= 1)
 //   offsets    [levels + 1]  int64, offsets[0] == 0
 //   beam_width >= 1          1: greedy; >1: keep the best beam_width partial encodings
-//                            (ties by score, beam rank, code): pure beam search, which
-//                            may end above greedy (the op layer keeps the better of the two:
-//                            pysid/ops/residual_quantize.py, for every backend)
+//                            (ties by score, beam rank, code), then per row the greedy
+//                            encoding where it ends strictly lower (never worse than greedy;
+//                            the op applies the same rule to kernels that search beams only)
 // Outputs (fully written on kOk):
 //   quantized  [n, d]        float32: sum of the chosen codewords (may be null when
 //                            beam_width == 1: not written, e.g. for k-means assignment)

@@ -180,10 +180,36 @@ int rq_encode_cpu(const float* x, int64_t n, int64_t d, const float* codebooks,
     if (offsets[l + 1] <= offsets[l] || offsets[l + 1] - offsets[l] > INT32_MAX) return kBadArgument;
   if (n == 0) return kOk;
   if (!x || !codebooks || !distances || !codes || (!quantized && beam_width != 1)) return kBadArgument;
-  // beam_width > 1 is pure beam search: keeping the greedy rows where they end lower (the
-  // "never worse than greedy" rule) is the op's, once for every backend
-  // (pysid/ops/residual_quantize.py).
-  return encode(x, n, d, codebooks, offsets, levels, beam_width, quantized, distances, codes);
+  if (beam_width == 1)
+    return encode(x, n, d, codebooks, offsets, levels, 1, quantized, distances, codes);
+
+  // The "never worse than greedy" rule, kept here rather than in the op (registry trait
+  // "keeps_greedy_rows"): done in the op it costs a second output allocation and a full
+  // [N, D] select, 14 % of a beam-5 call (0.26 -> 0.30 s, 100k x 128, 3 x 256). Encode
+  // greedily first (its quantized rows go to the output, overwritten by the beam pass),
+  // then keep the greedy codes wherever their final distance is strictly lower.
+  AlignedBuf greedy;
+  if (!greedy.alloc(static_cast<int64_t>(sizeof(float)) * 2 * n * levels)) return kOutOfMemory;
+  float* gdist = static_cast<float*>(greedy.p);
+  int32_t* gcodes = reinterpret_cast<int32_t*>(gdist + n * levels);
+  int status = encode(x, n, d, codebooks, offsets, levels, 1, quantized, gdist, gcodes);
+  if (status != kOk) return status;
+  status = encode(x, n, d, codebooks, offsets, levels, beam_width, quantized, distances, codes);
+  if (status != kOk) return status;
+  const int64_t L = levels;
+#pragma omp parallel for schedule(static) if (n > 4096)
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(gdist[i * L + L - 1] < distances[i * L + L - 1])) continue;
+    float* q = quantized + i * d;
+    for (int64_t j = 0; j < d; ++j) q[j] = 0.0f;
+    for (int64_t l = 0; l < L; ++l) {  // the sum of the chosen codewords, in level order
+      distances[i * L + l] = gdist[i * L + l];
+      codes[i * L + l] = gcodes[i * L + l];
+      const float* c = codebooks + (offsets[l] + gcodes[i * L + l]) * d;
+      for (int64_t j = 0; j < d; ++j) q[j] += c[j];
+    }
+  }
+  return kOk;
 }
 
 }  // namespace pysid

@@ -126,12 +126,13 @@ def _beam(limit: str, ok):
     return lambda inp: [] if ok(inp.params.get("beam_width", 1)) else [f"{limit}, got beam_width {inp.params.get('beam_width')}"]
 
 
-@register("residual_quantize", "reference", devices=None, dtypes=FLOAT_DTYPES, limits="float64 computes in float64")
+@register("residual_quantize", "reference", devices=None, dtypes=FLOAT_DTYPES, limits="float64 computes in float64",
+          traits=("keeps_greedy_rows",))
 def _run_reference(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
     return residual_quantize_ref(x, cbs, beam_width)
 
 
-@register("residual_quantize", "cpu", devices=("cpu",), dtypes=KERNEL_DTYPES)
+@register("residual_quantize", "cpu", devices=("cpu",), dtypes=KERNEL_DTYPES, traits=("keeps_greedy_rows",))
 def _run_cpu(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
     ext = _native.cpu()
     xf = x.to(torch.float32).contiguous()
@@ -188,9 +189,9 @@ def _residual_quantize(x: Tensor, codebooks: list[Tensor], beam_width: int) -> t
     _check_inputs(x, codebooks, beam_width)
     impl = select("residual_quantize", Inputs.of(x, beam_width=beam_width))
     q, dist, codes = impl.fn(x, codebooks, beam_width)
-    if beam_width > 1 and impl.backend != "reference":
-        # the kernels search beams only; the rule "never worse than greedy" lives here, once for
-        # every kernel (the reference, the specification, applies it itself)
+    if beam_width > 1 and "keeps_greedy_rows" not in impl.traits:
+        # "never worse than greedy" (better_of, the reference's rule) for a kernel that searches
+        # beams only; the C++ kernel applies it in its own pass (cheaper: no second output)
         q, dist, codes = better_of((q, dist, codes), impl.fn(x, codebooks, 1))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
