@@ -264,23 +264,8 @@ def _progress(a) -> Any:
 
 
 def save_table(sids, path: str) -> None:
-    """``sids.save`` into a fresh temporary folder next to ``path``, then ``atomic_write`` of those
-    bytes over ``path`` (temporary file, fsync, rename): ``path`` is the old table or the new one."""
-    import shutil
-    import tempfile
-
-    tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        tmp = os.path.join(tmpdir, "table.npz")
-        sids.save(tmp)
-
-        def copy(f) -> None:
-            with open(tmp, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 22)
-
-        atomic_write(path, copy)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    """``sids.save(path)``: atomic (pysid._io.atomic_write), ``path`` is the old table or the new one."""
+    sids.save(path)
 
 
 def save_npy(arr, path: str) -> None:
@@ -294,29 +279,10 @@ def _npy_name(path: str) -> str:
     return path if path.endswith(".npy") else path + ".npy"
 
 
-def _same_file(a: str, b: str) -> bool:
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    try:
-        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _writable(path: str, inputs: Sequence[Optional[str]], force: bool) -> None:
-    """The CLI's output rules, checked before any work (pysid._io.check_writable as the backstop)."""
-    inputs = [i for i in inputs if i]
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CliError(f"{path}: the output folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise CliError(f"{path}: is a folder, not a file")
-    if any(_same_file(path, i) for i in inputs):
-        raise CliError(f"{path}: the output is an input file; choose another output name")
-    if os.path.exists(path) and not force:
-        raise CliError(f"{path}: exists; use --force to overwrite it")
+    """The output rules (pysid._io.check_writable), checked before any work starts."""
     try:
-        check_writable(path, inputs=inputs, force=force)
+        check_writable(path, inputs=[i for i in inputs if i], force=force)
     except ValueError as e:
         raise CliError(str(e)) from None
 
@@ -324,36 +290,19 @@ def _writable(path: str, inputs: Sequence[Optional[str]], force: bool) -> None:
 # --------------------------------------------------------------------------- collision figures
 def collision_figures(sids) -> dict[str, Any]:
     """Collision rates of a table before dedup (its semantic tuples) and after (its full IDs),
-    and the suffix level's size, computed from the codes (overflow-safe: no packed keys)."""
-    import torch
+    and the suffix level's size: ``SemanticIds.collision_summary()`` grouped for printing."""
+    from .sid import DEDUP
 
-    L = sids.num_levels
-
-    def stats(c) -> dict[str, Any]:
-        m = int(c.shape[0])
-        if m == 0:
-            return {"items": 0, "distinct": 0, "collision_rate": 0.0, "max_per_tuple": 0}
-        _, counts = torch.unique(c, dim=0, return_counts=True)
-        shared = int(counts[counts > 1].sum())
-        return {"items": m, "distinct": int(counts.numel()), "collision_rate": shared / m,
-                "max_per_tuple": int(counts.max())}
-
-    out: dict[str, Any] = {}
-    if sids.dedup == "reassign":  # the tuples before reassignment are not stored: the fit's figure
-        before = dict(sids.collisions.get("before", {}))
-        before["source"] = "fit (tuples before reassignment are not stored)"
-    else:
-        before = stats(sids.codes[:, :L])
-        before["source"] = "table codes"
-    out["before_dedup"] = before
-    out["after_dedup"] = stats(sids.codes)
-    if sids.has_suffix:
-        suf = sids.codes[:, -1]
-        out["suffix_level"] = {"size": int(suf.max()) + 1 if len(sids) else 0,
-                               "items_with_nonzero_suffix": int((suf > 0).sum())}
-    else:
-        out["suffix_level"] = None
-    return out
+    c = sids.collision_summary()
+    before = {"items": c["items_before"], "distinct": c["distinct_before"],
+              "collision_rate": c["collision_rate_before"], "max_per_tuple": c["max_per_tuple_before"],
+              "source": ("fit (tuples before reassignment are not stored)" if DEDUP[sids.dedup].moves
+                         else "table codes")}
+    after = {"items": c["items"], "distinct": c["distinct_after"], "collision_rate": c["collision_rate_after"],
+             "max_per_tuple": c["max_per_tuple_after"]}
+    suffix = ({"size": c["suffix_size"], "items_with_nonzero_suffix": c["suffixed_items"]}
+              if c["suffix_level"] else None)
+    return {"before_dedup": before, "after_dedup": after, "suffix_level": suffix}
 
 
 def _collision_lines(fig: dict[str, Any]) -> list[str]:

@@ -158,7 +158,7 @@ def test_fit_refuses_to_overwrite_without_force(work, capsys):
     fit_table()
     first = Path("sids.npz").read_bytes()
     assert main(["fit", "emb.npy", "-o", "sids.npz", "--levels", "2", "--codebook-size", "8", "--quiet"]) == 2
-    assert "exists; use --force" in capsys.readouterr().err and Path("sids.npz").read_bytes() == first
+    assert "exists: refusing to overwrite it (--force" in capsys.readouterr().err and Path("sids.npz").read_bytes() == first
     assert main(["fit", "emb.npy", "-o", "sids.npz", "--levels", "2", "--codebook-size", "8", "--quiet",
                  "--force"]) == 0
     assert pysid.SemanticIds.load("sids.npz").codebook_sizes == [8, 8]
@@ -452,10 +452,11 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(work, capsys
     import errno
 
     import pysid.cli as cli
+    import pysid.sid as sid_module
 
     fit_table()
     old = Path("sids.npz").read_bytes()
-    real = cli.atomic_write
+    real = sid_module.atomic_write
 
     def full_disk(path, write_fn):
         def partial(f):
@@ -464,7 +465,8 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(work, capsys
 
         return real(path, partial)
 
-    monkeypatch.setattr(cli, "atomic_write", full_disk)
+    monkeypatch.setattr(sid_module, "atomic_write", full_disk)  # the table is written by SemanticIds.save
+    monkeypatch.setattr(cli, "atomic_write", full_disk)  # the codes of `pysid encode` by the CLI
     capsys.readouterr()
     assert main(["fit", "emb.npy", "-o", "sids.npz", "--force", "--levels", "2", "--codebook-size", "8",
                  "--quiet"]) == 2

@@ -61,11 +61,11 @@ CASES = [
     (["fit", "good.npy", "-o", "out.npz", "--method", "rq-vae", "--epochs", "0"], "argument --epochs"),
     (["fit", "good.npy"], "the following arguments are required: -o/--output"),
     # ---- outputs (checked before the work)
-    (["fit", "good.npy", "-o", "good.npy", "--force"], "good.npy: the output is an input file"),
-    (["fit", "good.npy", "-o", "sids.npz"], "sids.npz: exists; use --force"),
+    (["fit", "good.npy", "-o", "good.npy", "--force"], "good.npy is also an input: choose another output file"),
+    (["fit", "good.npy", "-o", "sids.npz"], "output sids.npz exists: refusing to overwrite it"),
     (["fit", "good.npy", "-o", "nodir/out.npz"], "does not exist"),
-    (["fit", "good.npy", "-o", "folder"], "folder: is a folder"),
-    (["fit", "nan.npy", "-o", "sids.npz"], "sids.npz: exists"),  # the output check comes first
+    (["fit", "good.npy", "-o", "folder"], "output folder is a folder"),
+    (["fit", "nan.npy", "-o", "sids.npz"], "output sids.npz exists"),  # the output check comes first
     # ---- item ids
     (["fit", "good.npy", "-o", "out.npz", "--item-ids", "ids_float.npy"], "item ids must be integers, got dtype float64"),
     (["fit", "good.npy", "-o", "out.npz", "--item-ids", "ids_float.txt"], "ids_float.txt:3: item ids must be integers, found '2.5'"),
@@ -83,13 +83,13 @@ CASES = [
     (["encode", "sids.npz", "text.npy", "-o", "c.npy"], "text.npy: not a numpy .npy file"),
     (["encode", "sids.npz", "empty.npy", "-o", "c.npy"], "empty.npy: the file is empty"),
     (["encode", "sids.npz", "wide.npy", "-o", "c.npy"], "D=5"),
-    (["encode", "sids.npz", "good.npy", "-o", "codes.npy"], "codes.npy: exists; use --force"),
-    (["encode", "sids.npz", "good.npy", "-o", "codes"], "codes.npy: exists"),  # the name numpy would write
-    (["encode", "sids.npz", "good.npy", "-o", "good", "--force"], "good.npy: the output is an input file"),
+    (["encode", "sids.npz", "good.npy", "-o", "codes.npy"], "output codes.npy exists: refusing to overwrite it"),
+    (["encode", "sids.npz", "good.npy", "-o", "codes"], "output codes.npy exists"),  # the name numpy would write
+    (["encode", "sids.npz", "good.npy", "-o", "good", "--force"], "good.npy is also an input: choose another output file"),
     (["encode", "sids.npz", "good.npy"], "-o/--output is required"),
     (["encode", "sids.npz", "good.npy", "--add"], "--add needs --in-place"),
     (["encode", "sids.npz", "good.npy", "-o", "c.npy", "--in-place"], "apply with --add"),
-    (["encode", "sids.npz", "good.npy", "--add", "--table-out", "sids.npz"], "sids.npz: the output is an input"),
+    (["encode", "sids.npz", "good.npy", "--add", "--table-out", "sids.npz"], "sids.npz is also an input"),
     (["encode", "sids.npz", "good.npy", "--add", "--in-place", "--item-ids", "ids_float.txt"], "must be integers"),
     # ---- stats
     (["stats", "trunc.npz"], "trunc.npz: cannot read: the file is truncated or corrupt"),
