@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pysid
-from pysid import _io, _progress
+from pysid import _progress
 from pysid.cli import build_parser, collision_figures, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,35 +328,6 @@ def test_kmeans_progress_log_keeps_the_result(capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------- atomic outputs
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    p = tmp_path / "t.bin"
-    p.write_bytes(b"old")
-
-    def boom(f):
-        f.write(b"partial")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        _io.atomic_write(p, boom)
-    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["t.bin"]
-    _io.atomic_write(p, lambda f: f.write(b"new"))
-    assert p.read_bytes() == b"new" and os.listdir(tmp_path) == ["t.bin"]
-
-
-def test_check_writable(tmp_path):
-    (tmp_path / "in.npy").write_bytes(b"x")
-    _io.check_writable(tmp_path / "out.npz", inputs=[tmp_path / "in.npy"])
-    for path, kw, msg in [(tmp_path / "in.npy", {"inputs": [tmp_path / "in.npy"], "force": True}, "is also an input"),
-                          (tmp_path / "in.npy", {}, "exists"),
-                          (tmp_path / "no" / "out.npz", {}, "does not exist"),
-                          (tmp_path, {}, "is a folder")]:
-        with pytest.raises(ValueError, match=msg):
-            _io.check_writable(path, **kw)
-    os.symlink(tmp_path / "in.npy", tmp_path / "link.npy")
-    with pytest.raises(ValueError, match="is also an input"):
-        _io.check_writable(tmp_path / "link.npy", inputs=[tmp_path / "in.npy"], force=True)
-
-
 def test_fit_killed_while_writing_leaves_the_old_table(work):
     """kill -9 of a 'pysid fit --force' at several moments: the output is the old table (2 levels)
     or the new one (3 levels), loadable, and no temporary file is left besides the one being written."""
