@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["kmeans_update_triton", "kmeanspp_candidates_triton"]
+__all__ = ["KMeansPPSeeder", "kmeans_update_triton", "kmeanspp_candidates_triton", "kmeanspp_seed_triton"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _MAX_T = 64
@@ -260,12 +260,11 @@ def kmeans_update_triton(
 
 # --------------------------------------------------------------------------- k-means++ candidates
 @triton.jit
-def _kmeanspp_kernel(
-    x_ptr, candt_ptr, mind_ptr, w_ptr, dist_ptr, part_ptr,
-    N, D, T, stride_xm, stride_xd,
-    HAS_W: tl.constexpr, TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """dist[rows, :T] and the program's float64 partial pot sums for BLOCK_N rows.
+def _kpp_tile(x_rows, rmask, c_base, c_step, D, stride_xd,
+              TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[TP, BLOCK_N] float32 squared distances of BLOCK_N rows (pointers ``x_rows`` [1, BLOCK_N]) to TP
+    candidates (column d of candidate t at ``c_base[t] + d * c_step``): the one distance loop that the
+    step-by-step candidates kernel and the fused seeding kernel share, so both give the same bits.
 
     The work is laid out as [BLOCK_D, TP, BLOCK_N] (columns, candidates, rows): Triton's default
     layout puts the threads on the last (row) dimension, so a thread holds BLOCK_N / #threads rows
@@ -273,15 +272,8 @@ def _kmeanspp_kernel(
     transposed through shared memory by Triton) is reused TP times, each candidate value
     BLOCK_N / #threads times, and the loop body is one FADD + one FFMA per element (the sum over
     the BLOCK_D column phases is taken once, after the loop, in registers)."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    tt = tl.arange(0, TP)
-    tmask = tt < T
     dd = tl.arange(0, BLOCK_D)
     acc3 = tl.zeros([BLOCK_D, TP, BLOCK_N], dtype=tl.float32)
-    x_rows = x_ptr + rows64[None, :] * stride_xm
     xv = tl.load(x_rows + dd[:, None].to(tl.int64) * stride_xd, mask=rmask[None, :] & (dd < D)[:, None],
                  other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_N]
     for d0 in range(0, D, BLOCK_D):
@@ -291,12 +283,29 @@ def _kmeanspp_kernel(
         xn = tl.load(x_rows + ncols[:, None].to(tl.int64) * stride_xd, mask=rmask[None, :] & (ncols < D)[:, None],
                      other=0.0).to(tl.float32)
         cols = d0 + dd
-        # candidates transposed and zero-padded to [D, TP] on the host: vector loads, no masks on t
-        cv = tl.load(candt_ptr + cols[:, None] * TP + tt[None, :], mask=(cols < D)[:, None], other=0.0)
+        cv = tl.load(c_base[None, :] + cols[:, None] * c_step, mask=(cols < D)[:, None], other=0.0).to(tl.float32)
         diff = xv[:, None, :] - cv[:, :, None]  # [BLOCK_D, TP, BLOCK_N]; padded columns: 0 - 0
         acc3 += diff * diff  # one FADD + one FFMA per (column, candidate, row)
         xv = xn
-    acc = tl.sum(acc3, 0)  # register-local
+    return tl.sum(acc3, 0)  # register-local
+
+
+@triton.jit
+def _kmeanspp_kernel(
+    x_ptr, candt_ptr, mind_ptr, w_ptr, dist_ptr, part_ptr,
+    N, D, T, stride_xm, stride_xd,
+    HAS_W: tl.constexpr, TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dist[rows, :T] and the program's float64 partial pot sums for BLOCK_N rows (see _kpp_tile)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    tt = tl.arange(0, TP)
+    tmask = tt < T
+    # candidates transposed and zero-padded to [D, TP] on the host: vector loads, no masks on t
+    acc = _kpp_tile(x_ptr + rows64[None, :] * stride_xm, rmask, candt_ptr + tt, TP, D, stride_xd,
+                    TP, BLOCK_N, BLOCK_D)
     tl.store(dist_ptr + rows64[None, :] * T + tt[:, None], acc, mask=rmask[None, :] & tmask[:, None])
     md = tl.load(mind_ptr + rows, mask=rmask, other=0.0)
     m = tl.minimum(acc, md[None, :])
@@ -306,6 +315,17 @@ def _kmeanspp_kernel(
     m = tl.where(rmask[None, :], m, 0.0)
     part = tl.sum(m.to(tl.float64), 1)  # [TP]
     tl.store(part_ptr + pid.to(tl.int64) * T + tt, part, mask=tmask)
+
+
+def _kpp_config(n: int, d: int, tp: int) -> Tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_D, num_warps, num_stages) of the candidate scoring for T <= tp candidates: one
+    choice for the step kernel and the fused seeding kernel (same BLOCK_D: the same distance bits)."""
+    if _INTERPRET:
+        return max(16, min(256, _next_pow2(n))), min(_next_pow2(max(d, 1)), 64), 4, 1
+    nw = 4
+    r = 2 if tp <= 8 else 1  # rows per thread
+    # <= 64 accumulator registers per thread (<= 100 registers in all: ~5 programs per SM)
+    return 32 * nw * r, max(1, min(8 if tp <= 2 else 4, 64 // (tp * r))), nw, 3
 
 
 def kmeanspp_candidates_triton(
@@ -351,17 +371,7 @@ def kmeanspp_candidates_triton(
     if n == 0:
         return dist, torch.zeros((t,), dtype=torch.float64, device=dev)
     tp = _next_pow2(t)
-    if _INTERPRET:
-        bn = max(16, min(256, _next_pow2(n)))
-        bd = min(_next_pow2(max(d, 1)), 64)
-        nw, ns = 4, 1
-    else:
-        nw = 4
-        r = 2 if tp <= 8 else 1  # rows per thread
-        bn = 32 * nw * r
-        # <= 64 accumulator registers per thread (<= 100 registers in all: ~5 programs per SM)
-        bd = max(1, min(8 if tp <= 2 else 4, 64 // (tp * r)))
-        ns = 3
+    bn, bd, nw, ns = _kpp_config(n, d, tp)
     bn = block_n or bn
     bd = block_d or bd
     nw = num_warps or nw
@@ -376,3 +386,260 @@ def kmeanspp_candidates_triton(
         HAS_W=w is not None, TP=tp, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, num_stages=ns,
     )
     return dist, part.sum(0)
+
+
+# --------------------------------------------------------------------------- fused k-means++ seeding
+# Greedy k-means++ with the whole state on the device and three launches per centre, none of
+# which waits for the host (so a run of steps is captured once as a CUDA graph and replayed):
+#
+#   sample (grid T)       the T candidate rows of this step: row = the first whose prefix sum of
+#                         p_i = w_i * mind_i exceeds u * total (torch.searchsorted(right=True) on
+#                         the inclusive prefix sums, as the step loop and the C++ loop draw)
+#   score  (grid ~4/SM)   dist[t, i] = ||x_i - x_{row_t}||^2 (_kpp_tile: the bits of the step
+#                         kernel) and per program the float64 partial potentials
+#                         sum_i w_i * min(mind_i, dist[t, i]) over its row blocks
+#   commit (grid N / CB)  every program sums the partials in one fixed order (so all agree), picks
+#                         best = argmin pot (ties: the first candidate); program 0 records the centre
+#                         and advances the step counter; each program then sets
+#                         mind <- min(mind, dist[best]) on its CB rows and writes their prefix sums
+#
+# Prefix sums are kept two-level: lcum[i] the float64 inclusive prefix of p within row i's block of
+# CB rows, stored as -inf where p_i = 0, and bsum[b] the block's largest prefix (its total); the
+# sampler takes block prefixes from bsum the same way. A parallel scan sums in another order than a
+# sequential one and need not even be monotone, so the search asks for the first row with p > 0
+# whose prefix exceeds the target (the searchsorted answer of sequential sums, which never lands on
+# a row with p = 0): a row of weight 0 (or already a centre) is never drawn. Draws equal the
+# sequential prefix sums' (the C++ loop, the step loop on the CPU) except where u * total falls
+# within float64 rounding (~1e-16 relative) of a row boundary.
+@triton.jit
+def _kpp_sample_kernel(u_ptr, step_ptr, lcum_ptr, bsum_ptr, idx_ptr, N, NB, CB, u_stride,
+                       NBP: tl.constexpr, CBP: tl.constexpr):
+    """idx[t] for candidate t = program_id(0): the draw of uniform u[step, t] (see above)."""
+    t = tl.program_id(0)
+    s = tl.load(step_ptr)
+    u = tl.load(u_ptr + s * u_stride + t)
+    bb = tl.arange(0, NBP)
+    bs = tl.load(bsum_ptr + bb, mask=bb < NB, other=0.0)
+    bci = tl.cumsum(bs, 0)  # block prefixes; blocks with p = 0 throughout are never chosen
+    v = u * tl.max(tl.where(bs > 0, bci, 0.0), 0)
+    b = tl.min(tl.where((bs > 0) & (bci > v), bb, NB), 0)  # the first block whose prefix exceeds v
+    bx = tl.max(tl.where((bb < b) & (bs > 0), bci, 0.0), 0)  # the prefix before it
+    bc = tl.minimum(b, NB - 1)
+    jj = tl.arange(0, CBP)
+    r0 = bc.to(tl.int64) * CB
+    lc = tl.load(lcum_ptr + r0 + jj, mask=(jj < CB) & (r0 + jj < N), other=float("-inf"))  # -inf: p = 0
+    j = tl.min(tl.where(lc > v - bx, jj, CBP), 0)
+    # rounding of v - bx can leave no prefix above it: the block's row of largest prefix then
+    jlast = tl.min(tl.where(lc >= tl.load(bsum_ptr + bc), jj, CBP), 0)
+    j = tl.where(j < CBP, j, jlast)
+    row = tl.where(b < NB, r0 + j, N - 1)  # none exceeds v (total 0): the last row, as searchsorted + clamp
+    tl.store(idx_ptr + t, row.to(tl.int64))
+
+
+@triton.jit
+def _kpp_score_kernel(
+    x_ptr, idx_ptr, mind_ptr, w_ptr, dist_ptr, part_ptr,
+    N, D, T, stride_xm, stride_xd,
+    HAS_W: tl.constexpr, TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dist[t, rows] (transposed: the commit reads row best contiguously) for the candidate rows
+    idx[:T] of x, and this program's float64 partial potentials over its row blocks (pid, pid + G, ...)."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    tt = tl.arange(0, TP)
+    tmask = tt < T
+    idx = tl.load(idx_ptr + tt, mask=tmask, other=0)
+    c_base = x_ptr + idx * stride_xm  # candidate t is row idx[t] of x (float32 of it: exact)
+    part = tl.zeros([TP], dtype=tl.float64)
+    for blk in range(pid, tl.cdiv(N, BLOCK_N), nprog):
+        rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        rows64 = rows.to(tl.int64)
+        acc = _kpp_tile(x_ptr + rows64[None, :] * stride_xm, rmask, c_base, stride_xd, D, stride_xd,
+                        TP, BLOCK_N, BLOCK_D)
+        tl.store(dist_ptr + tt[:, None].to(tl.int64) * N + rows64[None, :], acc, mask=rmask[None, :] & tmask[:, None])
+        md = tl.load(mind_ptr + rows, mask=rmask, other=0.0)
+        m = tl.minimum(acc, md[None, :])
+        if HAS_W:
+            wv = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+            m = m * wv[None, :]
+        m = tl.where(rmask[None, :], m, 0.0)
+        part += tl.sum(m.to(tl.float64), 1)
+    tl.store(part_ptr + pid.to(tl.int64) * T + tt, part, mask=tmask)
+
+
+@triton.jit
+def _kpp_commit_kernel(
+    dist_ptr, part_ptr, idx_ptr, step_ptr, chosen_ptr, pot_ptr, mind_ptr, w_ptr, lcum_ptr, bsum_ptr,
+    N, T, P,
+    HAS_W: tl.constexpr, INIT: tl.constexpr, TP: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
+):
+    """Choose the best candidate (every program alike), record it (program 0), update mind and the
+    prefix sums of CB rows. INIT: no choice, the prefix sums of the weights (the first draw's)."""
+    b = tl.program_id(0)
+    rows = b.to(tl.int64) * CB + tl.arange(0, CB)
+    rmask = rows < N
+    if INIT:
+        if HAS_W:
+            p = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+        else:
+            p = tl.where(rmask, 1.0, 0.0)
+    else:
+        tt = tl.arange(0, TP)
+        tmask = tt < T
+        pot = tl.zeros([TP], dtype=tl.float64)
+        for p0 in range(0, P, PB):  # the score programs' partials in one fixed order
+            pr = p0 + tl.arange(0, PB)
+            pot += tl.sum(tl.load(part_ptr + pr[:, None] * T + tt[None, :], mask=(pr < P)[:, None] & tmask[None, :],
+                                  other=0.0), 0)
+        pot = tl.where(tmask, pot, float("inf"))
+        best = tl.argmin(pot, 0, tie_break_left=True)
+        if b == 0:  # nothing else reads the step counter during this launch
+            s = tl.load(step_ptr)
+            tl.store(chosen_ptr + s, tl.load(idx_ptr + best))
+            tl.store(pot_ptr + tt, pot, mask=tmask)
+            tl.store(step_ptr, s + 1)
+        d = tl.load(dist_ptr + best.to(tl.int64) * N + rows, mask=rmask, other=0.0)
+        m = tl.minimum(tl.load(mind_ptr + rows, mask=rmask, other=0.0), d)
+        tl.store(mind_ptr + rows, m, mask=rmask)
+        if HAS_W:
+            p = m * tl.load(w_ptr + rows, mask=rmask, other=0.0)  # float32 product, as the C++ commit
+        else:
+            p = m
+    pd = tl.where(rmask, p.to(tl.float64), 0.0)
+    lc = tl.cumsum(pd, 0)
+    tl.store(lcum_ptr + rows, tl.where(pd > 0, lc, float("-inf")), mask=rmask)
+    tl.store(bsum_ptr + b, tl.max(tl.where(pd > 0, lc, 0.0), 0))
+
+
+class KMeansPPSeeder:
+    """Greedy k-means++ on the fused kernels: ``KMeansPPSeeder(x, weights, u).run()`` -> chosen
+    rows [k] int64 of x (the same rows as the step loop over ``kmeanspp_candidates_triton`` and the
+    C++ loop, see the notes above _kpp_sample_kernel).
+
+    x: [N, D] float32 / float16 / bfloat16 (any strides); weights: None or [N] float32 (>= 0,
+    positive sum); u: [k, T] float64 uniforms in [0, 1) on x's device: row 0 draws the first centre
+    (u[0, 0] only, weighted by ``weights``), row c the T candidates of centre c.
+
+    The state (mind, prefix sums, step counter, the chosen rows) lives on the device; :meth:`step`
+    launches one centre's three kernels; :meth:`run` runs every step, on CUDA replaying captured
+    CUDA graphs of ``graph_steps`` steps (``graph=False``: eager launches; same kernels, same rows).
+    ``pot`` holds the last step's candidate potentials [T] float64 (for tests)."""
+
+    def __init__(self, x: torch.Tensor, weights: Optional[torch.Tensor], u: torch.Tensor, *,
+                 block_n: Optional[int] = None, block_d: Optional[int] = None, commit_rows: Optional[int] = None,
+                 programs: Optional[int] = None):
+        _check_x(x)
+        n, d = x.shape
+        if n < 1:
+            raise ValueError("k-means++ needs at least one row")
+        if u.dim() != 2 or u.dtype != torch.float64 or u.device != x.device or u.shape[0] < 1:
+            raise ValueError(f"u must be [k >= 1, T] float64 on {x.device}, got {tuple(u.shape)} {u.dtype} on {u.device}")
+        t = u.shape[1]
+        if not 1 <= t <= _MAX_T:
+            raise ValueError(f"the number of candidates must be in [1, {_MAX_T}], got {t}")
+        if n >= 2**31:
+            raise ValueError("the fused k-means++ kernels need N < 2^31")
+        self.x, self.u, self.t, self.k = x, u.contiguous(), t, u.shape[0]
+        self.w = _check_weights(weights, x)
+        dev = x.device
+        self.cfg = {}
+        for tt in {1, t}:
+            bn, bd, nw, ns = _kpp_config(n, d, _next_pow2(tt))
+            self.cfg[tt] = (block_n or bn, block_d or bd, nw, ns)
+        nblocks = triton.cdiv(n, self.cfg[t][0])
+        self.nprog = max(1, min(nblocks, programs or 4 * _num_sms(dev)))
+        # commit blocks: at most ~256 of them (the sampler scans their totals in one program), of
+        # 256 to 4096 rows (one program's prefix scan)
+        self.cb = commit_rows or min(4096, max(256, _next_pow2(triton.cdiv(n, 256))))
+        self.nb = triton.cdiv(n, self.cb)
+        self.mind = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
+        self.lcum = torch.empty((n,), dtype=torch.float64, device=dev)
+        self.bsum = torch.empty((self.nb,), dtype=torch.float64, device=dev)
+        self.step_no = torch.zeros((1,), dtype=torch.int64, device=dev)
+        self.idx = torch.zeros((t,), dtype=torch.int64, device=dev)
+        self.chosen = torch.empty((self.k,), dtype=torch.int64, device=dev)
+        self.pot = torch.empty((t,), dtype=torch.float64, device=dev)
+        self.dist = torch.empty((t, n), dtype=torch.float32, device=dev)
+        self.part = torch.empty((self.nprog, t), dtype=torch.float64, device=dev)
+        self.done = 0
+        self._commit(1, init=True)
+
+    def _commit(self, t: int, init: bool = False) -> None:
+        w = self.w if self.w is not None else self.mind
+        _kpp_commit_kernel[(self.nb,)](
+            self.dist, self.part, self.idx, self.step_no, self.chosen, self.pot, self.mind, w, self.lcum, self.bsum,
+            self.x.shape[0], t, self.nprog,
+            HAS_W=self.w is not None, INIT=init, TP=_next_pow2(t), CB=self.cb, PB=max(16, min(128, _next_pow2(self.nprog))),
+            num_warps=4 if self.cb <= 1024 else 8,
+        )
+
+    def step(self) -> None:
+        """Choose the next centre (three launches, no host synchronisation)."""
+        t = 1 if self.done == 0 else self.t
+        x, n = self.x, self.x.shape[0]
+        _kpp_sample_kernel[(t,)](
+            self.u, self.step_no, self.lcum, self.bsum, self.idx, n, self.nb, self.cb, self.u.stride(0),
+            NBP=_next_pow2(self.nb), CBP=self.cb, num_warps=4,
+        )
+        bn, bd, nw, ns = self.cfg[t]
+        _kpp_score_kernel[(self.nprog,)](
+            x, self.idx, self.mind, self.w if self.w is not None else self.mind, self.dist, self.part,
+            n, x.shape[1], t, x.stride(0), x.stride(1),
+            HAS_W=self.w is not None, TP=_next_pow2(t), BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, num_stages=ns,
+        )
+        self._commit(t)
+        self.done += 1
+
+    def run(self, progress=None, graph: bool = True, graph_steps: int = 16) -> torch.Tensor:
+        """Every remaining step; returns the chosen rows [k] int64. ``progress``: a tqdm-like bar."""
+        eager = self.k if not (graph and self.x.is_cuda) else min(self.k, 2)  # two eager steps compile both variants
+        while self.done < eager:
+            self.step()
+            if progress is not None:
+                progress.update(1)
+        left = self.k - self.done
+        if left > 0:
+            self._replay(left, progress, graph_steps)
+        return self.chosen
+
+    def _replay(self, left: int, progress, graph_steps: int) -> None:
+        import warnings
+
+        runs = []  # (graph or None, steps it takes)
+        try:
+            for size in sorted({min(left, graph_steps), 1}, reverse=True):
+                g = torch.cuda.CUDAGraph()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    with torch.cuda.graph(g):
+                        for _ in range(size):
+                            self.step()  # recorded, not run
+                self.done -= size
+                for w in caught:
+                    if "graph is empty" in str(w.message).lower():
+                        raise RuntimeError(f"the captured graph is empty ({w.message})")
+                runs.append((g, size))
+        except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager steps correct
+            warnings.warn(f"k-means++: CUDA graph capture failed ({type(e).__name__}: {e}); running the steps eagerly",
+                          RuntimeWarning, stacklevel=3)
+            torch.cuda.synchronize(self.x.device)
+            self.done = int(self.step_no)  # a capture that ran its work has advanced the state
+            while self.done < self.k:
+                self.step()
+                if progress is not None:
+                    progress.update(1)
+            return
+        for g, size in runs:
+            while self.k - self.done >= size:
+                g.replay()
+                self.done += size
+                if progress is not None:
+                    progress.update(size)
+
+
+def kmeanspp_seed_triton(x: torch.Tensor, weights: Optional[torch.Tensor], u: torch.Tensor, progress=None, *,
+                         graph: bool = True, **cfg) -> torch.Tensor:
+    """Greedy k-means++ seeding on the fused kernels: the rows [k] int64 of x chosen as centres (see
+    :class:`KMeansPPSeeder`). No host synchronisation until the caller reads the result."""
+    return KMeansPPSeeder(x, weights, u, **cfg).run(progress, graph=graph)

@@ -224,6 +224,21 @@ def _seed_cpu(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Te
     return chosen
 
 
+@register("kmeanspp_seed", "triton", limits="one process; three fused kernels per centre, CUDA graphs", **_TRITON)
+def _seed_triton(x: Tensor, weights: Tensor | None, u: Tensor, progress=None) -> Tensor:
+    """Greedy k-means++ on one process with the fused Triton kernels (``pysid.kernels.kmeans.
+    KMeansPPSeeder``): per centre a sampling, a scoring and a choose-and-commit launch, the state on
+    the device, steps replayed from captured CUDA graphs. The same rows as the step-by-step loop
+    over ``candidates`` and ``commit`` (whose distances it shares bit for bit) up to draws within
+    float64 rounding of a row boundary.
+
+    x: [N, D] contiguous (float32 / float16 / bfloat16) on CUDA (or CPU under TRITON_INTERPRET=1);
+    weights: None or [N] float32; u: [k, T] float64 uniforms; progress: a tqdm bar or None."""
+    from ..kernels.kmeans import kmeanspp_seed_triton
+
+    return kmeanspp_seed_triton(x, weights, u.to(device=x.device, dtype=torch.float64), progress)
+
+
 # --------------------------------------------------------------------------- the engine
 
 
