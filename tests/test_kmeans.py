@@ -96,17 +96,18 @@ def test_kmeanspp_backends_agree(backend):
     assert float(d.max()) < 1e-5
 
 
-def _seed_rows(device, weighted, fused=False, graph=None):
-    """k-means++ centres on the step loop (or, fused=True, the C++ loop) for fixed data and seed."""
+def _seed_rows(device, weighted, fused=False, graph=None, backend=None, n=3000):
+    """k-means++ centres on the step loop (or, fused=True, the backend's fused loop: C++ on CPU
+    tensors, the fused Triton kernels on CUDA) for fixed data and seed."""
     import importlib
 
     km = importlib.import_module("pysid.kmeans")
-    x = blobs(3000, 24, 30, seed=11).to(device)
-    w = torch.rand(3000, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
+    x = blobs(n, 24, 30, seed=11).to(device)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(1)).to(device) if weighted else None
     from pysid._dist import Comm
     from pysid.ops.kmeans import engine
 
-    eng = engine(x, "triton" if x.is_cuda else "cpu")
+    eng = engine(x, backend or ("triton" if x.is_cuda else "cpu"))
     return km._kmeanspp(x, w, 40, 5, torch.Generator().manual_seed(7), eng, Comm(x.device), None,
                         fused=fused, graph=graph)
 
@@ -116,6 +117,20 @@ def test_kmeanspp_fused_loop_matches_step_loop(weighted):
     """One CPU process seeds with the C++ loop (kmeanspp_run); it picks exactly the rows of the
     step-by-step loop that serves torch.distributed, CUDA and the reference."""
     assert torch.equal(_seed_rows("cpu", weighted, fused=True), _seed_rows("cpu", weighted))
+
+
+@pytest.mark.skipif("triton:cpu" not in BACKENDS and not torch.cuda.is_available(),
+                    reason="needs triton (a GPU or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeanspp_triton_fused_seed_matches_step_loop_and_cpu(weighted):
+    """The fused Triton seeding (kmeanspp_seed/triton: three kernels per centre, state on the device)
+    picks the rows of the Triton step loop and of the C++ loop (interpreter on CPU tensors, or CUDA)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with pysid.backend("triton"):
+        fused = _seed_rows(dev, weighted, fused=True, backend="triton", n=600)
+        step = _seed_rows(dev, weighted, fused=False, backend="triton", graph=False, n=600)
+    assert torch.equal(fused, step)
+    assert torch.equal(fused.cpu(), _seed_rows("cpu", weighted, fused=True, n=600))
 
 
 def test_kmeanspp_graph_capture_failure_warns_and_runs_eagerly():

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
 DEV = TRITON[0] if TRITON else "cpu"
 
 if TRITON:
-    from pysid.kernels.kmeans import kmeans_update_triton, kmeanspp_candidates_triton
+    from pysid.kernels.kmeans import (KMeansPPSeeder, kmeans_update_triton, kmeanspp_candidates_triton,
+                                      kmeanspp_seed_triton)
 
 
 @pytest.fixture
@@ -230,6 +231,124 @@ def test_candidates_reject_bad_arguments():
         kmeanspp_candidates_triton(x, torch.zeros(0, 2, device=DEV), mind, None)
     with pytest.raises(ValueError):
         kmeanspp_candidates_triton(x, torch.zeros(3, 3, device=DEV), mind, None)
+
+
+# --------------------------------------------------------------------------- fused k-means++ seeding
+
+
+def seed_step_loop(x, w, u, block_d=None):
+    """The step-by-step greedy k-means++ (the spec of the fused seeding): sequential float64 prefix
+    sums, torch.searchsorted draws, the step candidates kernel, argmin of the potentials, commit.
+    Returns (chosen rows [k], mind after each step, pot of each step)."""
+    n = x.shape[0]
+    mind = torch.full((n,), float("inf"), device=x.device)
+    p = w if w is not None else torch.ones(n, device=x.device)
+    cum = torch.cumsum(p.double().cpu(), 0)
+    chosen, minds, pots = [], [], []
+    for c in range(u.shape[0]):
+        t = 1 if c == 0 else u.shape[1]
+        idx = torch.searchsorted(cum, u[c, :t].cpu() * cum[-1], right=True).clamp(0, n - 1).to(x.device)
+        dist, pot = kmeanspp_candidates_triton(x, x[idx].float(), mind, w, block_d=block_d)
+        best = int(torch.argmin(pot))
+        chosen.append(int(idx[best]))
+        mind = torch.minimum(mind, dist[:, best])
+        minds.append(mind.clone())
+        pots.append(pot)
+        cum = torch.cumsum((mind if w is None else w * mind).double().cpu(), 0)
+    return torch.tensor(chosen), minds, pots
+
+
+def _cpu_seed(x, w, u):
+    from pysid.ops.registry import implementations
+
+    return implementations("kmeanspp_seed")["cpu"].fn(x.float().cpu().contiguous(), None if w is None else w.cpu(), u.cpu())
+
+
+@pytest.mark.parametrize("n,d,k,t,dtype,weighted,cfg", [
+    (1, 3, 1, 3, torch.float32, False, {}),
+    (300, 7, 12, 4, torch.float32, False, {}),
+    (300, 7, 12, 4, torch.float32, True, dict(commit_rows=16, programs=3)),  # 19 commit blocks, 3 score programs
+    (257, 33, 9, 64, torch.float32, True, dict(block_n=16, block_d=8, commit_rows=32)),
+    (200, 20, 10, 5, torch.bfloat16, True, {}),
+    (150, 16, 8, 3, torch.float16, False, dict(commit_rows=64)),
+])
+def test_fused_seed_matches_step_loop(poisoned, n, d, k, t, dtype, weighted, cfg):
+    """Every step of the fused seeding against the step loop: the same rows, the same min-distances
+    bit for bit (the shared distance loop), the same potentials up to float64 summation order; and
+    the same rows as the C++ seeding loop."""
+    g = torch.Generator().manual_seed(n + k)
+    x = make_x(n, d, dtype, seed=n + d)
+    w = None
+    if weighted:
+        w = torch.rand(n, generator=g)
+        w[::4] = 0  # never drawn
+        w = w.to(DEV)
+    u = torch.rand((k, t), generator=g, dtype=torch.float64).to(DEV)
+    ref, minds, pots = seed_step_loop(x, w, u, cfg.get("block_d"))  # the same column blocks: the same bits
+    s = KMeansPPSeeder(x, w, u, **cfg)
+    for c in range(k):
+        s.step()
+        assert torch.equal(s.mind, minds[c]), f"step {c}: min-distances differ"
+        tt = 1 if c == 0 else t
+        torch.testing.assert_close(s.pot[:tt].cpu(), pots[c].cpu(), rtol=1e-12, atol=0)
+    assert torch.equal(s.chosen.cpu(), ref)
+    assert torch.equal(ref, _cpu_seed(x, w, u))
+    if weighted:
+        assert bool((w.cpu()[ref] > 0).all()), "a row of weight 0 was drawn"
+    again = kmeanspp_seed_triton(x, w, u, **cfg)
+    assert torch.equal(again.cpu(), ref)
+
+
+def test_fused_seed_degenerate_rows():
+    """Few distinct rows: once every distinct row is a centre the potential is 0 and each draw takes
+    the last row (searchsorted + clamp, as the step loop and the C++ loop); rows equal to a chosen
+    centre (p = 0) are never drawn before that, and whole commit blocks of weight 0 never."""
+    base = make_x(5, 4, torch.float32, seed=1).cpu()
+    g = torch.Generator().manual_seed(3)
+    x = base[torch.randint(0, 5, (96,), generator=g)].contiguous().to(DEV)
+    w = torch.rand(96, generator=g)
+    w[16:48] = 0  # two whole commit blocks of 16 rows
+    w = w.to(DEV)
+    u = torch.rand((8, 4), generator=g, dtype=torch.float64).to(DEV)
+    for weights in (None, w):
+        ref, _, _ = seed_step_loop(x, weights, u)
+        got = kmeanspp_seed_triton(x, weights, u, commit_rows=16)
+        assert torch.equal(got.cpu(), ref) and torch.equal(ref, _cpu_seed(x, weights, u))
+        distinct = {tuple(r) for r in x.cpu()[ref[:5]].tolist()}
+        assert len(distinct) == 5, "a row equal to a chosen centre was drawn while others remained"
+        if weights is not None:
+            assert not bool(((ref[:5] >= 16) & (ref[:5] < 48)).any())
+
+
+def test_fused_seed_rejects_bad_arguments():
+    x = make_x(10, 3, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="float64"):
+        KMeansPPSeeder(x, None, torch.rand(4, 2).to(DEV))
+    with pytest.raises(ValueError, match="candidates"):
+        KMeansPPSeeder(x, None, torch.rand(4, 65, dtype=torch.float64).to(DEV))
+    with pytest.raises(ValueError, match="at least one row"):
+        KMeansPPSeeder(x[:0], None, torch.rand(1, 2, dtype=torch.float64).to(DEV))
+    with pytest.raises(ValueError, match="weights"):
+        KMeansPPSeeder(x, torch.ones(9, device=DEV), torch.rand(4, 2, dtype=torch.float64).to(DEV))
+
+
+@requires_cuda
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gpu_fused_seed_graph_replay(weighted):
+    """On CUDA the steps after the second replay captured graphs (16 steps and 1 step): the same rows
+    as eager launches and as the step loop, and no capture warning."""
+    import warnings
+
+    n, d, k, t = 20000, 64, 45, 5
+    x = make_x(n, d, torch.float32, seed=2, device="cuda")
+    g = torch.Generator().manual_seed(5)
+    w = (torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.2)).cuda() if weighted else None
+    u = torch.rand((k, t), generator=g, dtype=torch.float64).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = kmeanspp_seed_triton(x, w, u, graph=True)
+    assert torch.equal(got, kmeanspp_seed_triton(x, w, u, graph=False))
+    assert torch.equal(got.cpu(), seed_step_loop(x, w, u)[0])
 
 
 # --------------------------------------------------------------------------- GPU sizes (CUDA only)
