@@ -24,9 +24,10 @@ Update (sort-based segmented sum, two launches after ``torch.sort``):
   and no host sync are needed to lay the segments out.
 * Pass 2, grid ``(k, #D-blocks)``: cluster c adds its slots in ascending order (its size / CHUNK
   + 1 at most) and writes ``sums[c]`` and ``counts[c]`` (empty clusters: zeros).
-* sm_90 (BLOCK_R=32, BLOCK_D=256, 8 warps, D a multiple of 16): 64 registers, no spills;
-  each gathered row is read as contiguous 512-byte (fp32) warp segments. Other D: scalar
-  loads, BLOCK_R=16, 74 registers.
+* sm_90 (BLOCK_R=16, BLOCK_D=256, 8 warps, D a multiple of 16; BLOCK_R * BLOCK_D = 16 elements per
+  thread at every D): 40 registers, no spills on triton 3.6 and 3.9 (BLOCK_R=32 spilled 4 bytes on
+  3.6); each gathered row is read with 16-byte loads (LDG.E.128). Other D: scalar loads, half the
+  rows per tile.
 
 k-means++ candidates (one streaming pass over x; launches: pad of the candidates, kernel, ``sum``):
 
@@ -215,12 +216,14 @@ def kmeans_update_triton(
         br, bd, chunk, nw, ns = 64, min(dp, 256), 256, 4, 1
     else:
         bd = min(dp, 256)
-        br = 32 if bd >= 128 else 64
         nw = 8 if bd >= 256 else 4
+        # 16 tile elements per thread: with 32 (BLOCK_R 32 at D 256) ptxas settles on 64 registers and
+        # spills (triton 3.6; 3.9 too at D 128); 16 compile to ~40 registers without spills on both
+        br = min(128, 16 * 32 * nw // bd)
         # Triton vectorises the row loads only when it can prove 16-element alignment (D and the
-        # row stride multiples of 16); scalar loads hold a 64-bit address per element: fewer rows
-        # per tile keep that at ~74 registers instead of ~200 (sm_90)
-        if not (d % 16 == 0 and x.stride(0) % 16 == 0 and x.stride(1) == 1 and x.data_ptr() % 16 == 0):
+        # row stride multiples of 16); scalar loads hold a 64-bit address per element: half the rows
+        # per tile (sm_90: no spills from D 32 up on triton 3.6 and 3.9)
+        if bd > 16 and not (d % 16 == 0 and x.stride(0) % 16 == 0 and x.stride(1) == 1 and x.data_ptr() % 16 == 0):
             br //= 2
         ns = 2
         # enough equal chunks for ~8 programs per SM, >= 4 row tiles each, at most 2048 rows
@@ -395,9 +398,9 @@ def kmeanspp_candidates_triton(
 #   sample (grid T)       the T candidate rows of this step: row = the first whose prefix sum of
 #                         p_i = w_i * mind_i exceeds u * total (torch.searchsorted(right=True) on
 #                         the inclusive prefix sums, as the step loop and the C++ loop draw)
-#   score  (grid ~4/SM)   dist[t, i] = ||x_i - x_{row_t}||^2 (_kpp_tile: the bits of the step
-#                         kernel) and per program the float64 partial potentials
-#                         sum_i w_i * min(mind_i, dist[t, i]) over its row blocks
+#   score  (grid N / BN)  the step loop's candidates kernel (_kmeanspp_kernel) on the sampled
+#                         candidates: dist[i, t] = ||x_i - x_{row_t}||^2 and per program the
+#                         float64 partial potentials sum_i w_i * min(mind_i, dist[i, t]) of its rows
 #   commit (grid N / CB)  every program sums the partials in one fixed order (so all agree), picks
 #                         best = argmin pot (ties: the first candidate); program 0 records the centre
 #                         and advances the step counter; each program then sets
@@ -412,9 +415,11 @@ def kmeanspp_candidates_triton(
 # sequential prefix sums' (the C++ loop, the step loop on the CPU) except where u * total falls
 # within float64 rounding (~1e-16 relative) of a row boundary.
 @triton.jit
-def _kpp_sample_kernel(u_ptr, step_ptr, lcum_ptr, bsum_ptr, idx_ptr, N, NB, CB, u_stride,
-                       NBP: tl.constexpr, CBP: tl.constexpr):
-    """idx[t] for candidate t = program_id(0): the draw of uniform u[step, t] (see above)."""
+def _kpp_sample_kernel(u_ptr, step_ptr, lcum_ptr, bsum_ptr, idx_ptr, x_ptr, candt_ptr, N, NB, CB, u_stride, D,
+                       stride_xm, stride_xd,
+                       NBP: tl.constexpr, CBP: tl.constexpr, TP: tl.constexpr, BD: tl.constexpr):
+    """idx[t] for candidate t = program_id(0): the draw of uniform u[step, t] (see above); and the
+    candidate as column t of candt [D, TP] float32 (the step kernel's layout: vector loads)."""
     t = tl.program_id(0)
     s = tl.load(step_ptr)
     u = tl.load(u_ptr + s * u_stride + t)
@@ -433,39 +438,12 @@ def _kpp_sample_kernel(u_ptr, step_ptr, lcum_ptr, bsum_ptr, idx_ptr, N, NB, CB, 
     jlast = tl.min(tl.where(lc >= tl.load(bsum_ptr + bc), jj, CBP), 0)
     j = tl.where(j < CBP, j, jlast)
     row = tl.where(b < NB, r0 + j, N - 1)  # none exceeds v (total 0): the last row, as searchsorted + clamp
-    tl.store(idx_ptr + t, row.to(tl.int64))
-
-
-@triton.jit
-def _kpp_score_kernel(
-    x_ptr, idx_ptr, mind_ptr, w_ptr, dist_ptr, part_ptr,
-    N, D, T, stride_xm, stride_xd,
-    HAS_W: tl.constexpr, TP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """dist[t, rows] (transposed: the commit reads row best contiguously) for the candidate rows
-    idx[:T] of x, and this program's float64 partial potentials over its row blocks (pid, pid + G, ...)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    tt = tl.arange(0, TP)
-    tmask = tt < T
-    idx = tl.load(idx_ptr + tt, mask=tmask, other=0)
-    c_base = x_ptr + idx * stride_xm  # candidate t is row idx[t] of x (float32 of it: exact)
-    part = tl.zeros([TP], dtype=tl.float64)
-    for blk in range(pid, tl.cdiv(N, BLOCK_N), nprog):
-        rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        rmask = rows < N
-        rows64 = rows.to(tl.int64)
-        acc = _kpp_tile(x_ptr + rows64[None, :] * stride_xm, rmask, c_base, stride_xd, D, stride_xd,
-                        TP, BLOCK_N, BLOCK_D)
-        tl.store(dist_ptr + tt[:, None].to(tl.int64) * N + rows64[None, :], acc, mask=rmask[None, :] & tmask[:, None])
-        md = tl.load(mind_ptr + rows, mask=rmask, other=0.0)
-        m = tl.minimum(acc, md[None, :])
-        if HAS_W:
-            wv = tl.load(w_ptr + rows, mask=rmask, other=0.0)
-            m = m * wv[None, :]
-        m = tl.where(rmask[None, :], m, 0.0)
-        part += tl.sum(m.to(tl.float64), 1)
-    tl.store(part_ptr + pid.to(tl.int64) * T + tt, part, mask=tmask)
+    row = row.to(tl.int64)
+    tl.store(idx_ptr + t, row)
+    for d0 in range(0, D, BD):
+        cols = d0 + tl.arange(0, BD)
+        xv = tl.load(x_ptr + row * stride_xm + cols * stride_xd, mask=cols < D, other=0.0)
+        tl.store(candt_ptr + cols * TP + t, xv.to(tl.float32), mask=cols < D)
 
 
 @triton.jit
@@ -499,7 +477,7 @@ def _kpp_commit_kernel(
             tl.store(chosen_ptr + s, tl.load(idx_ptr + best))
             tl.store(pot_ptr + tt, pot, mask=tmask)
             tl.store(step_ptr, s + 1)
-        d = tl.load(dist_ptr + best.to(tl.int64) * N + rows, mask=rmask, other=0.0)
+        d = tl.load(dist_ptr + rows * T + best, mask=rmask, other=0.0)  # [N, T]: 4 of every 4T bytes
         m = tl.minimum(tl.load(mind_ptr + rows, mask=rmask, other=0.0), d)
         tl.store(mind_ptr + rows, m, mask=rmask)
         if HAS_W:
@@ -527,8 +505,7 @@ class KMeansPPSeeder:
     ``pot`` holds the last step's candidate potentials [T] float64 (for tests)."""
 
     def __init__(self, x: torch.Tensor, weights: Optional[torch.Tensor], u: torch.Tensor, *,
-                 block_n: Optional[int] = None, block_d: Optional[int] = None, commit_rows: Optional[int] = None,
-                 programs: Optional[int] = None):
+                 block_n: Optional[int] = None, block_d: Optional[int] = None, commit_rows: Optional[int] = None):
         _check_x(x)
         n, d = x.shape
         if n < 1:
@@ -547,8 +524,7 @@ class KMeansPPSeeder:
         for tt in {1, t}:
             bn, bd, nw, ns = _kpp_config(n, d, _next_pow2(tt))
             self.cfg[tt] = (block_n or bn, block_d or bd, nw, ns)
-        nblocks = triton.cdiv(n, self.cfg[t][0])
-        self.nprog = max(1, min(nblocks, programs or 4 * _num_sms(dev)))
+        self.nprog = max(triton.cdiv(n, c[0]) for c in self.cfg.values())  # score programs (partials)
         # commit blocks: at most ~256 of them (the sampler scans their totals in one program), of
         # 256 to 4096 rows (one program's prefix scan)
         self.cb = commit_rows or min(4096, max(256, _next_pow2(triton.cdiv(n, 256))))
@@ -558,33 +534,41 @@ class KMeansPPSeeder:
         self.bsum = torch.empty((self.nb,), dtype=torch.float64, device=dev)
         self.step_no = torch.zeros((1,), dtype=torch.int64, device=dev)
         self.idx = torch.zeros((t,), dtype=torch.int64, device=dev)
+        # the candidates as [D, TP] float32, zero-padded (padding never written), per TP
+        self.candt = {tt: torch.zeros((d, _next_pow2(tt)), dtype=torch.float32, device=dev) for tt in {1, t}}
         self.chosen = torch.empty((self.k,), dtype=torch.int64, device=dev)
         self.pot = torch.empty((t,), dtype=torch.float64, device=dev)
-        self.dist = torch.empty((t, n), dtype=torch.float32, device=dev)
+        self.dist = torch.empty((n, t), dtype=torch.float32, device=dev)
         self.part = torch.empty((self.nprog, t), dtype=torch.float64, device=dev)
         self.done = 0
         self._commit(1, init=True)
 
     def _commit(self, t: int, init: bool = False) -> None:
         w = self.w if self.w is not None else self.mind
+        nw = 4 if self.cb <= 1024 else 8
+        # partial sums summed as [PB, TP] tiles of <= 16 float64 per thread
+        nparts = triton.cdiv(self.x.shape[0], self.cfg[t][0])  # the score launch's programs
+        pb = max(1, min(1024, _next_pow2(nparts), 16 * 32 * nw // _next_pow2(t)))
         _kpp_commit_kernel[(self.nb,)](
             self.dist, self.part, self.idx, self.step_no, self.chosen, self.pot, self.mind, w, self.lcum, self.bsum,
-            self.x.shape[0], t, self.nprog,
-            HAS_W=self.w is not None, INIT=init, TP=_next_pow2(t), CB=self.cb, PB=max(16, min(128, _next_pow2(self.nprog))),
-            num_warps=4 if self.cb <= 1024 else 8,
+            self.x.shape[0], t, nparts,
+            HAS_W=self.w is not None, INIT=init, TP=_next_pow2(t), CB=self.cb, PB=pb, num_warps=nw,
         )
 
     def step(self) -> None:
         """Choose the next centre (three launches, no host synchronisation)."""
         t = 1 if self.done == 0 else self.t
         x, n = self.x, self.x.shape[0]
+        candt = self.candt[t]
         _kpp_sample_kernel[(t,)](
-            self.u, self.step_no, self.lcum, self.bsum, self.idx, n, self.nb, self.cb, self.u.stride(0),
-            NBP=_next_pow2(self.nb), CBP=self.cb, num_warps=4,
+            self.u, self.step_no, self.lcum, self.bsum, self.idx, x, candt, n, self.nb, self.cb, self.u.stride(0),
+            x.shape[1], x.stride(0), x.stride(1),
+            NBP=_next_pow2(self.nb), CBP=self.cb, TP=candt.shape[1], BD=min(256, _next_pow2(max(1, x.shape[1]))),
+            num_warps=4,
         )
         bn, bd, nw, ns = self.cfg[t]
-        _kpp_score_kernel[(self.nprog,)](
-            x, self.idx, self.mind, self.w if self.w is not None else self.mind, self.dist, self.part,
+        _kmeanspp_kernel[(triton.cdiv(n, bn),)](
+            x, candt, self.mind, self.w if self.w is not None else self.mind, self.dist, self.part,
             n, x.shape[1], t, x.stride(0), x.stride(1),
             HAS_W=self.w is not None, TP=_next_pow2(t), BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, num_stages=ns,
         )

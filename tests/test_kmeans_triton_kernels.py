@@ -267,7 +267,7 @@ def _cpu_seed(x, w, u):
 @pytest.mark.parametrize("n,d,k,t,dtype,weighted,cfg", [
     (1, 3, 1, 3, torch.float32, False, {}),
     (300, 7, 12, 4, torch.float32, False, {}),
-    (300, 7, 12, 4, torch.float32, True, dict(commit_rows=16, programs=3)),  # 19 commit blocks, 3 score programs
+    (300, 7, 12, 4, torch.float32, True, dict(commit_rows=16, block_n=16)),  # 19 commit blocks, 19 score blocks
     (257, 33, 9, 64, torch.float32, True, dict(block_n=16, block_d=8, commit_rows=32)),
     (200, 20, 10, 5, torch.bfloat16, True, {}),
     (150, 16, 8, 3, torch.float16, False, dict(commit_rows=64)),
@@ -400,7 +400,7 @@ def test_sm90_compiles_without_spills():
     kpp_sig = {"x_ptr": f32, "candt_ptr": f32, "mind_ptr": f32, "w_ptr": f32, "dist_ptr": f32, "part_ptr": "*fp64",
                "N": i32, "D": i32, "T": i32, "stride_xm": i32, "stride_xd": i32}
     jobs = [dict(module=module.__file__, kernel="_kmeans_chunk_kernel", signature=chunk_sig,
-                 constexprs={"HAS_W": True, "BLOCK_R": 32, "BLOCK_D": 256}, num_warps=8)]
+                 constexprs={"HAS_W": True, "BLOCK_R": 16, "BLOCK_D": 256}, num_warps=8)]
     for tp, bn, bd in [(8, 256, 4), (64, 128, 1)]:
         jobs.append(dict(module=module.__file__, kernel="_kmeanspp_kernel", signature=kpp_sig,
                          constexprs={"HAS_W": True, "TP": tp, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=4))

@@ -44,6 +44,12 @@ def kernel_jobs() -> list[dict]:
                   "D": I32, "CHUNK": I32}
     kpp_sig = {"x_ptr": F32, "candt_ptr": F32, "mind_ptr": F32, "w_ptr": F32, "dist_ptr": F32, "part_ptr": "*fp64",
                "N": I32, "D": I32, "T": I32, "stride_xm": I32, "stride_xd": I32}
+    sample_sig = {"u_ptr": "*fp64", "step_ptr": "*i64", "lcum_ptr": "*fp64", "bsum_ptr": "*fp64", "idx_ptr": "*i64",
+                  "x_ptr": F32, "candt_ptr": F32, "N": I32, "NB": I32, "CB": I32, "u_stride": I32, "D": I32,
+                  "stride_xm": I32, "stride_xd": I32}
+    commit_sig = {"dist_ptr": F32, "part_ptr": "*fp64", "idx_ptr": "*i64", "step_ptr": "*i64", "chosen_ptr": "*i64",
+                  "pot_ptr": "*fp64", "mind_ptr": F32, "w_ptr": F32, "lcum_ptr": "*fp64", "bsum_ptr": "*fp64",
+                  "N": I32, "T": I32, "P": I32}
     bs_sig = {"lp_ptr": F32, "bs_ptr": F32, "node_ptr": "*i64", "off_ptr": "*i32", "cc_ptr": "*i32", "ban_ptr": "*i64",
               "out_s_ptr": F32, "out_p_ptr": "*i64", "out_t_ptr": "*i64", "out_n_ptr": "*i64", "status_ptr": "*i32",
               "K": I32, "FAN": I32, "n_nodes": I32, "lp_stride": I32, "E": I32}
@@ -57,14 +63,23 @@ def kernel_jobs() -> list[dict]:
              constexprs=dict(BEAM=5, BP=8, BM=4, BK=32, DP=256, LP=4), num_warps=4, num_stages=2),
         dict(name="rq_sqnorm", module=rq, kernel="_sqnorm_kernel", signature={"c_ptr": F32, "out_ptr": F32, "K": I32,
              "D": I32}, divisible=["D"], constexprs=dict(BLOCK=128), num_warps=4),
+        # kernels/kmeans.kmeans_update_triton's choice on CUDA: 16 tile elements per thread
         dict(name="kmeans_update_chunk", module=km, kernel="_kmeans_chunk_kernel", signature=chunk_sig, divisible=div,
-             constexprs=dict(HAS_W=True, BLOCK_R=32, BLOCK_D=256), num_warps=8, num_stages=2),
+             constexprs=dict(HAS_W=True, BLOCK_R=16, BLOCK_D=256), num_warps=8, num_stages=2),
+        dict(name="kmeans_update_chunk_d128", module=km, kernel="_kmeans_chunk_kernel", signature=chunk_sig,
+             divisible=div, constexprs=dict(HAS_W=True, BLOCK_R=16, BLOCK_D=128), num_warps=4, num_stages=2),
         dict(name="kmeans_update_reduce", module=km, kernel="_kmeans_reduce_kernel", signature=reduce_sig,
              divisible=["D"], constexprs=dict(HAS_W=True, BLOCK_D=256), num_warps=1),
         dict(name="kmeanspp_t8", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
              constexprs=dict(HAS_W=True, TP=8, BLOCK_N=256, BLOCK_D=4), num_warps=4),
         dict(name="kmeanspp_t64", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
              constexprs=dict(HAS_W=True, TP=64, BLOCK_N=128, BLOCK_D=1), num_warps=4),
+        # fused k-means++ seeding (KMeansPPSeeder at N = 2^20: 4096-row commit blocks, 256 of them; its
+        # scoring launch is _kmeanspp_kernel, above)
+        dict(name="kpp_sample", module=km, kernel="_kpp_sample_kernel", signature=sample_sig,
+             divisible=div, constexprs=dict(NBP=256, CBP=4096, TP=16, BD=256), num_warps=4),
+        dict(name="kpp_commit", module=km, kernel="_kpp_commit_kernel", signature=commit_sig, divisible=["N"],
+             constexprs=dict(HAS_W=True, INIT=False, TP=16, CB=4096, PB=256), num_warps=8),
         dict(name="beam_step", module=_mod("beam_step.py"), kernel="_beam_step_kernel", signature=bs_sig,
              constexprs=dict(KP=32, BR=32, BC=128, BAN_STEPS=0), num_warps=16),
     ]
@@ -76,6 +91,10 @@ VERSIONS_ALL = {"installed", "triton36"}
 EXPECT_SASS = {
     "rq_greedy_fast": {"wgmma": 1, "ldgsts128": 1},  # tf32 wgmma; 16-byte codebook copies
     "kmeans_update_chunk": {"ldg128": 1},             # gathered rows as 16-byte loads
+    "kmeans_update_chunk_d128": {"ldg128": 1},
+    "kmeanspp_t8": {"ldg128": 1},                     # x rows and the [D, TP] candidates as 16-byte loads
+    "kmeanspp_t64": {"ldg128": 1},
+    "kpp_commit": {"ldg128": 1, "stg128": 1},         # mind, weights, partials; mind and prefix sums stored 16 B
 }
 
 # Today's known gaps (kernel -> triton versions), measured here 2026-12-04 (ptxas -v, spill stores / loads
@@ -83,9 +102,8 @@ EXPECT_SASS = {
 #   rq_greedy_fast  3.9: 3428 / 3848, 3.6: 3792 / 4572 (main before the canonical re-check: 2728 / 2996, 3008 / 3844)
 #   rq_greedy_redo  3.9:  256 /  260, 3.6:  500 /  500 (unchanged)
 #   rq_beam5        3.9: 1384 / 1012, 3.6:  444 /  240
-#   kmeans_update_chunk             3.6:    4 /    4
-KNOWN_SPILLS = {"rq_greedy_fast": VERSIONS_ALL, "rq_greedy_redo": VERSIONS_ALL, "rq_beam5": VERSIONS_ALL,
-                "kmeans_update_chunk": {"triton36"}}
+# (kmeans_update_chunk spilled 4 / 4 on 3.6 at BLOCK_R 32 until 2026-12-04: now BLOCK_R 16, 40 registers)
+KNOWN_SPILLS = {"rq_greedy_fast": VERSIONS_ALL, "rq_greedy_redo": VERSIONS_ALL, "rq_beam5": VERSIONS_ALL}
 # rq_greedy_fast: _opaque_zero makes every codebook copy a 4-byte cp.async (LDGSTS.E, 128 of them), no
 # 16-byte form
 KNOWN_SASS_GAPS = {"rq_greedy_fast": VERSIONS_ALL}
