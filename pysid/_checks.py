@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_tensor", "nonfinite_rows"]
+__all__ = ["PRECISIONS", "check_int", "check_precision", "check_tensor", "nonfinite_rows"]
 
 
 def check_tensor(x: Any, name: str) -> Tensor:
@@ -23,6 +23,17 @@ def check_int(name: str, v: Any, low: int = 1, *, what: str = "an int") -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise ValueError(f"{name} must be {what} >= {low}, got {v!r}")
     return v
+
+
+PRECISIONS = ("exact", "fast")
+
+
+def check_precision(precision: Any) -> str:
+    """precision itself when it is "exact" or "fast"; ValueError
+    ``'precision must be "exact" or "fast", got <precision!r>'`` otherwise."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f'precision must be "exact" or "fast", got {precision!r}')
+    return precision
 
 
 def nonfinite_rows(x: Tensor) -> Optional[Tensor]:

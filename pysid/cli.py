@@ -346,7 +346,7 @@ def cmd_fit(a) -> int:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
                    dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=device,
                    balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a),
-                   sample=a.sample, sample_seed=a.sample_seed)
+                   sample=a.sample, sample_seed=a.sample_seed, precision=a.precision)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     secs = time.perf_counter() - t0
@@ -674,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="balanced k-means at every level: equal-size clusters (rq-kmeans)")
     f.add_argument("--beam-width", type=_int_at_least(1), default=1, metavar="W",
                    help="codes by beam search over the levels (1: greedy)")
+    f.add_argument("--precision", choices=["exact", "fast"], default="exact",
+                   help="codes of the float32 score (exact), or CUDA tensor-core codes that may differ on near-ties (fast)")
     f.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
                    help="rq-vae training epochs (default: 100, pysid.nn.train_rqvae's)")
     f.add_argument("--latent", type=_int_at_least(1), default=None, metavar="D",

@@ -56,7 +56,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_tensor, nonfinite_rows  # nonfinite_rows: also imported from here
+from ._checks import check_int, check_precision, check_tensor, nonfinite_rows  # nonfinite_rows: also imported from here
 from ._dist import Comm as _Comm
 from .ops import kmeans as _ops
 from .ops.kmeans import KMeansEngine
@@ -329,6 +329,7 @@ def kmeans(
     init_sample: int | None = None,
     balance_candidates: int = 16,
     progress: bool | str = False,
+    precision: str = "exact",
 ) -> KMeansResult:
     """k-means clustering of the rows of x.
 
@@ -353,6 +354,9 @@ def kmeans(
         progress: progress reports: False, True (a tqdm bar on a terminal), "tqdm", "log" (a line
             on stderr every few seconds with rate and ETA) or "auto" (tqdm on a terminal, else
             log lines); see ``pysid._progress``.
+        precision: "exact" (default) or "fast": the Lloyd assignments' precision, as for
+            :func:`pysid.residual_quantize` ("fast": on the Triton kernels, tensor-core codes
+            without the float32 proof; may differ on near-ties; CPU and reference: exact).
 
     Returns:
         :class:`KMeansResult`.
@@ -363,7 +367,7 @@ def kmeans(
         raise NotImplementedError("balanced=True runs on one process; gather the rows on one rank")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
-    eng = _ops.engine(x)
+    eng = _ops.engine(x, precision=check_precision(precision))
     xk = eng.prepare(x)
     _check_weights(x, init_weights, "init_weights", comm)
     w = None if weights is None else weights.to(torch.float32).contiguous()
@@ -559,7 +563,7 @@ def residual_kmeans(
         levels: number of levels L >= 1.
         k: codebook size, an int or one per level.
         **kmeans_options: passed to :func:`kmeans` (iters, init="k-means++"/"random", seed,
-            tol, balanced, weights, ...).
+            tol, balanced, weights, precision, ...).
 
     Returns:
         [L, K, D] float32 codebooks if every level has the same size, else a list of

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_precision
 from ._io import atomic_write, check_writable
 from .kmeans import _residual_kmeans, nonfinite_rows
 from .ops import kmeans as _kops
@@ -300,7 +301,8 @@ class Method:
         """Refuse settings the method cannot use (ValueError), before any work."""
 
     def train(self, x: Tensor, *, levels: int, sizes: list[int], seed: int, iters: int, balanced: bool,
-              beam_width: int, dedup: Dedup, progress: bool, options: dict | None) -> _Trained:
+              beam_width: int, dedup: Dedup, progress: bool, options: dict | None,
+              precision: str = "exact") -> _Trained:
         raise NotImplementedError
 
     def latents(self, table: "SemanticIds", x: Tensor) -> Tensor:
@@ -331,9 +333,10 @@ class _RQKMeans(Method):
         if max(sizes) > m:
             raise ValueError(f"codebook_size {max(sizes)} is larger than the number of items {m}")
 
-    def train(self, x, *, levels, sizes, seed, iters, balanced, beam_width, dedup, progress, options):
+    def train(self, x, *, levels, sizes, seed, iters, balanced, beam_width, dedup, progress, options,
+              precision="exact"):
         books, train_codes = _residual_kmeans(x, levels, sizes, iters=iters, seed=seed, balanced=balanced,
-                                              progress=progress)
+                                              progress=progress, precision=precision)
         cbs = [b.to(torch.float32) for b in books]
         codes = None
         if (not balanced and beam_width == 1 and not dedup.needs_residual
@@ -355,7 +358,8 @@ class _RQVAE(Method):
     name = "rq-vae"
     help = "TIGER's RQ-VAE (encoder + residual quantizer + decoder) trained on the embeddings"
 
-    def train(self, x, *, levels, sizes, seed, iters, balanced, beam_width, dedup, progress, options):
+    def train(self, x, *, levels, sizes, seed, iters, balanced, beam_width, dedup, progress, options,
+              precision="exact"):  # the model trains with exact codes
         from .nn import RQVAE, train_rqvae
 
         opts = dict(options or {})
@@ -917,11 +921,11 @@ def _int_arg(name: str, v, low: int) -> int:
     return int(v)
 
 
-def _quantize(x: Tensor, codebooks: list, beam_width: int = 1) -> tuple[Tensor, Tensor]:
+def _quantize(x: Tensor, codebooks: list, beam_width: int = 1, precision: str = "exact") -> tuple[Tensor, Tensor]:
     """Codes [N, L] int64 (greedy, or beam search over the levels) and the residual before
     the last level [N, D] float32."""
     cbs = [c.to(x.device) for c in codebooks]
-    out = residual_quantize(x, cbs, beam_width=beam_width)
+    out = residual_quantize(x, cbs, beam_width=beam_width, precision=precision)
     codes = out.codes.long()
     last = cbs[-1].to(torch.float32)[codes[:, -1]]
     return codes, x.to(torch.float32) - (out.quantized.to(torch.float32) - last)
@@ -1003,6 +1007,7 @@ def fit(
     sample: Union[int, float, None] = None,
     sample_seed: int = 0,
     sample_by=None,
+    precision: str = "exact",
 ) -> SemanticIds:
     """Semantic IDs for item embeddings.
 
@@ -1053,6 +1058,10 @@ def fit(
             gets its share of the sample (proportional allocation; the rounding remainders go
             to the labels with the largest fractions, then the smaller labels), uniform within
             each label. Needs ``sample``.
+        precision: "exact" (default) or "fast": the codes' precision in the rq-kmeans Lloyd
+            iterations and in the encoding of the items here, as for ``pysid.residual_quantize``
+            ("fast": on CUDA's Triton kernels, tensor-core codes without the float32 proof, which
+            may differ on near-ties; on the CPU the same codes). :meth:`SemanticIds.encode` is exact.
 
     Returns:
         :class:`SemanticIds` (codes on the CPU), with each item's embedding fingerprint (for
@@ -1069,6 +1078,7 @@ def fit(
     iters = _int_arg("iters", iters, 1)
     reassign_candidates = _int_arg("reassign_candidates", reassign_candidates, 1)
     seed = _int_arg("seed", seed, 0)
+    check_precision(precision)
     if not isinstance(balanced, (bool, np.bool_)):
         raise ValueError(f"balanced must be True or False, got {balanced!r}")
     if rqvae_options is not None and not isinstance(rqvae_options, dict):
@@ -1114,7 +1124,7 @@ def fit(
     if train_rows is not None and opts and opts.get("align_with") is not None:
         opts = dict(opts, align_with=_as_tensor(opts["align_with"])[train_rows])
     tr = meth.train(xt, levels=levels, sizes=sizes, seed=seed, iters=iters, balanced=bool(balanced),
-                    beam_width=beam_width, dedup=rule, progress=progress, options=opts)
+                    beam_width=beam_width, dedup=rule, progress=progress, options=opts, precision=precision)
     settings.update(tr.settings)
     cbs = tr.codebooks
     if train_rows is None and tr.codes is not None:
@@ -1124,7 +1134,7 @@ def fit(
         if train_rows is not None:  # every item through the trained model / codebooks
             view = _TrainedView(settings=settings, model_state=tr.model_state)
             latents = meth.latents(view, x)
-        raw, r = _quantize(latents, cbs, beam_width)
+        raw, r = _quantize(latents, cbs, beam_width, precision)
     before = collision_stats(raw, sizes)
     codes = _apply_dedup(rule, raw, r, cbs, sizes, settings)
     vocab = sizes + ([int(codes[:, -1].max()) + 1] if codes.shape[1] > levels else [])

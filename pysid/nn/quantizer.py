@@ -82,6 +82,7 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_precision
 from ..kmeans import residual_kmeans
 from ..ops import residual_quantize
 
@@ -182,6 +183,10 @@ class ResidualQuantizer(nn.Module):
             and iterations of the balanced assignment (LETTER's 0.003 and 50).
         progressive: PLUM's progressive masking during training (a random depth per row).
         seed: seeds the random init, k-means, re-seeding and depth draws.
+        precision: "exact" (default) or "fast": the codes' precision in the k-means
+            initialisation, the forward search and :meth:`encode`, as for
+            :func:`pysid.residual_quantize` ("fast": CUDA tensor-core codes without the float32
+            proof, may differ on near-ties; CPU: the same codes).
 
     Forward: ``x`` [B, dim] floating point -> :class:`QuantizerOutput`.
 
@@ -210,8 +215,10 @@ class ResidualQuantizer(nn.Module):
         sinkhorn_iters: int = 50,
         progressive: bool = False,
         seed: int = 0,
+        precision: str = "exact",
     ):
         super().__init__()
+        self.precision = check_precision(precision)
         self.dim = _int("dim", dim, 1)
         self.levels = _int("levels", levels, 1)
         if isinstance(codebook_size, bool):
@@ -326,7 +333,7 @@ class ResidualQuantizer(nn.Module):
                 f"k-means initialisation needs at least max(codebook_size) = {max(self.codebook_sizes)} rows, "
                 f"got {n_total}: use a larger (first) batch or call init_from() with more data")
         cbs = residual_kmeans(data.detach().float(), self.levels, self.codebook_sizes,
-                              iters=self.kmeans_iters, seed=self.seed)
+                              iters=self.kmeans_iters, seed=self.seed, precision=self.precision)
         self.set_codebooks(cbs)
 
     # ----------------------------------------------------------------- encode / decode
@@ -335,7 +342,7 @@ class ResidualQuantizer(nn.Module):
         """Greedy codes [N, L] int64 of x [N, dim] with the current codebooks (no updates)."""
         self._check_x(x)
         self._check_ready()
-        return residual_quantize(x, [c.detach() for c in self.codebooks]).codes.long()
+        return residual_quantize(x, [c.detach() for c in self.codebooks], precision=self.precision).codes.long()
 
     def decode(self, codes: Tensor) -> Tensor:
         """Sum of the codewords of codes [N, l] (integer, l <= L: a prefix) -> [N, dim] float32."""
@@ -375,7 +382,7 @@ class ResidualQuantizer(nn.Module):
             codes, dist = self._assign_balanced(xf.detach(), snap)
             q_st = None
         else:
-            out = residual_quantize(xf, snap)  # straight-through to x (snapshot: no codebook grad)
+            out = residual_quantize(xf, snap, precision=self.precision)  # straight-through to x (snapshot: no codebook grad)
             codes, dist, q_st = out.codes.long(), out.distances, out.quantized
 
         # loss terms (TIGER), residuals per level
@@ -439,7 +446,7 @@ class ResidualQuantizer(nn.Module):
             if lvl in self.balanced_levels and b:
                 code = sinkhorn_codes(_sq_dist(r, c), self.sinkhorn_epsilon, self.sinkhorn_iters)
             else:
-                code = residual_quantize(r, [c]).codes[:, 0].long()
+                code = residual_quantize(r, [c], precision=self.precision).codes[:, 0].long()
             r = r - c[code]
             codes[:, lvl] = code
             dist[:, lvl] = (r * r).sum(1)
@@ -541,4 +548,6 @@ class ResidualQuantizer(nn.Module):
             s += f", balanced_levels={self.balanced_levels}"
         if self.progressive:
             s += ", progressive=True"
+        if self.precision != "exact":
+            s += f", precision={self.precision!r}"
         return s

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _native, _native_kmeans
+from .._checks import check_precision
 from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
 from ..reference.residual_quantize import residual_quantize_ref
 from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
@@ -72,14 +73,15 @@ def _assign_cpu(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     return codes[:, 0].long(), dist[:, 0]
 
 
-# a k-means++ step on the Triton kernels has no host synchronisation: it can be a CUDA graph
-@register("kmeans_assign", "triton", traits=("cuda_graphs",), **_TRITON)
-def _assign_triton(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+# a k-means++ step on the Triton kernels has no host synchronisation: it can be a CUDA graph;
+# "precision": takes precision= ("exact" | "fast", see pysid.residual_quantize)
+@register("kmeans_assign", "triton", traits=("cuda_graphs", "precision"), **_TRITON)
+def _assign_triton(x: Tensor, centroids: Tensor, precision: str = "exact") -> tuple[Tensor, Tensor]:
     from ..kernels.residual_quantize import residual_quantize_triton
 
     k = centroids.shape[0]
     c = centroids.to(torch.float32).contiguous()
-    _, dist, codes = residual_quantize_triton(x, c, [0, k], 1, quantized=False)
+    _, dist, codes = residual_quantize_triton(x, c, [0, k], 1, quantized=False, precision=precision)
     return codes[:, 0].long(), dist[:, 0]
 
 
@@ -254,13 +256,17 @@ class KMeansEngine:
     Capabilities: :attr:`lloyd_codes_are_greedy_codes` (the final Lloyd assignments of
     float32 input equal ``residual_quantize``'s greedy codes bit for bit: the same kernel
     computes both) and :attr:`cuda_graphs` (the k-means++ step may be captured and
-    replayed as a CUDA graph)."""
+    replayed as a CUDA graph).
+
+    :attr:`precision`: ``"exact"`` or ``"fast"`` (``pysid.residual_quantize``'s option), given to
+    an assignment registered with the trait ``"precision"`` (Triton); the others are exact."""
 
     REQUIRED = ("kmeans_prepare", "kmeans_assign", "kmeans_update", "kmeanspp_candidates", "kmeanspp_commit")
     OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed")
 
-    def __init__(self, backend: str, device: torch.device):
+    def __init__(self, backend: str, device: torch.device, precision: str = "exact"):
         self.backend = backend
+        self.precision = check_precision(precision)
         missing = [op for op in self.REQUIRED if get(op, backend) is None]
         if missing:
             raise BackendNotSupportedError(f"backend {backend!r} lacks the k-means primitives {missing}",
@@ -271,6 +277,7 @@ class KMeansEngine:
         self.bounded_assign: Optional[Callable[[Tensor], Callable]] = None if bounded is None else bounded.fn
         self.seed: Optional[Callable] = None if seed is None else seed.fn
         traits = get("kmeans_assign", backend).traits
+        self._assign_kw = {"precision": precision} if "precision" in traits else {}
         self.lloyd_codes_are_greedy_codes = "greedy_codes" in traits
         self.cuda_graphs = "cuda_graphs" in traits and device.type == "cuda"
 
@@ -282,7 +289,7 @@ class KMeansEngine:
         return self._prepare(x)
 
     def assign(self, x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-        return self._assign(x, centroids)
+        return self._assign(x, centroids, **self._assign_kw)
 
     def update(self, x: Tensor, codes: Tensor, weights: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
         return self._update(x, codes, weights, k)
@@ -296,8 +303,9 @@ class KMeansEngine:
     cumulative = staticmethod(cumulative)
 
 
-def engine(x: Tensor, backend: Optional[str] = None) -> KMeansEngine:
-    """The k-means engine for ``x`` [N, D] under ``backend`` (default: the backend in force);
-    never falls back: a forced backend that cannot run x raises ``BackendNotSupportedError``."""
+def engine(x: Tensor, backend: Optional[str] = None, precision: str = "exact") -> KMeansEngine:
+    """The k-means engine for ``x`` [N, D] under ``backend`` (default: the backend in force), its
+    assignments at ``precision`` ("exact" | "fast"); never falls back: a forced backend that cannot
+    run x raises ``BackendNotSupportedError``."""
     impl = select("kmeans_assign", Inputs.of(x), backend)
-    return KMeansEngine(impl.backend, x.device)
+    return KMeansEngine(impl.backend, x.device, precision)

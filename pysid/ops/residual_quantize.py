@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _native, _status
-from .._checks import check_int, check_tensor, nonfinite_rows
+from .._checks import check_int, check_precision, check_tensor, nonfinite_rows
 from .registry import KERNEL_DTYPES, FLOAT_DTYPES, Inputs, direct_call_ok, register, select
 from ..reference.residual_quantize import better_of, residual_quantize_ref, rq_vae_loss_ref
 
@@ -167,39 +167,45 @@ def _run_cuda(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Te
     return q, dist, codes
 
 
-def _triton_encode(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+def _triton_encode(x: Tensor, cbs: list[Tensor], beam_width: int, precision: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
     from ..kernels.residual_quantize import residual_quantize_triton
 
     packed, offsets = _pack(cbs)
-    return residual_quantize_triton(x.contiguous(), packed, offsets, beam_width)
+    return residual_quantize_triton(x.contiguous(), packed, offsets, beam_width, precision=precision)
 
 
 @register("residual_quantize", "triton", devices=("cuda",), dtypes=KERNEL_DTYPES,
           limits=f"beam_width <= {_TRITON_MAX_BEAM}",
-          check=_beam(f"the Triton kernel keeps at most {_TRITON_MAX_BEAM} beams on chip", lambda b: b <= _TRITON_MAX_BEAM))
-def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _triton_encode(x, cbs, beam_width)
+          check=_beam(f"the Triton kernel keeps at most {_TRITON_MAX_BEAM} beams on chip", lambda b: b <= _TRITON_MAX_BEAM),
+          traits=("precision",))
+def _run_triton(x: Tensor, cbs: list[Tensor], beam_width: int, precision: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
+    return _triton_encode(x, cbs, beam_width, precision)
 
 
 # --------------------------------------------------------------------------- the custom op
 
 
-def _residual_quantize(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+def _residual_quantize(x: Tensor, codebooks: list[Tensor], beam_width: int,
+                       precision: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
     """The op's body: validate, run the selected implementation, check finiteness."""
     _check_inputs(x, codebooks, beam_width)
+    check_precision(precision)
     impl = select("residual_quantize", Inputs.of(x, beam_width=beam_width))
-    q, dist, codes = impl.fn(x, codebooks, beam_width)
+    # an implementation with the trait "precision" takes it as a fourth argument; the others are exact
+    extra = (precision,) if "precision" in impl.traits else ()
+    q, dist, codes = impl.fn(x, codebooks, beam_width, *extra)
     if beam_width > 1 and "keeps_greedy_rows" not in impl.traits:
         # "never worse than greedy" (better_of, the reference's rule) for a kernel that searches
         # beams only; the C++ kernel applies it in its own pass (cheaper: no second output)
-        q, dist, codes = better_of((q, dist, codes), impl.fn(x, codebooks, 1))
+        q, dist, codes = better_of((q, dist, codes), impl.fn(x, codebooks, 1, *extra))
     _check_finite(x, codebooks, dist)
     return q.to(x.dtype).contiguous(), dist.to(_dist_dtype(x)).contiguous(), codes.contiguous()
 
 
 @torch.library.custom_op("pysid::residual_quantize", mutates_args=())
-def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _residual_quantize(x, codebooks, beam_width)
+def _residual_quantize_op(x: Tensor, codebooks: list[Tensor], beam_width: int,
+                          precision: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
+    return _residual_quantize(x, codebooks, beam_width, precision)
 
 
 def _dist_dtype(x: Tensor) -> torch.dtype:
@@ -207,7 +213,7 @@ def _dist_dtype(x: Tensor) -> torch.dtype:
 
 
 @_residual_quantize_op.register_fake
-def _(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tensor, Tensor]:
+def _(x: Tensor, codebooks: list[Tensor], beam_width: int, precision: str = "exact") -> tuple[Tensor, Tensor, Tensor]:
     n, levels = x.shape[0], len(codebooks)
     return (
         x.new_empty(x.shape),
@@ -217,7 +223,7 @@ def _(x: Tensor, codebooks: list[Tensor], beam_width: int) -> tuple[Tensor, Tens
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, codebooks, _ = inputs
+    x, codebooks, *_ = inputs
     _, _, codes = output
     ctx.save_for_backward(x, codes, *codebooks)
     ctx.set_materialize_grads(False)
@@ -255,7 +261,9 @@ def _backward(ctx, grad_q: Tensor | None, grad_dist: Tensor | None, _grad_codes)
         grad_cbs.append(g.to(c.dtype))
     if gx is not None:
         gx = gx.to(x.dtype)
-    return gx, grad_cbs, None
+    # beam_width and precision: no gradient (precision counts only when the call passed it:
+    # needs_input_grad has the call's arguments, setup_context's inputs the schema defaults too)
+    return (gx, grad_cbs) + (None,) * (len(ctx.needs_input_grad) - 2)
 
 
 _residual_quantize_op.register_autograd(_backward, setup_context=_setup_context)
@@ -264,7 +272,8 @@ _residual_quantize_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------- public API
 
 
-def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -> ResidualQuantizeOutput:
+def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1,
+                      precision: str = "exact") -> ResidualQuantizeOutput:
     """Encode vectors with residual codebooks, level by level (RQ / RQ-VAE forward).
 
     Args:
@@ -278,6 +287,15 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
             kept per vector. Beam search alone can end above greedy (e.g. when a later
             level has few codewords), so rows where greedy ends strictly lower take the
             greedy encoding: total distortion is never worse than greedy.
+        precision: ``"exact"`` (default): the codes of the float32 score on every backend and
+            path (a tensor-core pass on CUDA only proposes; a proof or an exact re-scan decides).
+            ``"fast"``: on the Triton kernel, greedy codes straight from the tensor-core (tf32)
+            pass, without the proof: faster, and codes may differ from ``"exact"`` on near-ties
+            (about 0.1 % of rows on random data). The C++ (CPU), CUDA C++ and reference backends
+            are exact either way (equal results). torch's global tf32 settings
+            (``torch.backends.cuda.matmul.allow_tf32``, ``torch.set_float32_matmul_precision``)
+            never change the codes of the kernels (the reference, the test oracle, computes
+            with ``torch.addmm`` and follows them).
 
     Returns:
         :class:`ResidualQuantizeOutput` ``(quantized [N, D] x.dtype, distances [N, L] float32,
@@ -289,11 +307,12 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
 
     Raises:
         TypeError: non-floating x or codebooks. ValueError: wrong ranks, D
-        mismatch, empty codebook, device mismatch, beam_width < 1, NaN/Inf in
-        x or codebooks (rows named).
+        mismatch, empty codebook, device mismatch, beam_width < 1, precision not
+        "exact" / "fast", NaN/Inf in x or codebooks (rows named).
     """
     cbs = _as_list(codebooks)
     _check_inputs(x, cbs, beam_width)
+    check_precision(precision)
     # a beam wider than every possible tuple changes nothing: cap it (also keeps it an int64)
     tuples = 1
     for c in cbs:
@@ -302,7 +321,7 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1) -
     # the custom op serves torch.compile, autograd and opcheck; a plain call skips it (its
     # first call imports torch._dynamo, ~2 s) and runs the same body
     run = _residual_quantize if direct_call_ok([x, *cbs]) else _residual_quantize_op
-    q, dist, codes = run(x, cbs, beam_width)
+    q, dist, codes = run(x, cbs, beam_width, precision)
     return ResidualQuantizeOutput(q, dist, codes)
 
 
