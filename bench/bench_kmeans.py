@@ -4,7 +4,9 @@ Rows (CPU): pysid (greedy k-means++ + Lloyd, C++ kernels), pysid balanced, the P
 reference (pysid's reference backend), faiss.Kmeans, scikit-learn KMeans (k-means++, one
 init, the same iteration count, tol=0), fast-pytorch-kmeans.
 Rows (GPU, --gpu): pysid (Triton), the PyTorch reference (eager), flash-kmeans,
-fast-pytorch-kmeans; and per-iteration / seeding timings with CUDA events.
+fast-pytorch-kmeans; and per-iteration / seeding timings with CUDA events, among them the
+seeding kernels alone (ms per centre): the fused kernels with and without CUDA graphs beside
+the step loop they replace, with a check that all chose the same rows.
 
 Every row reports: wall time, seeding time, time per Lloyd iteration, the inertia of the
 returned centroids (each row's nearest centroid, computed here the same way for every
@@ -113,6 +115,47 @@ def seeding_ms(x: torch.Tensor, k: int, backend: str, init_sample: int | None, r
                              repeat=repeat, warmup=1)
 
 
+def seeding_kernel_rows(x: torch.Tensor, k: int, sample: int, repeat: int) -> list[dict[str, Any]]:
+    """Greedy k-means++ (2 + ln k candidates per centre) on the first ``sample`` rows: ms in all and per
+    centre for the fused kernels (pysid.kernels.kmeans.kmeanspp_seed_triton, with and without CUDA
+    graphs) and for the step loop (pysid.kmeans._kmeanspp(fused=False), graph on / off), plus whether
+    they chose the same rows."""
+    import math
+
+    from pysid._dist import Comm
+    from pysid.kernels.kmeans import kmeanspp_seed_triton
+
+    xs = x[:sample].contiguous()
+    trials = 2 + int(math.log(k))
+    u = torch.rand((k, trials), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(x.device)
+    dev = x.device.type
+    rows: list[dict[str, Any]] = []
+    ref = None
+    variants = [("fused kernels, CUDA graphs", lambda: kmeanspp_seed_triton(xs, None, u, graph=True)),
+                ("fused kernels, launched one by one", lambda: kmeanspp_seed_triton(xs, None, u, graph=False))]
+    km = sys.modules["pysid.kmeans"]
+    eng = kops.engine(xs, "triton")
+    for graph in (True, False):  # the step loop returns the centres: compared as the rows they are
+        variants.append((f"step loop, {'one-step CUDA graph' if graph else 'no CUDA graph'}",
+                         lambda graph=graph: km._kmeanspp(xs, None, k, trials, torch.Generator().manual_seed(0),
+                                                          eng, Comm(x.device), None, fused=False, graph=graph)))
+    for name, fn in variants:
+        if k > 1024 and "step loop" in name:
+            continue  # 4.9 s at k = 4096 (H200, 2026-12-04): not again
+        try:
+            out = fn()  # compiles the kernels (and gives the rows)
+            ms = 1e3 * time_fn(fn, device=dev, repeat=repeat, warmup=0)
+            chosen = xs[out] if out.dim() == 1 else out
+            same = None if ref is None else bool(torch.equal(chosen.float(), ref))
+            ref = chosen.float() if ref is None else ref
+            rows.append({"method": f"k-means++ seeding kernels {k} centres, {sample} rows: {name}", "seeding_ms": ms,
+                         "ms_per_centre": ms / k, "same_rows_as_fused": same})
+        except Exception as e:  # noqa: BLE001 - a failed variant is a row, not a crash
+            rows.append({"method": f"k-means++ seeding kernels {k} centres: {name}",
+                         "note": f"failed: {type(e).__name__}: {e}"[:160]})
+    return rows
+
+
 def peer_rows(x: torch.Tensor, k: int, iters: int, gpu: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     dev = x.device.type
@@ -190,17 +233,15 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
                  "n_by_k_fp32_mb": n * k * 4 / 2**20})
         if k <= 1024:
             add({"method": f"k-means++ seeding {k} centres: pysid triton", "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
-            km_module = sys.modules["pysid.kmeans"]
-            km_module._GRAPH_SEEDING = False  # the same steps launched one by one
-            try:
-                add({"method": f"k-means++ seeding {k} centres: pysid triton, no CUDA graph",
-                     "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
-            finally:
-                km_module._GRAPH_SEEDING = True
             add({"method": f"k-means++ seeding {k} centres: pysid triton, all rows",
                  "seeding_ms": seeding_ms(x, k, "triton", 0, 3)})
             add({"method": f"k-means++ seeding {k} centres: torch eager, all rows",
                  "seeding_ms": seeding_ms(x, k, "reference", 0, 1)})
+        # the seeding kernels alone on the default 256*k-row sample (all rows at k = 4096, N = 2^20):
+        # fused (3 launches per centre, CUDA graphs of 16 steps), fused launched one by one, and the
+        # step loop (~20 small kernels per centre) with and without its one-step CUDA graph
+        for row in seeding_kernel_rows(x, k, min(x.shape[0], 256 * k), repeat=3 if k <= 1024 else 1):
+            add(row)
     if not args.no_peers:
         for row in peer_rows(x, k, iters, gpu):
             add(row)
@@ -237,7 +278,7 @@ def main() -> None:
     for n, d, k, iters, dev in cases:
         rows += bench_case(n, d, k, iters, dev, args)
     print()
-    print_table(rows, ["n", "d", "k", "method", "seconds", "seeding_s", "iter_ms", "seeding_ms", "inertia",
+    print_table(rows, ["n", "d", "k", "method", "seconds", "seeding_s", "iter_ms", "seeding_ms", "ms_per_centre", "same_rows_as_fused", "inertia",
                        "size_min", "size_max", "size_cv", "peak_extra_mb", "note"])
     write_json(args.out, {"benchmark": "kmeans", "env": environment(), "args": vars(args), "rows": rows})
 
