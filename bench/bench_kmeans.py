@@ -133,6 +133,11 @@ def seeding_kernel_rows(x: torch.Tensor, k: int, sample: int, repeat: int) -> li
     ref = None
     variants = [("fused kernels, CUDA graphs", lambda: kmeanspp_seed_triton(xs, None, u, graph=True)),
                 ("fused kernels, launched one by one", lambda: kmeanspp_seed_triton(xs, None, u, graph=False))]
+    if k <= 1024:  # tile sweep of the scoring kernel (default: 128 rows, one per thread, 4 columns)
+        for bn, bd, nw in [(256, 4, 4), (128, 8, 4), (128, 2, 4), (64, 4, 2), (256, 4, 8)]:
+            variants.append((f"fused kernels, CUDA graphs, block_n {bn} block_d {bd} {nw} warps",
+                             lambda bn=bn, bd=bd, nw=nw: kmeanspp_seed_triton(xs, None, u, graph=True, block_n=bn,
+                                                                              block_d=bd, num_warps=nw)))
     km = sys.modules["pysid.kmeans"]
     eng = kops.engine(xs, "triton")
     for graph in (True, False):  # the step loop returns the centres: compared as the rows they are

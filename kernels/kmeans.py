@@ -38,9 +38,9 @@ k-means++ candidates (one streaming pass over x; launches: pad of the candidates
   register-local sum over the BLOCK_D phases after the loop.
 * Writes ``dist[rows, :T]`` and a per-program float64 partial of
   ``sum_i w_i * min(mind_i, dist_it)`` to ``partial[pid, :T]``; ``pot = partial.sum(0)``.
-* sm_90 (fp32/bf16 x, default blocks, 4 warps): no spills; 64-96 registers for T <= 32
-  (168 at T = 64; up to ~160 when D is not a multiple of 16); ~80% of the loop's
-  instructions are the FADD + FFMA pair per element.
+* sm_90 (fp32/bf16 x, default blocks: one row per thread, 128 rows per program, 4 warps): no
+  spills (see tests/test_sm90_compile.py for the registers); ~80% of the loop's instructions are
+  the FADD + FFMA pair per element.
 """
 
 from __future__ import annotations
@@ -325,10 +325,11 @@ def _kpp_config(n: int, d: int, tp: int) -> Tuple[int, int, int, int]:
     choice for the step kernel and the fused seeding kernel (same BLOCK_D: the same distance bits)."""
     if _INTERPRET:
         return max(16, min(256, _next_pow2(n))), min(_next_pow2(max(d, 1)), 64), 4, 1
+    # one row per thread: the loop is bound by memory latency (H200, 2026-12-04: 89 us for 2^16 rows
+    # x 256 D x 8 candidates at two rows per thread, 7.7 warps active per SM, stalls on long
+    # scoreboard), so as many programs as rows allow; <= 64 accumulators per thread
     nw = 4
-    r = 2 if tp <= 8 else 1  # rows per thread
-    # <= 64 accumulator registers per thread (<= 100 registers in all: ~5 programs per SM)
-    return 32 * nw * r, max(1, min(8 if tp <= 2 else 4, 64 // (tp * r))), nw, 3
+    return 32 * nw, max(1, min(8 if tp <= 2 else 4, 64 // tp)), nw, 3
 
 
 def kmeanspp_candidates_triton(
@@ -499,13 +500,17 @@ class KMeansPPSeeder:
     positive sum); u: [k, T] float64 uniforms in [0, 1) on x's device: row 0 draws the first centre
     (u[0, 0] only, weighted by ``weights``), row c the T candidates of centre c.
 
+    block_n, block_d, num_warps: the scoring kernel's tiles (default: the step kernel's; the same
+    block_d gives the same distance bits); commit_rows: rows per commit program (a power of two).
+
     The state (mind, prefix sums, step counter, the chosen rows) lives on the device; :meth:`step`
     launches one centre's three kernels; :meth:`run` runs every step, on CUDA replaying captured
     CUDA graphs of ``graph_steps`` steps (``graph=False``: eager launches; same kernels, same rows).
     ``pot`` holds the last step's candidate potentials [T] float64 (for tests)."""
 
     def __init__(self, x: torch.Tensor, weights: Optional[torch.Tensor], u: torch.Tensor, *,
-                 block_n: Optional[int] = None, block_d: Optional[int] = None, commit_rows: Optional[int] = None):
+                 block_n: Optional[int] = None, block_d: Optional[int] = None, commit_rows: Optional[int] = None,
+                 num_warps: Optional[int] = None):
         _check_x(x)
         n, d = x.shape
         if n < 1:
@@ -523,7 +528,7 @@ class KMeansPPSeeder:
         self.cfg = {}
         for tt in {1, t}:
             bn, bd, nw, ns = _kpp_config(n, d, _next_pow2(tt))
-            self.cfg[tt] = (block_n or bn, block_d or bd, nw, ns)
+            self.cfg[tt] = (block_n or bn, block_d or bd, num_warps or nw, ns)
         self.nprog = max(triton.cdiv(n, c[0]) for c in self.cfg.values())  # score programs (partials)
         # commit blocks: at most ~256 of them (the sampler scans their totals in one program), of
         # 256 to 4096 rows (one program's prefix scan)

@@ -401,7 +401,7 @@ def test_sm90_compiles_without_spills():
                "N": i32, "D": i32, "T": i32, "stride_xm": i32, "stride_xd": i32}
     jobs = [dict(module=module.__file__, kernel="_kmeans_chunk_kernel", signature=chunk_sig,
                  constexprs={"HAS_W": True, "BLOCK_R": 16, "BLOCK_D": 256}, num_warps=8)]
-    for tp, bn, bd in [(8, 256, 4), (64, 128, 1)]:
+    for tp, bn, bd in [(8, 128, 4), (64, 128, 1)]:
         jobs.append(dict(module=module.__file__, kernel="_kmeanspp_kernel", signature=kpp_sig,
                          constexprs={"HAS_W": True, "TP": tp, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=4))
     res = sm90_resources(jobs)

@@ -71,7 +71,7 @@ def kernel_jobs() -> list[dict]:
         dict(name="kmeans_update_reduce", module=km, kernel="_kmeans_reduce_kernel", signature=reduce_sig,
              divisible=["D"], constexprs=dict(HAS_W=True, BLOCK_D=256), num_warps=1),
         dict(name="kmeanspp_t8", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
-             constexprs=dict(HAS_W=True, TP=8, BLOCK_N=256, BLOCK_D=4), num_warps=4),
+             constexprs=dict(HAS_W=True, TP=8, BLOCK_N=128, BLOCK_D=4), num_warps=4),
         dict(name="kmeanspp_t64", module=km, kernel="_kmeanspp_kernel", signature=kpp_sig, divisible=div,
              constexprs=dict(HAS_W=True, TP=64, BLOCK_N=128, BLOCK_D=1), num_warps=4),
         # fused k-means++ seeding (KMeansPPSeeder at N = 2^20: 4096-row commit blocks, 256 of them; its
