@@ -84,10 +84,10 @@ def pysid_rows(x: torch.Tensor, k: int, iters: int, backend: str, label: str, ba
     return row
 
 
-def iteration_ms(x: torch.Tensor, k: int, backend: str, repeat: int) -> float:
+def iteration_ms(x: torch.Tensor, k: int, backend: str, repeat: int, precision: str = "exact") -> float:
     """One Lloyd iteration (assignment + update + division) timed alone."""
     with pysid.backend(backend):
-        eng = kops.engine(x)
+        eng = kops.engine(x, precision=precision)
     xk = eng.prepare(x)
     g = torch.Generator().manual_seed(0)
     c = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].float()
@@ -232,8 +232,10 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
     if not (gpu and k > 1024):
         add(pysid_rows(x, k, iters, "reference", "torch reference (pysid reference backend)"))
     if gpu:  # the GPU goals: one Lloyd iteration and the seeding, timed alone with CUDA events
-        for name, backend in (("pysid triton", "triton"), ("torch eager", "reference")):
-            ms, extra = iteration_ms(x, k, backend, args.repeat)
+        for name, backend, precision in (("pysid triton", "triton", "exact"),
+                                         ('pysid triton, precision="fast"', "triton", "fast"),
+                                         ("torch eager", "reference", "exact")):
+            ms, extra = iteration_ms(x, k, backend, args.repeat, precision)
             add({"method": f"one Lloyd iteration: {name}", "iter_ms": ms, "peak_extra_mb": extra,
                  "n_by_k_fp32_mb": n * k * 4 / 2**20})
         if k <= 1024:
