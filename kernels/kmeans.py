@@ -608,6 +608,8 @@ class KMeansPPSeeder:
                 for w in caught:
                     if "graph is empty" in str(w.message).lower():
                         raise RuntimeError(f"the captured graph is empty ({w.message})")
+                for w in caught:  # anything else the capture said, as it was said
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 runs.append((g, size))
         except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager steps correct
             warnings.warn(f"k-means++: CUDA graph capture failed ({type(e).__name__}: {e}); running the steps eagerly",
