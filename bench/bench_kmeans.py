@@ -238,6 +238,15 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
             ms, extra = iteration_ms(x, k, backend, args.repeat, precision)
             add({"method": f"one Lloyd iteration: {name}", "iter_ms": ms, "peak_extra_mb": extra,
                  "n_by_k_fp32_mb": n * k * 4 / 2**20})
+        # the update kernel alone (sums and counts of the rows per cluster): today's 16 rows per tile
+        # beside the 32 of 2026-12-04 (which spilled 4 bytes on triton 3.6)
+        from pysid.kernels.kmeans import kmeans_update_triton
+
+        codes = torch.randint(0, k, (x.shape[0],), generator=torch.Generator().manual_seed(1)).to(torch.int32).to(x.device)
+        for label, cfg in (("default (16 rows per tile at D 256)", {}), ("32 rows per tile (2026-12-04)", {"block_r": 32})):
+            ms = 1e3 * time_fn(lambda cfg=cfg: kmeans_update_triton(x, codes, None, k, **cfg), device=x.device.type,
+                               repeat=args.repeat, warmup=2)
+            add({"method": f"k-means update kernel alone: {label}", "iter_ms": ms})
         if k <= 1024:
             add({"method": f"k-means++ seeding {k} centres: pysid triton", "seeding_ms": seeding_ms(x, k, "triton", None, 3)})
             add({"method": f"k-means++ seeding {k} centres: pysid triton, all rows",
