@@ -319,6 +319,59 @@ def _collision_lines(fig: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- commands
+def _expand_inputs(items: Sequence[str], exts: tuple) -> list[str]:
+    """Files of the EMBEDDINGS arguments, in order: a file as given, a folder's files with one of
+    ``exts`` (sorted), a glob pattern's matches (sorted)."""
+    import glob
+
+    out: list[str] = []
+    for p in items:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(exts))
+            if not found:
+                raise CliError(f"{p}: the folder holds no {'/'.join(exts)} file")
+            out += found
+        elif not os.path.exists(p) and any(ch in p for ch in "*?["):
+            found = sorted(f for f in glob.glob(p) if os.path.isfile(f))
+            if not found:
+                raise CliError(f"{p}: the pattern matches no file")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world) of a run under torchrun (WORLD_SIZE > 1 in the environment: the default
+    process group is initialised here, gloo - nccl when --device is cuda), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if not all(k in os.environ for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+            raise CliError("WORLD_SIZE > 1 but RANK / MASTER_ADDR / MASTER_PORT are not set: start with torchrun")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _load_shards(paths: Sequence[str], key: Optional[str]):
+    """[M, D] float tensor: the rows of the files in order (one D and dtype for all)."""
+    import torch
+
+    xs = []
+    for p in paths:
+        x = load_embeddings(p, key)
+        if xs and x.shape[1] != xs[0].shape[1]:
+            raise CliError(f"{p}: embeddings have D={x.shape[1]}, {paths[0]} has D={xs[0].shape[1]} "
+                           "(every shard must have the same D)")
+        if xs and x.dtype != xs[0].dtype:
+            raise CliError(f"{p}: dtype {x.dtype}, {paths[0]} has {xs[0].dtype} (convert every shard to one dtype)")
+        xs.append(x)
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
+
+
 def cmd_fit(a) -> int:
     if a.method != "rq-vae":
         for opt, v in (("--epochs", a.epochs), ("--latent", a.latent), ("--batch-size", a.batch_size)):
@@ -326,15 +379,43 @@ def cmd_fit(a) -> int:
                 raise CliError(f"{opt} applies to --method rq-vae")
     elif a.balanced:
         raise CliError("--balanced applies to --method rq-kmeans")
-    _writable(a.output, [a.embeddings, a.item_ids], a.force)
+    paths = _expand_inputs(a.embeddings, (".npy", ".npz", ".pt", ".pth"))
+    _writable(a.output, [*paths, a.item_ids], a.force)
     device = _check_device(a.device)
-    x = load_embeddings(a.embeddings, a.key)
-    ids = load_item_ids(a.item_ids, x.shape[0]) if a.item_ids else None
+    rank, world = _distributed()
+    if world > 1:
+        from ._dist import Comm
+        import torch
+
+        if device is not None and device.startswith("cuda"):
+            raise CliError("--device cuda under torchrun: not supported by the CLI yet (the API runs on NCCL); "
+                           "use the CPU (gloo)")
+        if len(paths) < world:
+            raise CliError(f"{len(paths)} embedding file(s) for {world} processes: give at least one per process "
+                           "(rank r reads files r*S/W .. (r+1)*S/W - 1 of the S files in order)")
+        comm = Comm(torch.device("cpu"))
+        mine = paths[rank * len(paths) // world : (rank + 1) * len(paths) // world]
+        err: Optional[BaseException] = None
+        x = None
+        try:
+            x = _load_shards(mine, a.key)
+        except CliError as e:
+            err = e
+        try:  # every rank stops here if one failed to read its files
+            facts = comm.agree(err, rows=0 if x is None else int(x.shape[0]), dim=0 if x is None else int(x.shape[1]))
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        m_all = sum(f["rows"] for f in facts)
+        off = sum(f["rows"] for f in facts[:rank])
+    else:
+        x = _load_shards(paths, a.key)
+        m_all, off = x.shape[0], 0
+    ids = load_item_ids(a.item_ids, m_all)[off : off + x.shape[0]] if a.item_ids else None
     sizes = a.codebook_size
     if len(sizes) not in (1, a.levels):
         raise CliError(f"--codebook-size: {len(sizes)} sizes for --levels {a.levels} (give 1 or {a.levels})")
-    if a.method == "rq-kmeans" and max(sizes) > x.shape[0]:
-        raise CliError(f"--codebook-size {max(sizes)} is larger than the number of items {x.shape[0]}")
+    if a.method == "rq-kmeans" and max(sizes) > m_all:
+        raise CliError(f"--codebook-size {max(sizes)} is larger than the number of items {m_all}")
     rq = None
     if a.method == "rq-vae":
         rq = {k: v for k, v in (("epochs", a.epochs), ("latent", a.latent), ("batch_size", a.batch_size))
@@ -345,13 +426,16 @@ def cmd_fit(a) -> int:
     try:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
                    dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=device,
-                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a),
+                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a) if rank == 0 else False,
                    sample=a.sample, sample_seed=a.sample_seed)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     secs = time.perf_counter() - t0
+    if rank != 0:  # rank 0 writes the table
+        return 0
     save_table(sids, a.output)
-    print(f"fit {len(sids)} items x {x.shape[1]} dims in {secs:.2f} s: {a.method}, {sids.num_levels} levels "
+    how = f" on {world} processes" if world > 1 else ""
+    print(f"fit {len(sids)} items x {x.shape[1]} dims in {secs:.2f} s{how}: {a.method}, {sids.num_levels} levels "
           f"{sids.codebook_sizes}, dedup {a.dedup}")
     for line in _collision_lines(collision_figures(sids)):
         print("  " + line)
@@ -654,7 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train codebooks on item embeddings and write the table of unique Semantic IDs (.npz).\n"
             "rq-kmeans: residual k-means, the same table for the same seed. rq-vae: TIGER's RQ-VAE, trained\n"
             "here (its reproducibility for a seed is stated in pysid.fit's docstring).")
-    f.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+    f.add_argument("embeddings", nargs="+", metavar="EMBEDDINGS",
+                   help=emb_help + "; several files, folders or glob patterns: their rows in order (under torchrun "
+                                   "each process reads its share of the files)")
     f.add_argument("-o", "--output", required=True, metavar="SIDS.npz",
                    help="output table (SemanticIds .npz; the name is used as given)")
     f.add_argument("--force", action="store_true", help="replace an existing output file")
