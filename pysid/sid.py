@@ -1011,11 +1011,11 @@ def _shard_agreement(comm: _Comm, x: Tensor, ids: Tensor, default_ids: bool, sam
     if sample_by is not None and _as_ids(sample_by, "sample_by").numel() != x.shape[0]:
         raise ValueError(f"sample_by has {_as_ids(sample_by, 'sample_by').numel()} labels for this rank's "
                          f"{x.shape[0]} items")
-    facts = comm.agree(None, rows=int(x.shape[0]), dim=int(x.shape[1]), dtype=str(x.dtype),
-                       settings=repr(settings))
     state = _AGREED.get()
     if state is not None:
-        state["agreed"] = True
+        state["agreed"] = True  # from here on every rank raises together
+    facts = comm.agree(None, rows=int(x.shape[0]), dim=int(x.shape[1]), dtype=str(x.dtype),
+                       settings=repr(settings))
     for r, f in enumerate(facts):
         if f["dim"] != facts[0]["dim"]:
             raise ValueError(f"the ranks' embeddings differ in dimension: rank 0 has D={facts[0]['dim']}, "

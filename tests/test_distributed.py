@@ -27,7 +27,9 @@ def _entry(rank, world, init_file, out_dir, name, arg):
         try:
             res = globals()[name](rank, world, arg)
         except Exception as e:  # the test asserts every rank's error
-            res = {"error": f"{type(e).__name__}: {e}"}
+            import traceback
+
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -65,7 +67,7 @@ def _fit_rank(rank, world, opts):
     if "sample_by" in kw:
         kw["sample_by"] = kw["sample_by"][a[rank] : b[rank]]
     if kw.pop("own_ids", False):
-        kw["item_ids"] = 10_000 - 7 * torch.arange(a[rank], b[rank])
+        kw["item_ids"] = 20_000 - 7 * torch.arange(a[rank], b[rank])
     return _table(pysid.fit(x, **kw))
 
 
@@ -84,9 +86,101 @@ def _assert_same(got: dict, want: pysid.SemanticIds):
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_fit_sharded_equals_one_process(world, tmp_path):
     ranks = spawn("_fit_rank", world, tmp_path)
-    torch.set_num_threads(1)
     one = pysid.fit(_catalogue(), **FIT)
     assert one.codes.shape[1] == 4 and int(one.codes[:, 3].max()) > 0  # collisions: the suffix is exercised
     for r in ranks:
         assert "error" not in r, r
         _assert_same(r, one)
+
+
+def _labels():
+    return torch.arange(1500) % 7
+
+
+OPTIONS = {"sample": dict(sample=0.4, sample_seed=2), "sample_by": dict(sample=500, sample_by="labels"),
+           "ids": dict(own_ids=True), "none": dict(dedup="none"), "beam": dict(beam_width=3, iters=2)}
+
+
+def _fit_options(rank, world, _):
+    out = {}
+    for name, opts in OPTIONS.items():
+        opts = dict(opts)
+        if opts.get("sample_by") == "labels":
+            opts["sample_by"] = _labels()
+        out[name] = _fit_rank(rank, world, opts)
+    return out
+
+
+def test_fit_sharded_options_equal_one_process(tmp_path):
+    """fit(sample=), stratified samples, the caller's item ids, dedup "none" and beam search."""
+    ranks = spawn("_fit_options", 3, tmp_path)
+    for name, opts in OPTIONS.items():
+        kw = dict(FIT, **opts)
+        if kw.pop("own_ids", False):
+            kw["item_ids"] = 20_000 - 7 * torch.arange(1500)
+        if kw.get("sample_by") == "labels":
+            kw["sample_by"] = _labels()
+        one = pysid.fit(_catalogue(), **kw)
+        for r in ranks:
+            assert "error" not in r, r
+            assert "error" not in r[name], (name, r[name])
+            _assert_same(r[name], one)
+
+
+def _bad_case(rank, world, case):
+    a, b = _bounds(world)
+    x = _catalogue()[a[rank] : b[rank]]
+    kw = dict(FIT)
+    if case == "dim" and rank == 1:
+        x = x[:, :-1]
+    elif case == "empty" and rank == 1:
+        x = x[:0]
+    elif case == "nan" and rank == 1:
+        x = x.clone()
+        x[5, 2] = float("nan")
+    elif case == "settings" and rank == 1:
+        kw["seed"] = 4
+    elif case == "dtype" and rank == 1:
+        x = x.half()
+    elif case == "ids":
+        kw["item_ids"] = torch.arange(x.shape[0])  # every rank: 0, 1, ...
+    elif case == "reassign":
+        kw["dedup"] = "reassign"
+    elif case == "too_big":
+        kw["codebook_size"] = 1501
+    return _table(pysid.fit(x, **kw))
+
+
+BAD = {"dim": "differ in dimension: rank 0 has D=12, rank 1 D=11",
+       "empty": "rank 1: embeddings must be a non-empty",
+       "nan": "rank 1: embeddings has NaN/Inf in 1 row",
+       "settings": "other settings on rank 1",
+       "dtype": "differ in dtype",
+       "ids": "unique over all ranks",
+       "reassign": "'reassign'",
+       "too_big": "larger than the number of items 1500",
+       "ok": "no error"}  # after all that, the ranks still agree
+
+
+def _bad_cases(rank, world, _):
+    out = {}
+    for case in BAD:
+        try:
+            _bad_case(rank, world, case)
+            out[case] = "no error"
+        except (ValueError, TypeError) as e:
+            out[case] = str(e)
+    return out
+
+
+def test_fit_sharded_bad_input_stops_every_rank(tmp_path):
+    """A bad shard or setting on one rank: every rank raises (none waits in a collective), naming
+    the cause; then the process group is still usable (the next case runs)."""
+    ranks = spawn("_bad_cases", 2, tmp_path)
+    for case, msg in BAD.items():
+        for r, res in enumerate(ranks):
+            if case in ("empty", "nan") and r == 1:  # the failing rank raises its own error
+                msg_r = msg.split("rank 1: ", 1)[1]
+            else:
+                msg_r = msg
+            assert msg_r in res[case], (case, r, res[case])
