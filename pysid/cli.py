@@ -341,6 +341,9 @@ def _expand_inputs(items: Sequence[str], exts: tuple) -> list[str]:
     return out
 
 
+_STARTED_GROUP: list = []
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world) of a run under torchrun (WORLD_SIZE > 1 in the environment: the default
     process group is initialised here, gloo - nccl when --device is cuda), else (0, 1)."""
@@ -353,6 +356,7 @@ def _distributed() -> tuple[int, int]:
         if not all(k in os.environ for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
             raise CliError("WORLD_SIZE > 1 but RANK / MASTER_ADDR / MASTER_PORT are not set: start with torchrun")
         dist.init_process_group("gloo")
+        _STARTED_GROUP.append(True)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -827,6 +831,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args) -> int:
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        if _STARTED_GROUP:  # the process group _distributed() started under torchrun
+            import torch.distributed as dist
+
+            _STARTED_GROUP.clear()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -835,7 +851,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
     debug = bool(os.environ.get("PYSID_DEBUG"))
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except CliError as e:
         if debug:
             raise

@@ -184,3 +184,64 @@ def test_fit_sharded_bad_input_stops_every_rank(tmp_path):
             else:
                 msg_r = msg
             assert msg_r in res[case], (case, r, res[case])
+
+
+# --------------------------------------------------------------------------- the CLI under torchrun
+def _torchrun(args, nproc, cwd, prelude="", timeout=300):
+    """``torchrun --nproc_per_node nproc -m pysid ARGS`` (with ``prelude``: python code run first
+    in each process, then pysid.cli.main)."""
+    code = f"import sys, os\n{prelude}\nfrom pysid.cli import main\nsys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "--no-python", sys.executable, "-c", code, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _write_shards(folder, x, sizes):
+    folder.mkdir()
+    s = np.cumsum([0] + sizes)
+    for i in range(len(sizes)):
+        np.save(folder / f"emb-{i:02d}.npy", x[s[i] : s[i + 1]].numpy())
+
+
+def test_cli_fit_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m pysid fit 'shards/*.npy'`: rank 0 reads the first file, rank 1
+    the other two (unequal shards); the table rank 0 writes equals `pysid fit` of the same files in
+    one process and pysid.fit of their rows."""
+    from pysid.cli import main
+
+    x = _catalogue()
+    _write_shards(tmp_path / "shards", x, [500, 400, 600])
+    opts = ["--levels", "3", "--codebook-size", "16", "--iters", "4", "--seed", "3", "--quiet"]
+    p = _torchrun(["fit", str(tmp_path / "shards" / "*.npy"), "-o", str(tmp_path / "dist.npz"), *opts], 2, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "on 2 processes" in p.stdout
+    assert main(["fit", str(tmp_path / "shards"), "-o", str(tmp_path / "one.npz"), *opts]) == 0
+    got, one = pysid.SemanticIds.load(tmp_path / "dist.npz"), pysid.SemanticIds.load(tmp_path / "one.npz")
+    _assert_same(_table(got), one)
+    _assert_same(_table(got), pysid.fit(x, **FIT))
+
+
+def test_cli_fit_under_torchrun_failures_leave_no_output(tmp_path):
+    """Shards of different D: every rank exits with the error; a rank that dies mid-run: the run
+    fails; neither leaves an output table."""
+    x = _catalogue()
+    _write_shards(tmp_path / "shards", x, [700, 800])
+    np.save(tmp_path / "shards" / "emb-02.npy", x[:300, :-1].numpy())
+    opts = ["--levels", "3", "--codebook-size", "16", "--iters", "4", "--quiet"]
+    out = tmp_path / "sids.npz"
+    p = _torchrun(["fit", str(tmp_path / "shards"), "-o", str(out), *opts], 2, tmp_path)
+    assert p.returncode != 0
+    assert "emb-02.npy: embeddings have D=11, " in p.stderr and "rank 1: " in p.stderr, p.stderr[-3000:]
+    assert not out.exists()
+    (tmp_path / "shards" / "emb-02.npy").unlink()
+    die = ("import pysid.sid\n"
+           "def _die(*a, **k):\n"
+           "    if os.environ['RANK'] == '1':\n"
+           "        os._exit(7)\n"
+           "    return _orig(*a, **k)\n"
+           "_orig, pysid.sid._sharded_dedup = pysid.sid._sharded_dedup, _die\n")
+    p = _torchrun(["fit", str(tmp_path / "shards"), "-o", str(out), *opts], 2, tmp_path, prelude=die)
+    assert p.returncode != 0
+    assert "exitcode" in p.stderr and "7" in p.stderr, p.stderr[-3000:]
+    assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
