@@ -1220,7 +1220,7 @@ def fit(
     if train_rows is not None and opts and opts.get("align_with") is not None:
         opts = dict(opts, align_with=_as_tensor(opts["align_with"])[train_rows])
     tr = meth.train(xt, levels=levels, sizes=sizes, seed=seed, iters=iters, balanced=bool(balanced),
-                    beam_width=beam_width, dedup=rule, progress=progress and comm.rank == 0, options=opts)
+                    beam_width=beam_width, dedup=rule, progress=progress if comm.rank == 0 else False, options=opts)
     settings.update(tr.settings)
     cbs = tr.codebooks
     if train_rows is None and tr.codes is not None:

@@ -30,7 +30,7 @@ CASES = [
     (["fit", "trunc.npy", "-o", "out.npz"], "trunc.npy: cannot read"),
     (["fit", "object.npy", "-o", "out.npz"], "object.npy: cannot read"),
     (["fit", "emb.txt", "-o", "out.npz"], "unknown extension '.txt'"),
-    (["fit", "folder", "-o", "out.npz"], "folder: is a folder"),
+    (["fit", "folder", "-o", "out.npz"], "folder: the folder holds no .npy/.npz/.pt/.pth file"),
     (["fit", "good.npz", "--key", "nope", "-o", "out.npz"], "no array 'nope'"),
     (["fit", "good.npy", "--key", "x", "-o", "out.npz"], "--key applies to .npz and .pt"),
     (["fit", "dict.pt", "-o", "out.npz"], "choose one with --key"),
