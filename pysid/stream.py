@@ -367,13 +367,8 @@ def _save_npz(path: str, arrays: dict) -> None:
 
 
 # --------------------------------------------------------------------------- the API
-def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
-                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress: bool = False,
-                  prefetch: bool = True) -> StreamSummary:
-    """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
-    docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
-    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
-    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
+def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first_id):
+    """The checks before any work, the shards, the chunks and the manifest of a run."""
     from .sid import _dedup, _method
 
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -387,7 +382,6 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
     if table.settings.get("inputs", 1) != 1:
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
     _pyarrow()  # the output is Parquet: fail before any work
-    out_dir = os.path.abspath(os.fspath(out_dir))
     paths = list_shards(inputs)
     inside = [p for p in paths if os.path.realpath(p).startswith(os.path.realpath(out_dir) + os.sep)]
     if inside:
@@ -410,7 +404,44 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                 "embedding_column": embedding_column, "id_column": id_column, "first_id": first_id,
                 "shards": [s.key() for s in shards], "chunks": len(chunks), "rows": total,
                 "levels": table.num_levels}
-    if _prepare_out(out_dir, manifest, overwrite):
+    return rule, shards, chunks, total, manifest
+
+
+def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
+                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress: bool = False,
+                  prefetch: bool = True) -> StreamSummary:
+    """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
+    docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
+    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
+    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
+    comm = _comm()
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    err = plan = None
+    try:
+        plan = _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first_id)
+    except (ValueError, TypeError, ImportError, OSError) as e:
+        if not comm.on:
+            raise
+        err = e
+    if comm.on:  # every rank stops if one failed its checks; every rank must see the same run
+        facts = comm.agree(err, manifest=None if plan is None else json.dumps(plan[4], sort_keys=True))
+        for r, f in enumerate(facts):
+            if f["manifest"] != facts[0]["manifest"]:
+                raise ValueError(f"encode_shards was called with other inputs, settings or table on rank {r} than on "
+                                 "rank 0 (every rank passes the same arguments; the inputs and out_dir on a file "
+                                 "system every rank sees)")
+    rule, shards, chunks, total, manifest = plan
+    done, err = False, None
+    if comm.rank == 0:
+        try:
+            done = _prepare_out(out_dir, manifest, overwrite)
+        except (ValueError, OSError) as e:
+            if not comm.on:
+                raise
+            err = e
+    if comm.on:  # rank 0 prepared the folder (or every rank raises its error)
+        done = comm.agree(err, done=done)[0]["done"]
+    if done:
         parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
         with open(os.path.join(out_dir, _MANIFEST)) as f:
             info = json.load(f)
@@ -419,8 +450,9 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                              len(chunks), parts, 0.0, 0.0, 0.0, info.get("suffixed_rows", 0), info.get("max_suffix", 0))
     work = os.path.join(out_dir, _WORK)
     work_path = lambda j: os.path.join(work, f"chunk-{j:06d}.npz")
-    todo = [j for j in range(len(chunks)) if not os.path.exists(work_path(j))]
-    skipped = len(chunks) - len(todo)
+    mine = range(comm.rank * len(chunks) // comm.world, (comm.rank + 1) * len(chunks) // comm.world)
+    todo = [j for j in mine if not os.path.exists(work_path(j))]
+    skipped = len(mine) - len(todo)
 
     def load(j):
         i, a, b, g0 = chunks[j]
@@ -434,10 +466,36 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
         from tqdm.auto import tqdm
 
         left = set(todo)
-        bar = tqdm(total=total, initial=sum(c[2] - c[1] for j, c in enumerate(chunks) if j not in left),
-                   unit="rows", desc="encode")
+        bar = tqdm(total=sum(chunks[j][2] - chunks[j][1] for j in mine),
+                   initial=sum(chunks[j][2] - chunks[j][1] for j in mine if j not in left), unit="rows",
+                   desc="encode" if not comm.on else f"encode (rank {comm.rank})")
     t0 = time.perf_counter()
     done_rows = 0
+    err = None
+    try:
+        _encode_chunks(table, shards, chunks, todo, work_path, load, prefetch, bar)
+        done_rows = sum(chunks[j][2] - chunks[j][1] for j in todo)
+    except (ValueError, TypeError, OSError) as e:  # a shard that fails mid-run: the output stays incomplete
+        if not comm.on:
+            raise
+        err = e
+    finally:
+        if bar is not None:
+            bar.close()
+    if comm.on:  # every rank finished its chunks (or every rank raises)
+        skipped = sum(f["skipped"] for f in comm.agree(err, skipped=skipped))
+    encode_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    stats = _finish(table, out_dir, len(chunks), rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
+    dedup_s = time.perf_counter() - t1
+    parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
+    return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
+                         encode_s, dedup_s, done_rows / encode_s if encode_s > 0 else 0.0,
+                         stats["suffixed_rows"], stats["max_suffix"])
+
+
+def _encode_chunks(table, shards, chunks, todo, work_path, load, prefetch, bar) -> None:
+    """Encode the chunks ``todo`` (reading the next one ahead with ``prefetch``) into work files."""
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(load, todo[0]) if (todo and prefetch) else None
         for n_i, j in enumerate(todo):
@@ -447,78 +505,109 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
             i, a, b, _ = chunks[j]
             arrays = _encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}")
             _save_npz(work_path(j), arrays)
-            done_rows += b - a
             if bar is not None:
                 bar.update(b - a)
-    encode_s = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    t1 = time.perf_counter()
-    stats = _finish(table, out_dir, len(chunks), rule)
-    dedup_s = time.perf_counter() - t1
-    parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
-    return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
-                         encode_s, dedup_s, done_rows / encode_s if encode_s > 0 else 0.0,
-                         stats["suffixed_rows"], stats["max_suffix"])
 
 
-def _finish(table, out_dir: str, n_chunks: int, rule) -> dict[str, int]:
+def _comm():
+    """The torch.distributed group of a sharded run (gloo: CPU tensors; nccl: this rank's GPU)."""
+    from ._dist import Comm
+
+    dev = torch.device("cpu")
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_backend() == "nccl":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return Comm(dev)
+
+
+def _finish(table, out_dir: str, n_chunks: int, rule, comm=None, mine: range | None = None,
+            rows_mine: int | None = None) -> dict[str, int]:
     """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
-    completion mark and _SUCCESS."""
+    completion mark and _SUCCESS. Under torch.distributed (``comm`` on): this rank's chunks
+    ``mine`` (contiguous, in rank order), suffixes by ``pysid.dedup.sharded_suffix``, rank 0
+    marks the run complete once every rank wrote its parts."""
     pa, pq = _pyarrow()
     work = os.path.join(out_dir, _WORK)
     L = table.num_levels
     sizes = [int(k) for k in table.codebook_sizes]
+    on = comm is not None and comm.on
+    mine = range(n_chunks) if mine is None else mine
     with_suffix = rule.suffix != "never" and (table.has_suffix or rule.suffix == "always")
     with open(os.path.join(out_dir, _MANIFEST)) as f:
         total = int(json.load(f)["rows"])
     # one read of the chunks: the table's semantic keys first, then the new rows' in input order -
     # the suffix of a new row is its rank among the table's items and the earlier new rows
-    t = len(table)
-    keys = np.empty(t + total, np.int64)
-    keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
-    pos, new_counts = t, []
-    for j in range(n_chunks):
-        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-            known, sem = z["known"], z["sem"]
-        new = sem[~known]
-        keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
-        pos += new.shape[0]
-        new_counts.append(new.shape[0])
+    err = None
+    try:
+        t = len(table) if (not on or comm.rank == 0) else 0
+        rows_mine = total if rows_mine is None else rows_mine
+        keys = np.empty(t + rows_mine, np.int64)
+        if t:
+            keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
+        pos, new_counts = t, {}
+        for j in mine:
+            with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
+                known, sem = z["known"], z["sem"]
+            new = sem[~known]
+            keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
+            pos += new.shape[0]
+            new_counts[j] = new.shape[0]
+    except (OSError, ValueError, KeyError) as e:  # a chunk file missing or damaged
+        err = ValueError(f"{out_dir}: the encoded chunks cannot be read ({type(e).__name__}: {e}): "
+                         "rerun with overwrite=True")
+    if on:
+        comm.agree(err)
+    elif err is not None:
+        raise err
     n_new = pos - t
     suffix = None
     if rule.suffix != "never":
-        suffix = suffix_of_keys(keys[:pos])[t:]
-        if not with_suffix and n_new and (suffix.max() > 0):
-            with_suffix = True  # "if-needed" rules (none offered today) would gain the level here
+        if on:
+            from .dedup import sharded_suffix
+
+            suffix = sharded_suffix(keys[:pos], device=comm.dev)[t:]
+        else:
+            suffix = suffix_of_keys(keys[:pos])[t:]
     del keys
     pos = 0
     suffixed, max_suffix = 0, 0
     names = [f"level_{j}" for j in range(L)]
-    for j in range(n_chunks):
-        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-            known, sem, ids, tsuf = z["known"], z["sem"], z["ids"], z["table_suffix"]
-        cols = {"item_id": pa.array(ids, pa.int64())}
-        for lvl in range(L):
-            cols[names[lvl]] = pa.array(np.ascontiguousarray(sem[:, lvl]), pa.int32())
-        if with_suffix:
-            s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
-            s[~known] = suffix[pos : pos + new_counts[j]]
-            suffixed += int((s > 0).sum())
-            max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
-            cols["suffix"] = pa.array(s, pa.int32())
-        cols["known"] = pa.array(known, pa.bool_())
-        pos += new_counts[j]
-        tab = pa.table(cols)
-        atomic_write(os.path.join(out_dir, f"part-{j:06d}.parquet"), lambda f: pq.write_table(tab, f))
-    mpath = os.path.join(out_dir, _MANIFEST)
-    with open(mpath) as f:
-        man = json.load(f)
-    stats = {"new_rows": n_new, "known_rows": total - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
-    man.update(stats, complete=True)
-    atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
-    atomic_write(os.path.join(out_dir, _SUCCESS), lambda f: f.write(b""))
-    shutil.rmtree(work, ignore_errors=True)
+    err = None
+    try:
+        for j in mine:
+            with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
+                known, sem, ids, tsuf = z["known"], z["sem"], z["ids"], z["table_suffix"]
+            cols = {"item_id": pa.array(ids, pa.int64())}
+            for lvl in range(L):
+                cols[names[lvl]] = pa.array(np.ascontiguousarray(sem[:, lvl]), pa.int32())
+            if with_suffix:
+                s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
+                s[~known] = suffix[pos : pos + new_counts[j]]
+                suffixed += int((s > 0).sum())
+                max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
+                cols["suffix"] = pa.array(s, pa.int32())
+            cols["known"] = pa.array(known, pa.bool_())
+            pos += new_counts[j]
+            tab = pa.table(cols)
+            atomic_write(os.path.join(out_dir, f"part-{j:06d}.parquet"), lambda f: pq.write_table(tab, f))
+    except (OSError, ValueError, KeyError) as e:
+        err = e
+    stats = {"new_rows": n_new, "known_rows": rows_mine - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
+    if on:  # every rank wrote its parts (or every rank raises): then rank 0 marks the run complete
+        facts = comm.agree(err, **stats)
+        stats = {k: (max if k == "max_suffix" else sum)(f[k] for f in facts) for k in stats}
+    elif err is not None:
+        raise err
+    if not on or comm.rank == 0:
+        mpath = os.path.join(out_dir, _MANIFEST)
+        with open(mpath) as f:
+            man = json.load(f)
+        man.update(stats, complete=True)
+        atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
+        atomic_write(os.path.join(out_dir, _SUCCESS), lambda f: f.write(b""))
+        shutil.rmtree(work, ignore_errors=True)
+    if on:
+        comm.agree(None)  # every rank returns once the run is marked complete
     return stats
 
 

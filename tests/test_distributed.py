@@ -245,3 +245,82 @@ def test_cli_fit_under_torchrun_failures_leave_no_output(tmp_path):
     assert p.returncode != 0
     assert "exitcode" in p.stderr and "7" in p.stderr, p.stderr[-3000:]
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- streamed encode by rank
+def _encode_rank(rank, world, arg):
+    from pysid import stream
+
+    table = pysid.SemanticIds.load(arg["table"])
+    if arg.get("fail_rank") == rank:  # this rank's second chunk fails mid-run
+        seen = []
+        orig = stream._encode_chunk
+
+        def failing(*a, **k):
+            seen.append(1)
+            if len(seen) == 2:
+                raise ValueError("shard rows 100..199 cannot be read (injected)")
+            return orig(*a, **k)
+
+        stream._encode_chunk = failing
+    s = stream.encode_shards(table, arg["inputs"], arg["out"], chunk_rows=100, first_id=10**6)
+    return {"rows": s.rows, "new": s.new_rows, "known": s.known_rows, "chunks": s.chunks,
+            "skipped": s.chunks_skipped, "max_suffix": s.max_suffix, "suffixed": s.suffixed_rows}
+
+
+def _encode_inputs(tmp_path):
+    """A table of 1500 items and 4 unequal shards (.npy and Parquet with ids, some of them table
+    items) of 2300 rows near the table's items (many tuples of the table come back)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = _catalogue()
+    table = pysid.fit(x, **FIT)
+    table.save(tmp_path / "sids.npz")
+    new = embedding_catalogue(m=2300, d=12, topics=30, seed=4).flip(0) + 0.01
+    d = tmp_path / "in"
+    d.mkdir()
+    np.save(d / "a.npy", new[:250].numpy())
+    np.save(d / "b.npy", new[250:1150].numpy().astype(np.float16))
+    emb = new[1150:1700].numpy()
+    ids = np.concatenate([np.arange(40) * 3, 5_000_000 + np.arange(510)])  # 40 table items
+    pq.write_table(pa.table({"item_id": ids, "embedding": list(emb)}), d / "c.parquet", row_group_size=128)
+    np.save(d / "d.npy", new[1700:].numpy())
+    return str(tmp_path / "sids.npz"), str(d)
+
+
+def test_encode_shards_by_rank_equals_one_process_and_resumes(tmp_path):
+    """encode_shards on 3 ranks; then a run whose rank 1 fails mid-run (every rank raises, the
+    output stays incomplete), resumed on 2 ranks: both equal the one-process output."""
+    from pysid import stream
+
+    table, inputs = _encode_inputs(tmp_path)
+    one = stream.encode_shards(pysid.SemanticIds.load(table), inputs, tmp_path / "one", chunk_rows=100,
+                               first_id=10**6)
+    assert one.known_rows == 40 and one.max_suffix > 0 and one.chunks == 24
+    want = stream.read_output(tmp_path / "one")
+    (tmp_path / "w3").mkdir()
+    ranks = spawn("_encode_rank", 3, tmp_path / "w3", dict(table=table, inputs=inputs, out=str(tmp_path / "o3")))
+    for r in ranks:
+        assert "error" not in r, r
+        assert (r["rows"], r["new"], r["known"], r["chunks"], r["skipped"], r["max_suffix"], r["suffixed"]) == \
+            (one.rows, one.new_rows, one.known_rows, 24, 0, one.max_suffix, one.suffixed_rows)
+    got = stream.read_output(tmp_path / "o3")
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    # a rank fails mid-run: every rank raises, nothing is presented as complete; resume on 2 ranks
+    (tmp_path / "f").mkdir()
+    ranks = spawn("_encode_rank", 3, tmp_path / "f", dict(table=table, inputs=inputs, out=str(tmp_path / "o"),
+                                                          fail_rank=1))
+    assert "injected" in ranks[1]["error"]
+    assert all("rank 1: " in r["error"] and "injected" in r["error"] for r in (ranks[0], ranks[2])), ranks
+    with pytest.raises(ValueError, match="not complete"):
+        stream.read_output(tmp_path / "o")
+    assert not (tmp_path / "o" / "_SUCCESS").exists() and not list((tmp_path / "o").glob("part-*"))
+    (tmp_path / "r").mkdir()
+    ranks = spawn("_encode_rank", 2, tmp_path / "r", dict(table=table, inputs=inputs, out=str(tmp_path / "o")))
+    assert ranks[0]["skipped"] > 0 and ranks[0]["skipped"] == ranks[1]["skipped"], ranks
+    got = stream.read_output(tmp_path / "o")
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
