@@ -447,7 +447,48 @@ def cmd_fit(a) -> int:
     return 0
 
 
+def cmd_encode_parts(a) -> int:
+    """pysid encode SIDS INPUT... --out-dir DIR: pysid.stream.encode_shards (under torchrun: by rank)."""
+    for opt, v in (("-o/--output", a.output), ("--add", a.add), ("--in-place", a.in_place),
+                   ("--table-out", a.table_out), ("--item-ids", a.item_ids), ("--key", a.key)):
+        if v:
+            raise CliError(f"{opt} does not apply with --out-dir (Parquet parts: item ids come from the Parquet "
+                           "'item_id' column or the row numbers plus --first-id)")
+    sids = _load_sids(a.sids)
+    # rows without an id column are new items unless told otherwise: ids after the table's
+    first_id = a.first_id if a.first_id is not None else (int(sids.item_ids.max()) + 1 if len(sids) else 0)
+    rank, world = _distributed()
+    from . import stream
+
+    try:
+        s = stream.encode_shards(sids, a.embeddings, a.out_dir, chunk_rows=a.chunk_rows or 65536,
+                                 embedding_column=a.embedding_column or "embedding",
+                                 id_column=a.id_column or "item_id", first_id=first_id,
+                                 overwrite=a.force, progress=_progress(a))
+    except (ValueError, TypeError, ImportError) as e:
+        raise CliError(str(e).replace("pass overwrite=True", "pass --force")) from None
+    if rank == 0:
+        how = f" on {world} processes" if world > 1 else ""
+        resumed = f", {s.chunks_skipped} of them done by an earlier run" if s.chunks_skipped else ""
+        print(f"encoded {s.rows} items{how} in {s.chunks} parts{resumed}: {s.known_rows} known items (their table "
+              f"ID), {s.new_rows} new (a fresh ID that collides with no table ID); largest suffix {s.max_suffix}")
+        print(f"wrote {a.out_dir} (part-*.parquet, _SUCCESS)")
+    return 0
+
+
 def cmd_encode(a) -> int:
+    if a.out_dir:
+        return cmd_encode_parts(a)
+    for opt, v in (("--chunk-rows", a.chunk_rows), ("--embedding-column", a.embedding_column),
+                   ("--id-column", a.id_column), ("--first-id", a.first_id)):
+        if v is not None:
+            raise CliError(f"{opt} applies with --out-dir (streamed encode into Parquet parts)")
+    if len(a.embeddings) > 1 or not os.path.isfile(a.embeddings[0]) and (
+            os.path.isdir(a.embeddings[0]) or any(ch in a.embeddings[0] for ch in "*?[")) \
+            or a.embeddings[0].lower().endswith(".parquet"):
+        raise CliError("several inputs, a folder, a pattern or Parquet are encoded into Parquet parts: "
+                       "give --out-dir DIR")
+    a.embeddings = a.embeddings[0]
     if a.add and not (a.in_place or a.table_out):
         raise CliError("--add needs --in-place (update SIDS) or --table-out FILE (write the grown table there)")
     if (a.in_place or a.table_out) and not a.add:
@@ -786,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--add appends the items to the table: --in-place replaces SIDS (atomically), --table-out FILE\n"
             "writes the grown table to another file.")
     e.add_argument("sids", metavar="SIDS.npz", help="the table written by 'pysid fit'")
-    e.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+    e.add_argument("embeddings", nargs="+", metavar="EMBEDDINGS",
+                   help=emb_help + "; with --out-dir: .npy / .parquet files, folders or glob patterns")
     e.add_argument("-o", "--output", metavar="CODES.npy", help="output .npy of codes (required unless --add)")
     e.add_argument("--force", action="store_true", help="replace existing output files")
     e.add_argument("--key", help="array name inside an .npz / entry of a .pt dict")
@@ -796,6 +838,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "--table-out)")
     e.add_argument("--in-place", action="store_true", help="with --add: replace SIDS with the grown table")
     e.add_argument("--table-out", metavar="FILE", help="with --add: write the grown table to FILE")
+    e.add_argument("--out-dir", metavar="DIR",
+                   help="stream: encode .npy / Parquet shards chunk by chunk into Parquet parts in DIR (item_id, "
+                        "level_0.., suffix, known); rerunning the same command resumes an interrupted run; --force "
+                        "starts again; under torchrun each process encodes its share")
+    e.add_argument("--chunk-rows", type=_int_at_least(1), default=None, metavar="N",
+                   help="with --out-dir: rows per chunk (= per Parquet part; default: 65536)")
+    e.add_argument("--embedding-column", default=None, metavar="NAME",
+                   help="with --out-dir: Parquet column of embeddings (default: embedding)")
+    e.add_argument("--id-column", default=None, metavar="NAME",
+                   help="with --out-dir: Parquet column of item ids (default: item_id)")
+    e.add_argument("--first-id", type=_int_at_least(0), default=None, metavar="ID",
+                   help="with --out-dir: ids of rows without an id column are row number + ID (default: the table's "
+                        "largest item id + 1: such rows are new items)")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_encode)
 
     s = cmd("stats", "print a table's metrics",

@@ -408,7 +408,7 @@ def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first
 
 
 def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
-                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress: bool = False,
+                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress=False,
                   prefetch: bool = True) -> StreamSummary:
     """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
     docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
@@ -461,14 +461,10 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
             ids = torch.arange(first_id + g0, first_id + g0 + (b - a), dtype=torch.int64)
         return x, ids
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from ._progress import bar as _bar
 
-        left = set(todo)
-        bar = tqdm(total=sum(chunks[j][2] - chunks[j][1] for j in mine),
-                   initial=sum(chunks[j][2] - chunks[j][1] for j in mine if j not in left), unit="rows",
-                   desc="encode" if not comm.on else f"encode (rank {comm.rank})")
+    bar = _bar(progress, sum(chunks[j][2] - chunks[j][1] for j in todo),
+               "encode rows" if not comm.on else f"encode rows (rank {comm.rank})")
     t0 = time.perf_counter()
     done_rows = 0
     err = None
