@@ -1,14 +1,27 @@
 """The ``pysid`` command line (also ``python -m pysid``).
 
-    pysid fit EMBEDDINGS -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
+    pysid fit EMBEDDINGS... -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
     pysid encode SIDS.npz EMBEDDINGS -o CODES.npy    # cold-start items, the table's dedup rule
     pysid encode SIDS.npz EMBEDDINGS --add --in-place # ... and append them to the table
+    pysid encode SIDS.npz 'emb/*.npy' --out-dir OUT/  # stream shards into Parquet parts (resumable)
+    torchrun --nproc_per_node 4 -m pysid fit 'emb/*.npy' -o SIDS.npz   # each process: its share of the files
+    torchrun --nproc_per_node 4 -m pysid encode SIDS.npz 'emb/*.npy' --out-dir OUT/
     pysid stats SIDS.npz [--embeddings EMBEDDINGS] [--json]
     pysid bench [rq|beam|kmeans|sid|startup|all] [--full]   # the benchmark scripts (quick by default)
     pysid demo [--data FILE]                         # embeddings -> SIDs -> trie -> decoding
 
 EMBEDDINGS: .npy, .pt (a tensor, or a dict of tensors with --key) or .npz (--key, default the
-first array), [M, D] floating point.
+first array), [M, D] floating point. ``fit`` takes several files, folders (their .npy / .npz /
+.pt files, sorted) or glob patterns: their rows in that order. ``encode --out-dir`` takes .npy
+and Parquet shards, folders or patterns (``pysid.stream.encode_shards``).
+
+torchrun (WORLD_SIZE > 1 in the environment; gloo on the CPU): ``fit`` gives each process a
+contiguous share of the S files in order (rank r: files floor(r S / W) .. floor((r + 1) S / W) - 1;
+at least one file per process) - the table equals ``pysid fit`` of the same files in one
+process, and rank 0 writes it; ``encode --out-dir`` gives each process its share of the chunks
+(the folder must be on a file system every process sees). An error on one process stops all:
+each prints its line (``rank R: ...`` for another process's error) and the run exits non-zero
+with no output written.
 
 Rules:
 * Every bad input ends with one line ``pysid: error: ...`` on stderr and exit status 2
@@ -782,7 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = cmd("fit", "train codebooks and assign Semantic IDs",
             "Train codebooks on item embeddings and write the table of unique Semantic IDs (.npz).\n"
             "rq-kmeans: residual k-means, the same table for the same seed. rq-vae: TIGER's RQ-VAE, trained\n"
-            "here (its reproducibility for a seed is stated in pysid.fit's docstring).")
+            "here (its reproducibility for a seed is stated in pysid.fit's docstring).\n"
+            "Several EMBEDDINGS (files, folders, glob patterns): their rows in order. Under torchrun each\n"
+            "process reads its share of the files; the table equals one process's; rank 0 writes it.")
     f.add_argument("embeddings", nargs="+", metavar="EMBEDDINGS",
                    help=emb_help + "; several files, folders or glob patterns: their rows in order (under torchrun "
                                    "each process reads its share of the files)")
@@ -822,6 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = cmd("encode", "Semantic IDs for new (cold-start) items",
             "Encode embeddings with a table's codebooks and dedup rule.\n"
             "Writes the codes [N, columns] as .npy (-o; '.npy' is appended to a name without it, as numpy does)\n"
+            "or, with --out-dir DIR, streams .npy / Parquet shards (files, folders, glob patterns) chunk by chunk\n"
+            "into Parquet parts (item_id, level_0.., suffix, known) in bounded memory, resumably.\n"
             "Known items (--item-ids in the table, or an embedding equal to a fitted one) get their table ID\n"
             "back, new items a fresh ID that collides with no table ID; it reports how many of each.\n"
             "--add appends the items to the table: --in-place replaces SIDS (atomically), --table-out FILE\n"

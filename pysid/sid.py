@@ -1146,6 +1146,21 @@ def fit(
             to the labels with the largest fractions, then the smaller labels), uniform within
             each label. Needs ``sample``.
 
+    Under torch.distributed (a process group of more than one process is initialised, e.g.
+    by ``torchrun``): each rank passes its own shard of the catalogue - ``embeddings`` [n_r, D]
+    (any n_r >= 1, unequal shards welcome), ``item_ids`` (default: the global row numbers, rank
+    0's rows first) and ``sample_by`` of its rows - and the same settings. The union is the ranks'
+    rows in rank order, and every rank returns the table of ``fit`` on that union in one process:
+    the same codebooks, codes, suffixes, ids and collision figures, bit for bit in the tests
+    (gloo, 2-4 processes; k-means reduces float64 sums across ranks, so a sum that lands on a
+    float32 rounding boundary could in principle differ in the last bit). The k-means work is
+    split over the ranks; the suffix dedup is sharded (``pysid.dedup.sharded_suffix``); then
+    every rank gathers the whole table (its memory: the table's, on every rank - save it on rank
+    0). A bad shard or setting on one rank (NaN rows, an empty shard, another D or dtype, other
+    arguments, duplicate ids over all ranks) raises on every rank, naming the rank, instead of
+    leaving the others waiting. Distributed fit supports method "rq-kmeans" with dedup "suffix"
+    or "none", not ``balanced`` (ValueError otherwise). NCCL: pass CUDA tensors (or ``device``).
+
     Returns:
         :class:`SemanticIds` (codes on the CPU), with each item's embedding fingerprint (for
         known-item lookups in ``encode``).

@@ -46,6 +46,19 @@ fails mid-run (unreadable, truncated, NaN/Inf rows, a wrong list length) raises 
 naming the shard and rows; the output stays incomplete. Inputs that changed since the
 manifest was written, or another table, are refused unless ``overwrite=True`` (which clears
 the folder's pysid files and starts again).
+
+torch.distributed (every rank calls ``encode_shards`` with the same arguments; inputs and
+``out_dir`` on a file system every rank sees, e.g. under ``torchrun``): the chunks are split
+over the ranks in contiguous blocks (rank r: chunks floor(r C / W) .. floor((r + 1) C / W) - 1),
+each rank encodes its own into ``_work``, the final pass runs the suffix dedup over all ranks
+(``pysid.dedup.sharded_suffix``: the table's items on rank 0, then every rank's new rows in
+input order - exactly the one-process suffixes) and each rank writes its parts; rank 0 prepares
+the folder and marks the run complete after every rank wrote its parts. The output is the
+one-process output, part for part (the same rows and columns). A rank whose shard fails mid-run makes every rank raise
+(naming the rank); the chunks finished so far stay, so a rerun - with any number of ranks, or
+one process - resumes. The summary's counts are over all ranks; ``encode_s`` and ``rows_per_s``
+are this rank's. (A rank that dies without raising stops the others with torch.distributed's
+connection error; torchrun then ends the run; the output stays incomplete either way.)
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
@@ -70,7 +84,7 @@ from .dedup import suffix_of_keys, tuple_keys
 __all__ = ["encode_shards", "read_output", "StreamSummary", "list_shards"]
 
 _FORMAT = "pysid.stream"
-_VERSION = 1
+_VERSION = 2  # 2: compact work files (uint8 codes, known rows, ids only from an id column)
 _MANIFEST = "_manifest.json"
 _SUCCESS = "_SUCCESS"
 _WORK = "_work"
@@ -292,11 +306,14 @@ def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict
         if table.has_suffix:
             tsuf[k] = tc[:, L].numpy()
     if not k.all():
-        xn = x[~known]
+        xn = x[~known] if k.any() else x  # the common case (no table item): no copy
         lat = _method(table.method).latents(table, xn)
         raw = residual_quantize(lat, [c.to(lat.device) for c in table.codebooks],
                                 beam_width=table.settings.get("beam_width", 1)).codes
-        sem[~k] = raw.numpy()
+        if k.any():
+            sem[~k] = raw.numpy()
+        else:
+            sem[:] = raw.numpy()
     return {"sem": sem, "table_suffix": tsuf, "known": k, "ids": ids.numpy().astype(np.int64)}
 
 
@@ -364,6 +381,46 @@ def _clear(out_dir: str, ours: Callable[[str], bool]) -> None:
 
 def _save_npz(path: str, arrays: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _code_dtype(sizes: Sequence[int]):
+    big = max(int(k) for k in sizes)
+    return np.uint8 if big <= 256 else np.uint16 if big <= 65536 else np.int32
+
+
+def _compact(arrays: dict, sizes: Sequence[int], own_ids: bool) -> dict:
+    """What a work file keeps of ``_encode_chunk``'s arrays: the codes in the smallest unsigned
+    type (3 bytes per row for 3 x 256), the known rows and their table suffixes, and the ids only
+    when the shard has an id column (otherwise they follow from the row number)."""
+    kr = np.flatnonzero(arrays["known"]).astype(np.int64)
+    out = {"sem": arrays["sem"].astype(_code_dtype(sizes)), "known_rows": kr,
+           "known_suffix": arrays["table_suffix"][kr]}
+    if own_ids:
+        out["ids"] = arrays["ids"]
+    return out
+
+
+def _load_work(path: str, n: int, first_row_id: int, full: bool = True):
+    """A work file's (sem [n, L], known [n] bool, table suffix [n] int32 (-1: new row), ids [n]
+    int64) - the last two None unless ``full``. ValueError if it is damaged."""
+    try:
+        with np.load(path) as z:
+            sem, kr = z["sem"], z["known_rows"]
+            ks = z["known_suffix"] if full else None
+            ids = z["ids"] if (full and "ids" in z.files) else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if sem.ndim != 2 or sem.shape[0] != n or (ids is not None and ids.shape != (n,)):
+        raise ValueError(f"{path} is damaged (holds {sem.shape[0]} rows, the chunk has {n})")
+    known = np.zeros(n, bool)
+    known[kr] = True
+    if not full:
+        return sem, known, None, None
+    tsuf = np.full(n, -1, np.int32)
+    tsuf[kr] = ks
+    if ids is None:
+        ids = np.arange(first_row_id, first_row_id + n, dtype=np.int64)
+    return sem, known, tsuf, ids
 
 
 # --------------------------------------------------------------------------- the API
@@ -482,7 +539,7 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
         skipped = sum(f["skipped"] for f in comm.agree(err, skipped=skipped))
     encode_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    stats = _finish(table, out_dir, len(chunks), rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
+    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
     dedup_s = time.perf_counter() - t1
     parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
     return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
@@ -491,18 +548,26 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
 
 
 def _encode_chunks(table, shards, chunks, todo, work_path, load, prefetch, bar) -> None:
-    """Encode the chunks ``todo`` (reading the next one ahead with ``prefetch``) into work files."""
-    with ThreadPoolExecutor(1) as pool:
+    """Encode the chunks ``todo`` into work files: the next chunk is read ahead (``prefetch``) and
+    each work file written (atomically) by helper threads while the kernel runs on the next."""
+    sizes = [int(k) for k in table.codebook_sizes]
+    with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as saver:
         nxt = pool.submit(load, todo[0]) if (todo and prefetch) else None
+        saving = None
         for n_i, j in enumerate(todo):
             x, ids = nxt.result() if prefetch else load(j)
             if prefetch and n_i + 1 < len(todo):
                 nxt = pool.submit(load, todo[n_i + 1])
             i, a, b, _ = chunks[j]
-            arrays = _encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}")
-            _save_npz(work_path(j), arrays)
+            arrays = _compact(_encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}"), sizes,
+                              shards[i].has_ids)
+            if saving is not None:
+                saving.result()  # one write in flight at most (and its error, if any, here)
+            saving = saver.submit(_save_npz, work_path(j), arrays)
             if bar is not None:
                 bar.update(b - a)
+        if saving is not None:
+            saving.result()
 
 
 def _comm():
@@ -516,7 +581,7 @@ def _comm():
     return Comm(dev)
 
 
-def _finish(table, out_dir: str, n_chunks: int, rule, comm=None, mine: range | None = None,
+def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, mine: range | None = None,
             rows_mine: int | None = None) -> dict[str, int]:
     """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
     completion mark and _SUCCESS. Under torch.distributed (``comm`` on): this rank's chunks
@@ -527,7 +592,9 @@ def _finish(table, out_dir: str, n_chunks: int, rule, comm=None, mine: range | N
     L = table.num_levels
     sizes = [int(k) for k in table.codebook_sizes]
     on = comm is not None and comm.on
-    mine = range(n_chunks) if mine is None else mine
+    mine = range(len(chunks)) if mine is None else mine
+    wpath = lambda j: os.path.join(work, f"chunk-{j:06d}.npz")
+    rows_of = lambda j: (chunks[j][2] - chunks[j][1], first_id + chunks[j][3])
     with_suffix = rule.suffix != "never" and (table.has_suffix or rule.suffix == "always")
     with open(os.path.join(out_dir, _MANIFEST)) as f:
         total = int(json.load(f)["rows"])
@@ -542,15 +609,13 @@ def _finish(table, out_dir: str, n_chunks: int, rule, comm=None, mine: range | N
             keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
         pos, new_counts = t, {}
         for j in mine:
-            with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-                known, sem = z["known"], z["sem"]
-            new = sem[~known]
+            sem, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
+            new = sem[~known] if known.any() else sem
             keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
             pos += new.shape[0]
             new_counts[j] = new.shape[0]
-    except (OSError, ValueError, KeyError) as e:  # a chunk file missing or damaged
-        err = ValueError(f"{out_dir}: the encoded chunks cannot be read ({type(e).__name__}: {e}): "
-                         "rerun with overwrite=True")
+    except (OSError, ValueError) as e:  # a chunk file missing or damaged
+        err = ValueError(f"{out_dir}: the encoded chunks cannot be read ({e}): rerun with overwrite=True")
     if on:
         comm.agree(err)
     elif err is not None:
@@ -569,24 +634,35 @@ def _finish(table, out_dir: str, n_chunks: int, rule, comm=None, mine: range | N
     suffixed, max_suffix = 0, 0
     names = [f"level_{j}" for j in range(L)]
     err = None
+
+    def write(path: str, tab) -> None:
+        atomic_write(path, lambda f: pq.write_table(tab, f))
+
     try:
-        for j in mine:
-            with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-                known, sem, ids, tsuf = z["known"], z["sem"], z["ids"], z["table_suffix"]
-            cols = {"item_id": pa.array(ids, pa.int64())}
-            for lvl in range(L):
-                cols[names[lvl]] = pa.array(np.ascontiguousarray(sem[:, lvl]), pa.int32())
-            if with_suffix:
-                s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
-                s[~known] = suffix[pos : pos + new_counts[j]]
-                suffixed += int((s > 0).sum())
-                max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
-                cols["suffix"] = pa.array(s, pa.int32())
-            cols["known"] = pa.array(known, pa.bool_())
-            pos += new_counts[j]
-            tab = pa.table(cols)
-            atomic_write(os.path.join(out_dir, f"part-{j:06d}.parquet"), lambda f: pq.write_table(tab, f))
-    except (OSError, ValueError, KeyError) as e:
+        with ThreadPoolExecutor(2) as writers:  # parts written (and fsynced) while the next is built
+            pending: list = []
+            for j in mine:
+                sem, known, tsuf, ids = _load_work(wpath(j), *rows_of(j))
+                cols = {"item_id": pa.array(ids, pa.int64())}
+                for lvl in range(L):
+                    cols[names[lvl]] = pa.array(sem[:, lvl].astype(np.int32), pa.int32())
+                if with_suffix:
+                    if known.any():
+                        s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
+                        s[~known] = suffix[pos : pos + new_counts[j]]
+                    else:
+                        s = suffix[pos : pos + new_counts[j]]
+                    suffixed += int((s > 0).sum())
+                    max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
+                    cols["suffix"] = pa.array(s, pa.int32())
+                cols["known"] = pa.array(known, pa.bool_())
+                pos += new_counts[j]
+                pending.append(writers.submit(write, os.path.join(out_dir, f"part-{j:06d}.parquet"), pa.table(cols)))
+                if len(pending) > 2:
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+    except (OSError, ValueError) as e:
         err = e
     stats = {"new_rows": n_new, "known_rows": rows_mine - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
     if on:  # every rank wrote its parts (or every rank raises): then rank 0 marks the run complete
