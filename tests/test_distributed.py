@@ -220,6 +220,17 @@ def test_cli_fit_under_torchrun_equals_one_process(tmp_path):
     got, one = pysid.SemanticIds.load(tmp_path / "dist.npz"), pysid.SemanticIds.load(tmp_path / "one.npz")
     _assert_same(_table(got), one)
     _assert_same(_table(got), pysid.fit(x, **FIT))
+    # streamed encode by rank: `torchrun ... -m pysid encode SIDS 'shards/*.npy' --out-dir DIR`
+    from pysid import stream
+
+    enc = ["encode", str(tmp_path / "one.npz"), str(tmp_path / "shards" / "*.npy"), "--chunk-rows", "128", "--quiet"]
+    p = _torchrun([*enc, "--out-dir", str(tmp_path / "parts2")], 2, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "encoded 1500 items on 2 processes in 13 parts" in p.stdout, p.stdout
+    assert main([*enc, "--out-dir", str(tmp_path / "parts1")]) == 0
+    a, b = stream.read_output(tmp_path / "parts2"), stream.read_output(tmp_path / "parts1")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert int(a["suffix"].max()) > 0 and not a["known"].any()
 
 
 def test_cli_fit_under_torchrun_failures_leave_no_output(tmp_path):
