@@ -1,14 +1,27 @@
 """The ``pysid`` command line (also ``python -m pysid``).
 
-    pysid fit EMBEDDINGS -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
+    pysid fit EMBEDDINGS... -o SIDS.npz [--levels 3 --codebook-size 256 --method rq-kmeans --dedup suffix]
     pysid encode SIDS.npz EMBEDDINGS -o CODES.npy    # cold-start items, the table's dedup rule
     pysid encode SIDS.npz EMBEDDINGS --add --in-place # ... and append them to the table
+    pysid encode SIDS.npz 'emb/*.npy' --out-dir OUT/  # stream shards into Parquet parts (resumable)
+    torchrun --nproc_per_node 4 -m pysid fit 'emb/*.npy' -o SIDS.npz   # each process: its share of the files
+    torchrun --nproc_per_node 4 -m pysid encode SIDS.npz 'emb/*.npy' --out-dir OUT/
     pysid stats SIDS.npz [--embeddings EMBEDDINGS] [--json]
     pysid bench [rq|beam|kmeans|sid|startup|all] [--full]   # the benchmark scripts (quick by default)
     pysid demo [--data FILE]                         # embeddings -> SIDs -> trie -> decoding
 
 EMBEDDINGS: .npy, .pt (a tensor, or a dict of tensors with --key) or .npz (--key, default the
-first array), [M, D] floating point.
+first array), [M, D] floating point. ``fit`` takes several files, folders (their .npy / .npz /
+.pt files, sorted) or glob patterns: their rows in that order. ``encode --out-dir`` takes .npy
+and Parquet shards, folders or patterns (``pysid.stream.encode_shards``).
+
+torchrun (WORLD_SIZE > 1 in the environment; gloo on the CPU): ``fit`` gives each process a
+contiguous share of the S files in order (rank r: files floor(r S / W) .. floor((r + 1) S / W) - 1;
+at least one file per process) - the table equals ``pysid fit`` of the same files in one
+process, and rank 0 writes it; ``encode --out-dir`` gives each process its share of the chunks
+(the folder must be on a file system every process sees). An error on one process stops all:
+each prints its line (``rank R: ...`` for another process's error) and the run exits non-zero
+with no output written.
 
 Rules:
 * Every bad input ends with one line ``pysid: error: ...`` on stderr and exit status 2
@@ -319,6 +332,63 @@ def _collision_lines(fig: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- commands
+def _expand_inputs(items: Sequence[str], exts: tuple) -> list[str]:
+    """Files of the EMBEDDINGS arguments, in order: a file as given, a folder's files with one of
+    ``exts`` (sorted), a glob pattern's matches (sorted)."""
+    import glob
+
+    out: list[str] = []
+    for p in items:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(exts))
+            if not found:
+                raise CliError(f"{p}: the folder holds no {'/'.join(exts)} file")
+            out += found
+        elif not os.path.exists(p) and any(ch in p for ch in "*?["):
+            found = sorted(f for f in glob.glob(p) if os.path.isfile(f))
+            if not found:
+                raise CliError(f"{p}: the pattern matches no file")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+_STARTED_GROUP: list = []
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world) of a run under torchrun (WORLD_SIZE > 1 in the environment: the default
+    process group is initialised here, gloo - nccl when --device is cuda), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if not all(k in os.environ for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+            raise CliError("WORLD_SIZE > 1 but RANK / MASTER_ADDR / MASTER_PORT are not set: start with torchrun")
+        dist.init_process_group("gloo")
+        _STARTED_GROUP.append(True)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _load_shards(paths: Sequence[str], key: Optional[str]):
+    """[M, D] float tensor: the rows of the files in order (one D and dtype for all)."""
+    import torch
+
+    xs = []
+    for p in paths:
+        x = load_embeddings(p, key)
+        if xs and x.shape[1] != xs[0].shape[1]:
+            raise CliError(f"{p}: embeddings have D={x.shape[1]}, {paths[0]} has D={xs[0].shape[1]} "
+                           "(every shard must have the same D)")
+        if xs and x.dtype != xs[0].dtype:
+            raise CliError(f"{p}: dtype {x.dtype}, {paths[0]} has {xs[0].dtype} (convert every shard to one dtype)")
+        xs.append(x)
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
+
+
 def cmd_fit(a) -> int:
     if a.method != "rq-vae":
         for opt, v in (("--epochs", a.epochs), ("--latent", a.latent), ("--batch-size", a.batch_size)):
@@ -326,15 +396,43 @@ def cmd_fit(a) -> int:
                 raise CliError(f"{opt} applies to --method rq-vae")
     elif a.balanced:
         raise CliError("--balanced applies to --method rq-kmeans")
-    _writable(a.output, [a.embeddings, a.item_ids], a.force)
+    paths = _expand_inputs(a.embeddings, (".npy", ".npz", ".pt", ".pth"))
+    _writable(a.output, [*paths, a.item_ids], a.force)
     device = _check_device(a.device)
-    x = load_embeddings(a.embeddings, a.key)
-    ids = load_item_ids(a.item_ids, x.shape[0]) if a.item_ids else None
+    rank, world = _distributed()
+    if world > 1:
+        from ._dist import Comm
+        import torch
+
+        if device is not None and device.startswith("cuda"):
+            raise CliError("--device cuda under torchrun: not supported by the CLI yet (the API runs on NCCL); "
+                           "use the CPU (gloo)")
+        if len(paths) < world:
+            raise CliError(f"{len(paths)} embedding file(s) for {world} processes: give at least one per process "
+                           "(rank r reads files r*S/W .. (r+1)*S/W - 1 of the S files in order)")
+        comm = Comm(torch.device("cpu"))
+        mine = paths[rank * len(paths) // world : (rank + 1) * len(paths) // world]
+        err: Optional[BaseException] = None
+        x = None
+        try:
+            x = _load_shards(mine, a.key)
+        except CliError as e:
+            err = e
+        try:  # every rank stops here if one failed to read its files
+            facts = comm.agree(err, rows=0 if x is None else int(x.shape[0]), dim=0 if x is None else int(x.shape[1]))
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        m_all = sum(f["rows"] for f in facts)
+        off = sum(f["rows"] for f in facts[:rank])
+    else:
+        x = _load_shards(paths, a.key)
+        m_all, off = x.shape[0], 0
+    ids = load_item_ids(a.item_ids, m_all)[off : off + x.shape[0]] if a.item_ids else None
     sizes = a.codebook_size
     if len(sizes) not in (1, a.levels):
         raise CliError(f"--codebook-size: {len(sizes)} sizes for --levels {a.levels} (give 1 or {a.levels})")
-    if a.method == "rq-kmeans" and max(sizes) > x.shape[0]:
-        raise CliError(f"--codebook-size {max(sizes)} is larger than the number of items {x.shape[0]}")
+    if a.method == "rq-kmeans" and max(sizes) > m_all:
+        raise CliError(f"--codebook-size {max(sizes)} is larger than the number of items {m_all}")
     rq = None
     if a.method == "rq-vae":
         rq = {k: v for k, v in (("epochs", a.epochs), ("latent", a.latent), ("batch_size", a.batch_size))
@@ -345,13 +443,16 @@ def cmd_fit(a) -> int:
     try:
         sids = fit(x, method=a.method, levels=a.levels, codebook_size=sizes[0] if len(sizes) == 1 else sizes,
                    dedup=a.dedup, seed=a.seed, iters=a.iters, beam_width=a.beam_width, device=device,
-                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a),
+                   balanced=a.balanced, item_ids=ids, rqvae_options=rq, progress=_progress(a) if rank == 0 else False,
                    sample=a.sample, sample_seed=a.sample_seed, precision=a.precision)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     secs = time.perf_counter() - t0
+    if rank != 0:  # rank 0 writes the table
+        return 0
     save_table(sids, a.output)
-    print(f"fit {len(sids)} items x {x.shape[1]} dims in {secs:.2f} s: {a.method}, {sids.num_levels} levels "
+    how = f" on {world} processes" if world > 1 else ""
+    print(f"fit {len(sids)} items x {x.shape[1]} dims in {secs:.2f} s{how}: {a.method}, {sids.num_levels} levels "
           f"{sids.codebook_sizes}, dedup {a.dedup}")
     for line in _collision_lines(collision_figures(sids)):
         print("  " + line)
@@ -359,7 +460,48 @@ def cmd_fit(a) -> int:
     return 0
 
 
+def cmd_encode_parts(a) -> int:
+    """pysid encode SIDS INPUT... --out-dir DIR: pysid.stream.encode_shards (under torchrun: by rank)."""
+    for opt, v in (("-o/--output", a.output), ("--add", a.add), ("--in-place", a.in_place),
+                   ("--table-out", a.table_out), ("--item-ids", a.item_ids), ("--key", a.key)):
+        if v:
+            raise CliError(f"{opt} does not apply with --out-dir (Parquet parts: item ids come from the Parquet "
+                           "'item_id' column or the row numbers plus --first-id)")
+    sids = _load_sids(a.sids)
+    # rows without an id column are new items unless told otherwise: ids after the table's
+    first_id = a.first_id if a.first_id is not None else (int(sids.item_ids.max()) + 1 if len(sids) else 0)
+    rank, world = _distributed()
+    from . import stream
+
+    try:
+        s = stream.encode_shards(sids, a.embeddings, a.out_dir, chunk_rows=a.chunk_rows or 65536,
+                                 embedding_column=a.embedding_column or "embedding",
+                                 id_column=a.id_column or "item_id", first_id=first_id,
+                                 overwrite=a.force, progress=_progress(a))
+    except (ValueError, TypeError, ImportError) as e:
+        raise CliError(str(e).replace("pass overwrite=True", "pass --force")) from None
+    if rank == 0:
+        how = f" on {world} processes" if world > 1 else ""
+        resumed = f", {s.chunks_skipped} of them done by an earlier run" if s.chunks_skipped else ""
+        print(f"encoded {s.rows} items{how} in {s.chunks} parts{resumed}: {s.known_rows} known items (their table "
+              f"ID), {s.new_rows} new (a fresh ID that collides with no table ID); largest suffix {s.max_suffix}")
+        print(f"wrote {a.out_dir} (part-*.parquet, _SUCCESS)")
+    return 0
+
+
 def cmd_encode(a) -> int:
+    if a.out_dir:
+        return cmd_encode_parts(a)
+    for opt, v in (("--chunk-rows", a.chunk_rows), ("--embedding-column", a.embedding_column),
+                   ("--id-column", a.id_column), ("--first-id", a.first_id)):
+        if v is not None:
+            raise CliError(f"{opt} applies with --out-dir (streamed encode into Parquet parts)")
+    if len(a.embeddings) > 1 or not os.path.isfile(a.embeddings[0]) and (
+            os.path.isdir(a.embeddings[0]) or any(ch in a.embeddings[0] for ch in "*?[")) \
+            or a.embeddings[0].lower().endswith(".parquet"):
+        raise CliError("several inputs, a folder, a pattern or Parquet are encoded into Parquet parts: "
+                       "give --out-dir DIR")
+    a.embeddings = a.embeddings[0]
     if a.add and not (a.in_place or a.table_out):
         raise CliError("--add needs --in-place (update SIDS) or --table-out FILE (write the grown table there)")
     if (a.in_place or a.table_out) and not a.add:
@@ -653,8 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = cmd("fit", "train codebooks and assign Semantic IDs",
             "Train codebooks on item embeddings and write the table of unique Semantic IDs (.npz).\n"
             "rq-kmeans: residual k-means, the same table for the same seed. rq-vae: TIGER's RQ-VAE, trained\n"
-            "here (its reproducibility for a seed is stated in pysid.fit's docstring).")
-    f.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+            "here (its reproducibility for a seed is stated in pysid.fit's docstring).\n"
+            "Several EMBEDDINGS (files, folders, glob patterns): their rows in order. Under torchrun each\n"
+            "process reads its share of the files; the table equals one process's; rank 0 writes it.")
+    f.add_argument("embeddings", nargs="+", metavar="EMBEDDINGS",
+                   help=emb_help + "; several files, folders or glob patterns: their rows in order (under torchrun "
+                                   "each process reads its share of the files)")
     f.add_argument("-o", "--output", required=True, metavar="SIDS.npz",
                    help="output table (SemanticIds .npz; the name is used as given)")
     f.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -693,12 +839,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = cmd("encode", "Semantic IDs for new (cold-start) items",
             "Encode embeddings with a table's codebooks and dedup rule.\n"
             "Writes the codes [N, columns] as .npy (-o; '.npy' is appended to a name without it, as numpy does)\n"
+            "or, with --out-dir DIR, streams .npy / Parquet shards (files, folders, glob patterns) chunk by chunk\n"
+            "into Parquet parts (item_id, level_0.., suffix, known) in bounded memory, resumably.\n"
             "Known items (--item-ids in the table, or an embedding equal to a fitted one) get their table ID\n"
             "back, new items a fresh ID that collides with no table ID; it reports how many of each.\n"
             "--add appends the items to the table: --in-place replaces SIDS (atomically), --table-out FILE\n"
             "writes the grown table to another file.")
     e.add_argument("sids", metavar="SIDS.npz", help="the table written by 'pysid fit'")
-    e.add_argument("embeddings", metavar="EMBEDDINGS", help=emb_help)
+    e.add_argument("embeddings", nargs="+", metavar="EMBEDDINGS",
+                   help=emb_help + "; with --out-dir: .npy / .parquet files, folders or glob patterns")
     e.add_argument("-o", "--output", metavar="CODES.npy", help="output .npy of codes (required unless --add)")
     e.add_argument("--force", action="store_true", help="replace existing output files")
     e.add_argument("--key", help="array name inside an .npz / entry of a .pt dict")
@@ -708,6 +857,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "--table-out)")
     e.add_argument("--in-place", action="store_true", help="with --add: replace SIDS with the grown table")
     e.add_argument("--table-out", metavar="FILE", help="with --add: write the grown table to FILE")
+    e.add_argument("--out-dir", metavar="DIR",
+                   help="stream: encode .npy / Parquet shards chunk by chunk into Parquet parts in DIR (item_id, "
+                        "level_0.., suffix, known); rerunning the same command resumes an interrupted run; --force "
+                        "starts again; under torchrun each process encodes its share")
+    e.add_argument("--chunk-rows", type=_int_at_least(1), default=None, metavar="N",
+                   help="with --out-dir: rows per chunk (= per Parquet part; default: 65536)")
+    e.add_argument("--embedding-column", default=None, metavar="NAME",
+                   help="with --out-dir: Parquet column of embeddings (default: embedding)")
+    e.add_argument("--id-column", default=None, metavar="NAME",
+                   help="with --out-dir: Parquet column of item ids (default: item_id)")
+    e.add_argument("--first-id", type=_int_at_least(0), default=None, metavar="ID",
+                   help="with --out-dir: ids of rows without an id column are row number + ID (default: the table's "
+                        "largest item id + 1: such rows are new items)")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_encode)
 
     s = cmd("stats", "print a table's metrics",
@@ -743,6 +906,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args) -> int:
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        if _STARTED_GROUP:  # the process group _distributed() started under torchrun
+            import torch.distributed as dist
+
+            _STARTED_GROUP.clear()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -751,7 +926,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
     debug = bool(os.environ.get("PYSID_DEBUG"))
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except CliError as e:
         if debug:
             raise

@@ -53,6 +53,8 @@ count (``rq-vae`` trains under ``torch.use_deterministic_algorithms`` on CPU; on
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import math
 import numbers
@@ -67,6 +69,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_precision
+from ._dist import Comm as _Comm
 from ._io import atomic_write, check_writable
 from .kmeans import _residual_kmeans, nonfinite_rows
 from .ops import kmeans as _kops
@@ -987,6 +990,95 @@ def _stratified(labels: Tensor, size: int, m: int, seed: int) -> Tensor:
     return torch.from_numpy(np.flatnonzero(rank < quota[inv]))
 
 
+def _n_inputs(embeddings) -> int:
+    return len(embeddings) if isinstance(embeddings, (list, tuple)) else 1
+
+
+def _shard_agreement(comm: _Comm, x: Tensor, ids: Tensor, default_ids: bool, sample_by,
+                     settings: dict) -> tuple[int, int]:
+    """fit under torch.distributed: refuse what runs on one process only, then agree with the
+    other ranks (every rank raises if one failed its checks; ranks whose shapes, dtypes or
+    settings differ are refused on every rank). Returns (M over all ranks, this rank's first row)."""
+    from .dedup import sharded_suffix
+
+    if settings["method"] != "rq-kmeans":
+        raise ValueError(f"fit under torch.distributed trains rq-kmeans only (method {settings['method']!r} "
+                         "runs on one process: gather the rows on one rank)")
+    if settings["dedup"] == "reassign":
+        raise ValueError("fit under torch.distributed supports dedup 'suffix' and 'none' ('reassign' moves items "
+                         "against all others: run it on one process)")
+    if settings["balanced"]:
+        raise ValueError("balanced=True runs on one process (balanced k-means is not distributed)")
+    if math.prod(settings["sizes"]) > 2**63:
+        raise ValueError(f"fit under torch.distributed needs the product of the codebook sizes {settings['sizes']} "
+                         "to fit in int64 (packed tuple keys)")
+    if sample_by is not None and _as_ids(sample_by, "sample_by").numel() != x.shape[0]:
+        raise ValueError(f"sample_by has {_as_ids(sample_by, 'sample_by').numel()} labels for this rank's "
+                         f"{x.shape[0]} items")
+    state = _AGREED.get()
+    if state is not None:
+        state["agreed"] = True  # from here on every rank raises together
+    facts = comm.agree(None, rows=int(x.shape[0]), dim=int(x.shape[1]), dtype=str(x.dtype),
+                       settings=repr(settings))
+    for r, f in enumerate(facts):
+        if f["dim"] != facts[0]["dim"]:
+            raise ValueError(f"the ranks' embeddings differ in dimension: rank 0 has D={facts[0]['dim']}, "
+                             f"rank {r} D={f['dim']} (every shard must have the same D)")
+        if f["dtype"] != facts[0]["dtype"]:
+            raise ValueError(f"the ranks' embeddings differ in dtype: rank 0 {facts[0]['dtype']}, rank {r} "
+                             f"{f['dtype']} (convert every shard to one dtype)")
+        if f["settings"] != facts[0]["settings"]:
+            raise ValueError(f"fit was called with other settings on rank {r} than on rank 0: every rank must "
+                             f"pass the same arguments (rank 0: {facts[0]['settings']}; rank {r}: {f['settings']})")
+    rows = [f["rows"] for f in facts]
+    off = sum(rows[: comm.rank])
+    if not default_ids:  # unique over all ranks
+        dup = sharded_suffix(ids.numpy(), device=comm.dev) > 0
+        n_dup = int(comm.sum(torch.tensor([int(dup.sum())], dtype=torch.int64))[0])
+        if n_dup:
+            raise ValueError(f"item_ids must be unique over all ranks: {n_dup} id(s) repeat an id of an earlier row")
+    return sum(rows), off
+
+
+def _sharded_dedup(rule: "Dedup", raw: Tensor, sizes: Sequence[int], dev: torch.device) -> Tensor:
+    """This rank's IDs [n, L (+1)] under torch.distributed: the suffix of each row is its rank
+    among the rows of the union (in rank order) with its tuple (``pysid.dedup.sharded_suffix``)."""
+    from .dedup import sharded_suffix, tuple_keys
+
+    if rule.suffix == "never":
+        return raw
+    suf = sharded_suffix(tuple_keys(raw.numpy(), sizes), device=dev)
+    return torch.cat([raw, torch.from_numpy(suf.astype(np.int64))[:, None]], 1)
+
+
+_AGREED: contextvars.ContextVar = contextvars.ContextVar("pysid_fit_agreed", default=None)
+
+
+def _sharded(fn):
+    """fit under torch.distributed (world > 1): a ValueError / TypeError on one rank before the
+    ranks' agreement point (``_Comm.agree`` in fit, after the input checks) is sent to every rank,
+    so that all raise instead of the others waiting in a collective."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        comm = _Comm(torch.device("cpu"))
+        if not comm.on:
+            return fn(*args, **kwargs)
+        state = {"agreed": False}
+        token = _AGREED.set(state)
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            if not state["agreed"]:
+                comm.agree(e)
+            raise
+        finally:
+            _AGREED.reset(token)
+
+    return run
+
+
+@_sharded
 def fit(
     embeddings,
     *,
@@ -1063,6 +1155,21 @@ def fit(
             ("fast": on CUDA's Triton kernels, tensor-core codes without the float32 proof, which
             may differ on near-ties; on the CPU the same codes). :meth:`SemanticIds.encode` is exact.
 
+    Under torch.distributed (a process group of more than one process is initialised, e.g.
+    by ``torchrun``): each rank passes its own shard of the catalogue - ``embeddings`` [n_r, D]
+    (any n_r >= 1, unequal shards welcome), ``item_ids`` (default: the global row numbers, rank
+    0's rows first) and ``sample_by`` of its rows - and the same settings. The union is the ranks'
+    rows in rank order, and every rank returns the table of ``fit`` on that union in one process:
+    the same codebooks, codes, suffixes, ids and collision figures, bit for bit in the tests
+    (gloo, 2-4 processes; k-means reduces float64 sums across ranks, so a sum that lands on a
+    float32 rounding boundary could in principle differ in the last bit). The k-means work is
+    split over the ranks; the suffix dedup is sharded (``pysid.dedup.sharded_suffix``); then
+    every rank gathers the whole table (its memory: the table's, on every rank - save it on rank
+    0). A bad shard or setting on one rank (NaN rows, an empty shard, another D or dtype, other
+    arguments, duplicate ids over all ranks) raises on every rank, naming the rank, instead of
+    leaving the others waiting. Distributed fit supports method "rq-kmeans" with dedup "suffix"
+    or "none", not ``balanced`` (ValueError otherwise). NCCL: pass CUDA tensors (or ``device``).
+
     Returns:
         :class:`SemanticIds` (codes on the CPU), with each item's embedding fingerprint (for
         known-item lookups in ``encode``).
@@ -1096,15 +1203,29 @@ def fit(
     ids = torch.arange(m) if item_ids is None else _as_ids(item_ids, "item_ids")
     if ids.numel() != m or ids.unique().numel() != m or bool((ids < 0).any()):
         raise ValueError(f"item_ids must be {m} unique non-negative integers")
+    comm = _Comm(x.device if device is None else torch.device(device))
+    n_local, off = m, 0
+    if comm.on:  # torch.distributed: this rank's rows of the union (module docstring)
+        m, off = _shard_agreement(comm, x, ids, item_ids is None, sample_by, dict(
+            method=meth.name, dedup=rule.name, levels=levels, sizes=sizes, seed=seed, iters=iters,
+            balanced=bool(balanced), beam_width=beam_width, reassign=reassign_candidates, sample=sample,
+            sample_seed=sample_seed, by=sample_by is not None, inputs=_n_inputs(embeddings),
+            weights=None if input_weights is None else [float(w) for w in input_weights],
+            ids=item_ids is None, precision=precision))
+        if item_ids is None:
+            ids = ids + off
     m_train, train_rows = m, None
     if sample is not None:
         sample_seed = _int_arg("sample_seed", sample_seed, 0)
         m_train = _sample_size(sample, m)
         if sample_by is not None:
-            train_rows = _stratified(_as_ids(sample_by, "sample_by"), m_train, m, sample_seed)
+            labels = _as_ids(sample_by, "sample_by")
+            train_rows = _stratified(comm.gather_rows(labels) if comm.on else labels, m_train, m, sample_seed)
         elif m_train < m:
             g = torch.Generator().manual_seed(sample_seed)
             train_rows = torch.randperm(m, generator=g)[:m_train].sort().values
+        if comm.on and train_rows is not None:  # this rank's rows of the union's sample
+            train_rows = train_rows[(train_rows >= off) & (train_rows < off + n_local)] - off
     elif sample_by is not None:
         raise ValueError("sample_by stratifies a sample: pass sample= too")
     meth.check(m_train, sizes, iters)
@@ -1124,7 +1245,7 @@ def fit(
     if train_rows is not None and opts and opts.get("align_with") is not None:
         opts = dict(opts, align_with=_as_tensor(opts["align_with"])[train_rows])
     tr = meth.train(xt, levels=levels, sizes=sizes, seed=seed, iters=iters, balanced=bool(balanced),
-                    beam_width=beam_width, dedup=rule, progress=progress, options=opts, precision=precision)
+                    beam_width=beam_width, dedup=rule, progress=progress if comm.rank == 0 else False, options=opts, precision=precision)
     settings.update(tr.settings)
     cbs = tr.codebooks
     if train_rows is None and tr.codes is not None:
@@ -1135,8 +1256,13 @@ def fit(
             view = _TrainedView(settings=settings, model_state=tr.model_state)
             latents = meth.latents(view, x)
         raw, r = _quantize(latents, cbs, beam_width, precision)
+    if comm.on:  # the sharded dedup, then every rank's rows on every rank
+        codes = comm.gather_rows(_sharded_dedup(rule, raw.cpu(), sizes, comm.dev))
+        ids, fps = comm.gather_rows(ids), comm.gather_rows(fps)
+        raw = codes[:, :levels]
     before = collision_stats(raw, sizes)
-    codes = _apply_dedup(rule, raw, r, cbs, sizes, settings)
+    if not comm.on:
+        codes = _apply_dedup(rule, raw, r, cbs, sizes, settings)
     vocab = sizes + ([int(codes[:, -1].max()) + 1] if codes.shape[1] > levels else [])
     after = collision_stats(codes, vocab)
     return SemanticIds(codes=codes.cpu(), item_ids=ids, codebooks=[c.cpu() for c in cbs], codebook_sizes=sizes,

@@ -46,6 +46,19 @@ fails mid-run (unreadable, truncated, NaN/Inf rows, a wrong list length) raises 
 naming the shard and rows; the output stays incomplete. Inputs that changed since the
 manifest was written, or another table, are refused unless ``overwrite=True`` (which clears
 the folder's pysid files and starts again).
+
+torch.distributed (every rank calls ``encode_shards`` with the same arguments; inputs and
+``out_dir`` on a file system every rank sees, e.g. under ``torchrun``): the chunks are split
+over the ranks in contiguous blocks (rank r: chunks floor(r C / W) .. floor((r + 1) C / W) - 1),
+each rank encodes its own into ``_work``, the final pass runs the suffix dedup over all ranks
+(``pysid.dedup.sharded_suffix``: the table's items on rank 0, then every rank's new rows in
+input order - exactly the one-process suffixes) and each rank writes its parts; rank 0 prepares
+the folder and marks the run complete after every rank wrote its parts. The output is the
+one-process output, part for part (the same rows and columns). A rank whose shard fails mid-run makes every rank raise
+(naming the rank); the chunks finished so far stay, so a rerun - with any number of ranks, or
+one process - resumes. The summary's counts are over all ranks; ``encode_s`` and ``rows_per_s``
+are this rank's. (A rank that dies without raising stops the others with torch.distributed's
+connection error; torchrun then ends the run; the output stays incomplete either way.)
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
@@ -70,7 +84,7 @@ from .dedup import suffix_of_keys, tuple_keys
 __all__ = ["encode_shards", "read_output", "StreamSummary", "list_shards"]
 
 _FORMAT = "pysid.stream"
-_VERSION = 1
+_VERSION = 2  # 2: compact work files (uint8 codes, known rows, ids only from an id column)
 _MANIFEST = "_manifest.json"
 _SUCCESS = "_SUCCESS"
 _WORK = "_work"
@@ -292,11 +306,14 @@ def _encode_chunk(table, x: torch.Tensor, ids: torch.Tensor, where: str) -> dict
         if table.has_suffix:
             tsuf[k] = tc[:, L].numpy()
     if not k.all():
-        xn = x[~known]
+        xn = x[~known] if k.any() else x  # the common case (no table item): no copy
         lat = _method(table.method).latents(table, xn)
         raw = residual_quantize(lat, [c.to(lat.device) for c in table.codebooks],
                                 beam_width=table.settings.get("beam_width", 1)).codes
-        sem[~k] = raw.numpy()
+        if k.any():
+            sem[~k] = raw.numpy()
+        else:
+            sem[:] = raw.numpy()
     return {"sem": sem, "table_suffix": tsuf, "known": k, "ids": ids.numpy().astype(np.int64)}
 
 
@@ -366,14 +383,49 @@ def _save_npz(path: str, arrays: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _code_dtype(sizes: Sequence[int]):
+    big = max(int(k) for k in sizes)
+    return np.uint8 if big <= 256 else np.uint16 if big <= 65536 else np.int32
+
+
+def _compact(arrays: dict, sizes: Sequence[int], own_ids: bool) -> dict:
+    """What a work file keeps of ``_encode_chunk``'s arrays: the codes in the smallest unsigned
+    type (3 bytes per row for 3 x 256), the known rows and their table suffixes, and the ids only
+    when the shard has an id column (otherwise they follow from the row number)."""
+    kr = np.flatnonzero(arrays["known"]).astype(np.int64)
+    out = {"sem": arrays["sem"].astype(_code_dtype(sizes)), "known_rows": kr,
+           "known_suffix": arrays["table_suffix"][kr]}
+    if own_ids:
+        out["ids"] = arrays["ids"]
+    return out
+
+
+def _load_work(path: str, n: int, first_row_id: int, full: bool = True):
+    """A work file's (sem [n, L], known [n] bool, table suffix [n] int32 (-1: new row), ids [n]
+    int64) - the last two None unless ``full``. ValueError if it is damaged."""
+    try:
+        with np.load(path) as z:
+            sem, kr = z["sem"], z["known_rows"]
+            ks = z["known_suffix"] if full else None
+            ids = z["ids"] if (full and "ids" in z.files) else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if sem.ndim != 2 or sem.shape[0] != n or (ids is not None and ids.shape != (n,)):
+        raise ValueError(f"{path} is damaged (holds {sem.shape[0]} rows, the chunk has {n})")
+    known = np.zeros(n, bool)
+    known[kr] = True
+    if not full:
+        return sem, known, None, None
+    tsuf = np.full(n, -1, np.int32)
+    tsuf[kr] = ks
+    if ids is None:
+        ids = np.arange(first_row_id, first_row_id + n, dtype=np.int64)
+    return sem, known, tsuf, ids
+
+
 # --------------------------------------------------------------------------- the API
-def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
-                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress: bool = False,
-                  prefetch: bool = True) -> StreamSummary:
-    """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
-    docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
-    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
-    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
+def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first_id):
+    """The checks before any work, the shards, the chunks and the manifest of a run."""
     from .sid import _dedup, _method
 
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -387,7 +439,6 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
     if table.settings.get("inputs", 1) != 1:
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
     _pyarrow()  # the output is Parquet: fail before any work
-    out_dir = os.path.abspath(os.fspath(out_dir))
     paths = list_shards(inputs)
     inside = [p for p in paths if os.path.realpath(p).startswith(os.path.realpath(out_dir) + os.sep)]
     if inside:
@@ -410,7 +461,44 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                 "embedding_column": embedding_column, "id_column": id_column, "first_id": first_id,
                 "shards": [s.key() for s in shards], "chunks": len(chunks), "rows": total,
                 "levels": table.num_levels}
-    if _prepare_out(out_dir, manifest, overwrite):
+    return rule, shards, chunks, total, manifest
+
+
+def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, embedding_column: str = "embedding",
+                  id_column: str = "item_id", first_id: int = 0, overwrite: bool = False, progress=False,
+                  prefetch: bool = True) -> StreamSummary:
+    """Encode every row of ``inputs`` with ``table`` into Parquet parts in ``out_dir`` (module
+    docstring: inputs, output columns, suffix meaning, resume). Memory: a few chunks of
+    embeddings (``chunk_rows`` x D, read ahead by one chunk when ``prefetch``) plus about 20
+    bytes per row and table item in the final pass. Returns a :class:`StreamSummary`."""
+    comm = _comm()
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    err = plan = None
+    try:
+        plan = _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first_id)
+    except (ValueError, TypeError, ImportError, OSError) as e:
+        if not comm.on:
+            raise
+        err = e
+    if comm.on:  # every rank stops if one failed its checks; every rank must see the same run
+        facts = comm.agree(err, manifest=None if plan is None else json.dumps(plan[4], sort_keys=True))
+        for r, f in enumerate(facts):
+            if f["manifest"] != facts[0]["manifest"]:
+                raise ValueError(f"encode_shards was called with other inputs, settings or table on rank {r} than on "
+                                 "rank 0 (every rank passes the same arguments; the inputs and out_dir on a file "
+                                 "system every rank sees)")
+    rule, shards, chunks, total, manifest = plan
+    done, err = False, None
+    if comm.rank == 0:
+        try:
+            done = _prepare_out(out_dir, manifest, overwrite)
+        except (ValueError, OSError) as e:
+            if not comm.on:
+                raise
+            err = e
+    if comm.on:  # rank 0 prepared the folder (or every rank raises its error)
+        done = comm.agree(err, done=done)[0]["done"]
+    if done:
         parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
         with open(os.path.join(out_dir, _MANIFEST)) as f:
             info = json.load(f)
@@ -419,8 +507,9 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                              len(chunks), parts, 0.0, 0.0, 0.0, info.get("suffixed_rows", 0), info.get("max_suffix", 0))
     work = os.path.join(out_dir, _WORK)
     work_path = lambda j: os.path.join(work, f"chunk-{j:06d}.npz")
-    todo = [j for j in range(len(chunks)) if not os.path.exists(work_path(j))]
-    skipped = len(chunks) - len(todo)
+    mine = range(comm.rank * len(chunks) // comm.world, (comm.rank + 1) * len(chunks) // comm.world)
+    todo = [j for j in mine if not os.path.exists(work_path(j))]
+    skipped = len(mine) - len(todo)
 
     def load(j):
         i, a, b, g0 = chunks[j]
@@ -429,32 +518,28 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
             ids = torch.arange(first_id + g0, first_id + g0 + (b - a), dtype=torch.int64)
         return x, ids
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from ._progress import bar as _bar
 
-        left = set(todo)
-        bar = tqdm(total=total, initial=sum(c[2] - c[1] for j, c in enumerate(chunks) if j not in left),
-                   unit="rows", desc="encode")
+    bar = _bar(progress, sum(chunks[j][2] - chunks[j][1] for j in todo),
+               "encode rows" if not comm.on else f"encode rows (rank {comm.rank})")
     t0 = time.perf_counter()
     done_rows = 0
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(load, todo[0]) if (todo and prefetch) else None
-        for n_i, j in enumerate(todo):
-            x, ids = nxt.result() if prefetch else load(j)
-            if prefetch and n_i + 1 < len(todo):
-                nxt = pool.submit(load, todo[n_i + 1])
-            i, a, b, _ = chunks[j]
-            arrays = _encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}")
-            _save_npz(work_path(j), arrays)
-            done_rows += b - a
-            if bar is not None:
-                bar.update(b - a)
+    err = None
+    try:
+        _encode_chunks(table, shards, chunks, todo, work_path, load, prefetch, bar)
+        done_rows = sum(chunks[j][2] - chunks[j][1] for j in todo)
+    except (ValueError, TypeError, OSError) as e:  # a shard that fails mid-run: the output stays incomplete
+        if not comm.on:
+            raise
+        err = e
+    finally:
+        if bar is not None:
+            bar.close()
+    if comm.on:  # every rank finished its chunks (or every rank raises)
+        skipped = sum(f["skipped"] for f in comm.agree(err, skipped=skipped))
     encode_s = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
     t1 = time.perf_counter()
-    stats = _finish(table, out_dir, len(chunks), rule)
+    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
     dedup_s = time.perf_counter() - t1
     parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
     return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
@@ -462,63 +547,139 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
                          stats["suffixed_rows"], stats["max_suffix"])
 
 
-def _finish(table, out_dir: str, n_chunks: int, rule) -> dict[str, int]:
+def _encode_chunks(table, shards, chunks, todo, work_path, load, prefetch, bar) -> None:
+    """Encode the chunks ``todo`` into work files: the next chunk is read ahead (``prefetch``) and
+    each work file written (atomically) by helper threads while the kernel runs on the next."""
+    sizes = [int(k) for k in table.codebook_sizes]
+    with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as saver:
+        nxt = pool.submit(load, todo[0]) if (todo and prefetch) else None
+        saving = None
+        for n_i, j in enumerate(todo):
+            x, ids = nxt.result() if prefetch else load(j)
+            if prefetch and n_i + 1 < len(todo):
+                nxt = pool.submit(load, todo[n_i + 1])
+            i, a, b, _ = chunks[j]
+            arrays = _compact(_encode_chunk(table, x, ids, f"{shards[i].path} rows {a}..{b - 1}"), sizes,
+                              shards[i].has_ids)
+            if saving is not None:
+                saving.result()  # one write in flight at most (and its error, if any, here)
+            saving = saver.submit(_save_npz, work_path(j), arrays)
+            if bar is not None:
+                bar.update(b - a)
+        if saving is not None:
+            saving.result()
+
+
+def _comm():
+    """The torch.distributed group of a sharded run (gloo: CPU tensors; nccl: this rank's GPU)."""
+    from ._dist import Comm
+
+    dev = torch.device("cpu")
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_backend() == "nccl":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return Comm(dev)
+
+
+def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, mine: range | None = None,
+            rows_mine: int | None = None) -> dict[str, int]:
     """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
-    completion mark and _SUCCESS."""
+    completion mark and _SUCCESS. Under torch.distributed (``comm`` on): this rank's chunks
+    ``mine`` (contiguous, in rank order), suffixes by ``pysid.dedup.sharded_suffix``, rank 0
+    marks the run complete once every rank wrote its parts."""
     pa, pq = _pyarrow()
     work = os.path.join(out_dir, _WORK)
     L = table.num_levels
     sizes = [int(k) for k in table.codebook_sizes]
+    on = comm is not None and comm.on
+    mine = range(len(chunks)) if mine is None else mine
+    wpath = lambda j: os.path.join(work, f"chunk-{j:06d}.npz")
+    rows_of = lambda j: (chunks[j][2] - chunks[j][1], first_id + chunks[j][3])
     with_suffix = rule.suffix != "never" and (table.has_suffix or rule.suffix == "always")
     with open(os.path.join(out_dir, _MANIFEST)) as f:
         total = int(json.load(f)["rows"])
     # one read of the chunks: the table's semantic keys first, then the new rows' in input order -
     # the suffix of a new row is its rank among the table's items and the earlier new rows
-    t = len(table)
-    keys = np.empty(t + total, np.int64)
-    keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
-    pos, new_counts = t, []
-    for j in range(n_chunks):
-        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-            known, sem = z["known"], z["sem"]
-        new = sem[~known]
-        keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
-        pos += new.shape[0]
-        new_counts.append(new.shape[0])
+    err = None
+    try:
+        t = len(table) if (not on or comm.rank == 0) else 0
+        rows_mine = total if rows_mine is None else rows_mine
+        keys = np.empty(t + rows_mine, np.int64)
+        if t:
+            keys[:t] = tuple_keys(table.codes[:, :L].numpy(), sizes)
+        pos, new_counts = t, {}
+        for j in mine:
+            sem, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
+            new = sem[~known] if known.any() else sem
+            keys[pos : pos + new.shape[0]] = tuple_keys(new, sizes)
+            pos += new.shape[0]
+            new_counts[j] = new.shape[0]
+    except (OSError, ValueError) as e:  # a chunk file missing or damaged
+        err = ValueError(f"{out_dir}: the encoded chunks cannot be read ({e}): rerun with overwrite=True")
+    if on:
+        comm.agree(err)
+    elif err is not None:
+        raise err
     n_new = pos - t
     suffix = None
     if rule.suffix != "never":
-        suffix = suffix_of_keys(keys[:pos])[t:]
-        if not with_suffix and n_new and (suffix.max() > 0):
-            with_suffix = True  # "if-needed" rules (none offered today) would gain the level here
+        if on:
+            from .dedup import sharded_suffix
+
+            suffix = sharded_suffix(keys[:pos], device=comm.dev)[t:]
+        else:
+            suffix = suffix_of_keys(keys[:pos])[t:]
     del keys
     pos = 0
     suffixed, max_suffix = 0, 0
     names = [f"level_{j}" for j in range(L)]
-    for j in range(n_chunks):
-        with np.load(os.path.join(work, f"chunk-{j:06d}.npz")) as z:
-            known, sem, ids, tsuf = z["known"], z["sem"], z["ids"], z["table_suffix"]
-        cols = {"item_id": pa.array(ids, pa.int64())}
-        for lvl in range(L):
-            cols[names[lvl]] = pa.array(np.ascontiguousarray(sem[:, lvl]), pa.int32())
-        if with_suffix:
-            s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
-            s[~known] = suffix[pos : pos + new_counts[j]]
-            suffixed += int((s > 0).sum())
-            max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
-            cols["suffix"] = pa.array(s, pa.int32())
-        cols["known"] = pa.array(known, pa.bool_())
-        pos += new_counts[j]
-        tab = pa.table(cols)
-        atomic_write(os.path.join(out_dir, f"part-{j:06d}.parquet"), lambda f: pq.write_table(tab, f))
-    mpath = os.path.join(out_dir, _MANIFEST)
-    with open(mpath) as f:
-        man = json.load(f)
-    stats = {"new_rows": n_new, "known_rows": total - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
-    man.update(stats, complete=True)
-    atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
-    atomic_write(os.path.join(out_dir, _SUCCESS), lambda f: f.write(b""))
-    shutil.rmtree(work, ignore_errors=True)
+    err = None
+
+    def write(path: str, tab) -> None:
+        atomic_write(path, lambda f: pq.write_table(tab, f))
+
+    try:
+        with ThreadPoolExecutor(2) as writers:  # parts written (and fsynced) while the next is built
+            pending: list = []
+            for j in mine:
+                sem, known, tsuf, ids = _load_work(wpath(j), *rows_of(j))
+                cols = {"item_id": pa.array(ids, pa.int64())}
+                for lvl in range(L):
+                    cols[names[lvl]] = pa.array(sem[:, lvl].astype(np.int32), pa.int32())
+                if with_suffix:
+                    if known.any():
+                        s = np.where(known, np.maximum(tsuf, 0), 0).astype(np.int32)
+                        s[~known] = suffix[pos : pos + new_counts[j]]
+                    else:
+                        s = suffix[pos : pos + new_counts[j]]
+                    suffixed += int((s > 0).sum())
+                    max_suffix = max(max_suffix, int(s.max()) if s.size else 0)
+                    cols["suffix"] = pa.array(s, pa.int32())
+                cols["known"] = pa.array(known, pa.bool_())
+                pos += new_counts[j]
+                pending.append(writers.submit(write, os.path.join(out_dir, f"part-{j:06d}.parquet"), pa.table(cols)))
+                if len(pending) > 2:
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+    except (OSError, ValueError) as e:
+        err = e
+    stats = {"new_rows": n_new, "known_rows": rows_mine - n_new, "suffixed_rows": suffixed, "max_suffix": max_suffix}
+    if on:  # every rank wrote its parts (or every rank raises): then rank 0 marks the run complete
+        facts = comm.agree(err, **stats)
+        stats = {k: (max if k == "max_suffix" else sum)(f[k] for f in facts) for k in stats}
+    elif err is not None:
+        raise err
+    if not on or comm.rank == 0:
+        mpath = os.path.join(out_dir, _MANIFEST)
+        with open(mpath) as f:
+            man = json.load(f)
+        man.update(stats, complete=True)
+        atomic_write(mpath, lambda f: f.write(json.dumps(man, indent=1).encode()))
+        atomic_write(os.path.join(out_dir, _SUCCESS), lambda f: f.write(b""))
+        shutil.rmtree(work, ignore_errors=True)
+    if on:
+        comm.agree(None)  # every rank returns once the run is marked complete
     return stats
 
 

@@ -30,7 +30,7 @@ CASES = [
     (["fit", "trunc.npy", "-o", "out.npz"], "trunc.npy: cannot read"),
     (["fit", "object.npy", "-o", "out.npz"], "object.npy: cannot read"),
     (["fit", "emb.txt", "-o", "out.npz"], "unknown extension '.txt'"),
-    (["fit", "folder", "-o", "out.npz"], "folder: is a folder"),
+    (["fit", "folder", "-o", "out.npz"], "folder: the folder holds no .npy/.npz/.pt/.pth file"),
     (["fit", "good.npz", "--key", "nope", "-o", "out.npz"], "no array 'nope'"),
     (["fit", "good.npy", "--key", "x", "-o", "out.npz"], "--key applies to .npz and .pt"),
     (["fit", "dict.pt", "-o", "out.npz"], "choose one with --key"),
@@ -91,6 +91,25 @@ CASES = [
     (["encode", "sids.npz", "good.npy", "-o", "c.npy", "--in-place"], "apply with --add"),
     (["encode", "sids.npz", "good.npy", "--add", "--table-out", "sids.npz"], "sids.npz is also an input"),
     (["encode", "sids.npz", "good.npy", "--add", "--in-place", "--item-ids", "ids_float.txt"], "must be integers"),
+    # ---- several embedding files (fit) and streamed encode (--out-dir)
+    (["fit", "good.npy", "wide.npy", "-o", "out.npz"], "wide.npy: embeddings have D=5, good.npy has D=8"),
+    (["fit", "nomatch*.npy", "-o", "out.npz"], "nomatch*.npy: the pattern matches no file"),
+    (["encode", "sids.npz", "good.npy", "good.npy", "-o", "c.npy"], "give --out-dir DIR"),
+    (["encode", "sids.npz", "folder", "-o", "c.npy"], "give --out-dir DIR"),
+    (["encode", "sids.npz", "good.npy", "-o", "c.npy", "--chunk-rows", "10"], "--chunk-rows applies with --out-dir"),
+    (["encode", "sids.npz", "good.npy", "--out-dir", "out", "-o", "c.npy"], "-o/--output does not apply with --out-dir"),
+    (["encode", "sids.npz", "good.npy", "--out-dir", "out", "--add"], "--add does not apply with --out-dir"),
+    (["encode", "sids.npz", "good.npy", "--out-dir", "out", "--chunk-rows", "0"], "argument --chunk-rows"),
+    (["encode", "sids.npz", "folder", "--out-dir", "out"], "folder holds no .npy or .parquet file"),
+    (["encode", "sids.npz", "nomatch*.npy", "--out-dir", "out"], "matches no file"),
+    (["encode", "sids.npz", "emb.txt", "--out-dir", "out"], "inputs must be .npy or .parquet files"),
+    (["encode", "sids.npz", "good.npy", "wide.npy", "--out-dir", "out"], "wide.npy: embeddings have D=5, the table expects D=8"),
+    (["encode", "sids.npz", "text.npy", "--out-dir", "out"], "text.npy is not a readable .npy file"),
+    (["encode", "sids.npz", "trunc.npy", "--out-dir", "out"], "trunc.npy is truncated"),
+    (["encode", "sids.npz", "good.npy", "--out-dir", "good.npy"], "is a file, not a folder"),
+    (["encode", "sids.npz", "good.npy", "--out-dir", "nodir/out"], "does not exist"),
+    (["encode", "reassign.npz", "good.npy", "--out-dir", "out"], "this table's rule is 'reassign'"),
+    (["encode", "trunc.npz", "good.npy", "--out-dir", "out"], "trunc.npz: cannot read"),
     # ---- stats
     (["stats", "trunc.npz"], "trunc.npz: cannot read: the file is truncated or corrupt"),
     (["stats", "empty.npz"], "empty.npz: the file is empty"),
@@ -159,6 +178,7 @@ def files(tmp_path_factory):
     (d / "binary.txt").write_bytes(b"\xff\xfe\x00\x81" * 50)
     s = pysid.fit(torch.from_numpy(x), levels=2, codebook_size=8, progress=False)
     s.save(d / "sids.npz")
+    pysid.fit(torch.from_numpy(x), levels=2, codebook_size=8, dedup="reassign", progress=False).save(d / "reassign.npz")
     raw = (d / "sids.npz").read_bytes()
     (d / "trunc.npz").write_bytes(raw[: len(raw) * 2 // 3])
     np.save(d / "codes.npy", np.zeros((2, 2), dtype="int64"))
@@ -235,3 +255,28 @@ def test_debug_shows_the_traceback(files, monkeypatch):
 
     with pytest.raises(CliError, match="not a numpy .npy file"):
         main(["fit", "text.npy", "-o", "out.npz"])
+
+
+def test_encode_out_dir_failure_mid_run_leaves_it_incomplete(files, tmp_path, capsys):
+    """A shard that fails mid-run (NaN rows in its second chunk): one error line, exit 2, and the
+    output folder is marked incomplete (no _SUCCESS, no parts); --force after the fix completes it."""
+    from pysid import stream
+
+    x = np.load(files / "good.npy")
+    x[250, 3] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    out = tmp_path / "out"
+    rc = main(["encode", str(files / "sids.npz"), str(tmp_path / "bad.npy"), "--out-dir", str(out),
+               "--chunk-rows", "200", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bad.npy rows 200..299" in err[0] and "NaN/Inf" in err[0], err
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
+    with pytest.raises(ValueError, match="not complete"):
+        stream.read_output(out)
+    np.save(tmp_path / "bad.npy", np.load(files / "good.npy"))
+    assert main(["encode", str(files / "sids.npz"), str(tmp_path / "bad.npy"), "--out-dir", str(out),
+                 "--chunk-rows", "200", "--quiet"]) == 2  # the input changed: refused without --force
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["encode", str(files / "sids.npz"), str(tmp_path / "bad.npy"), "--out-dir", str(out),
+                 "--chunk-rows", "200", "--quiet", "--force"]) == 0
+    assert stream.read_output(out)["item_id"].size == 300

@@ -97,6 +97,7 @@ _FUNCTION_DEFAULTS = {
     "batch_size": lambda: inspect.signature(pysid.nn.train_rqvae).parameters["batch_size"].default,
     "latent": lambda: inspect.signature(pysid.nn.RQVAE).parameters["latent"].default,
     "topk": lambda: 5,  # min(5, --beam)
+    "chunk_rows": lambda: inspect.signature(pysid.stream.encode_shards).parameters["chunk_rows"].default,
 }
 
 

@@ -282,3 +282,23 @@ def test_other_tables(tmp_path, kind):
         assert "suffix" not in got and res.codes.shape[1] == L
     else:
         np.testing.assert_array_equal(got["suffix"], res.codes[:, L].numpy())
+
+
+def test_cli_encode_out_dir(table, tmp_path, capsys):
+    """`pysid encode SIDS 'in/*.npy' --out-dir DIR`: the parts of encode_shards with first_id = the
+    table's largest id + 1 (rows without ids are new items); the same command again resumes."""
+    from pysid.cli import main
+
+    x = _data(900, 3)
+    _write_npy_shards(tmp_path, x, [300, 100, 500])
+    table.save(tmp_path / "sids.npz")
+    args = ["encode", str(tmp_path / "sids.npz"), str(tmp_path / "in" / "*.npy"), "--out-dir", str(tmp_path / "o"),
+            "--chunk-rows", "128", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "encoded 900 items in 8 parts: 0 known items" in out and "wrote " in out
+    ids = np.arange(900) + int(table.item_ids.max()) + 1
+    _check(tmp_path / "o", table, x, ids)
+    assert main(args) == 0
+    assert "8 of them done by an earlier run" in capsys.readouterr().out
+    _check(tmp_path / "o", table, x, ids)
