@@ -66,10 +66,13 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
   clustered data it is higher but stays correct.
 
-Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel; the
-(row, beam) pairs form the rows of the dot; top-B over (beam, code) pairs via repeated
-min-extraction ordered by (score, beam rank, code); parents are gathered with one-hot
-sums (no scratch memory).  ``fast`` does not apply to beam search.
+Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel, persistent
+programs; the (row, beam) pairs form the rows of the dot (128 pairs per tile on the GPU); top-B
+over (beam, code) pairs via repeated min-extraction ordered by (score, beam rank, code). The
+pairs' residuals live in two scratch slots per program (L2; swapped per level): the dot runs over D
+in BLOCK_D steps, each new residual is its parent's row of the old slot minus the chosen codeword
+(a gather by row index, 16-byte slices); the paths (codes, distances) stay in registers and
+follow their parents by one-hot sums. ``fast`` does not apply to beam search.
 """
 
 from __future__ import annotations
@@ -428,91 +431,131 @@ def _rq_greedy_kernel(
 @triton.jit
 def _rq_beam_kernel(
     x_ptr, cb_ptr, cn_ptr, poff_ptr, kreal_ptr,
-    q_ptr, dist_ptr, code_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr,
     N, D, L, stride_xm, stride_xd,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-    LP: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
 ):
+    """Beam search, exact float32. Persistent programs; a tile is BM rows x BP beams = M (row, beam)
+    pairs, the rows of the dot. The pairs' residuals live in this program's two scratch slots
+    [M, DP] (L2; one read, the other written, swapped per level), never in registers: the score
+    dot runs over D in BD steps (tl.dot ieee: the FMA chain), the new residuals (parent's residual
+    minus the chosen codeword, a gather by row index) and their norms in [BM, BP, BU] slices."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
+    M: tl.constexpr = BM * BP
     pid = tl.program_id(0)
-    rows = pid * BM + tl.arange(0, BM)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    cols = tl.arange(0, DP)
-    cmask = cols < D
+    nprog = tl.num_programs(0)
+    slot_a = scratch_ptr + pid.to(tl.int64) * (2 * M * DP)
+    slot_b = slot_a + M * DP
+    mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
     lidx = tl.arange(0, LP)
     kk = tl.arange(0, BK)
-    xmask = rmask[:, None] & cmask[None, :]
-    x_ptrs = x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xd
-    x = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)
-    # state: residual per beam [BM, BP, DP]; beams sorted by rank; only beam 0 is valid at first
-    r = x[:, None, :] + tl.zeros([BM, BP, DP], dtype=tl.float32)
-    valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
-    pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
-    pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
-    for l in range(L):
-        kbeg = tl.load(poff_ptr + l)
-        kend = tl.load(poff_ptr + l + 1)
-        kreal = tl.load(kreal_ptr + l)
-        rn = tl.sum(r * r, 2)  # [BM, BP]
-        r2 = tl.reshape(r, [BM * BP, DP])
-        sel_s = tl.full([BM, BP], INF, tl.float32)
-        sel_f = tl.full([BM, BP], BIG, tl.int32)
-        for kb in range(kbeg, kend, BK):
-            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [DP, BK]
-            acc = tl.reshape(tl.dot(r2, c, input_precision="ieee"), [BM, BP, BK])
-            cn = tl.load(cn_ptr + kb + kk)
-            code = kb - kbeg + kk  # [BK]
-            s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
-            ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
-            s = tl.where(ok, s, INF)
-            flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
-            new_s = tl.full([BM, BP], INF, tl.float32)
-            new_f = tl.full([BM, BP], BIG, tl.int32)
-            for t in tl.static_range(BEAM):
-                m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
-                fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
-                fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
-                f = tl.minimum(fa, fb)
-                f = tl.where(m < INF, f, BIG)
-                new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
-                new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
-                s = tl.where(flat == f[:, None, None], INF, s)
-                sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
-            sel_s = new_s
-            sel_f = new_f
-        valid = sel_s < INF
-        parent = tl.where(valid, sel_f // kreal, 0)
-        code = tl.where(valid, sel_f % kreal, 0)
-        # gather the parents' residuals and paths (one-hot sums over the old beams)
-        r_new = tl.zeros([BM, BP, DP], dtype=tl.float32)
-        pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
-        pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
-        for b in tl.static_range(BP):
-            hot = (bidx == b)[None, :, None]
-            rb = tl.sum(tl.where(hot, r, 0.0), 1)  # [BM, DP]
-            pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
-            pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
-            take = (parent == b)[:, :, None]
-            r_new = tl.where(take, rb[:, None, :], r_new)
-            pc_new = tl.where(take, pcb[:, None, :], pc_new)
-            pd_new = tl.where(take, pdb[:, None, :], pd_new)
-        cw = tl.load(cb_ptr + (kbeg + code)[:, :, None].to(tl.int64) * DP + cols[None, None, :])  # [BM, BP, DP]
-        r = tl.where(valid[:, :, None], r_new - cw, 0.0)
-        dl = tl.sum(r * r, 2)
-        pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
-        pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
-    # best beam = rank 0
-    hot0 = (bidx == 0)[None, :, None]
-    r0 = tl.sum(tl.where(hot0, r, 0.0), 1)
-    c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
-    d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
-    omask = rmask[:, None] & (lidx < L)[None, :]
-    tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
-    tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
-    tl.store(q_ptr + rows64[:, None] * D + cols[None, :], x - r0, mask=xmask)
+    pm = tl.arange(0, M)
+    dd = tl.arange(0, BD)
+    uu = tl.arange(0, BU)
+    pair = mi[:, None] * BP + bidx[None, :]  # [BM, BP]: the pair's row in a slot
+    for tile in range(pid, tl.cdiv(N, BM), nprog):
+        rows = tile * BM + mi
+        rmask = rows < N
+        rows64 = rows.to(tl.int64)
+        cur = slot_a
+        nxt = slot_b
+        tl.debug_barrier()  # the previous tile's reads of the slots are done
+        # every beam starts at x (only beam 0 is valid); rn = ||r||^2 per pair
+        sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None] & (cu < D)[None, :]
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+            xv3 = xv.to(tl.float32)[:, None, :] + tl.zeros([BM, BP, BU], dtype=tl.float32)
+            tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], xv3)
+            sq += xv3 * xv3
+        rn = tl.sum(sq, 2)  # [BM, BP]
+        tl.debug_barrier()
+        valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
+        pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
+        pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
+        for l in range(L):
+            kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
+            kend = tl.load(poff_ptr + l + 1)
+            kreal = tl.load(kreal_ptr + l)
+            sel_s = tl.full([BM, BP], INF, tl.float32)
+            sel_f = tl.full([BM, BP], BIG, tl.int32)
+            for kb in range(kbeg, kend, BK):
+                acc = tl.zeros([M, BK], dtype=tl.float32)
+                for d0 in range(0, DP, BD):
+                    cols = tl.multiple_of(d0, BD) + dd
+                    a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                    c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+                    acc = tl.dot(a, c, acc, input_precision="ieee")
+                acc = tl.reshape(acc, [BM, BP, BK])
+                cn = tl.load(cn_ptr + kb + kk)
+                code = kb - kbeg + kk  # [BK]
+                s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
+                ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
+                s = tl.where(ok, s, INF)
+                flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
+                new_s = tl.full([BM, BP], INF, tl.float32)
+                new_f = tl.full([BM, BP], BIG, tl.int32)
+                for t in tl.static_range(BEAM):
+                    m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
+                    fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
+                    fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
+                    f = tl.minimum(fa, fb)
+                    f = tl.where(m < INF, f, BIG)
+                    new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
+                    new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
+                    s = tl.where(flat == f[:, None, None], INF, s)
+                    sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
+                sel_s = new_s
+                sel_f = new_f
+            valid = sel_s < INF
+            parent = tl.where(valid, sel_f // kreal, 0)
+            code = tl.where(valid, sel_f % kreal, 0)
+            src = mi[:, None] * BP + parent  # [BM, BP]: the parent's row in the current slot
+            cw = (kbeg + code).to(tl.int64) * DP
+            tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
+            sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+            for u0 in tl.static_range(0, DP, BU):
+                cu = u0 + uu
+                rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :]) - tl.load(
+                    cb_ptr + cw[:, :, None] + cu[None, None, :])
+                rv = tl.where(valid[:, :, None], rv, 0.0)
+                tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv)
+                sq += rv * rv
+            dl = tl.sum(sq, 2)
+            rn = dl
+            # the parents' paths (one-hot sums over the old beams)
+            pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
+            pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
+            for b in tl.static_range(BP):
+                hot = (bidx == b)[None, :, None]
+                pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
+                pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
+                take = (parent == b)[:, :, None]
+                pc_new = tl.where(take, pcb[:, None, :], pc_new)
+                pd_new = tl.where(take, pdb[:, None, :], pd_new)
+            pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
+            pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
+            tl.debug_barrier()  # the new residuals are visible to every thread
+            tmp = cur
+            cur = nxt
+            nxt = tmp
+        # best beam = rank 0
+        hot0 = (bidx == 0)[None, :, None]
+        c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
+        d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
+        omask = rmask[:, None] & (lidx < L)[None, :]
+        tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
+        tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None] & (cu < D)[None, :]
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+            r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
+            tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
 
 
 # --------------------------------------------------------------------------- host side
@@ -668,9 +711,9 @@ def residual_quantize_triton(
         bm, bk = tiles_fast.bm, tiles_fast.bk
     else:
         bp = _next_pow2(beam_width)
-        bm = max(1, (64 if _INTERPRET else 32) // bp)
-        bk = 32 if dp <= 256 else 16
-        nw, ns = 4, 2
+        bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
+        bk = 32
+        nw, ns = (4, 1) if _INTERPRET else (8, 3)
         bm = block_m or bm
         bk = block_k or bk
         nw = num_warps or nw
@@ -694,10 +737,18 @@ def residual_quantize_triton(
     grid = (triton.cdiv(n, bm),)
 
     if beam_width > 1:
-        _rq_beam_kernel[grid](
-            x, cb, cn, poff_t, kreal_t, q, dist, codes,
+        bp = _next_pow2(beam_width)
+        if dev.type == "cuda":  # persistent: one program per SM, its two residual slots in L2
+            nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
+        else:
+            nprog = min(grid[0], 2)
+        scratch = torch.empty((nprog, 2, bm * bp, dp), dtype=torch.float32, device=dev)
+        bd = min(dp, block_d or (dp if _INTERPRET else 16))
+        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // (bm * bp))))
+        _rq_beam_kernel[(nprog,)](
+            x, cb, cn, poff_t, kreal_t, q, dist, codes, scratch,
             n, d, levels, x.stride(0), x.stride(1),
-            BEAM=beam_width, BP=_next_pow2(beam_width), BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels),
+            BEAM=beam_width, BP=bp, BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
             num_warps=nw, num_stages=ns,
         )
         return q, dist, codes
