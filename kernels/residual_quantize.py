@@ -89,6 +89,7 @@ __all__ = ["residual_quantize_triton", "codeword_sqnorms"]
 
 _PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real one
 _MAX_BEAM = 16
+_SCRATCH_BYTES = 160 << 20  # the persistent programs' residual slots: at most this much memory
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -740,6 +741,7 @@ def residual_quantize_triton(
         bp = _next_pow2(beam_width)
         if dev.type == "cuda":  # persistent: one program per SM, its two residual slots in L2
             nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
+            nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * bm * _next_pow2(beam_width) * dp * 4)))
         else:
             nprog = min(grid[0], 2)
         scratch = torch.empty((nprog, 2, bm * bp, dp), dtype=torch.float32, device=dev)
@@ -773,6 +775,7 @@ def residual_quantize_triton(
         # slots (2 x BM x DP x 4 bytes each: 33 MB at D 256) stay in L2
         per_sm = programs_per_sm or 1
         nprog = min(tiles, per_sm * torch.cuda.get_device_properties(dev).multi_processor_count)
+        nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * bm * dp * 4)))  # large D: fewer programs, bounded memory
     else:
         nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
     scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
