@@ -585,12 +585,16 @@ def _greedy_config(dp: int, n: int) -> tuple[_Tiles, _Tiles]:
     pipelined GEMM over D per chunk of BLOCK_K codewords (A from the scratch slot, B from the
     codebook, both by 16-byte cp.async): shared memory num_stages * (BM + BK) * BD * 4 = 48 KB
     whatever D. Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
-    one (tests/test_sm90_compile.py): BD 32 or BU 32 spill on 3.6 (2026-12-04)."""
+    one (tests/test_sm90_compile.py; also at D = 64, 128, 512, 1024): BD 32 or BU 32 make the tf32 pass
+    spill on 3.6, BU < 64 the exact pass at D = 64 (2026-12-04)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
         bm = max(16, min(128, _next_pow2(max(n, 1))))
         t = _Tiles(bm, 64, dp, dp, 4, 1)
         return t, t
-    return _Tiles(128, 128, 16, 16, 8, 3), _Tiles(128, 64, 16, min(dp, 32), 8, 3)
+    # BU grows with D beyond 256 so that the unrolled residual passes keep <= 16 slices (compile time:
+    # D 1024 with BU 16 did not compile within 15 minutes; with BU 64 the tf32 pass spills 44 B on 3.6)
+    return (_Tiles(128, 128, 16, max(16, dp // 16), 8, 3),
+            _Tiles(128, 64, 16, dp if dp <= 64 else max(32, dp // 16), 8, 3))  # exact: BU 16 at D 64 spills
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
@@ -746,7 +750,7 @@ def residual_quantize_triton(
             nprog = min(grid[0], 2)
         scratch = torch.empty((nprog, 2, bm * bp, dp), dtype=torch.float32, device=dev)
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
-        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // (bm * bp))))
+        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // (bm * bp), dp // 16)))
         _rq_beam_kernel[(nprog,)](
             x, cb, cn, poff_t, kreal_t, q, dist, codes, scratch,
             n, d, levels, x.stride(0), x.stride(1),
