@@ -31,17 +31,22 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     n = args.n
-    shapes = [(256, 256, 3), (256, 256, 1), (256, 4096, 1)] if args.device == "cuda" else [(16, 32, 3), (16, 64, 1)]
-    variants = [("default", {}), ("exact", {"fast": False}), ("bm32 bk64 w4", dict(block_m=32, block_k=64, num_warps=4)),
-                ("bm64 bk32 w4", dict(block_m=64, block_k=32, num_warps=4)),
-                ("bm128 bk32 w8 s1", dict(block_m=128, block_k=32, num_warps=8, num_stages=1)),
-                ("bm64 bk64 w4 s1", dict(block_m=64, block_k=64, num_warps=4, num_stages=1)),
-                # sm_90 compile (2026-11-28): the default (8 warps, BK 64) splits each 64-code chunk over
-                # two warpgroups (wgmma n32, row minima across warps); these keep n64 per warpgroup
-                ("bm64 bk64 w4", dict(block_m=64, block_k=64, num_warps=4)),
-                ("bm64 bk128 w8 s1", dict(block_m=64, block_k=128, num_warps=8, num_stages=1)),
-                # BM 32 / 4 warps compiles to mma.sync with ~98 KB shared: two programs fit per SM
-                ("bm32 bk64 w4 2/SM", dict(block_m=32, block_k=64, num_warps=4, programs_per_sm=2))]
+    shapes = ([(256, 256, 3), (64, 256, 3), (256, 1024, 4), (256, 256, 1), (256, 4096, 1)] if args.device == "cuda"
+              else [(16, 32, 3), (16, 64, 1)])
+    # 2026-12-04 (rqkernel): the tf32 pass is a pipelined GEMM over D per chunk of BLOCK_K codewords (BM 128,
+    # 8 warps, BD 16, BU 16, 3 stages, 1 program per SM); the exact / redo pass BK 64, BD 16, BU 32. Variants:
+    # the tiles around that default (BD 32 and BU 32 spill a little on triton 3.6 per the sm_90 compile:
+    # measure whether it matters), and the beam kernel's tiles.
+    variants = [("default", {}), ("exact", {"fast": False}), ("precision fast (no proof)", {"precision": "fast"}),
+                ("bk64", dict(block_k=64)), ("bk256", dict(block_k=256)),
+                ("bd32", dict(block_d=32)), ("bu32", dict(block_u=32)), ("bu64", dict(block_u=64)),
+                ("s2", dict(num_stages=2)), ("s4", dict(num_stages=4)),
+                ("bm64 w4", dict(block_m=64, num_warps=4)), ("2/SM", dict(programs_per_sm=2)),
+                ("exact bk32", {"fast": False, "block_k": 32}), ("exact bk128", {"fast": False, "block_k": 128}),
+                ("exact bd32", {"fast": False, "block_d": 32}),
+                ("beam 5", {"beam": 5}), ("beam 5 bm8", {"beam": 5, "block_m": 8}),
+                ("beam 5 bk64", {"beam": 5, "block_k": 64}), ("beam 5 bd32", {"beam": 5, "block_d": 32}),
+                ("beam 5 w4", {"beam": 5, "num_warps": 4})]
     for d, k, levels in shapes:
         for kind in ("clustered", "gaussian"):
             if kind == "clustered":
@@ -53,15 +58,24 @@ def main() -> None:
             packed = cb.reshape(-1, d).contiguous()
             offs = [i * k for i in range(levels + 1)]
             ref = None
-            for name, kw in variants if (k <= 256 and levels == 3) else variants[:2]:
+            default_ms = float("nan")
+            full = (d == 256 and k == 256 and levels == 3) or args.device != "cuda"
+            for name, kw in variants if full else variants[:3]:
+                kw = dict(kw)
+                beam = kw.pop("beam", 1)
                 try:
-                    f = lambda: residual_quantize_triton(x, packed, offs, 1, quantized=levels > 1, **kw)  # noqa: E731
+                    f = lambda: residual_quantize_triton(x, packed, offs, beam, quantized=levels > 1 or beam > 1,  # noqa: E731
+                                                         **kw)
                     ms = 1e3 * time_fn(f, device=args.device, repeat=10, warmup=1)
                     codes = f()[2]
                     if ref is None:
                         ref = codes
                     row = dict(d=d, k=k, levels=levels, data=kind, variant=name, ms=ms,
                                same_codes_as_default=float((codes == ref).all(1).float().mean()))
+                    if name == "default":
+                        default_ms = ms
+                    if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
+                        row["x_greedy"] = ms / default_ms
                     if name == "default":
                         cnt = torch.zeros(2, dtype=torch.int32, device=args.device)
                         residual_quantize_triton(x, packed, offs, 1, _fallback_counter=cnt)

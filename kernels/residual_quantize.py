@@ -5,16 +5,23 @@ Imports only torch and triton; knows nothing of autograd or of the rest of pysid
 Entry point: :func:`residual_quantize_triton`.
 
 Greedy (``beam_width == 1``): ONE launch for all levels, persistent programs (grid =
-min(#tiles, 2 x #SMs)). Each program takes tiles of ``BLOCK_M`` rows; a tile's residual
-``r`` [BLOCK_M, DP] stays in registers across all levels, and each level also writes it
-(and its tf32 rounding) to the program's own scratch slot, which stays in L2 (<= ~30 MB
-in all): the MMA's A operand is loaded from there (Triton then feeds wgmma from shared
-memory instead of pinning a [BLOCK_M, DP] fragment in registers), and the float32
-re-check / exact passes read it in D-slices. Per level the program streams the
-level's codebook in ``BLOCK_K`` chunks through ``tl.dot`` and keeps the best candidates of
-``score = ||c||^2 - 2 r.c`` (float32), exact ties to the lowest index; then it subtracts
-the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
-path (``fast=False``) runs the same loop with ``input_precision="ieee"``, D-chunked.
+min(#tiles, #SMs)). Each program takes tiles of ``BLOCK_M`` = 128 rows (8 warps: the wgmma
+layout is then [8, 1] warps, so a row's reductions stay inside one warp). A tile's residual lives
+in the program's own scratch slots across all levels (float32, and its tf32 rounding for the MMA;
+2 x 128 x DP x 4 bytes per program, 33 MB in all at D = 256: L2-resident), never whole in
+registers: every pass over it (load x, subtract the chosen codeword, write the quantized rows)
+goes in ``BLOCK_U``-column slices with 16-byte accesses, and also yields the squared norms the
+next level needs. Per level the program streams the level's codebook in ``BLOCK_K`` chunks; per
+chunk a plain pipelined GEMM over D (``BLOCK_D`` steps; both operands by 16-byte cp.async into
+shared memory, async wgmma on the accumulator chain) gives ``r.c``, and the program keeps the
+best candidates of ``score = ||c||^2 - 2 r.c`` (float32), exact ties to the lowest index; then it
+subtracts the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
+path (``fast=False``, and the redo of unproven rows) runs the same loop with
+``input_precision="ieee"``, D-chunked, with its own (smaller) tiles. Shared memory is 48 KB
+(tf32 pass) whatever D; no spills on triton 3.6 or 3.9 (tests/test_sm90_compile.py). Triton
+3.6 waits on a wgmma right before the first use of its result, so the top-4 epilogue of a chunk
+does not overlap the next chunk's MMA inside one program; the next chunk's first operand copies
+are in flight during it.
 
 The canonical score (every backend and path returns its codes bit for bit; C++ kernel,
 CUDA kernel, this module; tests/test_canonical_score.py): ``score_k = fl(cn_k - 2 dot_k)``,
@@ -59,17 +66,20 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
   clustered data it is higher but stays correct.
 
-Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel; the
-(row, beam) pairs form the rows of the dot; top-B over (beam, code) pairs via repeated
-min-extraction ordered by (score, beam rank, code); parents are gathered with one-hot
-sums (no scratch memory).  ``fast`` does not apply to beam search.
+Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel, persistent
+programs; the (row, beam) pairs form the rows of the dot (128 pairs per tile on the GPU); top-B
+over (beam, code) pairs via repeated min-extraction ordered by (score, beam rank, code). The
+pairs' residuals live in two scratch slots per program (L2; swapped per level): the dot runs over D
+in BLOCK_D steps, each new residual is its parent's row of the old slot minus the chosen codeword
+(a gather by row index, 16-byte slices); the paths (codes, distances) stay in registers and
+follow their parents by one-hot sums. ``fast`` does not apply to beam search.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import triton
@@ -79,6 +89,7 @@ __all__ = ["residual_quantize_triton", "codeword_sqnorms"]
 
 _PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real one
 _MAX_BEAM = 16
+_SCRATCH_BYTES = 160 << 20  # the persistent programs' residual slots: at most this much memory
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -92,23 +103,25 @@ def _round_tf32(v):
 
 
 @triton.jit
-def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, D, BM: tl.constexpr, BK: tl.constexpr,
+def _level_exact(sp_ptr, cb_ptr, cn_ptr, kbeg, kend, D, BM: tl.constexpr, BK: tl.constexpr,
                  DP: tl.constexpr, BD: tl.constexpr, FMA_CHAIN: tl.constexpr):
     """Exact float32 argmin over rows kbeg..kend-1 (padded) of the packed codebook: global row index.
 
     The canonical score (module docstring): ``fl(cn_k - 2 dot_k)``, ``dot_k`` one float32
-    FMA chain over d = 0..D-1, exact ties to the lowest index. The residual is read back from
-    this program's scratch tile sp_ptr [BM, DP]. On the GPU ``tl.dot(..., input_precision="ieee")``
+    FMA chain over d = 0..D-1, exact ties to the lowest index. The residual is read from this
+    program's scratch tile sp_ptr [BM, DP] (L2). On the GPU ``tl.dot(..., input_precision="ieee")``
     on float32 lowers to exactly that chain (Triton's FMA dot: ``acc = fma(a[k], b[k], acc)`` for
     k ascending, the accumulator carried across the BD-column slices). ``FMA_CHAIN`` spells the
     chain out with ``tl.fma`` column by column: the interpreter's ``tl.dot`` is
-    ``numpy.matmul(a, b) + acc`` (blocked sums, not a chain), so the interpreter runs this form."""
+    ``numpy.matmul(a, b) + acc`` (blocked sums, not a chain), so the interpreter runs this form.
+    The D-slice loop is kept a loop (``disable_licm``): hoisted, its [BM, BD] / [BD, BK] address
+    tensors would stay live in registers across the chunk loop."""
     kk = tl.arange(0, BK)
     dd = tl.arange(0, BD)
     mm = tl.arange(0, BM)
     bv = tl.full([BM], float("inf"), tl.float32)
     bi = tl.zeros([BM], dtype=tl.int32) + kbeg
-    for kb in range(kbeg, kend, BK):
+    for kb in tl.range(kbeg, kend, BK, disable_licm=True):
         acc = tl.zeros([BM, BK], dtype=tl.float32)
         if FMA_CHAIN:
             for j in range(0, D):
@@ -116,10 +129,10 @@ def _level_exact(sp_ptr, cb_ptr, cn_ptr, zero_ptr, kbeg, kend, D, BM: tl.constex
                 c = tl.load(cb_ptr + (kb + kk) * DP + j)  # [BK]
                 acc = tl.fma(a[:, None], c[None, :], acc)
         else:
-            for d0 in range(0, DP, BD):
-                ddz = d0 + dd + _opaque_zero(zero_ptr)
-                a = tl.load(sp_ptr + mm[:, None] * DP + ddz[None, :])  # [BM, BD]
-                c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + ddz[:, None])  # [BD, BK]
+            for d0 in tl.range(0, DP, BD, disable_licm=True):
+                d0 = tl.multiple_of(d0, BD)
+                a = tl.load(sp_ptr + mm[:, None] * DP + (d0 + dd)[None, :])  # [BM, BD]
+                c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + (d0 + dd)[:, None])  # [BD, BK]
                 acc = tl.dot(a, c, acc, input_precision="ieee")
         cn = tl.load(cn_ptr + kb + kk)
         s = cn[None, :] - 2.0 * acc
@@ -161,50 +174,31 @@ def codeword_sqnorms(c: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _opaque_zero(zero_ptr):
-    """0, read from memory inside the loop that uses it. Offsets built on it are not hoisted
-    out of the loop by the compiler: a hoisted [BM, DP] pointer or offset tensor would stay
-    live in registers for the whole kernel (measured: ~200 extra registers and spills)."""
-    return tl.load(zero_ptr)
-
-
-@triton.jit
-def _to_scratch(sp_ptr, v, zero_ptr, DP: tl.constexpr, BM: tl.constexpr):
-    """Write a [BM, DP] tile to a scratch slot of this program (L2-resident) and make it
-    visible to every thread of the program."""
-    mm = tl.arange(0, BM)
-    cols = tl.arange(0, DP) + _opaque_zero(zero_ptr)
-    tl.debug_barrier()  # earlier reads of the slot are done
-    tl.store(sp_ptr + mm[:, None] * DP + cols[None, :], v)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _cswap(a, ai, b, bi):
     sw = b < a
     return tl.where(sw, b, a), tl.where(sw, bi, ai), tl.where(sw, a, b), tl.where(sw, ai, bi)
 
 
 @triton.jit
-def _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal,
+def _recheck(rs_ptr, cb_ptr, cn_ptr, i0, i1, i2, need, kbeg, kreal,
              BM: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr):
     """Float32 scores ||c||^2 - 2 r.c of candidates i0, i1, i2 (global rows) for the rows in
     `need`; r is read from the scratch slot rs_ptr [BM, DP] in BD-column slices (loads of the
-    other rows are masked off: no traffic)."""
+    other rows are masked off: no traffic). 16-byte loads: every slice starts at a multiple of BD."""
     mm = tl.arange(0, BM)
     dd = tl.arange(0, BD)
     s0 = tl.zeros([BM], dtype=tl.float32)
     s1 = s0
     s2 = s0
     nm = need[:, None]
-    for d0 in range(0, DP, BD):
-        ddz = d0 + dd + _opaque_zero(zero_ptr)
-        rr = tl.load(rs_ptr + mm[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
-        c0 = tl.load(cb_ptr + i0[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+    for d0 in tl.range(0, DP, BD, disable_licm=True):
+        cols = tl.multiple_of(d0, BD) + dd
+        rr = tl.load(rs_ptr + mm[:, None] * DP + cols[None, :], mask=nm, other=0.0)
+        c0 = tl.load(cb_ptr + i0[:, None] * DP + cols[None, :], mask=nm, other=0.0)
         s0 += tl.sum(rr * c0, 1)
-        c1 = tl.load(cb_ptr + i1[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        c1 = tl.load(cb_ptr + i1[:, None] * DP + cols[None, :], mask=nm, other=0.0)
         s1 += tl.sum(rr * c1, 1)
-        c2 = tl.load(cb_ptr + i2[:, None] * DP + ddz[None, :], mask=nm, other=0.0)
+        c2 = tl.load(cb_ptr + i2[:, None] * DP + cols[None, :], mask=nm, other=0.0)
         s2 += tl.sum(rr * c2, 1)
     e0 = tl.where(i0 - kbeg < kreal, tl.load(cn_ptr + i0) - 2.0 * s0, float("inf"))
     e1 = tl.where(i1 - kbeg < kreal, tl.load(cn_ptr + i1) - 2.0 * s1, float("inf"))
@@ -219,24 +213,65 @@ def _better(e, i, be, bi):
 
 
 @triton.jit
-def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, kend, kreal, chimax, clomax, cnmax,
+def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, BK: tl.constexpr, PACK_BITS: tl.constexpr):
+    """Merge one chunk's tf32 scores (acc = r.c [BM, BK], cn = ||c||^2 [BK] of codes kb..kb+BK-1) into
+    the running 4 smallest keys per row (ascending v0..v3, global rows i0..i3). Row reductions only:
+    with the wgmma layout of BLOCK_M = 16 x num_warps rows, a row lives in one warp (a quad)."""
+    INF: tl.constexpr = float("inf")
+    kk = tl.arange(0, BK)
+    s = cn[None, :] - 2.0 * acc
+    # pack the chunk-local index into the low mantissa bits: keys are unique per row
+    key = ((s.to(tl.int32, bitcast=True) & -(1 << PACK_BITS)) | kk[None, :]).to(tl.float32, bitcast=True)
+    m0 = tl.min(key, 1)
+    key = tl.where(key == m0[:, None], INF, key)
+    m1 = tl.min(key, 1)
+    key = tl.where(key == m1[:, None], INF, key)
+    m2 = tl.min(key, 1)
+    key = tl.where(key == m2[:, None], INF, key)
+    m3 = tl.min(key, 1)
+    j0 = kb + (m0.to(tl.int32, bitcast=True) & (BK - 1))
+    j1 = kb + (m1.to(tl.int32, bitcast=True) & (BK - 1))
+    j2 = kb + (m2.to(tl.int32, bitcast=True) & (BK - 1))
+    j3 = kb + (m3.to(tl.int32, bitcast=True) & (BK - 1))
+    # merge two ascending lists of 4, keep the 4 smallest: bitonic min + 4-sorter
+    t = m3 < v0
+    c0 = tl.where(t, m3, v0)
+    d0 = tl.where(t, j3, i0)
+    t = m2 < v1
+    c1 = tl.where(t, m2, v1)
+    d1 = tl.where(t, j2, i1)
+    t = m1 < v2
+    c2 = tl.where(t, m1, v2)
+    d2 = tl.where(t, j1, i2)
+    t = m0 < v3
+    c3 = tl.where(t, m0, v3)
+    d3 = tl.where(t, j0, i3)
+    c0, d0, c2, d2 = _cswap(c0, d0, c2, d2)
+    c1, d1, c3, d3 = _cswap(c1, d1, c3, d3)
+    v0, i0, v1, i1 = _cswap(c0, d0, c1, d1)
+    v2, i2, v3, i3 = _cswap(c2, d2, c3, d3)
+    return v0, v1, v2, v3, i0, i1, i2, i3
+
+
+@triton.jit
+def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
                 gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
                 PACK_BITS: tl.constexpr, PROVE: tl.constexpr):
     """tf32 search keeping the 4 best per row, float32 re-check of the best 3.
 
-    Returns (global row index of the choice, unsure mask)."""
+    sp_ptr: the residual rounded to tf32 [BM, DP] (the MMA's A operand), rs_ptr: the float32
+    residual (re-check); r_n, rlo_n: ||r||, ||r - tf32(r)|| per row. Returns (global row index of
+    the choice, unsure mask).
+
+    Per chunk of BK codewords a plain GEMM over D in BD steps: A and B slices go straight from L2 to
+    shared memory (cp.async, no register staging of a [BM, DP] operand), num_stages deep, and the
+    accumulator chain runs on async wgmma. Shared memory is then num_stages * (BM + BK) * BD * 4
+    bytes: two programs fit per SM, so one program's top-4 epilogue overlaps the other's MMA
+    (Triton 3.6 places a wgmma wait right after a dot whose result the epilogue reads)."""
     kk = tl.arange(0, BK)
+    mm = tl.arange(0, BM)
+    dd = tl.arange(0, BD)
     INF: tl.constexpr = float("inf")
-    rhi = _round_tf32(r)
-    rlo = r - rhi
-    rlo_n = tl.sqrt(tl.sum(rlo * rlo, 1))
-    r_n = tl.sqrt(tl.sum(r * r, 1))
-    # The MMA's A operand is loaded back from the scratch slot: Triton then feeds wgmma from
-    # shared memory; computed in registers it would keep a [BM, DP] fragment live in registers.
-    _to_scratch(sp_ptr, rhi, zero_ptr, DP, BM)
-    _to_scratch(rs_ptr, r, zero_ptr, DP, BM)  # float32 residual: re-check and fallback read it
-    cols = tl.arange(0, DP) + _opaque_zero(zero_ptr)
-    a = tl.load(sp_ptr + tl.arange(0, BM)[:, None] * DP + cols[None, :])
     v0 = tl.full([BM], INF, tl.float32)
     v1 = v0
     v2 = v0
@@ -246,41 +281,16 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
     i2 = i0
     i3 = i0
     for kb in range(kbeg, kend, BK):
-        colk = tl.arange(0, DP) + _opaque_zero(zero_ptr)
-        c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + colk[:, None])  # [DP, BK], tf32-exact
-        acc = tl.dot(a, c, input_precision="tf32")
+        # a plain pipelined GEMM over D: both operands stream into shared memory by cp.async
+        # (16-byte copies, num_stages deep), the accumulator chain runs on async wgmma
+        acc = tl.zeros([BM, BK], dtype=tl.float32)
+        for d0 in range(0, DP, BD):
+            cols = tl.multiple_of(d0, BD) + dd
+            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] tf32-exact residual
+            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] tf32-exact codebook
+            acc = tl.dot(a, c, acc, input_precision="tf32")
         cn = tl.load(cn_ptr + kb + kk)
-        s = cn[None, :] - 2.0 * acc
-        # pack the chunk-local index into the low mantissa bits: keys are unique per row
-        key = ((s.to(tl.int32, bitcast=True) & -(1 << PACK_BITS)) | kk[None, :]).to(tl.float32, bitcast=True)
-        m0 = tl.min(key, 1)
-        key = tl.where(key == m0[:, None], INF, key)
-        m1 = tl.min(key, 1)
-        key = tl.where(key == m1[:, None], INF, key)
-        m2 = tl.min(key, 1)
-        key = tl.where(key == m2[:, None], INF, key)
-        m3 = tl.min(key, 1)
-        j0 = kb + (m0.to(tl.int32, bitcast=True) & (BK - 1))
-        j1 = kb + (m1.to(tl.int32, bitcast=True) & (BK - 1))
-        j2 = kb + (m2.to(tl.int32, bitcast=True) & (BK - 1))
-        j3 = kb + (m3.to(tl.int32, bitcast=True) & (BK - 1))
-        # merge two ascending lists of 4, keep the 4 smallest: bitonic min + 4-sorter
-        t = m3 < v0
-        c0 = tl.where(t, m3, v0)
-        d0 = tl.where(t, j3, i0)
-        t = m2 < v1
-        c1 = tl.where(t, m2, v1)
-        d1 = tl.where(t, j2, i1)
-        t = m1 < v2
-        c2 = tl.where(t, m1, v2)
-        d2 = tl.where(t, j1, i2)
-        t = m0 < v3
-        c3 = tl.where(t, m0, v3)
-        d3 = tl.where(t, j0, i3)
-        c0, d0, c2, d2 = _cswap(c0, d0, c2, d2)
-        c1, d1, c3, d3 = _cswap(c1, d1, c3, d3)
-        v0, i0, v1, i1 = _cswap(c0, d0, c1, d1)
-        v2, i2, v3, i3 = _cswap(c2, d2, c3, d3)
+        v0, v1, v2, v3, i0, i1, i2, i3 = _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, BK, PACK_BITS)
     if PROVE:
         # error bound on every tf32 key (see module docstring)
         err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
@@ -289,7 +299,7 @@ def _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, zero_ptr, kbeg, ken
         # rows whose tf32 winner is provably the float32 winner need no re-check
         need = (v1 - e_bound) <= (v0 + e_bound)
         # float32 re-check of the best three, (score, index) order
-        e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, zero_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
+        e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
         be, bi = _better(e1, i1, e0, i0)
         be, bi = _better(e2, i2, be, bi)
         # The re-check sums D-slices with tl.sum (a tree), the canonical score with one FMA chain:
@@ -317,61 +327,99 @@ def _rq_greedy_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
     q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
-    BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
     STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr,
 ):
     """FAST: tf32 pass; rows it cannot prove at some level are appended to the redo list
     (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the exact pass over the
-    rows of that list only (N is then read from redo_ptr[0])."""
+    rows of that list only (N is then read from redo_ptr[0]).
+
+    The residual lives in this program's scratch slots (L2) across all levels, never whole in
+    registers: slot 1 the float32 residual, slot 0 its tf32 rounding (the MMA's A operand). Every
+    pass over it (load x, subtract the chosen codeword, write the quantized rows) goes in [BM, BU]
+    column slices with 16-byte accesses; the squared norms the next level's error bound needs come
+    out of the same pass."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     sp_ptr = scratch_ptr + pid.to(tl.int64) * (2 * BM * DP)  # this program's slots: [2, BM, DP]
     rs_ptr = sp_ptr + BM * DP  # slot 1: float32 residual (slot 0: its tf32 rounding, the MMA operand)
-    cols = tl.arange(0, DP)
+    mm = tl.arange(0, BM)
+    uu = tl.arange(0, BU)
     n_rows = N
     if REDO:
         n_rows = tl.load(redo_ptr)
     num_tiles = tl.cdiv(n_rows, BM)
     for tile in range(pid, num_tiles, nprog):  # persistent: the scratch slots stay in L2
-        rows = tile * BM + tl.arange(0, BM)
+        rows = tile * BM + mm
         rmask = rows < n_rows
         if REDO:
             rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
-        colz = cols + _opaque_zero(poff_ptr)
-        xmask = rmask[:, None] & (colz < D)[None, :]
-        x_ptrs = x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd
-        r = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)  # residual, registers, all levels
+        tl.debug_barrier()  # the previous tile's reads of the slots are done
+        # ||r||^2 and ||r - tf32(r)||^2 (the fast pass's bound): elementwise over the slices, one
+        # row reduction at the end
+        sq = tl.zeros([BM, BU], dtype=tl.float32)
+        losq = sq
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None] & (cu < D)[None, :]
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+            xv = xv.to(tl.float32)
+            tl.store(rs_ptr + mm[:, None] * DP + cu[None, :], xv)
+            if FAST:
+                hi = _round_tf32(xv)
+                tl.store(sp_ptr + mm[:, None] * DP + cu[None, :], hi)
+                lo = xv - hi
+                sq += xv * xv
+                losq += lo * lo
+        rsq = tl.sum(sq, 1)
+        losq = tl.sum(losq, 1)
+        tl.debug_barrier()  # the slots are visible to every thread of the program
         redo = tl.zeros([BM], dtype=tl.int32)
         for l in range(L):
-            kbeg = tl.load(poff_ptr + l)
+            kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)  # levels are padded to BK codewords
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
             if FAST:
                 chimax = tl.load(stat_ptr + 3 * l)
                 clomax = tl.load(stat_ptr + 3 * l + 1)
                 cnmax = tl.load(stat_ptr + 3 * l + 2)
-                best, unsure = _level_fast(r, sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kbeg, kend, kreal,
-                                           chimax, clomax, cnmax, gamma, gamma_chk, BM, BK, DP, BD, PACK_BITS,
-                                           PROVE)
+                best, unsure = _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
+                                           tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, gamma, gamma_chk,
+                                           BM, BK, DP, BD, PACK_BITS, PROVE)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
             else:
-                _to_scratch(rs_ptr, r, poff_ptr, DP, BM)
-                best = _level_exact(rs_ptr, cb_ptr, cn_ptr, poff_ptr, kbeg, kend, D, BM, BK, DP, BD, FMA_CHAIN)
-            colz = cols + _opaque_zero(poff_ptr)
-            c = tl.load(cb_ptr + best[:, None] * DP + colz[None, :])  # [BM, DP] gather
-            r = r - c
-            tl.store(dist_ptr + rows64 * L + l, tl.sum(r * r, 1), mask=rmask)
+                best = _level_exact(rs_ptr, cb_ptr, cn_ptr, kbeg, kend, D, BM, BK, DP, BD, FMA_CHAIN)
+            tl.debug_barrier()  # every read of the slots (A operand, re-check, exact pass) is done
+            sq = tl.zeros([BM, BU], dtype=tl.float32)
+            losq = sq
+            for u0 in tl.static_range(0, DP, BU):  # r -= c[best], slice by slice
+                cu = u0 + uu
+                rp = rs_ptr + mm[:, None] * DP + cu[None, :]
+                rv = tl.load(rp) - tl.load(cb_ptr + best[:, None] * DP + cu[None, :])
+                tl.store(rp, rv)
+                sq += rv * rv
+                if FAST:
+                    hi = _round_tf32(rv)
+                    tl.store(sp_ptr + mm[:, None] * DP + cu[None, :], hi)
+                    lo = rv - hi
+                    losq += lo * lo
+            rsq = tl.sum(sq, 1)
+            losq = tl.sum(losq, 1)
+            tl.debug_barrier()
+            tl.store(dist_ptr + rows64 * L + l, rsq, mask=rmask)
             tl.store(code_ptr + rows64 * L + l, best - kbeg, mask=rmask)
-        if STORE_Q:  # quantized = x - residual (x reloaded: usually still in L2, keeps registers free)
-            colz = cols + _opaque_zero(poff_ptr)
-            xmask = rmask[:, None] & (colz < D)[None, :]
-            x = tl.load(x_ptr + rows64[:, None] * stride_xm + colz[None, :] * stride_xd, mask=xmask, other=0.0)
-            tl.store(q_ptr + rows64[:, None] * D + colz[None, :], x.to(tl.float32) - r, mask=xmask)
+        if STORE_Q:  # quantized = x - residual (x reloaded: usually still in L2)
+            for u0 in tl.static_range(0, DP, BU):
+                cu = u0 + uu
+                xmask = rmask[:, None] & (cu < D)[None, :]
+                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+                rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
+                tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
             n_redo = tl.sum(redo, 0)
             if n_redo > 0:  # append the unproven rows; the exact pass rewrites all their outputs
@@ -380,97 +428,135 @@ def _rq_greedy_kernel(
                 tl.store(redo_ptr + 1 + pos, rows, mask=redo > 0)
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr + 1, n_redo)
-
-
 # --------------------------------------------------------------------------- beam kernel
 @triton.jit
 def _rq_beam_kernel(
     x_ptr, cb_ptr, cn_ptr, poff_ptr, kreal_ptr,
-    q_ptr, dist_ptr, code_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr,
     N, D, L, stride_xm, stride_xd,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-    LP: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
 ):
+    """Beam search, exact float32. Persistent programs; a tile is BM rows x BP beams = M (row, beam)
+    pairs, the rows of the dot. The pairs' residuals live in this program's two scratch slots
+    [M, DP] (L2; one read, the other written, swapped per level), never in registers: the score
+    dot runs over D in BD steps (tl.dot ieee: the FMA chain), the new residuals (parent's residual
+    minus the chosen codeword, a gather by row index) and their norms in [BM, BP, BU] slices."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
+    M: tl.constexpr = BM * BP
     pid = tl.program_id(0)
-    rows = pid * BM + tl.arange(0, BM)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
-    cols = tl.arange(0, DP)
-    cmask = cols < D
+    nprog = tl.num_programs(0)
+    slot_a = scratch_ptr + pid.to(tl.int64) * (2 * M * DP)
+    slot_b = slot_a + M * DP
+    mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
     lidx = tl.arange(0, LP)
     kk = tl.arange(0, BK)
-    xmask = rmask[:, None] & cmask[None, :]
-    x_ptrs = x_ptr + rows64[:, None] * stride_xm + cols[None, :] * stride_xd
-    x = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)
-    # state: residual per beam [BM, BP, DP]; beams sorted by rank; only beam 0 is valid at first
-    r = x[:, None, :] + tl.zeros([BM, BP, DP], dtype=tl.float32)
-    valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
-    pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
-    pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
-    for l in range(L):
-        kbeg = tl.load(poff_ptr + l)
-        kend = tl.load(poff_ptr + l + 1)
-        kreal = tl.load(kreal_ptr + l)
-        rn = tl.sum(r * r, 2)  # [BM, BP]
-        r2 = tl.reshape(r, [BM * BP, DP])
-        sel_s = tl.full([BM, BP], INF, tl.float32)
-        sel_f = tl.full([BM, BP], BIG, tl.int32)
-        for kb in range(kbeg, kend, BK):
-            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [DP, BK]
-            acc = tl.reshape(tl.dot(r2, c, input_precision="ieee"), [BM, BP, BK])
-            cn = tl.load(cn_ptr + kb + kk)
-            code = kb - kbeg + kk  # [BK]
-            s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
-            ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
-            s = tl.where(ok, s, INF)
-            flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
-            new_s = tl.full([BM, BP], INF, tl.float32)
-            new_f = tl.full([BM, BP], BIG, tl.int32)
-            for t in tl.static_range(BEAM):
-                m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
-                fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
-                fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
-                f = tl.minimum(fa, fb)
-                f = tl.where(m < INF, f, BIG)
-                new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
-                new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
-                s = tl.where(flat == f[:, None, None], INF, s)
-                sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
-            sel_s = new_s
-            sel_f = new_f
-        valid = sel_s < INF
-        parent = tl.where(valid, sel_f // kreal, 0)
-        code = tl.where(valid, sel_f % kreal, 0)
-        # gather the parents' residuals and paths (one-hot sums over the old beams)
-        r_new = tl.zeros([BM, BP, DP], dtype=tl.float32)
-        pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
-        pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
-        for b in tl.static_range(BP):
-            hot = (bidx == b)[None, :, None]
-            rb = tl.sum(tl.where(hot, r, 0.0), 1)  # [BM, DP]
-            pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
-            pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
-            take = (parent == b)[:, :, None]
-            r_new = tl.where(take, rb[:, None, :], r_new)
-            pc_new = tl.where(take, pcb[:, None, :], pc_new)
-            pd_new = tl.where(take, pdb[:, None, :], pd_new)
-        cw = tl.load(cb_ptr + (kbeg + code)[:, :, None].to(tl.int64) * DP + cols[None, None, :])  # [BM, BP, DP]
-        r = tl.where(valid[:, :, None], r_new - cw, 0.0)
-        dl = tl.sum(r * r, 2)
-        pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
-        pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
-    # best beam = rank 0
-    hot0 = (bidx == 0)[None, :, None]
-    r0 = tl.sum(tl.where(hot0, r, 0.0), 1)
-    c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
-    d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
-    omask = rmask[:, None] & (lidx < L)[None, :]
-    tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
-    tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
-    tl.store(q_ptr + rows64[:, None] * D + cols[None, :], x - r0, mask=xmask)
+    pm = tl.arange(0, M)
+    dd = tl.arange(0, BD)
+    uu = tl.arange(0, BU)
+    pair = mi[:, None] * BP + bidx[None, :]  # [BM, BP]: the pair's row in a slot
+    for tile in range(pid, tl.cdiv(N, BM), nprog):
+        rows = tile * BM + mi
+        rmask = rows < N
+        rows64 = rows.to(tl.int64)
+        cur = slot_a
+        nxt = slot_b
+        tl.debug_barrier()  # the previous tile's reads of the slots are done
+        # every beam starts at x (only beam 0 is valid); rn = ||r||^2 per pair
+        sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None] & (cu < D)[None, :]
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+            xv3 = xv.to(tl.float32)[:, None, :] + tl.zeros([BM, BP, BU], dtype=tl.float32)
+            tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], xv3)
+            sq += xv3 * xv3
+        rn = tl.sum(sq, 2)  # [BM, BP]
+        tl.debug_barrier()
+        valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
+        pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
+        pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
+        for l in range(L):
+            kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
+            kend = tl.load(poff_ptr + l + 1)
+            kreal = tl.load(kreal_ptr + l)
+            sel_s = tl.full([BM, BP], INF, tl.float32)
+            sel_f = tl.full([BM, BP], BIG, tl.int32)
+            for kb in range(kbeg, kend, BK):
+                acc = tl.zeros([M, BK], dtype=tl.float32)
+                for d0 in range(0, DP, BD):
+                    cols = tl.multiple_of(d0, BD) + dd
+                    a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                    c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+                    acc = tl.dot(a, c, acc, input_precision="ieee")
+                acc = tl.reshape(acc, [BM, BP, BK])
+                cn = tl.load(cn_ptr + kb + kk)
+                code = kb - kbeg + kk  # [BK]
+                s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
+                ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
+                s = tl.where(ok, s, INF)
+                flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
+                new_s = tl.full([BM, BP], INF, tl.float32)
+                new_f = tl.full([BM, BP], BIG, tl.int32)
+                for t in tl.static_range(BEAM):
+                    m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
+                    fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
+                    fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
+                    f = tl.minimum(fa, fb)
+                    f = tl.where(m < INF, f, BIG)
+                    new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
+                    new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
+                    s = tl.where(flat == f[:, None, None], INF, s)
+                    sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
+                sel_s = new_s
+                sel_f = new_f
+            valid = sel_s < INF
+            parent = tl.where(valid, sel_f // kreal, 0)
+            code = tl.where(valid, sel_f % kreal, 0)
+            src = mi[:, None] * BP + parent  # [BM, BP]: the parent's row in the current slot
+            cw = (kbeg + code).to(tl.int64) * DP
+            tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
+            sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+            for u0 in tl.static_range(0, DP, BU):
+                cu = u0 + uu
+                rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :]) - tl.load(
+                    cb_ptr + cw[:, :, None] + cu[None, None, :])
+                rv = tl.where(valid[:, :, None], rv, 0.0)
+                tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv)
+                sq += rv * rv
+            dl = tl.sum(sq, 2)
+            rn = dl
+            # the parents' paths (one-hot sums over the old beams)
+            pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
+            pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
+            for b in tl.static_range(BP):
+                hot = (bidx == b)[None, :, None]
+                pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
+                pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
+                take = (parent == b)[:, :, None]
+                pc_new = tl.where(take, pcb[:, None, :], pc_new)
+                pd_new = tl.where(take, pdb[:, None, :], pd_new)
+            pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
+            pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
+            tl.debug_barrier()  # the new residuals are visible to every thread
+            tmp = cur
+            cur = nxt
+            nxt = tmp
+        # best beam = rank 0
+        hot0 = (bidx == 0)[None, :, None]
+        c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
+        d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
+        omask = rmask[:, None] & (lidx < L)[None, :]
+        tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
+        tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None] & (cu < D)[None, :]
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+            r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
+            tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
 
 
 # --------------------------------------------------------------------------- host side
@@ -478,24 +564,37 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
-def _greedy_config(dp: int, n: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_K, num_warps, num_stages) for the greedy kernel.
+class _Tiles(NamedTuple):
+    """One launch's tiles: rows per program, codewords per chunk, D-step of the MMA / re-check /
+    exact FMA dot, D-slice of the passes over the residual, warps, pipeline stages."""
 
-    Shared memory (fast path) = BLOCK_M*DP*4 (the MMA's A operand) + num_stages *
-    BLOCK_K*DP*4 (codebook chunks) must stay under ~227 KB on sm_90; each codebook byte
-    brought on chip is reused BLOCK_M times (L2 traffic per level = N/BLOCK_M * K*D*4).
-    Register use checked by compiling for sm_90 (ptxas -v), see the report."""
-    if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles
-        return (max(16, min(128, _next_pow2(max(n, 1)))), 64, 4, 1)
-    if dp <= 64:
-        return (128, 64, 8, 3)   # smem 80 KB
-    if dp <= 128:
-        return (64, 64, 8, 3)    # 128 KB
-    if dp <= 256:
-        return (64, 64, 8, 2)    # 192 KB
-    if dp <= 512:
-        return (32, 32, 4, 2)    # 192 KB
-    return (16, 16, 4, 2)        # dp <= 1024: 192 KB; larger dp runs the exact path
+    bm: int
+    bk: int
+    bd: int
+    bu: int
+    nw: int
+    ns: int
+
+
+def _greedy_config(dp: int, n: int) -> tuple[_Tiles, _Tiles]:
+    """Tiles of the greedy kernel's tf32 pass and of its exact pass (fast=False, and the redo of
+    unproven rows); the same BLOCK_M (the scratch slots).
+
+    BLOCK_M = 128 with 8 warps: the wgmma layout is [8, 1] warps (m64 per warpgroup, n = BLOCK_K), so
+    each row's reductions stay inside one warp (GPU-NOTES.md, 2026-12-04). The tf32 pass is a plain
+    pipelined GEMM over D per chunk of BLOCK_K codewords (A from the scratch slot, B from the
+    codebook, both by 16-byte cp.async): shared memory num_stages * (BM + BK) * BD * 4 = 48 KB
+    whatever D. Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
+    one (tests/test_sm90_compile.py; also at D = 64, 128, 512, 1024): BD 32 or BU 32 make the tf32 pass
+    spill on 3.6, BU < 64 the exact pass at D = 64 (2026-12-04)."""
+    if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
+        bm = max(16, min(128, _next_pow2(max(n, 1))))
+        t = _Tiles(bm, 64, dp, dp, 4, 1)
+        return t, t
+    # BU grows with D beyond 256 so that the unrolled residual passes keep <= 16 slices (compile time:
+    # D 1024 with BU 16 did not compile within 15 minutes; with BU 64 the tf32 pass spills 44 B on 3.6)
+    return (_Tiles(128, 128, 16, max(16, dp // 16), 8, 3),
+            _Tiles(128, 64, 16, dp if dp <= 64 else max(32, dp // 16), 8, 3))  # exact: BU 16 at D 64 spills
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
@@ -517,6 +616,7 @@ def residual_quantize_triton(
     num_warps: int | None = None,
     num_stages: int | None = None,
     block_d: int | None = None,
+    block_u: int | None = None,
     programs_per_sm: int | None = None,
     _fallback_counter: torch.Tensor | None = None,
     quantized: bool = True,
@@ -540,10 +640,12 @@ def residual_quantize_triton(
             ``"fast"``: greedy with ``fast=True`` only: the tf32 pass's choice without the proof
             (no re-check, no redo launch); codes may differ from float32 on near-ties (about
             0.1 % of rows on random data). torch's global tf32 flags never change either.
-        block_m, block_k, num_warps, num_stages, block_d: override the tile heuristic (tuning;
-            block_d: D-slice of the float32 re-check / exact passes).
-        programs_per_sm: greedy, CUDA: persistent programs per SM of the tf32 pass (tuning;
-            default from the tiles' shared memory: 1 or 2).
+        block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
+            (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
+            D-step of the MMA, the float32 re-check and the exact pass; block_u: D-slice of the
+            passes over the residual).
+        programs_per_sm: greedy, CUDA: persistent programs per SM (tuning; default 1: ~200
+            registers per thread x 256 threads).
         _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the tf32 pass could
             not prove, #rows re-encoded by the exact pass) - for tests and tuning.
         quantized: greedy only: False skips writing the quantized rows (k-means assignment);
@@ -597,18 +699,30 @@ def residual_quantize_triton(
     ks = [b - a for a, b in zip(offsets, offsets[1:])]
 
     if beam_width == 1:
-        bm, bk, nw, ns = _greedy_config(dp, n)
-        if dp > 1024 and not _INTERPRET:
-            fast = False  # the tf32 path's shared-memory tiles do not fit; exact path instead
+        tiles_fast, tiles_exact = _greedy_config(dp, n)
+
+        def _override(t: _Tiles) -> _Tiles:
+            return _Tiles(block_m or t.bm, block_k or t.bk, min(dp, block_d or t.bd), min(dp, block_u or t.bu),
+                          num_warps or t.nw, num_stages or t.ns)
+
+        if fast:  # the overrides tune the tf32 pass; the exact (redo) pass keeps its tiles (its FMA
+            # dot holds both operand slices in registers) with the same BLOCK_M (the scratch slots)
+            # and a BLOCK_K that divides the codebook padding
+            tiles_fast = _override(tiles_fast)
+            tiles_exact = tiles_exact._replace(bm=tiles_fast.bm, bk=min(tiles_exact.bk, tiles_fast.bk),
+                                               bd=min(dp, block_d or tiles_exact.bd))
+        else:
+            tiles_exact = tiles_fast = _override(tiles_exact)
+        bm, bk = tiles_fast.bm, tiles_fast.bk
     else:
         bp = _next_pow2(beam_width)
-        bm = max(1, (64 if _INTERPRET else 32) // bp)
-        bk = 32 if dp <= 256 else 16
-        nw, ns = 4, 2
-    bm = block_m or bm
-    bk = block_k or bk
-    nw = num_warps or nw
-    ns = num_stages or ns
+        bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
+        bk = 32
+        nw, ns = (4, 1) if _INTERPRET else (8, 3)
+        bm = block_m or bm
+        bk = block_k or bk
+        nw = num_warps or nw
+        ns = num_stages or ns
 
     # codebook padded per level to a multiple of BLOCK_K rows and to DP columns (no masks
     # in the kernel); padding rows get ||c||^2 = 3e38 so they never win.
@@ -628,10 +742,19 @@ def residual_quantize_triton(
     grid = (triton.cdiv(n, bm),)
 
     if beam_width > 1:
-        _rq_beam_kernel[grid](
-            x, cb, cn, poff_t, kreal_t, q, dist, codes,
+        bp = _next_pow2(beam_width)
+        if dev.type == "cuda":  # persistent: one program per SM, its two residual slots in L2
+            nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
+            nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * bm * _next_pow2(beam_width) * dp * 4)))
+        else:
+            nprog = min(grid[0], 2)
+        scratch = torch.empty((nprog, 2, bm * bp, dp), dtype=torch.float32, device=dev)
+        bd = min(dp, block_d or (dp if _INTERPRET else 16))
+        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // (bm * bp), dp // 16)))
+        _rq_beam_kernel[(nprog,)](
+            x, cb, cn, poff_t, kreal_t, q, dist, codes, scratch,
             n, d, levels, x.stride(0), x.stride(1),
-            BEAM=beam_width, BP=_next_pow2(beam_width), BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels),
+            BEAM=beam_width, BP=bp, BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
             num_warps=nw, num_stages=ns,
         )
         return q, dist, codes
@@ -652,27 +775,28 @@ def residual_quantize_triton(
     redo = torch.zeros((n + 1 if fast else 1,), dtype=torch.int32, device=dev)
     tiles = triton.cdiv(n, bm)
     if dev.type == "cuda":
-        smem = (bm * dp + ns * bk * dp) * 4 if fast else 0  # fast path's A operand + codebook stages
-        per_sm = programs_per_sm or (1 if smem > 110 * 1024 else 2)  # programs resident per SM
-        nprog = min(tiles, per_sm * torch.cuda.get_device_properties(dev).multi_processor_count)  # scratch in L2
-        nprog_redo = min(tiles, 2 * torch.cuda.get_device_properties(dev).multi_processor_count)
+        # persistent programs: one per SM by default (~200 registers x 256 threads), so the scratch
+        # slots (2 x BM x DP x 4 bytes each: 33 MB at D 256) stay in L2
+        per_sm = programs_per_sm or 1
+        nprog = min(tiles, per_sm * torch.cuda.get_device_properties(dev).multi_processor_count)
+        nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * bm * dp * 4)))  # large D: fewer programs, bounded memory
     else:
-        nprog = nprog_redo = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
-    scratch = torch.empty((max(nprog, nprog_redo), 2, bm, dp), dtype=torch.float32, device=dev)
+        nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
+    scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
     # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
     gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
     # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
     gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
     fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
     prove = precision == "exact"
-    bd = min(dp, block_d or (16 if not _INTERPRET else dp))
-    for redo_pass in (False, True) if fast and prove else (False,):
+    for exact_pass in ((False, True) if prove else (False,)) if fast else (True,):
         # the exact pass over the listed rows needs no host sync: its programs read the count
-        _rq_greedy_kernel[(nprog_redo if redo_pass else nprog,)](
+        t = tiles_exact if exact_pass else tiles_fast
+        _rq_greedy_kernel[(nprog,)](
             x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, redo, counter,
             n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
-            BM=bm, BK=bk, DP=dp, BD=bd, FAST=bool(fast) and not redo_pass, REDO=redo_pass,
-            PACK_BITS=int(math.log2(bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            FMA_CHAIN=bool(fma_chain), PROVE=prove, num_warps=nw, num_stages=ns,
+            BM=t.bm, BK=t.bk, DP=dp, BD=t.bd, BU=t.bu, FAST=not exact_pass, REDO=exact_pass and bool(fast),
+            PACK_BITS=int(math.log2(t.bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, num_warps=t.nw, num_stages=t.ns,
         )
     return q, dist, codes

@@ -121,6 +121,7 @@ for job in json.loads(sys.argv[1]):
         sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
     rec = dict(name=job.get("name", job["kernel"]), triton=triton.__version__, **sm90.parse_ptxas(pv.stdout + pv.stderr))
     rec.update(sm90.parse_res_usage(res))
+    rec["shared"] = int(getattr(kernel.metadata, "shared", 0) or 0)  # bytes of shared memory per program (dynamic)
     rec["sass"] = sm90.sass_counts(sass)
     out.append(rec)
 print(json.dumps(out))
@@ -130,7 +131,7 @@ print(json.dumps(out))
 def sm90_compile(jobs: list[dict], python: str | None = None) -> list[dict] | None:
     """Compile Triton kernels for sm_90 with ``python`` (default: this interpreter); one record per
     job: regs, stack, spill_stores, spill_loads (ptxas -v), reg_res, stack_res, local_res,
-    shared_res (cuobjdump -res-usage), sass ({form: count}); None where no ptxas/cuobjdump.
+    shared_res (cuobjdump -res-usage), shared (Triton's shared memory per program), sass ({form: count}); None where no ptxas/cuobjdump.
 
     A job: module (file path), kernel (name), signature ({arg: type} without constexprs),
     constexprs ({name: value}), num_warps, optional num_stages, name, divisible (int args known

@@ -252,6 +252,32 @@ def test_every_triton_path_returns_the_canonical_codes(p):
 
 
 @needs_triton
+@pytest.mark.parametrize("tiles", [dict(block_m=16, block_k=16, block_d=16, block_u=16),
+                                   dict(block_m=32, block_k=32, block_d=16, block_u=32)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed):
+    """The interpreter's default tiles cover D in one step; the GPU's do not: the tf32 GEMM over
+    D in BLOCK_D steps, the re-check and the exact pass in BLOCK_D slices, the residual passes in
+    BLOCK_U slices, several codeword chunks and tiles (persistent programs). Every path returns
+    the canonical codes with those tiles, and the redone rows are the exact pass's bit for bit."""
+    x, cbs = nasty_problem(seed, 40, 40 + seed, [64, 33], [1.0, 37.0][seed])
+    want = canonical_codes(x, cbs)
+    exact = triton_run(x, cbs, fast=False, **tiles)
+    assert torch.equal(exact[2], want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, **tiles)
+    assert torch.equal(fast[2], want)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True, **tiles)
+    assert torch.equal(redo[2], want)
+    for out in (exact, fast, redo):
+        check_greedy(x, cbs, out)
+    nz = x.norm(dim=1) > 0
+    exact_default_tiles = triton_run(x, cbs, fast=False, block_m=tiles["block_m"])
+    for a, b in zip(redo, exact_default_tiles):  # the redo pass runs the exact pass's own tiles
+        assert torch.equal(a[nz], b[nz])
+
+
+@needs_triton
 def test_fast_path_sends_re_check_ties_to_the_exact_pass():
     """Rows whose best candidates tie within the re-check's distance to the canonical score (here:
     duplicated codewords, an exact tie) are not decided by the tree-summed re-check: the exact

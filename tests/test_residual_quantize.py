@@ -219,6 +219,29 @@ def test_triton_beam_matches_reference(p, beam):
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("beam,tiles", [(3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),
+                                        (5, dict(block_m=4, block_k=32, block_d=16, block_u=32)),
+                                        (16, dict(block_m=1, block_k=16, block_d=32, block_u=16))])
+def test_triton_beam_gpu_tiles_match_reference(beam, tiles):
+    """The beam kernel with GPU-shaped tiles (the interpreter's default covers D in one step): the
+    score dot over D in BLOCK_D steps, the parents' residuals gathered in BLOCK_U slices from the
+    scratch slots (swapped per level), several tiles per persistent program, partial last tile."""
+    from pysid.kernels.residual_quantize import residual_quantize_triton
+
+    dev = TRITON[0]
+    x, cbs = make_problem(21 + beam, 13, 40, [40, 17, 33], device=dev)
+    packed = torch.cat(cbs).contiguous()
+    off = [0, 40, 57, 90]
+    out = pysid.ResidualQuantizeOutput(*residual_quantize_triton(x, packed, off, beam, **tiles))
+    check_consistent(x, cbs, out)
+    ref = residual_quantize_ref(x.double().cpu(), [c.cpu() for c in cbs], beam)
+    scale = (x.double().cpu() ** 2).sum(1) + 1.0
+    assert ((out.distances[:, -1].double().cpu() - ref[1][:, -1]).abs() <= 1e-4 * scale).all()
+    default = residual_quantize_triton(x, packed, off, beam)
+    assert (out.codes == default[2]).float().mean() > 0.9  # the same search (rounding may flip a near-tie)
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
 def test_triton_fast_path_redoes_unproven_rows_exactly():
     """Rows the tf32 pass cannot prove are re-encoded by the exact pass, every level.
 

@@ -30,12 +30,12 @@ def kernel_jobs() -> list[dict]:
                   "kreal_ptr": "*i32", "stat_ptr": F32, "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
                   "scratch_ptr": F32, "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32, "D": I32, "L": I32,
                   "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
-    # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: (64, 64, 8, 2)
-    greedy = dict(BM=64, BK=64, DP=256, BD=16, PACK_BITS=6, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False,
-                  PROVE=True)
+    # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: tf32 pass (BM 128, BK 128, BD 16, BU 16,
+    # 8 warps, 3 stages), exact pass (BM 128, BK 64, BD 16, BU 32, 8 warps, 3 stages)
+    greedy = dict(BM=128, DP=256, BD=16, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False, PROVE=True)
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
-                "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32", "N": I32, "D": I32, "L": I32,
-                "stride_xm": I32, "stride_xd": I32}
+                "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32", "scratch_ptr": F32, "N": I32, "D": I32,
+                "L": I32, "stride_xm": I32, "stride_xd": I32}
     km = _mod("kmeans.py")
     chunk_sig = {"x_ptr": F32, "w_ptr": F32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
                  "psum_ptr": F32, "pcnt_ptr": F32, "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32,
@@ -56,11 +56,11 @@ def kernel_jobs() -> list[dict]:
     div = ["D", "stride_xm"]
     return [
         dict(name="rq_greedy_fast", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
-             constexprs=dict(greedy, FAST=True, REDO=False), num_warps=8, num_stages=2),
+             constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False), num_warps=8, num_stages=3),
         dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
-             constexprs=dict(greedy, FAST=False, REDO=True), num_warps=8, num_stages=2),
+             constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True), num_warps=8, num_stages=3),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(BEAM=5, BP=8, BM=4, BK=32, DP=256, LP=4), num_warps=4, num_stages=2),
+             constexprs=dict(BEAM=5, BP=8, BM=16, BK=32, DP=256, LP=4, BD=16, BU=32), num_warps=8, num_stages=3),
         dict(name="rq_sqnorm", module=rq, kernel="_sqnorm_kernel", signature={"c_ptr": F32, "out_ptr": F32, "K": I32,
              "D": I32}, divisible=["D"], constexprs=dict(BLOCK=128), num_warps=4),
         # kernels/kmeans.kmeans_update_triton's choice on CUDA: 16 tile elements per thread
@@ -89,7 +89,10 @@ VERSIONS_ALL = {"installed", "triton36"}
 
 # What each kernel must show in its SASS (besides: no spill bytes, STACK == 0).
 EXPECT_SASS = {
-    "rq_greedy_fast": {"wgmma": 1, "ldgsts128": 1},  # tf32 wgmma; 16-byte codebook copies
+    "rq_greedy_fast": {"wgmma": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},  # tf32 wgmma; 16-byte cp.async of
+    # both GEMM operands; 16-byte residual passes (x in, scratch, codeword gather, quantized out)
+    "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
+    "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "kmeans_update_chunk": {"ldg128": 1},             # gathered rows as 16-byte loads
     "kmeans_update_chunk_d128": {"ldg128": 1},
     "kmeanspp_t8": {"ldg128": 1},                     # x rows and the [D, TP] candidates as 16-byte loads
@@ -97,16 +100,18 @@ EXPECT_SASS = {
     "kpp_commit": {"ldg128": 1, "stg128": 1},         # mind, weights, partials; mind and prefix sums stored 16 B
 }
 
+# Forms a kernel must not show: 4-byte cp.async of an operand that is 16-byte aligned (the _opaque_zero
+# regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
+FORBID_SASS = {"rq_greedy_fast": ("ldgsts32",), "rq_greedy_redo": ("ldgsts32",)}
+
 # Today's known gaps (kernel -> triton versions), measured here 2026-12-04 (ptxas -v, spill stores / loads
 # in bytes per thread; see ../shared/GPU-NOTES.md): the fix is issue 15's kernel work.
-#   rq_greedy_fast  3.9: 3428 / 3848, 3.6: 3792 / 4572 (main before the canonical re-check: 2728 / 2996, 3008 / 3844)
-#   rq_greedy_redo  3.9:  256 /  260, 3.6:  500 /  500 (unchanged)
-#   rq_beam5        3.9: 1384 / 1012, 3.6:  444 /  240
-# (kmeans_update_chunk spilled 4 / 4 on 3.6 at BLOCK_R 32 until 2026-12-04: now BLOCK_R 16, 40 registers)
-KNOWN_SPILLS = {"rq_greedy_fast": VERSIONS_ALL, "rq_greedy_redo": VERSIONS_ALL, "rq_beam5": VERSIONS_ALL}
-# rq_greedy_fast: _opaque_zero makes every codebook copy a 4-byte cp.async (LDGSTS.E, 128 of them), no
-# 16-byte form
-KNOWN_SASS_GAPS = {"rq_greedy_fast": VERSIONS_ALL}
+#   (rq_greedy_fast was 3.9: 3428 / 3848, 3.6: 3792 / 4572; rq_greedy_redo 3.9: 256 / 260, 3.6: 500 / 500;
+#   both 0 since the residual lives in the scratch slots and the tf32 pass is a pipelined GEMM over D)
+#   (rq_beam5 was 3.9: 1384 / 1012, 3.6: 444 / 240; 0 since the beams' residuals live in scratch slots)
+#   (kmeans_update_chunk spilled 4 / 4 on 3.6 at BLOCK_R 32 until 2026-12-04: now BLOCK_R 16, 40 registers)
+KNOWN_SPILLS: dict = {}
+KNOWN_SASS_GAPS: dict = {}
 
 
 _CACHE: dict = {}
@@ -160,7 +165,16 @@ def test_expected_sass_forms(which, name):
     r = _get(which, name)
     for form, least in EXPECT_SASS.get(name, {}).items():
         assert r["sass"][form] >= least, (form, r)
+    for form in FORBID_SASS.get(name, ()):
+        assert r["sass"][form] == 0, (form, r)
     assert r["sass"]["ldl"] == 0 and r["sass"]["stl"] == 0 or which in KNOWN_SPILLS.get(name, ()), r
+
+
+@pytest.mark.parametrize("which,name", [(v, n) for v in VERSIONS for n in NAMES])
+def test_fits_in_shared_memory(which, name):
+    """Triton's shared memory per program within sm_90's 227 KB (a launch would fail otherwise)."""
+    r = _get(which, name)
+    assert r["shared"] <= 227 * 1024, r
 
 
 def test_cuda_kernel_compiles_without_spills():
