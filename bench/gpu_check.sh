@@ -15,6 +15,10 @@
 # Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
 # Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
+# The full list does not fit one call: the second call (fresh machine or warm, ~420 s) is
+#   BUDGET_S=470 bench/gpu_check.sh OUTDIR2 "build bench_kmeans rq_sweep profile"
+# (bench_kmeans: fused seeding rows and tile sweep, update tiles, Lloyd exact vs fast; rq_sweep: the
+# Hopper-shaped rq tiles, beam 5 against greedy, unsure / redone row counts per shape).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
 STAGES=${2:-"build ceilings side_by_side tests profile_gmma"}
@@ -67,14 +71,16 @@ has side_by_side && stage side_by_side "${SBS_TIMEOUT:-200}" $PY bench/gpu_side_
   ${SBS_ARGS:-}
 # the files with GPU tests (the sm_90 compile checks are CPU-side: CI runs them)
 GPU_TESTS="tests/test_residual_quantize.py tests/test_canonical_score.py tests/test_kmeans.py
-  tests/test_kmeans_triton_kernels.py tests/test_beam_search.py"
+  tests/test_kmeans_triton_kernels.py tests/test_beam_search.py tests/test_precision.py"
 has tests && stage tests "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -n 8 ${TEST_ARGS:-$GPU_TESTS}
 if has profile_gmma; then  # Hopper's wgmma is invisible to the HMMA counters: read the gmma ones
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  GMMA="gpu__time_duration.sum,sm__inst_executed_pipe_tensor_op_gmma.sum,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,lts__t_sector_hit_rate.pct,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+  GMMA="gpu__time_duration.sum,sm__inst_executed_pipe_tensor_op_gmma.sum,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,lts__t_sector_hit_rate.pct,lts__t_bytes.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed"
   if [ -n "$NCU" ]; then
     stage profile_gmma 90 "$NCU" --kernel-name regex:_rq_greedy_kernel --launch-skip 2 --launch-count 2 \
       --metrics "$GMMA" --csv --page raw $PY bench/gpu_profile.py rq
+    stage profile_seed 60 "$NCU" --kernel-name regex:"_kpp_|_kmeanspp_kernel" --launch-skip 48 --launch-count 6 \
+      --metrics "$GMMA" --csv --page raw $PY bench/gpu_profile.py seed
   else
     echo "ncu (Nsight Compute) not found: no profile" > "$OUT/profile_gmma.log"
   fi
@@ -101,7 +107,7 @@ for f in "$OUT"/*.log; do
   case $f in *tests.log) grep -E "FAILED|ERROR|passed|failed" "$f" | tail -25;; esac
 done
 for f in side_by_side bench_rq bench_beam bench_kmeans rq_sweep; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; tail -60 "$OUT/$f.log"; }; done
-for f in profile_gmma profile_rq profile_kpp; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; $PY bench/gpu_profile.py summarize "$OUT/$f.log"; }; done
+for f in profile_gmma profile_seed profile_rq profile_kpp; do [ -f "$OUT/$f.log" ] && { echo "--- $f"; $PY bench/gpu_profile.py summarize "$OUT/$f.log"; }; done
 [ -f "$OUT/ceilings.json" ] && cat "$OUT/ceilings.json"
 printf '%s\n' "${summary[@]}"
 echo "total $(( $(date +%s) - T_START ))s of the ${BUDGET_S:-470}s budget"

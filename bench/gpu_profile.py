@@ -5,6 +5,8 @@ warm-up, so ``ncu --launch-skip`` can skip the compiling calls. Used by bench/gp
     ncu --kernel-name regex:_rq_greedy_kernel --launch-skip 2 --launch-count 2 \\
         python bench/gpu_profile.py rq
     python bench/gpu_profile.py kmeanspp
+    ncu --kernel-name regex:"_kpp_|_kmeanspp_kernel" --launch-skip 48 --launch-count 6 \\
+        python bench/gpu_profile.py seed        # the fused seeding: sample, score, commit (eager)
     python bench/gpu_profile.py summarize NCU_LOG   # ncu --csv --page raw output -> key metrics
 """
 
@@ -21,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_residual_quantize import make_data  # noqa: E402
 
-from pysid.kernels.kmeans import kmeanspp_candidates_triton  # noqa: E402
+from pysid.kernels.kmeans import kmeanspp_candidates_triton, kmeanspp_seed_triton  # noqa: E402
 from pysid.kernels.residual_quantize import residual_quantize_triton  # noqa: E402
 
 
@@ -66,7 +68,7 @@ def main() -> None:
         summarize(sys.argv[2])
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["rq", "kmeanspp"])
+    ap.add_argument("what", choices=["rq", "kmeanspp", "seed"])
     ap.add_argument("--n", type=int, default=1 << 18)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -75,11 +77,16 @@ def main() -> None:
         packed = cb.reshape(-1, 256).contiguous()
         for _ in range(2):  # warm-up (compiles both launches), then the profiled call
             residual_quantize_triton(x, packed, [0, 256, 512, 768])
-    else:  # one k-means++ step: 8 candidates against the default 65k-row seeding sample
+    elif args.what == "kmeanspp":  # one k-means++ step: 8 candidates against the default 65k-row seeding sample
         x = torch.randn(65536, 256, device=args.device)
         mind = torch.full((x.shape[0],), float("inf"), device=args.device)
         for _ in range(2):
             kmeanspp_candidates_triton(x, x[:8].clone(), mind, None)
+    else:  # the fused seeding, eager (no graph: ncu sees each launch): 16 centres, 8 candidates each
+        x = torch.randn(65536, 256, device=args.device)
+        u = torch.rand(16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        for _ in range(2):  # the first call compiles; ncu skips its launches (3 per centre)
+            kmeanspp_seed_triton(x, None, u.to(x.device), graph=False)
     if args.device == "cuda":
         torch.cuda.synchronize()
     print("done")
