@@ -306,7 +306,17 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     cw = comm.sum(cw)
     if int((cw > 0).sum()) < k:  # too few distinct rows reached: seed on x itself
         return None
-    return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+    if cand.is_cuda or cand.numel() * 4 > _ONE_THREAD_BYTES:
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+    threads = torch.get_num_threads()  # k passes over a few MB: waking a second thread per pass costs more
+    torch.set_num_threads(1)  # (the C++ kernels share torch's OpenMP thread count)
+    try:
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_ONE_THREAD_BYTES = 4 << 20  # k-means|| candidates up to this size: their k-means++ runs on one CPU thread
 
 
 def _replay_steps(one_step, trials: int, count: int, progress, step: Tensor) -> None:
