@@ -538,28 +538,38 @@ def kmeans(
             return bounded(c)
         return eng.assign(xk, c)
 
-    def assign(c: Tensor):
-        codes, dist = step_assign(c)
-        wd = dist.double() if w is None else dist.double() * w
-        return codes, dist, wd, comm.sum(wd.sum()[None])[0]
+    def weighted(dist: Tensor) -> Tensor:  # w_i * D_i, float64 [N]
+        return dist.double() if w is None else dist.double() * w
 
-    def update(c: Tensor, codes: Tensor, wd: Tensor, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """The next centroids, their squared shift and whether a cluster was empty (device
-        tensors). exact: empty clusters take the farthest rows (host reads); else they are
-        only flagged (the caller redoes that iteration exactly)."""
+    def assign(c: Tensor):
+        """(codes, dist, inertia): few whole-row operations per iteration (each one wakes the
+        thread pool; on a busy machine that costs more than the arithmetic)."""
+        codes, dist = step_assign(c)
+        total = dist.sum(dtype=torch.float64) if w is None else weighted(dist).sum()  # the same bits
+        return codes, dist, comm.sum(total[None])[0]
+
+    def update(c: Tensor, codes: Tensor, dist: Tensor, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The next centroids, their move (the total squared shift; with tol = 0 only whether
+        they moved) and whether a cluster was empty (device tensors). exact: empty clusters
+        take the farthest rows (host reads); else they are only flagged (the caller redoes that
+        iteration exactly)."""
         sums, counts = eng.update(xk, codes, w, k)
         sums, counts = comm.sum(sums), comm.sum(counts)
         new = (sums / counts.clamp(min=1e-300)[:, None]).to(cdtype)
         empty = counts <= 0
         if exact and bool(empty.any()):
-            new[empty] = _farthest(xk, wd, int(empty.sum()), comm).to(cdtype)
-        return new, ((new.double() - c.double()) ** 2).sum(), empty.any()
+            new[empty] = _farthest(xk, weighted(dist), int(empty.sum()), comm).to(cdtype)
+        if tol_abs > 0:
+            moved = ((new.double() - c.double()) ** 2).sum()
+        else:  # shift <= 0 exactly when no centroid moved
+            moved = (new != c).any().double()
+        return new, moved, empty.any()
 
     t0 = time.perf_counter()
     history: list[float] = []
     converged = False
     it = 0  # updates done
-    final = None  # (codes, dist, wd, inertia) of the current centroids' assignment, when the loop has it
+    final = None  # (codes, dist, inertia) of the current centroids' assignment, when the loop has it
     bar = bars.new(iters, "Lloyd")
     redo = False  # the next iteration runs on the exact path (a cluster went empty in it)
 
@@ -569,13 +579,13 @@ def kmeans(
     while it < iters and not converged:
         if every == 1 or redo:  # one iteration, host reads as it goes (CPU; the redo of a block's iteration)
             redo = False
-            codes, dist, wd, inert = assign(centroids)
+            codes, dist, inert = assign(centroids)
             h = _read(inert)
             if stalled(h):  # the centroids stay; this assignment is the final one
-                converged, final = True, (codes, dist, wd, h)
+                converged, final = True, (codes, dist, h)
                 break
             history.append(h)
-            centroids, shift, _ = update(centroids, codes, wd, exact=True)
+            centroids, shift, _ = update(centroids, codes, dist, exact=True)
             it += 1
             if bar is not None:
                 bar.update(1)
@@ -587,8 +597,8 @@ def kmeans(
         # every iteration kept is computed by the same operations as on the path above
         cs, flags = [centroids], []
         for _ in range(min(every, iters - it)):
-            codes, dist, wd, inert = assign(cs[-1])
-            new, shift, empty = update(cs[-1], codes, wd, exact=False)
+            codes, dist, inert = assign(cs[-1])
+            new, shift, empty = update(cs[-1], codes, dist, exact=False)
             flags.append(torch.stack([inert, shift, empty.double()]))
             cs.append(new)
         for j, (h, shift, empty) in enumerate(_read(torch.stack(flags))):
@@ -609,7 +619,7 @@ def kmeans(
                 break
     if final is None:
         final = assign(centroids)
-    codes, dist, wd, inertia = final
+    codes, dist, inertia = final
     inertia = float(inertia)
     sizes = comm.sum(torch.bincount(codes, minlength=k))
     _sync(x)
