@@ -286,11 +286,12 @@ def text_case(path: str, args) -> list[dict[str, Any]]:
 
     cases: list[tuple[str, str, Callable]] = [
         ("kmeans k=256", "pysid.kmeans (defaults)", pysid_km()),
-        ("kmeans k=256", "pysid.kmeans, previous defaults (k-means++ all rows, 20 it)",
-         pysid_km(init="k-means++", iters=20, rtol=0)),
         ("fit 3x256", "pysid.fit (defaults, dedup none)", pysid_fit),
-        ("fit 3x256", "pysid, previous fit defaults (k-means++, 20 it)", pysid_fit_before),
     ]
+    if not args.no_previous:
+        cases += [("kmeans k=256", "pysid.kmeans, previous defaults (k-means++ all rows, 20 it)",
+                   pysid_km(init="k-means++", iters=20, rtol=0)),
+                  ("fit 3x256", "pysid, previous fit defaults (k-means++, 20 it)", pysid_fit_before)]
     if faiss is not None:
         cases += [("kmeans k=256", "faiss.Kmeans niter=20", faiss_km(20)),
                   ("kmeans k=256", "faiss.Kmeans niter=25 (its default)", faiss_km(25)),
@@ -335,6 +336,7 @@ def main() -> None:
     p.add_argument("--text-npy", nargs="+", default=None,
                    help="real embeddings (.npy files): pysid.kmeans / pysid.fit against faiss on each (docstring)")
     p.add_argument("--no-beam-rq", action="store_true", help="--text-npy: skip faiss's beam-trained RQ row (slow)")
+    p.add_argument("--no-previous", action="store_true", help="--text-npy: skip the rows of pysid's previous defaults")
     p.add_argument("--device", default=None, help="override (e.g. --gpu --device cpu --n 4096: dry run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_kmeans.json"))
     args = p.parse_args()
