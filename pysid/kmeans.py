@@ -751,7 +751,7 @@ def residual_kmeans(
         x: [N, D] float tensor (a shard under torch.distributed).
         levels: number of levels L >= 1.
         k: codebook size, an int or one per level.
-        **kmeans_options: passed to :func:`kmeans` (iters, init="k-means++"/"random", seed,
+        **kmeans_options: passed to :func:`kmeans` (iters, init="auto"/"k-means++"/"k-means||"/"random", seed,
             tol, balanced, weights, ...).
 
     Returns:
@@ -773,7 +773,8 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
     if len(ks) != levels:
         raise ValueError(f"k has {len(ks)} sizes for {levels} levels")
     if isinstance(kmeans_options.get("init"), Tensor):
-        raise ValueError("residual_kmeans seeds every level itself: init must be 'k-means++' or 'random'")
+        raise ValueError("residual_kmeans seeds every level itself: "
+                         "init must be 'auto', 'k-means++', 'k-means||' or 'random'")
     seed = int(kmeans_options.pop("seed", 0))
     init_w = kmeans_options.pop("init_weights", None)
     if init_w is None:
