@@ -15,6 +15,18 @@ method) and the cluster-size spread (min / max / coefficient of variation).
     python bench/bench_kmeans.py            # N=100k D=128 k=256, 20 iterations (the CPU goal)
     python bench/bench_kmeans.py --quick    # seconds, for CI
     python bench/bench_kmeans.py --gpu      # N=2^20 D=256, k=256 and k=4096 (needs CUDA)
+    python bench/bench_kmeans.py --text-npy ~/.cache/pysid/minilm_items_*.npy --threads 2 --repeat 3
+
+``--text-npy FILE ...``: real embeddings (.npy [N, D] float32, e.g. the MiniLM caches of
+bench/text_embeddings.py and examples/text_sids.py). Per file, ``--repeat`` rounds, every row
+once per round in turn (the shared VM's speed drifts: alternated rows see the same drift),
+medians reported: pysid.kmeans k=256 (defaults; and the previous defaults: k-means++ on every
+row, 20 iterations) against faiss.Kmeans (niter 20 and its default 25); pysid.fit 3 x 256
+(defaults, dedup="none") and the previous defaults (residual_kmeans with k-means++ and 20
+iterations, then residual_quantize) against faiss's ResidualQuantizer trained greedily
+(train_type 0, max_beam_size 1: its fast residual k-means) and its default (beam-trained).
+Quality: inertia / N (k-means), mean squared reconstruction error per item and the share of
+items in a shared code tuple (fit), identical formulas for every row.
 
 Data: a synthetic embedding-like catalogue: 1024 Gaussian clusters with Zipf-distributed
 sizes and per-cluster scales, seeded (see make_data).
@@ -73,7 +85,8 @@ def pysid_rows(x: torch.Tensor, k: int, iters: int, backend: str, label: str, ba
     dev = x.device.type
     with pysid.backend(backend):
         pysid.kmeans(x[: max(4 * k, 2048)], k, iters=1)  # warm-up (kernel compilation)
-        t, res = timed(lambda: pysid.kmeans(x, k, iters=iters, tol=0, balanced=balanced, init_sample=init_sample), dev)
+        t, res = timed(lambda: pysid.kmeans(x, k, iters=iters, tol=0, rtol=0, balanced=balanced,
+                                            init_sample=init_sample), dev)
     row = {"method": label, "seconds": t, "seeding_s": res.seconds["seeding"],
            "iter_ms": 1e3 * res.seconds["lloyd"] / max(res.iterations, 1), "iters": res.iterations}
     row.update(quality(x, res.centroids))
@@ -264,6 +277,110 @@ def bench_case(n: int, d: int, k: int, iters: int, device: str, args) -> list[di
     return rows
 
 
+def _collision_rate(codes: torch.Tensor) -> float:
+    from pysid.sid import collision_stats
+
+    return collision_stats(codes.long(), [256] * codes.shape[1])["collision_rate"]
+
+
+def text_case(path: str, args) -> list[dict[str, Any]]:
+    """The rows of one real embedding file (module docstring: --text-npy)."""
+    import numpy as np
+    import statistics
+
+    x = torch.from_numpy(np.load(os.path.expanduser(path))).float().contiguous()
+    n, d = x.shape
+    xn = x.numpy()
+    name = os.path.basename(path)
+    print(f"\n# {name}: N={n} D={d}, k=256 / 3 x 256, {args.repeat} alternated rounds", flush=True)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+    except ImportError:
+        faiss = None
+
+    def km_quality(c: torch.Tensor) -> dict[str, Any]:
+        q = quality(x, c)
+        return {"inertia_per_item": q["inertia"] / n, "size_min": q["size_min"], "size_max": q["size_max"]}
+
+    def fit_quality(books: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
+        rec = sum(books[j][codes[:, j].long()] for j in range(books.shape[0]))
+        return {"error": float(((x - rec).double() ** 2).sum(1).mean()), "collisions": _collision_rate(codes)}
+
+    def pysid_km(**kw):
+        def run():
+            res = pysid.kmeans(x, 256, **kw)
+            return res.centroids, {"iters": res.iterations, "seeding_s": res.seconds["seeding"]}
+        return run
+
+    def faiss_km(niter: int):
+        def run():
+            km = faiss.Kmeans(d, 256, niter=niter, seed=1234, verbose=False)
+            km.train(xn)
+            return torch.from_numpy(km.centroids), {"iters": niter}
+        return run
+
+    def pysid_fit():
+        s = pysid.fit(x, dedup="none", progress=False)
+        return torch.stack(s.codebooks), s.codes, {}
+
+    def pysid_fit_before():
+        books = pysid.residual_kmeans(x, 3, 256, iters=20, init="k-means++", rtol=0)
+        return books, pysid.residual_quantize(x, books).codes, {"iters": 20}
+
+    def faiss_rq(greedy: bool):
+        def run():
+            rq = faiss.ResidualQuantizer(d, 3, 8)
+            if greedy:
+                rq.train_type = 0  # Train_default: greedy residual k-means
+                rq.max_beam_size = 1
+            rq.train(xn)
+            codes = torch.from_numpy(rq.compute_codes(xn).astype(np.int64))  # 8 bits: one byte per level
+            return torch.from_numpy(faiss.vector_to_array(rq.codebooks).reshape(3, 256, d)), codes, {
+                "iters": rq.cp.niter}
+        return run
+
+    cases: list[tuple[str, str, Callable]] = [
+        ("kmeans k=256", "pysid.kmeans (defaults)", pysid_km()),
+        ("fit 3x256", "pysid.fit (defaults, dedup none)", pysid_fit),
+    ]
+    if not args.no_previous:
+        cases += [("kmeans k=256", "pysid.kmeans, previous defaults (k-means++ all rows, 20 it)",
+                   pysid_km(init="k-means++", iters=20, rtol=0)),
+                  ("fit 3x256", "pysid, previous fit defaults (k-means++, 20 it)", pysid_fit_before)]
+    if faiss is not None:
+        cases += [("kmeans k=256", "faiss.Kmeans niter=20", faiss_km(20)),
+                  ("kmeans k=256", "faiss.Kmeans niter=25 (its default)", faiss_km(25)),
+                  ("fit 3x256", "faiss ResidualQuantizer greedy (train_type 0, beam 1)", faiss_rq(True))]
+        if not args.no_beam_rq:
+            cases.append(("fit 3x256", "faiss ResidualQuantizer default (beam-trained)", faiss_rq(False)))
+    times: dict[str, list[float]] = {label: [] for _, label, _ in cases}
+    out: dict[str, Any] = {}
+    pysid.kmeans(x[:4096], 256, iters=1)  # warm-up
+    for r in range(args.repeat):
+        for task, label, fn in (cases if r % 2 == 0 else cases[::-1]):
+            t0 = time.perf_counter()
+            got = fn()
+            times[label].append(time.perf_counter() - t0)
+            out[label] = (task, got)
+        print(f"  round {r + 1}: " + ", ".join(f"{lab.split(' (')[0]} {times[lab][-1]:.2f}" for _, lab, _ in cases),
+              flush=True)
+    rows = []
+    for task, label, _ in cases:
+        t, got = out[label]
+        q = km_quality(got[0]) if task.startswith("kmeans") else fit_quality(got[0], got[1])
+        rows.append({"data": name, "n": n, "task": task, "method": label, "seconds": statistics.median(times[label]),
+                     "seconds_all": times[label], **q, **got[-1]})
+    for task in ("kmeans k=256", "fit 3x256"):
+        peers = [r for r in rows if r["task"] == task and r["method"].startswith("faiss")]
+        best = min((r["seconds"] for r in peers), default=None)
+        for r in rows:
+            if r["task"] == task and best:
+                r["speedup_vs_fastest_faiss"] = best / r["seconds"]
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds (CI smoke run)")
@@ -273,11 +390,25 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--text-npy", nargs="+", default=None,
+                   help="real embeddings (.npy files): pysid.kmeans / pysid.fit against faiss on each (docstring)")
+    p.add_argument("--no-beam-rq", action="store_true", help="--text-npy: skip faiss's beam-trained RQ row (slow)")
+    p.add_argument("--no-previous", action="store_true", help="--text-npy: skip the rows of pysid's previous defaults")
     p.add_argument("--device", default=None, help="override (e.g. --gpu --device cpu --n 4096: dry run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_kmeans.json"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.text_npy:
+        rows = []
+        for path in args.text_npy:
+            rows += text_case(path, args)
+        print()
+        print_table(rows, ["data", "task", "method", "seconds", "speedup_vs_fastest_faiss", "inertia_per_item", "error",
+                           "collisions", "iters", "seeding_s"])
+        out = args.out if args.out != p.get_default("out") else args.out.replace(".json", "_text.json")
+        write_json(out, {"benchmark": "kmeans_text", "env": environment(), "args": vars(args), "rows": rows})
+        return
     if args.gpu:
         dev = args.device or "cuda"
         if dev == "cuda" and not torch.cuda.is_available():

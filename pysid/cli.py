@@ -815,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="residual k-means codebooks, or TIGER's RQ-VAE (trained here)")
     f.add_argument("--dedup", choices=["suffix", "reassign", "none"], default="suffix",
                    help="collision rule: an extra suffix level (TIGER), reassignment to a free code, or none")
-    f.add_argument("--iters", type=_int_at_least(1), default=20, metavar="N", help="k-means (Lloyd) iterations per level")
+    f.add_argument("--iters", type=_int_at_least(1), default=50, metavar="N",
+                   help="most k-means (Lloyd) iterations per level (each stops earlier at < 0.1 %% inertia gain)")
     f.add_argument("--balanced", action="store_true",
                    help="balanced k-means at every level: equal-size clusters (rq-kmeans)")
     f.add_argument("--beam-width", type=_int_at_least(1), default=1, metavar="W",

@@ -8,14 +8,28 @@ balanced (size-constrained) assignment, residual k-means, and multi-process runs
 Algorithm (every step runs on the engine ``pysid.ops.kmeans.engine(x)`` gives for the
 input under the backend in force; ``pysid.backends()`` lists the implementations):
 
-* Seeding (``init="k-means++"``): greedy k-means++ as in scikit-learn. The first centre
+* Seeding, ``init="auto"`` (default): k-means|| when k >= 32 and the seeding rows number at
+  least twice its candidates (``2 * (1 + 2 * 2k)``, e.g. 2,050 rows for k = 256), else
+  greedy k-means++. Both draw only rows of positive ``init_weights`` and give data rows.
+* ``init="k-means++"``: greedy k-means++ as in scikit-learn. The first centre
   is drawn with probability proportional to the row weights; each next centre draws
   ``n_local_trials`` (default ``2 + floor(ln k)``) candidates with probability
   proportional to ``w_i * D_i`` (``D_i``: squared distance to the nearest chosen centre)
   and keeps the candidate that lowers the potential ``sum_i w_i D_i`` most. One fused
   pass over the rows per centre scores all candidates; on one CPU process the whole loop
   runs in C++ on a transposed copy of the seeding rows (the same centres as the step loop).
-  Large N: seeding runs on a uniform subsample of ``init_sample`` rows (default
+  k passes over the rows: at few rows per centre (text catalogues: ~70) it costs as much as
+  ~15-40 Lloyd iterations (memory-bound passes of a few candidates each).
+* ``init="k-means||"`` (Bahmani et al. 2012; cuML and cuVS seed this way): one weighted
+  draw, then 2 rounds that each draw 2k rows with probability proportional to ``w_i D_i``
+  (with replacement) and update every ``D_i`` with one pass of the exact assignment kernel
+  (compute-bound, like a Lloyd assignment); each of the 4k + 1 candidates is weighted by
+  the rows nearest to it, and greedy k-means++ on the weighted candidates picks the k
+  centres. About 4 Lloyd assignments of work. On MiniLM text (Amazon Toys / Sports items,
+  3 x 256 residual k-means) it seeds better than k-means++ on every row (lower final error
+  and fewer collisions; bench/RESULTS.md, 2026-12-04). If the candidates hold fewer than k
+  distinct rows of positive weight (data with few distinct rows), k-means++ seeds instead.
+* Large N: seeding runs on a uniform subsample of ``init_sample`` rows (default
   ``256 * k``, as faiss caps its training set per centroid) when N is larger; the Lloyd
   iterations always use every row. ``init_sample=0`` seeds on every row.
 * Lloyd: assignment by the exact nearest-codeword kernel of ``residual_quantize``
@@ -23,9 +37,16 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   whose code provably cannot change are not searched: Hamerly/Elkan bounds with the
   kernel's float error as margin, the same result bit for bit), update by a deterministic
   segmented sum accumulated in float64 (C++) or float32 (Triton). Stops after ``iters``
-  iterations or when the total squared centre shift is <= ``tol * mean feature
-  variance`` (scikit-learn's rule). The result's assignments and inertia are those of
-  the returned centroids (one final assignment pass).
+  updates, or when an assignment lowers the inertia by less than ``rtol`` (default 1e-3)
+  relative to the previous one (those centroids are then returned with that assignment,
+  without another update), or when the total squared centre shift of an update is
+  <= ``tol * mean feature variance`` (scikit-learn's rule). The result's assignments and
+  inertia are those of the returned centroids.
+* Host synchronisation: on CUDA the loop runs blocks of ``CHECK_EVERY_CUDA`` (8)
+  iterations with its inertia, shift and empty-cluster flags kept on the device, then
+  reads them once; iterations past a stop are dropped and an iteration that left a
+  cluster empty is redone on the exact path, so the result is bit for bit that of the
+  per-iteration loop (which the CPU runs: reads cost nothing there).
 * Empty clusters (deterministic rule): after an update, each empty cluster, in index
   order, takes the row farthest from its assigned centre (largest ``w_i * D_i``, ties
   to the lowest row index), and that row is not used again in the same update.
@@ -162,6 +183,7 @@ def _take(x: Tensor, idx: Tensor, mine: Tensor, comm: _Comm) -> Tensor:
     return comm.sum(torch.where(mine[:, None], rows, 0.0).double()).to(torch.float32)
 
 
+RTOL = 1e-3  # kmeans(rtol=) default: stop when an iteration lowers the inertia by less than this share
 _GRAPH_SEEDING = True  # CUDA graph replay of the k-means++ steps (bench_kmeans --gpu times it off too)
 
 
@@ -211,6 +233,90 @@ def _kmeanspp(x: Tensor, w: Tensor | None, k: int, trials: int, g: torch.Generat
     if eager < k:
         _replay_steps(one_step, trials, k - eager, progress, step)
     return centres
+
+
+PARALLEL_ROUNDS = 2  # k-means|| rounds
+PARALLEL_OVERSAMPLING = 2.0  # k-means|| rows drawn per round, per centre (cuML's default factor)
+PARALLEL_MIN_K = 32  # init="auto": k-means|| from this k on
+
+
+def _parallel_plan(k: int) -> tuple[int, int]:
+    """(rounds, rows drawn per round) of k-means|| for k centres."""
+    return PARALLEL_ROUNDS, max(1, int(round(PARALLEL_OVERSAMPLING * k)))
+
+
+def _use_parallel_seeding(k: int, n: int) -> bool:
+    """init="auto": k-means|| when k >= PARALLEL_MIN_K and the seeding rows number at least
+    twice its candidates (1 + rounds * ell); else greedy k-means++ (its k passes over few
+    rows cost less than the rounds' passes)."""
+    rounds, ell = _parallel_plan(k)
+    return k >= PARALLEL_MIN_K and n >= 2 * (1 + rounds * ell)
+
+
+def _rows(x: Tensor, comm: _Comm) -> int:
+    """Rows of x over all ranks."""
+    return int(comm.sum(torch.tensor([x.shape[0]], dtype=torch.int64))[0])
+
+
+def _local_comm(device: torch.device) -> _Comm:
+    """A one-process Comm (every collective an identity), for work every rank repeats on
+    identical inputs (the weighted k-means++ over the k-means|| candidates)."""
+    c = object.__new__(_Comm)
+    c.on, c.world, c.rank, c.dev = False, 1, 0, device
+    return c
+
+
+def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int, trials: int,
+                     g: torch.Generator, eng: KMeansEngine, comm: _Comm, progress) -> Tensor | None:
+    """k-means|| seeding (Bahmani et al. 2012, as cuML / cuVS run it): centres [k, D], or None
+    when the candidates hold fewer than k distinct rows of positive weight (the caller then
+    seeds with k-means++ on x).
+
+    One weighted draw gives the first candidate; each of ``rounds`` rounds then draws ``ell``
+    rows with replacement, with probability proportional to ``w_i * D_i`` (``D_i``: squared
+    distance to the nearest candidate so far), and one assignment pass of x to the new rows
+    (``eng.assign``: the exact nearest-codeword kernel, compute-bound) updates every row's
+    ``D_i`` and nearest candidate. Each candidate is then weighted by the weight of the rows
+    nearest to it (ties: the earlier candidate), and greedy k-means++ (``trials`` candidates
+    per step) picks k centres among the 1 + rounds * ell candidates. Cost: ``rounds`` passes
+    over x of ``ell`` centres each (plus the small k-means++), where k-means++ makes k
+    passes of ``trials`` centres. Randomness: all from ``g``; with torch.distributed the
+    draws, the candidate weights and so the centres are those of one process on the union."""
+    n, dev = x.shape[0], x.device
+    w32 = None if w is None else w.to(torch.float32)
+    u0 = torch.rand((1,), generator=g, dtype=torch.float64).to(dev)
+    us = torch.rand((rounds, ell), generator=g, dtype=torch.float64).to(dev)
+    ones = torch.ones(n, dtype=torch.float32, device=dev)
+    idx, mine = _draw(eng.cumulative(w32 if w32 is not None else ones), u0, comm)
+    cands = [_take(x, idx, mine, comm)]
+    _, mind = eng.assign(x, cands[0])
+    mind = mind.to(torch.float32)
+    owner = torch.zeros(n, dtype=torch.int64, device=dev)
+    for r in range(rounds):
+        idx, mine = _draw(eng.cumulative(mind if w32 is None else w32 * mind), us[r], comm)
+        c = _take(x, idx, mine, comm)
+        code, dist = eng.assign(x, c)
+        dist = dist.to(torch.float32)
+        owner = torch.where(dist < mind, code + (1 + r * ell), owner)  # ties: the earlier candidate
+        mind = torch.minimum(mind, dist)
+        cands.append(c)
+    cand = torch.cat(cands)
+    cw = torch.zeros(cand.shape[0], dtype=torch.float64, device=dev)
+    cw.index_add_(0, owner, ones.double() if w32 is None else w32.double())
+    cw = comm.sum(cw)
+    if int((cw > 0).sum()) < k:  # too few distinct rows reached: seed on x itself
+        return None
+    if cand.is_cuda or cand.numel() * 4 > _ONE_THREAD_BYTES:
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+    threads = torch.get_num_threads()  # k passes over a few MB: waking a second thread per pass costs more
+    torch.set_num_threads(1)  # (the C++ kernels share torch's OpenMP thread count)
+    try:
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_ONE_THREAD_BYTES = 4 << 20  # k-means|| candidates up to this size: their k-means++ runs on one CPU thread
 
 
 def _replay_steps(one_step, trials: int, count: int, progress, step: Tensor) -> None:
@@ -318,10 +424,11 @@ def kmeans(
     x: Tensor,
     k: int,
     *,
-    iters: int = 25,
-    init: str | Tensor = "k-means++",
+    iters: int = 50,
+    init: str | Tensor = "auto",
     seed: int = 0,
     tol: float = 1e-4,
+    rtol: float = RTOL,
     balanced: bool = False,
     weights: Tensor | None = None,
     init_weights: Tensor | None = None,
@@ -337,12 +444,16 @@ def kmeans(
         x: [N, D] float32 / float16 / bfloat16 (float64 runs on the reference), CPU or CUDA.
             Under torch.distributed (world > 1): this rank's shard.
         k: number of clusters, 1 <= k <= N (N over all ranks).
-        iters: maximum Lloyd iterations (0: seeding only).
-        init: "k-means++" (greedy), "random" (k distinct rows drawn uniformly, weighted by
-            ``weights``) or a [k, D] tensor of initial centroids.
+        iters: maximum Lloyd iterations (updates; 0: seeding only).
+        init: "auto" (k-means|| for k >= 32 and enough rows, else k-means++; module docstring),
+            "k-means++" (greedy), "k-means||", "random" (k distinct rows drawn uniformly,
+            weighted by ``weights``) or a [k, D] tensor of initial centroids.
         seed: seed of the CPU generator that draws every random number.
         tol: stop when the total squared centroid shift <= tol * mean feature variance (0: only
             when the centroids stop moving).
+        rtol: stop when an iteration's assignment lowers the inertia by <= rtol times itself
+            relative to the previous iteration's (0: off). The default 1e-3 stops MiniLM text
+            (3 x 256) after 8-12 iterations within ~1.5 % of the 50-iteration inertia.
         balanced: size-constrained assignment (floor(N/k) or ceil(N/k) rows per cluster).
         weights: optional [N] non-negative row weights.
         init_weights: optional [N] non-negative row weights for the seeding only (default:
@@ -367,6 +478,9 @@ def kmeans(
         raise NotImplementedError("balanced=True runs on one process; gather the rows on one rank")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    for name, v in (("tol", tol), ("rtol", rtol)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     eng = _ops.engine(x, precision=check_precision(precision))
     xk = eng.prepare(x)
     _check_weights(x, init_weights, "init_weights", comm)
@@ -383,16 +497,22 @@ def kmeans(
         if not bool(torch.isfinite(init).all()):
             raise ValueError("init has NaN/Inf")
         centroids = init.to(device=x.device, dtype=cdtype).clone()
-    elif init == "k-means++":
+    elif init in ("k-means++", "k-means||", "auto"):
         trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
         if trials < 1:
             raise ValueError(f"n_local_trials must be >= 1, got {trials}")
         xs, ws = _subsample(xk, iw, k, n_total, init_sample, g, comm)
-        centroids = _kmeanspp(xs, ws, k, trials, g, eng, comm, bars.new(k, "k-means++"))
+        centroids = None
+        if init == "k-means||" or (init == "auto" and _use_parallel_seeding(k, _rows(xs, comm))):
+            rounds, ell = _parallel_plan(k)
+            centroids = _kmeans_parallel(xs, ws, k, rounds, ell, trials, g, eng, comm, bars.new(k, "k-means||"))
+        if centroids is None:
+            centroids = _kmeanspp(xs, ws, k, trials, g, eng, comm, bars.new(k, "k-means++"))
+        centroids = centroids.to(cdtype)
     elif init == "random":
         centroids = _random_init(xk, iw, k, g, eng, comm).to(cdtype)
     else:
-        raise ValueError(f"init must be 'k-means++', 'random' or a [k, D] tensor, got {init!r}")
+        raise ValueError(f"init must be 'auto', 'k-means++', 'k-means||', 'random' or a [k, D] tensor, got {init!r}")
     _sync(x)
     t_seed = time.perf_counter() - t0
 
@@ -411,7 +531,9 @@ def kmeans(
                                          dtype=torch.float64))[0])
         tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
 
-    bounded = eng.bounded_assign(xk) if eng.bounded_assign is not None and not balanced else None
+    every = 1 if balanced else _check_every(x)  # iterations between host reads (1: each iteration)
+    bounded = (eng.bounded_assign(xk) if eng.bounded_assign is not None and not balanced and every == 1
+               else None)  # stateful: only where no iteration is ever rolled back
 
     def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
         if balanced:
@@ -420,38 +542,109 @@ def kmeans(
             return bounded(c)
         return eng.assign(xk, c)
 
-    t0 = time.perf_counter()
-    history: list[float] = []
-    converged = False
-    it = 0
-    bar = bars.new(iters, "Lloyd")
-    for it in range(1, iters + 1):
-        codes, dist = step_assign(centroids)
-        wd = dist.double() if w is None else dist.double() * w
-        history.append(float(comm.sum(wd.sum()[None])[0]))
+    def weighted(dist: Tensor) -> Tensor:  # w_i * D_i, float64 [N]
+        return dist.double() if w is None else dist.double() * w
+
+    def assign(c: Tensor):
+        """(codes, dist, inertia): few whole-row operations per iteration (each one wakes the
+        thread pool; on a busy machine that costs more than the arithmetic)."""
+        codes, dist = step_assign(c)
+        total = dist.sum(dtype=torch.float64) if w is None else weighted(dist).sum()  # the same bits
+        return codes, dist, comm.sum(total[None])[0]
+
+    def update(c: Tensor, codes: Tensor, dist: Tensor, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The next centroids, their move (the total squared shift; with tol = 0 only whether
+        they moved) and whether a cluster was empty (device tensors). exact: empty clusters
+        take the farthest rows (host reads); else they are only flagged (the caller redoes that
+        iteration exactly)."""
         sums, counts = eng.update(xk, codes, w, k)
         sums, counts = comm.sum(sums), comm.sum(counts)
         new = (sums / counts.clamp(min=1e-300)[:, None]).to(cdtype)
         empty = counts <= 0
-        if bool(empty.any()):
-            new[empty] = _farthest(xk, wd, int(empty.sum()), comm).to(cdtype)
-        shift = float(((new.double() - centroids.double()) ** 2).sum())
-        centroids = new
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(inertia=f"{history[-1]:.5g}")
-        if shift <= tol_abs:  # with tol=0: only at an exact fixed point (nothing would change)
-            converged = True
-            break
-    codes, dist = step_assign(centroids)
-    wd = dist.double() if w is None else dist.double() * w
-    inertia = float(comm.sum(wd.sum()[None])[0])
+        if exact and bool(empty.any()):
+            new[empty] = _farthest(xk, weighted(dist), int(empty.sum()), comm).to(cdtype)
+        if tol_abs > 0:
+            moved = ((new.double() - c.double()) ** 2).sum()
+        else:  # shift <= 0 exactly when no centroid moved
+            moved = (new != c).any().double()
+        return new, moved, empty.any()
+
+    t0 = time.perf_counter()
+    history: list[float] = []
+    converged = False
+    it = 0  # updates done
+    final = None  # (codes, dist, inertia) of the current centroids' assignment, when the loop has it
+    bar = bars.new(iters, "Lloyd")
+    redo = False  # the next iteration runs on the exact path (a cluster went empty in it)
+
+    def stalled(h: float) -> bool:  # the relative-inertia rule
+        return rtol > 0 and bool(history) and history[-1] - h <= rtol * h
+
+    while it < iters and not converged:
+        if every == 1 or redo:  # one iteration, host reads as it goes (CPU; the redo of a block's iteration)
+            redo = False
+            codes, dist, inert = assign(centroids)
+            h = _read(inert)
+            if stalled(h):  # the centroids stay; this assignment is the final one
+                converged, final = True, (codes, dist, h)
+                break
+            history.append(h)
+            centroids, shift, _ = update(centroids, codes, dist, exact=True)
+            it += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(inertia=f"{h:.5g}")
+            if _read(shift) <= tol_abs:  # with tol=0: only at an exact fixed point (nothing would change)
+                converged = True
+            continue
+        # a block of iterations without host synchronisation, then one read of its flags;
+        # every iteration kept is computed by the same operations as on the path above
+        cs, flags = [centroids], []
+        for _ in range(min(every, iters - it)):
+            codes, dist, inert = assign(cs[-1])
+            new, shift, empty = update(cs[-1], codes, dist, exact=False)
+            flags.append(torch.stack([inert, shift, empty.double()]))
+            cs.append(new)
+        for j, (h, shift, empty) in enumerate(_read(torch.stack(flags))):
+            if stalled(h):
+                converged = True
+                break
+            if empty:  # redo iteration j on the exact path
+                redo = True
+                break
+            history.append(h)
+            centroids = cs[j + 1]
+            it += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(inertia=f"{h:.5g}")
+            if shift <= tol_abs:
+                converged = True
+                break
+    if final is None:
+        final = assign(centroids)
+    codes, dist, inertia = final
+    inertia = float(inertia)
     sizes = comm.sum(torch.bincount(codes, minlength=k))
     _sync(x)
     bars.close()
     return KMeansResult(centroids=centroids, assignments=codes, inertia=inertia, sizes=sizes.cpu(),
-                        iterations=it if iters else 0, converged=converged, history=history,
+                        iterations=it, converged=converged, history=history,
                         seconds={"seeding": t_seed, "lloyd": time.perf_counter() - t0})
+
+
+CHECK_EVERY_CUDA = 8  # Lloyd iterations between the host reads of the loop's flags on CUDA
+
+
+def _check_every(x: Tensor) -> int:
+    """Iterations per host read of the Lloyd loop: 1 on the CPU (a read costs nothing there),
+    ``CHECK_EVERY_CUDA`` on CUDA (each read would stall the launch queue)."""
+    return CHECK_EVERY_CUDA if x.is_cuda else 1
+
+
+def _read(t: Tensor):
+    """The Lloyd loop's host reads: every one goes through here (tests count them)."""
+    return t.item() if t.dim() == 0 else t.cpu().tolist()
 
 
 def _subsample(x: Tensor, w: Tensor | None, k: int, n_total: int, init_sample: int | None,
@@ -562,8 +755,8 @@ def residual_kmeans(
         x: [N, D] float tensor (a shard under torch.distributed).
         levels: number of levels L >= 1.
         k: codebook size, an int or one per level.
-        **kmeans_options: passed to :func:`kmeans` (iters, init="k-means++"/"random", seed,
-            tol, balanced, weights, precision, ...).
+        **kmeans_options: passed to :func:`kmeans` (iters, init="auto"/"k-means++"/"k-means||"/"random", seed,
+            tol, balanced, weights, ...).
 
     Returns:
         [L, K, D] float32 codebooks if every level has the same size, else a list of
@@ -584,7 +777,8 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
     if len(ks) != levels:
         raise ValueError(f"k has {len(ks)} sizes for {levels} levels")
     if isinstance(kmeans_options.get("init"), Tensor):
-        raise ValueError("residual_kmeans seeds every level itself: init must be 'k-means++' or 'random'")
+        raise ValueError("residual_kmeans seeds every level itself: "
+                         "init must be 'auto', 'k-means++', 'k-means||' or 'random'")
     seed = int(kmeans_options.pop("seed", 0))
     init_w = kmeans_options.pop("init_weights", None)
     if init_w is None:

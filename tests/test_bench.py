@@ -74,3 +74,30 @@ def test_gpu_profile_summary(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(BENCH, "gpu_profile.py"), "summarize", str(log)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "no ncu CSV" in res.stdout and "ERR_NVGPUCTRPERM" in res.stdout
+
+
+def test_bench_kmeans_text_npy(tmp_path):
+    """--text-npy on a small .npy: every row (pysid defaults and previous defaults, and the faiss
+    rows where faiss is installed) with its time per round and its quality; fit rows carry the
+    error and the collision share, k-means rows the inertia per item."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    emb = (g.standard_normal((40, 8)) * 3)[g.integers(0, 40, 1500)] + g.standard_normal((1500, 8))
+    path = tmp_path / "emb.npy"
+    np.save(path, emb.astype(np.float32))
+    out = tmp_path / "result.json"
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "bench_kmeans.py"), "--text-npy", str(path), "--repeat",
+                          "2", "--threads", "1", "--no-beam-rq", "--out", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    methods = [r["method"] for r in rows]
+    assert "pysid.kmeans (defaults)" in methods and "pysid.fit (defaults, dedup none)" in methods
+    assert any(m.startswith("pysid, previous fit defaults") for m in methods)
+    for r in rows:
+        assert len(r["seconds_all"]) == 2 and r["seconds"] > 0
+        if r["task"].startswith("fit"):
+            assert 0 < r["error"] < float((emb ** 2).sum(1).mean()) and 0 <= r["collisions"] <= 1
+        else:
+            assert r["inertia_per_item"] > 0

@@ -52,8 +52,8 @@ def test_lloyd_matches_reference(backend, n, d, k, dtype):
     """Same init -> same assignments and centroids on every backend."""
     x = blobs(n, d, max(2, k // 2), seed=n).to(dtype)
     init = x[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:k]].float()
-    ref = _run("reference", x.float(), k, iters=4, init=init, tol=0)  # bf16 values are exact in float32
-    res = _run(backend, x, k, iters=4, init=init, tol=0)
+    ref = _run("reference", x.float(), k, iters=4, init=init, tol=0, rtol=0)  # bf16 values are exact in float32
+    res = _run(backend, x, k, iters=4, init=init, tol=0, rtol=0)
     assert torch.equal(res.assignments.cpu(), ref.assignments)
     torch.testing.assert_close(res.centroids.cpu(), ref.centroids, rtol=1e-5, atol=1e-5)
     assert res.iterations == ref.iterations
@@ -66,8 +66,8 @@ def test_weights_match_reference(backend):
     w = torch.rand(600, generator=torch.Generator().manual_seed(2)) * 3
     w[::7] = 0
     init = x[:10].clone()
-    ref = _run("reference", x, 10, iters=3, init=init, tol=0, weights=w)
-    res = _run(backend, x, 10, iters=3, init=init, tol=0, weights=w)
+    ref = _run("reference", x, 10, iters=3, init=init, tol=0, rtol=0, weights=w)
+    res = _run(backend, x, 10, iters=3, init=init, tol=0, rtol=0, weights=w)
     assert torch.equal(res.assignments.cpu(), ref.assignments)
     torch.testing.assert_close(res.centroids.cpu(), ref.centroids, rtol=1e-5, atol=1e-5)
     check_consistent(x, res, w)
@@ -266,7 +266,7 @@ def test_residual_kmeans_feeds_residual_quantize(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("init", ["k-means++", "random"])
+@pytest.mark.parametrize("init", ["k-means++", "k-means||", "random"])
 def test_init_weights_zero_rows_never_seed(backend, init):
     x = blobs(300, 5, 6, seed=9)
     iw = torch.ones(300)
@@ -304,6 +304,7 @@ def test_residual_kmeans_exact_rows_skip_seeding(backend):
     (dict(weights=torch.ones(9)), ValueError), (dict(weights=-torch.ones(10)), ValueError),
     (dict(weights=torch.zeros(10)), ValueError), (dict(init=torch.zeros(3, 2)), ValueError),
     (dict(init="nope"), ValueError), (dict(iters=-1), ValueError), (dict(k=2.5), ValueError),
+    (dict(rtol=-1e-3), ValueError), (dict(tol=float("nan")), ValueError), (dict(rtol="1e-3"), ValueError),
     (dict(init_weights=torch.ones(9)), ValueError), (dict(init_weights=torch.zeros(10)), ValueError),
     (dict(init_weights=torch.full((10,), float("nan"))), ValueError),
 ])
@@ -353,7 +354,9 @@ def _worker(rank: int) -> dict:
     shard = slice(0, 500) if rank == 0 else slice(500, 1200)
     res = pysid.kmeans(x[shard], 12, iters=6, seed=5, weights=w[shard], init_sample=600)
     cbs = pysid.residual_kmeans(x[shard], 2, 6, iters=3, seed=1)
-    return {"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs}
+    par = pysid.kmeans(x[shard], 40, iters=0, seed=2, init="k-means||")
+    return {"c": res.centroids, "a": res.assignments, "inertia": res.inertia, "sizes": res.sizes, "cbs": cbs,
+            "par": par.centroids}
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
@@ -370,6 +373,8 @@ def test_two_processes_equal_one(tmp_path):
     cbs = pysid.residual_kmeans(x, 2, 6, iters=3, seed=1)
     torch.testing.assert_close(r0["cbs"], cbs, rtol=1e-5, atol=1e-5)
     assert math.isfinite(one.inertia)
+    par = pysid.kmeans(x, 40, iters=0, seed=2, init="k-means||")  # k-means||: the draws of one process
+    assert torch.equal(r0["par"], par.centroids) and torch.equal(r1["par"], par.centroids)
 
 
 def test_lloyd_bounds_change_nothing(monkeypatch):
@@ -386,3 +391,127 @@ def test_lloyd_bounds_change_nothing(monkeypatch):
     plain = pysid.kmeans(x, 25, iters=15, seed=3, tol=0)
     assert torch.equal(fast.centroids, plain.centroids) and torch.equal(fast.assignments, plain.assignments)
     assert fast.history == plain.history and fast.inertia == plain.inertia
+
+
+# --------------------------------------------------------------------------- k-means||, init="auto"
+def _potential(x: torch.Tensor, c: torch.Tensor) -> float:
+    return float((torch.cdist(x.double(), c.double().cpu()) ** 2).min(1).values.sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kmeans_parallel_seeds_rows_deterministically(backend):
+    """k-means|| gives k distinct data rows; the same seed gives the same rows, another seed others."""
+    x = blobs(3000, 12, 60, seed=4)
+    a = _run(backend, x, 48, iters=0, seed=3, init="k-means||").centroids.cpu()
+    b = _run(backend, x, 48, iters=0, seed=3, init="k-means||").centroids.cpu()
+    c = _run(backend, x, 48, iters=0, seed=4, init="k-means||").centroids.cpu()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    d = torch.cdist(a.double(), x.double())
+    assert float(d.min(1).values.max()) < 1e-5  # every centre is a row of x
+    assert torch.unique(a, dim=0).shape[0] == 48
+
+
+def test_kmeans_parallel_potential_near_kmeanspp():
+    """Seeding potential over 6 seeds: k-means|| within 25 % of greedy k-means++ on every row,
+    and far below uniform random rows (blobs with 60 centres, k = 60)."""
+    x = blobs(4000, 10, 60, seed=8, spread=3.0)
+    pot = {init: sum(_potential(x, pysid.kmeans(x, 60, iters=0, seed=s, init=init).centroids)
+                     for s in range(6)) for init in ("k-means++", "k-means||", "random")}
+    assert pot["k-means||"] <= 1.25 * pot["k-means++"], pot
+    assert pot["k-means||"] < 0.7 * pot["random"], pot
+
+
+def test_kmeans_parallel_few_distinct_rows_falls_back():
+    """Fewer distinct rows than k among the candidates: k-means++ on x seeds instead (data rows)."""
+    base = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    x = base.repeat(200, 1)
+    res = pysid.kmeans(x, 8, iters=0, init="k-means||")
+    assert res.centroids.shape == (8, 3)
+    assert float(torch.cdist(res.centroids.double(), base.double()).min(1).values.max()) < 1e-6
+    assert torch.unique(res.centroids, dim=0).shape[0] == 5  # all five distinct rows chosen
+
+
+def test_auto_init_rule():
+    """init="auto": k-means|| from k = 32 on when the rows number >= 2 * (1 + 4k); else k-means++."""
+    from pysid.kmeans import _use_parallel_seeding
+
+    assert _use_parallel_seeding(32, 2 * (1 + 4 * 32)) and not _use_parallel_seeding(32, 2 * (1 + 4 * 32) - 1)
+    assert not _use_parallel_seeding(31, 10**6)
+    x = blobs(2000, 6, 40, seed=1)
+    for k, other in ((40, "k-means||"), (8, "k-means++")):
+        auto = pysid.kmeans(x, k, iters=2, seed=5)
+        same = pysid.kmeans(x, k, iters=2, seed=5, init=other)
+        assert torch.equal(auto.centroids, same.centroids)
+    small = pysid.kmeans(x[:200], 40, iters=0, seed=5)  # too few rows for k-means||
+    assert torch.equal(small.centroids, pysid.kmeans(x[:200], 40, iters=0, seed=5, init="k-means++").centroids)
+
+
+# --------------------------------------------------------------------------- stopping rules, host reads
+def test_rtol_stops_on_the_inertia():
+    x = blobs(3000, 8, 50, seed=3, spread=2.0)
+    full = pysid.kmeans(x, 50, iters=100, tol=0, rtol=0)
+    fast = pysid.kmeans(x, 50, iters=100, tol=0, rtol=1e-3)
+    assert fast.converged and fast.iterations < full.iterations
+    h = fast.history + [fast.inertia]
+    assert (h[-2] - h[-1]) <= 1e-3 * h[-1]  # the stop: the last assignment gained < rtol
+    assert all((a - b) > 1e-3 * b for a, b in zip(h[:-2], h[1:-1]))  # ... and no earlier one did
+    assert fast.inertia <= full.inertia * 1.02
+    check_consistent(x, fast)  # the returned assignment is that of the returned centroids
+
+
+def _lloyd_runs(monkeypatch, every: int, **kw):
+    """A run with the per-iteration loop (CPU) and one with blocks of ``every`` iterations and
+    one host read per block (the CUDA loop, forced on the CPU); counts the loop's host reads."""
+    import importlib
+
+    km = importlib.import_module("pysid.kmeans")
+    reads = []
+    real = km._read
+    monkeypatch.setattr(km, "_read", lambda t: reads.append(1) or real(t))
+    sync = pysid.kmeans(**kw)
+    n_sync = len(reads)
+    monkeypatch.setattr(km, "_check_every", lambda x: every)
+    reads.clear()
+    free = pysid.kmeans(**kw)
+    return sync, n_sync, free, len(reads)
+
+
+def _same_run(a, b) -> None:
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.assignments, b.assignments)
+    assert a.history == b.history and a.inertia == b.inertia
+    assert a.iterations == b.iterations and a.converged == b.converged and torch.equal(a.sizes, b.sizes)
+
+
+@pytest.mark.parametrize("case", ["rtol", "iters", "tol", "weights"])
+def test_sync_free_loop_same_run_one_read_per_block(monkeypatch, case):
+    """The blocked loop reads the host once per 4 iterations (the per-iteration loop: twice per
+    iteration) and gives the per-iteration loop's run bit for bit, whichever rule stops it."""
+    x = blobs(2500, 8, 40, seed=2, spread=2.0)
+    kw = dict(x=x, k=40, seed=1, tol=0, rtol=0, iters=13)
+    if case == "rtol":
+        kw.update(rtol=1e-3, iters=100)
+    elif case == "tol":
+        kw.update(tol=1e-2, iters=100)
+    elif case == "weights":
+        kw.update(weights=torch.rand(2500, generator=torch.Generator().manual_seed(0)) + 0.1)
+    sync, n_sync, free, n_free = _lloyd_runs(monkeypatch, 4, **kw)
+    _same_run(sync, free)
+    if case in ("iters", "weights"):
+        assert sync.iterations == 13 and not sync.converged
+    else:
+        assert sync.converged and sync.iterations < 100
+    assert n_sync >= 2 * sync.iterations
+    blocks = math.ceil((sync.iterations + (case == "rtol")) / 4)  # rtol: the stopping assignment is one more
+    assert n_free == blocks, (n_free, blocks)
+
+
+def test_sync_free_loop_redoes_an_empty_cluster_exactly(monkeypatch):
+    """A cluster that goes empty inside a block: that iteration is redone on the exact path
+    (farthest rows), then blocks go on; the same run as the per-iteration loop."""
+    x = torch.cat([torch.randn(300, 4, generator=torch.Generator().manual_seed(0)),
+                   torch.tensor([[50.0, 0, 0, 0], [0, 60.0, 0, 0]])])
+    init = torch.stack([x[:100].mean(0), x[100:200].mean(0), torch.full((4,), 1e4), torch.full((4,), 2e4)])
+    sync, _, free, n_free = _lloyd_runs(monkeypatch, 4, x=x, k=4, init=init, iters=9, tol=0, rtol=0)
+    _same_run(sync, free)
+    assert bool((free.sizes > 0).all()) and 2 <= free.iterations <= 9
+    assert n_free > math.ceil(free.iterations / 4)  # the redo read the host
