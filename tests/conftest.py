@@ -96,6 +96,7 @@ def _gloo_entry(rank, world, init_file, out_dir, module, name):
     try:
         res = getattr(importlib.import_module(module), name)(rank)
         torch.save(res, os.path.join(out_dir, f"r{rank}.pt"))
+        dist.barrier()  # no rank tears the group (and its file store) down while another still uses it
     finally:
         dist.destroy_process_group()
 
