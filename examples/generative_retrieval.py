@@ -386,11 +386,17 @@ def run(args) -> dict:
     log(f"data: {args.data}: {n_users} users, {len(all_items)} items, {sum(map(len, seqs))} interactions")
 
     results = {"args": vars(args), "users": n_users, "items": len(all_items), "methods": {}}
-    test_target = torch.tensor(split.test_target)
+    test_users = list(range(n_users))
+    if args.test_users and args.test_users < n_users:   # a fixed random subsample (cheap ablation rows)
+        tg = torch.Generator().manual_seed(args.seed + 3)
+        test_users = sorted(torch.randperm(n_users, generator=tg)[:args.test_users].tolist())
+    test_history = [split.test_history[i] for i in test_users]
+    test_target = torch.tensor([split.test_target[i] for i in test_users])
+    results["test_users"] = len(test_users)
     val_target = torch.tensor(split.valid_target)
     vg = torch.Generator().manual_seed(args.seed + 2)
     val_idx = torch.randperm(n_users, generator=vg)[:min(args.val_users, n_users)]
-    excl_test = split.test_history if args.exclude_history else None
+    excl_test = test_history if args.exclude_history else None
     excl_val = [split.valid_history[i] for i in val_idx.tolist()] if args.exclude_history else None
 
     # ---------------- most popular
@@ -398,13 +404,13 @@ def run(args) -> dict:
     counts[~catalogue] = float("-inf")
     if args.exclude_history:
         top = []
-        for h in split.test_history:
+        for h in test_history:
             c = counts.clone()
             c[h] = float("-inf")
             top.append(c.topk(10).indices)
         top = torch.stack(top)
     else:
-        top = counts.topk(10).indices[None].expand(n_users, 10)
+        top = counts.topk(10).indices[None].expand(len(test_users), 10)
     results["methods"]["MostPop"] = {**ranking_metrics(top, test_target, catalogue), "train_minutes": 0.0}
 
     # ---------------- SIDs
@@ -434,7 +440,7 @@ def run(args) -> dict:
     tr_tok = hist_tokens(tr_hist)
     tr_codes = item_codes[torch.tensor(tr_tgt)]
     val_tok = hist_tokens([split.valid_history[i] for i in val_idx.tolist()])
-    test_tok = hist_tokens(split.test_history)
+    test_tok = hist_tokens(test_history)
     log(f"TIGER: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(tr_tgt)} training "
         f"examples, history of {args.history} items x {L1} SID tokens, encoder input: {args.enc_input}")
 
@@ -474,7 +480,7 @@ def run(args) -> dict:
         return F.cross_entropy(lg[m], y[m])
 
     sas_val_seq = left_pad([split.valid_history[i] for i in val_idx.tolist()], args.history, sas.pad)
-    sas_test_seq = left_pad(split.test_history, args.history, sas.pad)
+    sas_test_seq = left_pad(test_history, args.history, sas.pad)
 
     def sas_top(seq, histories):
         return sasrec_recommend(sas, seq, 10, 512, banned, histories)
@@ -508,7 +514,8 @@ def _finish(results, args, log, t_start, n_users) -> dict:
     results["published"] = PUBLISHED.get(name, {})
     results["table"] = "\n".join(lines)
     log("\n" + results["table"])
-    log(f"wall {results['wall_minutes']:.1f} min, CPU {results['cpu_minutes']:.1f} min; {n_users} users"
+    log(f"wall {results['wall_minutes']:.1f} min, CPU {results['cpu_minutes']:.1f} min; {n_users} users, "
+        f"tested on {results.get('test_users', n_users)}"
         f"{' (subsample: published figures are for all users)' if args.max_users else ''}")
     if args.out:
         d = os.path.dirname(os.path.abspath(args.out))
@@ -553,6 +560,9 @@ def parse_args(argv=None):
     p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec-style baseline")
     p.add_argument("--max-users", type=int, default=0, help="random subsample of users (0: all)")
     p.add_argument("--val-users", type=int, default=2000, help="users in the early-stopping validation")
+    p.add_argument("--test-users", type=int, default=0,
+                   help="test on a fixed random subsample of users (0: all, the published protocol); for "
+                        "cheap ablation rows: every method is tested on the same users")
     p.add_argument("--history", type=int, default=20)
     p.add_argument("--exclude-history", action="store_true", help="never recommend a history item")
     p.add_argument("--d-model", type=int, default=128)

@@ -110,10 +110,12 @@ def test_random_sids_reassign_and_cpu_budget(tmp_path):
     on_disk = json.loads((tmp_path / "r.json").read_text())
     assert on_disk["methods"]["TIGER (pysid)"]["stopped_by"] == "cpu budget"
 
-    res = gr.run(gr.parse_args(base + ["--dedup", "suffix", "--max-steps", "2"]))
+    res = gr.run(gr.parse_args(base + ["--dedup", "suffix", "--max-steps", "2", "--test-users", "50"]))
     s, t = res["sids"], res["methods"]["TIGER (pysid)"]
     assert s["dedup"] == "suffix" and s["suffix_level"] is True and len(s["vocab_sizes"]) == 4
     assert t["stopped_by"] == "epochs" and t["steps"] == 2
+    # --test-users: every method is tested on the same fixed subsample
+    assert res["users"] == 200 and res["test_users"] == 50 and t["test_top_shape"] == [50, 10]
 
 
 def test_input_weights_need_two(tmp_path):
