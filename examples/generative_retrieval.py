@@ -344,13 +344,15 @@ def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
                 bar.set_postfix(loss=f"{tot / cnt:.3f}")
             out_of_wall = time.perf_counter() - t0 > budget
             out_of_cpu = time.process_time() - c0 > cpu_budget
-            out_of_time = out_of_wall or out_of_cpu
+            stop_file = bool(args.stop_file) and os.path.exists(args.stop_file)
+            out_of_time = out_of_wall or out_of_cpu or stop_file
             last = (args.max_steps and done_in_epoch >= args.max_steps) or done_in_epoch == steps_per_epoch
             if out_of_time or last or (args.eval_every and step % args.eval_every == 0):
                 patience_out = evaluate(epoch + done_in_epoch / steps_per_epoch, out_of_time)
                 stop = patience_out or out_of_time
                 if stop:
-                    stopped_by = ("cpu budget" if out_of_cpu else "wall budget") if out_of_time else "early stop"
+                    stopped_by = (("cpu budget" if out_of_cpu else "wall budget" if out_of_wall else "stop file")
+                                  if out_of_time else "early stop")
                 if stop or last:
                     break
         if hasattr(bar, "close"):
@@ -547,6 +549,9 @@ def parse_args(argv=None):
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--emb-dim", type=int, default=64, help="collaborative embedding size")
+    p.add_argument("--stop-file", default=None,
+                   help="end training (as a budget does: validate, keep the best state, then test) once this file "
+                        "exists; lets a run on a shared machine be ended in time for its test decoding")
     p.add_argument("--sid-input", choices=["collab", "text", "hybrid", "random"], default="collab",
                    help="SIDs from collaborative vectors, item text (MiniLM, needs --items), both (pysid.fit on a "
                         "list) or random Gaussian vectors (the floor)")

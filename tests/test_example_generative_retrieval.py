@@ -110,6 +110,12 @@ def test_random_sids_reassign_and_cpu_budget(tmp_path):
     on_disk = json.loads((tmp_path / "r.json").read_text())
     assert on_disk["methods"]["TIGER (pysid)"]["stopped_by"] == "cpu budget"
 
+    stop = tmp_path / "stop"
+    stop.write_text("")
+    res = gr.run(gr.parse_args(base + ["--max-steps", "50", "--stop-file", str(stop)]))
+    t = res["methods"]["TIGER (pysid)"]
+    assert t["stopped_by"] == "stop file" and t["steps"] == 1 and t["invalid_rate"] == 0.0
+
     res = gr.run(gr.parse_args(base + ["--dedup", "suffix", "--max-steps", "2", "--test-users", "50"]))
     s, t = res["sids"], res["methods"]["TIGER (pysid)"]
     assert s["dedup"] == "suffix" and s["suffix_level"] is True and len(s["vocab_sizes"]) == 4
