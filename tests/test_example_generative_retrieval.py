@@ -87,3 +87,69 @@ def test_sid_input_flags(tmp_path):
     assert set(res["methods"]) == {"MostPop", "TIGER (pysid)"}
     assert res["sids"]["sid_input"] == "collab"
     assert res["methods"]["TIGER (pysid)"]["invalid_rate"] == 0.0
+
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_random_sids_reassign_and_cpu_budget(tmp_path):
+    """--sid-input random (the ablation's floor), --dedup reassign and --max-cpu-minutes: the
+    budget stops training on process CPU time and says so; every returned item is valid."""
+    gr = _load()
+    base = ["--data", TOYS, "--max-users", "200", "--epochs", "1", "--val-users", "16", "--codebook-size", "64",
+            "--beam", "10", "--no-sasrec", "--quiet", "--threads", "1"]
+    res = gr.run(gr.parse_args(base + ["--sid-input", "random", "--dedup", "reassign", "--max-steps", "50",
+                                       "--max-cpu-minutes", "1e-6", "--out", str(tmp_path / "r.json")]))
+    s = res["sids"]
+    assert s["sid_input"] == "random" and s["dedup"] == "reassign"
+    # 64 x 64 x 64 tuples for ~1k items: reassign resolves every collision, no suffix level
+    assert s["suffix_level"] is False and len(s["vocab_sizes"]) == 3 and s["max_suffix"] == 0
+    t = res["methods"]["TIGER (pysid)"]
+    assert t["stopped_by"] == "cpu budget" and t["steps"] == 1 and t["evaluations"] == 1
+    assert t["train_cpu_minutes"] > 0 and t["test_decode_cpu_seconds"] > 0
+    assert t["invalid_rate"] == 0.0 and t["test_top_shape"] == [200, 10]
+    assert res["cpu_minutes"] > 0
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert on_disk["methods"]["TIGER (pysid)"]["stopped_by"] == "cpu budget"
+
+    stop = tmp_path / "stop"
+    stop.write_text("")
+    res = gr.run(gr.parse_args(base + ["--max-steps", "50", "--stop-file", str(stop)]))
+    t = res["methods"]["TIGER (pysid)"]
+    assert t["stopped_by"] == "stop file" and t["steps"] == 1 and t["invalid_rate"] == 0.0
+
+    res = gr.run(gr.parse_args(base + ["--dedup", "suffix", "--max-steps", "2", "--test-users", "50"]))
+    s, t = res["sids"], res["methods"]["TIGER (pysid)"]
+    assert s["dedup"] == "suffix" and s["suffix_level"] is True and len(s["vocab_sizes"]) == 4
+    assert t["stopped_by"] == "epochs" and t["steps"] == 2
+    # --test-users: every method is tested on the same fixed subsample
+    assert res["users"] == 200 and res["test_users"] == 50 and t["test_top_shape"] == [50, 10]
+
+
+def test_input_weights_need_two(tmp_path):
+    gr = _load()
+    with pytest.raises(SystemExit):   # argparse: exactly two weights
+        gr.parse_args(["--data", TOYS, "--input-weights", "1"])
+    args = gr.parse_args(["--data", TOYS, "--input-weights", "2", "1", "--sid-input", "hybrid"])
+    assert args.input_weights == [2.0, 1.0]
+
+
+def test_retrieval_table(tmp_path):
+    """examples/retrieval_table.py: one Markdown row per TIGER run, baselines once per data set."""
+    spec = importlib.util.spec_from_file_location("retrieval_table", os.path.join(ROOT, "examples", "retrieval_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = {"R@5": 0.01, "R@10": 0.02, "N@5": 0.005, "N@10": 0.008, "invalid_rate": 0.0}
+    paths = []
+    for name, dedup in (("text", "suffix"), ("hybrid", "reassign")):
+        res = {"args": {"data": "/x/toys.txt", "max_cpu_minutes": 5.0, "max_minutes": 60.0},
+               "sids": {"sid_input": name, "dedup": dedup, "collision_rate_before_dedup": 0.117,
+                        "vocab_sizes": [256, 256, 256] if dedup == "reassign" else [256, 256, 256, 14]},
+               "methods": {"MostPop": {**m, "train_minutes": 0.0},
+                           "TIGER (pysid)": {**m, "steps": 7, "train_cpu_minutes": 5.01, "train_minutes": 9.5,
+                                             "stopped_by": "cpu budget"}}}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(res))
+    lines = mod.rows([str(p) for p in paths])
+    assert len(lines) == 2 + 1 + 2          # header, one MostPop row, two TIGER rows
+    assert "| toys | TIGER (pysid) | hybrid / reassign | 11.7 % | 3 | 0.0100 | 0.0200 |" in lines[-1]
+    assert "| 7 | 5.0 | 9.5 | cpu budget | hybrid.json |" in lines[-1]
+    assert "text / suffix | 11.7 % | 4 |" in lines[-2]
