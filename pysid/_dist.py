@@ -18,10 +18,12 @@ class Comm:
     error-agreement point (``agree``) under torch.distributed (world > 1);
     one process: identities (``gather`` adds the leading world dimension)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, local: bool = False):
+        """local: a one-process Comm even under torch.distributed (for work every rank repeats
+        on identical inputs)."""
         import torch.distributed as dist
 
-        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.on = not local and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.world = dist.get_world_size() if self.on else 1
         self.rank = dist.get_rank() if self.on else 0
         self.dev = device if (not self.on or dist.get_backend() == "nccl") else torch.device("cpu")

@@ -258,14 +258,6 @@ def _rows(x: Tensor, comm: _Comm) -> int:
     return int(comm.sum(torch.tensor([x.shape[0]], dtype=torch.int64))[0])
 
 
-def _local_comm(device: torch.device) -> _Comm:
-    """A one-process Comm (every collective an identity), for work every rank repeats on
-    identical inputs (the weighted k-means++ over the k-means|| candidates)."""
-    c = object.__new__(_Comm)
-    c.on, c.world, c.rank, c.dev = False, 1, 0, device
-    return c
-
-
 def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int, trials: int,
                      g: torch.Generator, eng: KMeansEngine, comm: _Comm, progress) -> Tensor | None:
     """k-means|| seeding (Bahmani et al. 2012, as cuML / cuVS run it): centres [k, D], or None
@@ -307,11 +299,11 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     if int((cw > 0).sum()) < k:  # too few distinct rows reached: seed on x itself
         return None
     if cand.is_cuda or cand.numel() * 4 > _ONE_THREAD_BYTES:
-        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _Comm(dev, local=True), progress)
     threads = torch.get_num_threads()  # k passes over a few MB: waking a second thread per pass costs more
     torch.set_num_threads(1)  # (the C++ kernels share torch's OpenMP thread count)
     try:
-        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _local_comm(dev), progress)
+        return _kmeanspp(cand, cw.to(torch.float32), k, trials, g, eng, _Comm(dev, local=True), progress)
     finally:
         torch.set_num_threads(threads)
 
