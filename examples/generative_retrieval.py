@@ -248,6 +248,111 @@ def tiger_recommend(model: Tiger, hist_tok: torch.Tensor, trie, beam: int, topk:
     return torch.cat(outs) if outs else torch.empty(0, topk, dtype=torch.int64)
 
 
+# ----------------------------------------------------------------------------- decoder-only
+class CausalSID(nn.Module):
+    """Decoder-only generative retrieval. A causal transformer reads the history one position
+    per item (``item_input``: "sid" = the sum of the item's SID token embeddings, TIGER's input
+    without the item id; "id" = a learned item-id embedding; "both" = their sum); at every
+    position a small causal SID head generates the next item's L codes one level at a time:
+    head input [state, tok(c_1), ..., tok(c_{L-1})] -> logits of level 1..L, each restricted
+    to its level's token range. Training uses every position of every training window (as
+    SASRec does), decoding is ``pysid.beam_search`` over the trie with the head as step_fn."""
+
+    def __init__(self, vocab_sizes, n_items: int, max_len: int, d_model=64, heads=2, layers=2, ff=256,
+                 dropout=0.3, head_layers=1, item_input="both"):
+        super().__init__()
+        if item_input not in ("sid", "id", "both"):
+            raise ValueError(f"item_input must be 'sid', 'id' or 'both', got {item_input!r}")
+        self.item_input = item_input
+        self.vocab_sizes = list(vocab_sizes)
+        self.L = len(self.vocab_sizes)
+        off = [0]
+        for v in self.vocab_sizes[:-1]:
+            off.append(off[-1] + v)
+        self.register_buffer("off", torch.tensor(off, dtype=torch.int64), persistent=False)
+        self.n_tok = 1 + sum(self.vocab_sizes)          # token 0: padding
+        self.pad_item = n_items                          # item index n_items: padding
+        self.tok = nn.Embedding(self.n_tok, d_model, padding_idx=0)
+        self.item = nn.Embedding(n_items + 1, d_model, padding_idx=n_items) if item_input != "sid" else None
+        self.pos = nn.Embedding(max_len, d_model)
+        self.head_pos = nn.Embedding(self.L, d_model)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
+        self.backbone = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        hl = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
+        self.head = nn.TransformerEncoder(hl, head_layers, enable_nested_tensor=False)
+        self.head_norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, self.n_tok)
+        for e in (self.tok, self.item, self.pos, self.head_pos):
+            if e is not None:
+                nn.init.normal_(e.weight, std=0.05)
+                if e.padding_idx is not None:
+                    with torch.no_grad():
+                        e.weight[e.padding_idx].zero_()
+        mask = torch.zeros(self.L, self.n_tok, dtype=torch.bool)
+        for j, v in enumerate(self.vocab_sizes):
+            mask[j, 1 + off[j]:1 + off[j] + v] = True
+        self.register_buffer("level_mask", mask, persistent=False)
+
+    def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        return 1 + self.off[:codes.shape[-1]] + codes
+
+    def states(self, items: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """items [B, T] item indices (left padded with pad_item), codes [B, T, L] their SIDs ->
+        the state after each position [B, T, d]."""
+        T = items.shape[1]
+        h = 0
+        if self.item_input != "id":
+            tok = self.codes_to_tokens(codes).masked_fill((items == self.pad_item)[..., None], 0)
+            h = self.tok(tok).sum(2)
+        if self.item is not None:
+            h = h + self.item(items)
+        h = self.drop(h * math.sqrt(self.tok.embedding_dim) + self.pos(torch.arange(T, device=items.device)))
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=items.device)
+        return self.norm(self.backbone(h, mask=causal, is_causal=True))
+
+    def head_logits(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """state [P, d], prefix codes [P, t] (t < L) -> logits [P, t+1, n_tok] for levels 0..t."""
+        t = prefix.shape[1]
+        x = state[:, None]
+        if t:
+            x = torch.cat([x, self.tok(self.codes_to_tokens(prefix))], 1)
+        x = x + self.head_pos(torch.arange(t + 1, device=x.device))
+        causal = nn.Transformer.generate_square_subsequent_mask(t + 1, device=x.device)
+        return self.out(self.head_norm(self.head(x, mask=causal, is_causal=True)))
+
+    def loss(self, items, codes, target_codes, valid):
+        """items/codes: inputs [B, T] / [B, T, L]; target_codes [B, T, L] the next item's codes;
+        valid [B, T] bool: positions with a target."""
+        st = self.states(items, codes)[valid]                         # [P, d]
+        tgt = target_codes[valid]                                     # [P, L]
+        logits = self.head_logits(st, tgt[:, :-1]).masked_fill(~self.level_mask, float("-inf"))
+        return F.cross_entropy(logits.reshape(-1, self.n_tok), self.codes_to_tokens(tgt).reshape(-1))
+
+
+def causal_recommend(model: CausalSID, items: torch.Tensor, codes: torch.Tensor, trie, beam: int, topk: int,
+                     batch: int, exclude=None, desc: str | None = None):
+    """Constrained beam search from the state after each row's last item: item ids [N, topk]."""
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in tqdm(range(0, items.shape[0], batch), desc=desc, leave=False, disable=desc is None):
+            st = model.states(items[s:s + batch], codes[s:s + batch])[:, -1]
+            B = st.shape[0]
+            st = st.repeat_interleave(beam, 0)
+
+            def step_fn(tokens, parent, st=st):
+                t = tokens.shape[1]
+                lo = 1 + int(model.off[t])
+                return model.head_logits(st, tokens)[:, -1, lo:lo + model.vocab_sizes[t]]
+
+            ex = None if exclude is None else exclude[s:s + batch]
+            outs.append(pysid.beam_search(step_fn, trie, B, beam, topk=topk, exclude=ex).items)
+    model.train()
+    return torch.cat(outs) if outs else torch.empty(0, topk, dtype=torch.int64)
+
+
 # ----------------------------------------------------------------------------- SASRec
 class SASRec(nn.Module):
     def __init__(self, n_items: int, max_len: int, d_model=64, heads=2, layers=2, dropout=0.2):
@@ -426,43 +531,47 @@ def run(args) -> dict:
     item_codes[sids.item_ids] = sids.codes
     pad_item = max_id + 1
 
-    # ---------------- TIGER
-    seed_all(args.seed)
-    model = Tiger(sids.vocab_sizes, args.history, d_model=args.d_model, heads=args.heads,
-                  enc_layers=args.layers, dec_layers=args.layers, ff=args.ff, dropout=args.dropout,
-                  enc_input=args.enc_input)
+    if args.arch == "causal":
+        _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, catalogue, val_idx, val_target,
+                    test_history, test_target, excl_val, excl_test)
+    else:
+        # ---------------- TIGER
+        seed_all(args.seed)
+        model = Tiger(sids.vocab_sizes, args.history, d_model=args.d_model, heads=args.heads,
+                      enc_layers=args.layers, dec_layers=args.layers, ff=args.ff, dropout=args.dropout,
+                      enc_input=args.enc_input)
 
-    def hist_tokens(histories):
-        ids = left_pad(histories, args.history, pad_item)
-        tok = model.codes_to_tokens(item_codes[ids])                # [N, H, L1]
-        tok[ids == pad_item] = 0
-        return tok.reshape(len(histories), -1)
+        def hist_tokens(histories):
+            ids = left_pad(histories, args.history, pad_item)
+            tok = model.codes_to_tokens(item_codes[ids])                # [N, H, L1]
+            tok[ids == pad_item] = 0
+            return tok.reshape(len(histories), -1)
 
-    tr_hist, tr_tgt = split.train_examples()
-    tr_tok = hist_tokens(tr_hist)
-    tr_codes = item_codes[torch.tensor(tr_tgt)]
-    val_tok = hist_tokens([split.valid_history[i] for i in val_idx.tolist()])
-    test_tok = hist_tokens(test_history)
-    log(f"TIGER: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(tr_tgt)} training "
-        f"examples, history of {args.history} items x {L1} SID tokens, encoder input: {args.enc_input}")
+        tr_hist, tr_tgt = split.train_examples()
+        tr_tok = hist_tokens(tr_hist)
+        tr_codes = item_codes[torch.tensor(tr_tgt)]
+        val_tok = hist_tokens([split.valid_history[i] for i in val_idx.tolist()])
+        test_tok = hist_tokens(test_history)
+        log(f"TIGER: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(tr_tgt)} training "
+            f"examples, history of {args.history} items x {L1} SID tokens, encoder input: {args.enc_input}")
 
-    def tiger_val():
-        top = tiger_recommend(model, val_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_val)
-        return ranking_metrics(top, val_target[val_idx], catalogue)["R@10"]
+        def tiger_val():
+            top = tiger_recommend(model, val_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_val)
+            return ranking_metrics(top, val_target[val_idx], catalogue)["R@10"]
 
-    info, state = train_loop("TIGER", model, lambda b: model.loss(tr_tok[b], tr_codes[b]), len(tr_tgt),
-                             tiger_val, args, log)
-    if args.checkpoint_dir and state is not None:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        torch.save({"model": state, "vocab_sizes": sids.vocab_sizes, "args": vars(args)},
-                   os.path.join(args.checkpoint_dir, "tiger_best.pt"))
-    t0, c0 = time.perf_counter(), time.process_time()
-    top = tiger_recommend(model, test_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_test,
-                          desc=None if args.quiet else "TIGER test")
-    results["methods"]["TIGER (pysid)"] = {**ranking_metrics(top, test_target, catalogue), **info,
-                                           "test_decode_seconds": time.perf_counter() - t0,
-                                           "test_decode_cpu_seconds": time.process_time() - c0,
-                                           "test_top_shape": list(top.shape)}
+        info, state = train_loop("TIGER", model, lambda b: model.loss(tr_tok[b], tr_codes[b]), len(tr_tgt),
+                                 tiger_val, args, log)
+        if args.checkpoint_dir and state is not None:
+            os.makedirs(args.checkpoint_dir, exist_ok=True)
+            torch.save({"model": state, "vocab_sizes": sids.vocab_sizes, "args": vars(args)},
+                       os.path.join(args.checkpoint_dir, "tiger_best.pt"))
+        t0, c0 = time.perf_counter(), time.process_time()
+        top = tiger_recommend(model, test_tok, trie, args.beam, 10, args.eval_batch, exclude=excl_test,
+                              desc=None if args.quiet else "TIGER test")
+        results["methods"]["TIGER (pysid)"] = {**ranking_metrics(top, test_target, catalogue), **info,
+                                               "test_decode_seconds": time.perf_counter() - t0,
+                                               "test_decode_cpu_seconds": time.process_time() - c0,
+                                               "test_top_shape": list(top.shape)}
 
     # ---------------- SASRec
     if args.no_sasrec:
@@ -498,6 +607,44 @@ def run(args) -> dict:
     results["methods"]["SASRec (ours)"] = {**ranking_metrics(top, test_target, catalogue), **info}
     return _finish(results, args, log, t_start, n_users)
 
+
+
+def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, catalogue, val_idx, val_target,
+                test_history, test_target, excl_val, excl_test) -> None:
+    """--arch causal: the decoder-only model (CausalSID) in place of the encoder-decoder."""
+    seed_all(args.seed)
+    model = CausalSID(sids.vocab_sizes, pad_item, args.history, d_model=args.d_model, heads=args.heads,
+                      layers=args.layers, ff=args.ff, dropout=args.dropout, head_layers=args.head_layers,
+                      item_input=args.item_input)
+    win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
+    tr_in = left_pad([w[:-1] for w in win], args.history, pad_item)
+    tr_out = left_pad([w[1:] for w in win], args.history, pad_item)
+    tr_valid = tr_out != pad_item
+    val_in = left_pad([split.valid_history[i] for i in val_idx.tolist()], args.history, pad_item)
+    test_in = left_pad(test_history, args.history, pad_item)
+    log(f"Causal SID: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(win)} training "
+        f"windows ({int(tr_valid.sum())} targets), history of {args.history} items, item input: {args.item_input}")
+
+    def val_fn():
+        top = causal_recommend(model, val_in, item_codes[val_in], trie, args.beam, 10, args.eval_batch, excl_val)
+        return ranking_metrics(top, val_target[val_idx], catalogue)["R@10"]
+
+    def loss_fn(b):
+        i, o = tr_in[b], tr_out[b]
+        return model.loss(i, item_codes[i], item_codes[o], tr_valid[b])
+
+    info, state = train_loop("CausalSID", model, loss_fn, len(win), val_fn, args, log)
+    if args.checkpoint_dir and state is not None:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        torch.save({"model": state, "vocab_sizes": sids.vocab_sizes, "args": vars(args)},
+                   os.path.join(args.checkpoint_dir, "causal_best.pt"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    top = causal_recommend(model, test_in, item_codes[test_in], trie, args.beam, 10, args.eval_batch, excl_test,
+                           desc=None if args.quiet else "Causal SID test")
+    results["methods"]["Causal SID (pysid)"] = {**ranking_metrics(top, test_target, catalogue), **info,
+                                                "test_decode_seconds": time.perf_counter() - t0,
+                                                "test_decode_cpu_seconds": time.process_time() - c0,
+                                                "test_top_shape": list(top.shape)}
 
 def _finish(results, args, log, t_start, n_users) -> dict:
     results["wall_minutes"] = (time.perf_counter() - t_start) / 60
@@ -577,6 +724,11 @@ def parse_args(argv=None):
     p.add_argument("--enc-input", choices=["items", "tokens"], default="items",
                    help="encoder positions: one per history item (sum of its SID token embeddings; 4x "
                         "fewer positions, the CPU default) or one per SID token (TIGER)")
+    p.add_argument("--arch", choices=["tiger", "causal"], default="tiger",
+                   help="tiger: encoder-decoder over SID tokens; causal: decoder-only over items with a SID head")
+    p.add_argument("--item-input", choices=["sid", "id", "both"], default="both",
+                   help="--arch causal: each history item enters as its SID tokens, its id embedding or both")
+    p.add_argument("--head-layers", type=int, default=1, help="--arch causal: layers of the SID head")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -30,7 +30,7 @@ def rows(paths: list[str]) -> list[str]:
         if s.get("input_weights"):
             sid += " w=" + ",".join(f"{w:g}" for w in s["input_weights"])
         for name, m in res["methods"].items():
-            tiger = name.startswith("TIGER")
+            tiger = name.endswith("(pysid)")   # a generative model over this run's SIDs
             key = (data, name, a.get("max_cpu_minutes"), a.get("max_minutes"))
             if not tiger and key in seen:
                 continue

@@ -124,6 +124,56 @@ def test_random_sids_reassign_and_cpu_budget(tmp_path):
     assert res["users"] == 200 and res["test_users"] == 50 and t["test_top_shape"] == [50, 10]
 
 
+
+def test_causal_model_decodes_only_catalogue_items():
+    """--arch causal's model: the loss is finite and trains, the SID head's step function with
+    pysid.beam_search returns only catalogue items (and respects exclusion), for every item input."""
+    gr = _load()
+    import pysid
+    torch.manual_seed(0)
+    ids = torch.arange(0, 60)
+    codes = torch.stack([torch.arange(60) % 4, (torch.arange(60) // 4) % 5, torch.arange(60) // 20], 1)
+    trie = pysid.Trie(codes, item_ids=ids, vocab_sizes=[4, 5, 3])
+    item_codes = torch.cat([codes, torch.zeros(1, 3, dtype=torch.int64)])     # row 60: padding item
+    for item_input in ("sid", "id", "both"):
+        model = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, layers=1, ff=64,
+                             dropout=0.0, item_input=item_input)
+        seq = torch.randint(0, 60, (8, 7))
+        seq[0, :4] = 60                                                      # left padding
+        inp, out = seq[:, :-1], seq[:, 1:]
+        valid = out != 60
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(30):   # memorise 8 sequences: the loss must fall
+            loss = model.loss(inp, item_codes[inp], item_codes[out], valid)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert math.isfinite(losses[0]) and losses[-1] < 0.5 * losses[0], (item_input, losses[0], losses[-1])
+        hist = seq[:, :-1]
+        items = gr.causal_recommend(model, hist, item_codes[hist], trie, beam=8, topk=5, batch=3)
+        assert items.shape == (8, 5) and bool(((items >= 0) & (items < 60)).all())
+        excl = [[0, 1, 2]] * 8
+        items = gr.causal_recommend(model, hist, item_codes[hist], trie, beam=8, topk=5, batch=3, exclude=excl)
+        assert not bool(torch.isin(items, torch.tensor([0, 1, 2])).any())
+    with pytest.raises(ValueError, match="item_input"):
+        gr.CausalSID([4, 5, 3], n_items=60, max_len=6, item_input="text")
+
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_causal_arch_pipeline(tmp_path):
+    gr = _load()
+    res = gr.run(gr.parse_args(["--data", TOYS, "--max-users", "200", "--epochs", "1", "--max-steps", "2",
+                                "--val-users", "16", "--codebook-size", "16", "--beam", "10", "--arch", "causal",
+                                "--d-model", "32", "--ff", "64", "--heads", "2", "--batch-size", "64", "--quiet", "--threads", "1",
+                                "--out", str(tmp_path / "c.json")]))
+    assert set(res["methods"]) == {"MostPop", "Causal SID (pysid)", "SASRec (ours)"}
+    c = res["methods"]["Causal SID (pysid)"]
+    assert c["steps"] == 2 and c["test_top_shape"] == [200, 10] and c["invalid_rate"] == 0.0
+    assert math.isfinite(c["history"][0]["loss"])
+    assert json.loads((tmp_path / "c.json").read_text())["args"]["arch"] == "causal"
+
 def test_input_weights_need_two(tmp_path):
     gr = _load()
     with pytest.raises(SystemExit):   # argparse: exactly two weights
