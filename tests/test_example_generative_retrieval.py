@@ -135,9 +135,9 @@ def test_causal_model_decodes_only_catalogue_items():
     codes = torch.stack([torch.arange(60) % 4, (torch.arange(60) // 4) % 5, torch.arange(60) // 20], 1)
     trie = pysid.Trie(codes, item_ids=ids, vocab_sizes=[4, 5, 3])
     item_codes = torch.cat([codes, torch.zeros(1, 3, dtype=torch.int64)])     # row 60: padding item
-    for item_input in ("sid", "id", "both"):
+    for item_input, tie in (("sid", False), ("id", True), ("both", False), ("both", True)):
         model = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, layers=1, ff=64,
-                             dropout=0.0, item_input=item_input)
+                             dropout=0.0, item_input=item_input, tie=tie)
         seq = torch.randint(0, 60, (8, 7))
         seq[0, :4] = 60                                                      # left padding
         inp, out = seq[:, :-1], seq[:, 1:]
