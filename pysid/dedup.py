@@ -295,7 +295,7 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     tuples other items hold, has it); every other row (a "mover") proposes its candidate
     last-level codes nearest first, in rounds; a tuple that is free in the mover's prefix goes to
     the proposer with the lowest score (ties: the earlier row); movers out of candidates keep
-    their tuple. Exactly ``pysid.sid._reassign`` (the in-memory rule of ``SemanticIds``).
+    their tuple. Exactly ``pysid.sid._reassign_ref`` (the specification of the in-memory rule of ``SemanticIds``).
 
     candidates: the movers' candidates, either a pair (codes [N, m], scores [N, m]) for every
     row (numpy or torch; only the movers' rows are read), or a callable ``f(rows)`` that gets
@@ -394,7 +394,7 @@ def reassign(codes, sizes: Sequence[int], candidates, *, taken=None, batch_rows:
     """The semantic codes [N, L] (a new numpy array, the dtype of ``codes``) of code tuples
     ``codes`` [N, L] after the "reassign" rule (``reassign_moves``; ``taken`` [T, L]: tuples
     other items hold). ``candidates``: as in ``reassign_moves`` (last-level codes). Exactly
-    ``pysid.sid._reassign``. The suffix level, if any row still collides, is the caller's
+    ``pysid.sid._reassign_ref``. The suffix level, if any row still collides, is the caller's
     (``suffix``)."""
     c = _np(codes)
     keys = tuple_keys(c, sizes)

@@ -142,7 +142,33 @@ def _suffix(codes: Tensor, sizes: Sequence[int]) -> Tensor:
 # --------------------------------------------------------------------------- reassignment
 def _reassign(codes: Tensor, last_scores: Tensor, last_cands: Tensor, sizes: Sequence[int],
               taken: Tensor | None = None) -> Tensor:
-    """Move colliding rows to a free last-level code, in rounds (vectorised).
+    """Move colliding rows to a free last-level code: the rule of :func:`_reassign_ref`, solved by
+    ``pysid.dedup.reassign_moves`` (one sort, then each prefix on its own in C++; 10-100x faster
+    and leaner than the vectorised rounds). Same arguments; returns a new tensor (on the device
+    of ``codes``)."""
+    from .dedup import reassign_moves
+
+    L = codes.shape[1]
+    t = 0 if taken is None else taken.shape[0]
+    allc = codes.cpu() if taken is None else torch.cat([taken.cpu(), codes.cpu()])
+    k_last = int(sizes[L - 1])
+    pk = _tuple_keys(allc[:, : L - 1], sizes[: L - 1])
+    if math.prod(int(s) for s in sizes[: L - 1]) * k_last > 2**63:  # prefix ranks: < rows
+        pk = torch.unique(pk, return_inverse=True)[1]
+        if allc.shape[0] * k_last > 2**63:
+            raise ValueError(f"{allc.shape[0]} rows x codebook size {k_last} is too large for int64 tuple keys")
+    key = (pk * k_last + allc[:, L - 1]).numpy()
+    rows, new = reassign_moves(key[t:], k_last, (last_cands.cpu(), last_scores.cpu()),
+                               taken_keys=key[:t] if t else None)
+    out = codes.cpu().clone()
+    out[torch.from_numpy(rows), L - 1] = torch.from_numpy(new).to(out.dtype)
+    return out.to(codes.device)
+
+
+def _reassign_ref(codes: Tensor, last_scores: Tensor, last_cands: Tensor, sizes: Sequence[int],
+                  taken: Tensor | None = None) -> Tensor:
+    """Move colliding rows to a free last-level code, in rounds (vectorised torch; the
+    specification of the rule, kept for tests).
 
     codes [M, L]; last_cands / last_scores [M, m]: each row's m nearest last-level codes,
     nearest first. taken: [T, L] code tuples held by other items (cold start). The first
