@@ -29,8 +29,16 @@ order, with the columns ``item_id`` (int64), one int32 column per semantic level
   the table's rule for new items, so that no new ID collides with a table ID or another new
   row's ID. (Rows are not added to the table.)
 
-Tables whose dedup rule is "reassign" are refused (its moves need all new rows' residuals at
-once: use ``SemanticIds.encode``), as are hybrid tables (a list of inputs).
+Tables whose dedup rule is "reassign": the new rows move as in ``encode_result`` (colliding rows
+- after the first of their tuple, or on a table item's tuple - go to a free last-level code among
+their m nearest). The final pass finds these movers from the keys alone (``pysid.dedup``), reads
+the chunks that hold them again, computes only the movers' residuals before the last level and
+their m nearest last-level codewords (in the same blocks as ``encode_result``: the same bits),
+runs ``pysid.dedup.reassign_moves`` and writes the moved codes; the ``suffix`` column is there
+only when some rows are left on a taken tuple (or the table has a suffix level). Extra memory:
+about 5 m bytes per mover (m = 32 by default; ~12 % of the rows collide in fitted tables). Not
+yet sharded: under torch.distributed a reassign table is refused. Hybrid tables (a list of
+inputs) are refused.
 
 Crash safety and resume: ``out_dir/_manifest.json`` records the inputs (path, size,
 modification time, rows, D), the table's digest and the settings; each chunk's codes are
@@ -433,9 +441,12 @@ def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first
     if isinstance(first_id, bool) or not isinstance(first_id, int) or first_id < 0:
         raise ValueError(f"first_id must be an int >= 0, got {first_id!r}")
     rule = _dedup(table.dedup)
-    if rule.moves:
-        raise ValueError(f"encode_shards supports the dedup rules without moves (suffix, none); this table's rule "
+    if rule.moves and rule.name != "reassign":
+        raise ValueError(f"encode_shards supports the dedup rules suffix, reassign and none; this table's rule "
                          f"is {rule.name!r}: encode with SemanticIds.encode")
+    if rule.moves and _comm().on:
+        raise ValueError("encode_shards with a 'reassign' table runs in one process (not yet sharded over "
+                         "torch.distributed ranks): run it without torchrun, or use a 'suffix' table")
     if table.settings.get("inputs", 1) != 1:
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
     _pyarrow()  # the output is Parquet: fail before any work
@@ -539,7 +550,8 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
         skipped = sum(f["skipped"] for f in comm.agree(err, skipped=skipped))
     encode_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
+    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine),
+                    load=load)
     dedup_s = time.perf_counter() - t1
     parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
     return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
@@ -581,8 +593,43 @@ def _comm():
     return Comm(dev)
 
 
+def _reassign_pass(table, keys: np.ndarray, t: int, mine, new_counts: dict, wpath, rows_of, load):
+    """The "reassign" moves of the new rows (keys[t:], in input order; keys[:t]: the table's
+    items): the movers (rows after the first of their tuple, or on a table item's tuple) are found
+    from the keys, their embeddings read again chunk by chunk (only the chunks that hold movers),
+    their residuals before the last level and m nearest last-level codewords computed as
+    ``SemanticIds.encode_result`` does (``sid._LastCandidates``: the same blocks, the same bits),
+    then ``pysid.dedup.reassign_moves``. Updates ``keys`` in place; returns (rows, new last codes,
+    number of movers)."""
+    from .dedup import reassign_moves
+    from .sid import _LastCandidates, _method, _movers, _quantize
+
+    sizes = [int(k) for k in table.codebook_sizes]
+    k_last = sizes[-1]
+    kn = keys[t:]
+    tk = keys[:t] if t else None
+    mv = _movers(kn, tk)
+    cand = _LastCandidates(mv, table.codebooks[-1], k_last, table.settings.get("reassign_candidates", 32))
+    off = 0
+    method = _method(table.method)
+    for j in mine:
+        cnt = new_counts[j]
+        lo, hi = np.searchsorted(mv, [off, off + cnt])
+        if hi > lo:
+            _, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
+            local = np.flatnonzero(~known)[mv[lo:hi] - off]
+            x, _ = load(j)
+            xm = x[torch.from_numpy(local)]
+            _, r = _quantize(method.latents(table, xm), table.codebooks, table.settings.get("beam_width", 1))
+            cand.add(r)
+        off += cnt
+    rows, new = reassign_moves(kn, k_last, cand, taken_keys=tk)
+    kn[rows] += new - kn[rows] % k_last
+    return rows, new, int(mv.size)
+
+
 def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, mine: range | None = None,
-            rows_mine: int | None = None) -> dict[str, int]:
+            rows_mine: int | None = None, load=None) -> dict[str, int]:
     """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
     completion mark and _SUCCESS. Under torch.distributed (``comm`` on): this rank's chunks
     ``mine`` (contiguous, in rank order), suffixes by ``pysid.dedup.sharded_suffix``, rank 0
@@ -622,7 +669,15 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
         raise err
     n_new = pos - t
     suffix = None
-    if rule.suffix != "never":
+    moved = None
+    if rule.moves:  # "reassign" (one process): the moves, then a suffix level only if rows are left over
+        try:
+            moved = _reassign_pass(table, keys[:pos], t, mine, new_counts, wpath, rows_of, load)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{out_dir}: the reassign pass failed ({e}); the output is not complete: rerun to "
+                             "resume") from e
+        with_suffix = table.has_suffix or moved[0].size < moved[2]
+    if with_suffix or (rule.suffix != "never" and not rule.moves):
         if on:
             from .dedup import sharded_suffix
 
@@ -641,8 +696,15 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
     try:
         with ThreadPoolExecutor(2) as writers:  # parts written (and fsynced) while the next is built
             pending: list = []
+            mrow = 0  # moved rows (reassign), as new-row numbers: the next ones to apply
             for j in mine:
                 sem, known, tsuf, ids = _load_work(wpath(j), *rows_of(j))
+                if moved is not None:
+                    hi = int(np.searchsorted(moved[0], pos + new_counts[j]))
+                    if hi > mrow:
+                        local = np.flatnonzero(~known)[moved[0][mrow:hi] - pos]
+                        sem[local, L - 1] = moved[1][mrow:hi]
+                    mrow = hi
                 cols = {"item_id": pa.array(ids, pa.int64())}
                 for lvl in range(L):
                     cols[names[lvl]] = pa.array(sem[:, lvl].astype(np.int32), pa.int32())
