@@ -25,17 +25,17 @@ void pysid_bind_dedup(py::module_& m) {
   m.def(
       "reassign_scan",
       [](std::uintptr_t sorted, std::uintptr_t rows, int64_t n, int idx_bits, int64_t kmin, int64_t k_last,
-         std::uintptr_t taken, int64_t T, std::uintptr_t count, std::uintptr_t group_ptr, std::uintptr_t group_prefix,
+         std::uintptr_t taken, int64_t T, std::uintptr_t count, std::uintptr_t group_ptr,
          std::uintptr_t mover_rows, std::uintptr_t occ_ptr, std::uintptr_t occ) {
         int status;
         PYSID_NOGIL(status = pysid::reassign_scan_cpu(
                         ptr<const int64_t>(sorted), ptr<const int64_t>(rows), n, idx_bits, kmin, k_last,
                         ptr<const int64_t>(taken), T, ptr<int64_t>(count), ptr<int64_t>(group_ptr),
-                        ptr<int64_t>(group_prefix), ptr<int64_t>(mover_rows), ptr<int64_t>(occ_ptr),
+                        ptr<int64_t>(mover_rows), ptr<int64_t>(occ_ptr),
                         ptr<int32_t>(occ)));
         pysid::raise_for_status(status, "reassign_scan");
       },
       py::arg("sorted"), py::arg("rows"), py::arg("n"), py::arg("idx_bits"), py::arg("kmin"), py::arg("k_last"),
-      py::arg("taken"), py::arg("T"), py::arg("count"), py::arg("group_ptr"), py::arg("group_prefix"),
+      py::arg("taken"), py::arg("T"), py::arg("count"), py::arg("group_ptr"),
       py::arg("mover_rows"), py::arg("occ_ptr"), py::arg("occ"));
 }

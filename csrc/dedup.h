@@ -32,10 +32,10 @@ int reassign_groups_cpu(const int64_t* group_ptr, int64_t G, const int32_t* cand
 // A mover: a row after the first of its key, or the first when its key is taken. The prefix of a
 // key is key / k_last. For each prefix with movers (a group, in ascending prefix order):
 //   count [3] int64 (pass 1): G groups, M movers, O occupied codes
-//   group_ptr [G + 1], group_prefix [G], mover_rows [M] (grouped, ascending rows within a
+//   group_ptr [G + 1], mover_rows [M] (grouped, ascending rows within a
 //   group), occ_ptr [G + 1], occ [O] int32 (the distinct keys' and taken keys' last codes).
 int reassign_scan_cpu(const int64_t* sorted, const int64_t* rows, int64_t n, int idx_bits, int64_t kmin,
                       int64_t k_last, const int64_t* taken, int64_t T, int64_t* count, int64_t* group_ptr,
-                      int64_t* group_prefix, int64_t* mover_rows, int64_t* occ_ptr, int32_t* occ);
+                      int64_t* mover_rows, int64_t* occ_ptr, int32_t* occ);
 
 }  // namespace pysid

@@ -80,7 +80,7 @@ int reassign_groups_cpu(const int64_t* group_ptr, int64_t G, const int32_t* cand
 
 int reassign_scan_cpu(const int64_t* sorted, const int64_t* rows, int64_t n, int idx_bits, int64_t kmin,
                       int64_t k_last, const int64_t* taken, int64_t T, int64_t* count, int64_t* group_ptr,
-                      int64_t* group_prefix, int64_t* mover_rows, int64_t* occ_ptr, int32_t* occ) {
+                      int64_t* mover_rows, int64_t* occ_ptr, int32_t* occ) {
   if (n < 0 || T < 0 || k_last < 1 || (rows == nullptr && (idx_bits < 1 || idx_bits > 62))) return kBadArgument;
   const bool fill = count == nullptr;
   const int64_t mask = rows ? 0 : ((int64_t(1) << idx_bits) - 1);
@@ -120,7 +120,6 @@ int reassign_scan_cpu(const int64_t* sorted, const int64_t* rows, int64_t n, int
       if (fill) {
         std::sort(mv.begin(), mv.end());
         std::copy(mv.begin(), mv.end(), mover_rows + M);
-        group_prefix[G] = p;
         int32_t* o = occ + O;
         for (int64_t q = i, prevq = -1; q < j; ++q) {
           const int64_t key = key_at(q);

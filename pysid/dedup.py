@@ -350,17 +350,15 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     count = np.zeros(3, np.int64)
     args = (srt.ctypes.data, 0 if order is None else order.ctypes.data, n, idx_bits, kmin, k_last,
             tk.ctypes.data if tk.size else 0, tk.size)
-    C.reassign_scan(*args, count.ctypes.data, 0, 0, 0, 0, 0)
+    C.reassign_scan(*args, count.ctypes.data, 0, 0, 0, 0)
     G, M, O = (int(v) for v in count)
     if M == 0:
         return empty
     group_ptr = np.empty(G + 1, np.int64)
-    gpref = np.empty(G, np.int64)
     mr = np.empty(M, np.int64)
     occ_ptr = np.empty(G + 1, np.int64)
     occ_codes = np.empty(max(O, 1), np.int32)
-    C.reassign_scan(*args, 0, group_ptr.ctypes.data, gpref.ctypes.data, mr.ctypes.data, occ_ptr.ctypes.data,
-                    occ_codes.ctypes.data)
+    C.reassign_scan(*args, 0, group_ptr.ctypes.data, mr.ctypes.data, occ_ptr.ctypes.data, occ_codes.ctypes.data)
     del srt, order
     # 3. solve, a batch of whole groups at a time (candidates for that batch only)
     new = np.full(M, -1, np.int32)
@@ -386,7 +384,16 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
         gb = ge
     moved = new >= 0
     rows, codes = mr[moved], new[moved]
-    o = np.argsort(rows, kind="stable")
+    del mr, new, moved
+    c_bits = max(1, (k_last - 1).bit_length())
+    if idx_bits + c_bits <= 63:  # by row: one packed sort (rows are distinct)
+        rows <<= c_bits
+        rows |= codes
+        rows.sort()
+        codes = (rows & np.int64((1 << c_bits) - 1)).astype(np.int32)
+        rows >>= c_bits
+        return rows, codes
+    o = np.argsort(rows)
     return rows[o], codes[o]
 
 
