@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["tuple_keys", "suffix_of_keys", "suffix", "sharded_suffix", "key_counts", "reassign_moves", "reassign"]
+__all__ = ["tuple_keys", "suffix_of_keys", "suffix", "sharded_suffix", "key_counts", "reassign_moves", "reassign",
+           "sharded_reassign"]
 
 _CHUNK = 1 << 20
 
@@ -285,6 +286,36 @@ def _isin_sorted_np(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ref[i] == values
 
 
+def _solve(C, group_ptr: np.ndarray, occ_ptr: np.ndarray, occ_codes: np.ndarray, mr: np.ndarray, candidates,
+           cand_all, k_last: int, batch_rows: int) -> np.ndarray:
+    """The new last code of each mover (-1: stays), groups solved by the C++ kernel a batch of whole
+    groups at a time (the candidates of that batch only: ``candidates(rows)``, or rows of
+    ``cand_all``)."""
+    G, M = group_ptr.size - 1, mr.size
+    new = np.full(M, -1, np.int32)
+    gb = 0
+    m_width = None
+    while gb < G:
+        ge = int(np.searchsorted(group_ptr, group_ptr[gb] + int(batch_rows), side="right")) - 1
+        ge = min(G, max(ge, gb + 1))
+        ra, rb = int(group_ptr[gb]), int(group_ptr[ge])
+        rows = mr[ra:rb]
+        if callable(candidates):
+            cc, cs = _candidate_arrays(candidates(rows.copy()), rb - ra, k_last, m_width, "candidates(rows)")
+        else:
+            cc = np.ascontiguousarray(cand_all[0][rows])
+            cs = np.ascontiguousarray(cand_all[1][rows])
+        m_width = cc.shape[1]
+        gp = np.ascontiguousarray(group_ptr[gb : ge + 1] - ra)
+        op = np.ascontiguousarray(occ_ptr[gb : ge + 1] - occ_ptr[gb])
+        oc = np.ascontiguousarray(occ_codes[occ_ptr[gb] : occ_ptr[ge]])
+        out = new[ra:rb]
+        C.reassign_groups(gp.ctypes.data, ge - gb, cc.ctypes.data, cs.ctypes.data, rb - ra, m_width,
+                          op.ctypes.data, oc.ctypes.data if oc.size else 0, k_last, out.ctypes.data)
+        gb = ge
+    return new
+
+
 @_small_pages
 def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows: int = 1 << 17
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,8 +355,7 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     if tk.size and int(tk[0]) < 0:
         raise ValueError("taken_keys must be >= 0")
     empty = (np.empty(0, np.int64), np.empty(0, np.int32))
-    if not callable(candidates):
-        cand_all = _candidate_arrays(candidates, n, k_last, None, "candidates")
+    cand_all = None if callable(candidates) else _candidate_arrays(candidates, n, k_last, None, "candidates")
     if n == 0:
         return empty
     # 1. the keys sorted with their rows (packed in one int64 when the bits fit)
@@ -360,28 +390,7 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     occ_codes = np.empty(max(O, 1), np.int32)
     C.reassign_scan(*args, 0, group_ptr.ctypes.data, mr.ctypes.data, occ_ptr.ctypes.data, occ_codes.ctypes.data)
     del srt, order
-    # 3. solve, a batch of whole groups at a time (candidates for that batch only)
-    new = np.full(M, -1, np.int32)
-    gb = 0
-    m_width = None
-    while gb < G:
-        ge = int(np.searchsorted(group_ptr, group_ptr[gb] + int(batch_rows), side="right")) - 1
-        ge = min(G, max(ge, gb + 1))
-        ra, rb = int(group_ptr[gb]), int(group_ptr[ge])
-        rows = mr[ra:rb]
-        if callable(candidates):
-            cc, cs = _candidate_arrays(candidates(rows.copy()), rb - ra, k_last, m_width, "candidates(rows)")
-        else:
-            cc = np.ascontiguousarray(cand_all[0][rows])
-            cs = np.ascontiguousarray(cand_all[1][rows])
-        m_width = cc.shape[1]
-        gp = np.ascontiguousarray(group_ptr[gb : ge + 1] - ra)
-        op = np.ascontiguousarray(occ_ptr[gb : ge + 1] - occ_ptr[gb])
-        oc = np.ascontiguousarray(occ_codes[occ_ptr[gb] : occ_ptr[ge]])
-        out = new[ra:rb]
-        C.reassign_groups(gp.ctypes.data, ge - gb, cc.ctypes.data, cs.ctypes.data, rb - ra, m_width,
-                          op.ctypes.data, oc.ctypes.data if oc.size else 0, k_last, out.ctypes.data)
-        gb = ge
+    new = _solve(C, group_ptr, occ_ptr, occ_codes, mr, candidates, cand_all, k_last, batch_rows)
     moved = new >= 0
     rows, codes = mr[moved], new[moved]
     del mr, new, moved
@@ -415,3 +424,155 @@ def reassign(codes, sizes: Sequence[int], candidates, *, taken=None, batch_rows:
     out = c.copy()
     out[rows, -1] = new
     return out
+
+
+def _a2a(values: np.ndarray, send: np.ndarray, recv: np.ndarray, width: int, group, dev) -> np.ndarray:
+    """all_to_all_single of ``values`` (rows grouped by destination rank, ``send`` rows to each;
+    ``width`` numbers per row) -> the rows received (``recv`` from each source, in rank order)."""
+    import torch.distributed as dist
+
+    t = torch.from_numpy(np.ascontiguousarray(values).reshape(-1))
+    out = torch.empty(int(recv.sum()) * width, dtype=t.dtype, device=dev)
+    dist.all_to_all_single(out, t.to(dev), output_split_sizes=(recv * width).tolist(),
+                           input_split_sizes=(send * width).tolist(), group=group)
+    return out.cpu().numpy().reshape(-1, width) if width > 1 else out.cpu().numpy()
+
+
+def _routes(dest: np.ndarray, world: int, group, dev) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(send order: a stable sort by destination, rows sent to each rank, rows received from each)."""
+    import torch.distributed as dist
+
+    order = np.argsort(dest.astype(np.int16 if world < 2**15 else np.int64), kind="stable")
+    send = np.bincount(dest, minlength=world).astype(np.int64)
+    st = torch.from_numpy(send).to(dev)
+    rt = torch.empty_like(st)
+    dist.all_to_all_single(rt, st, group=group)
+    return order, send, rt.cpu().numpy()
+
+
+@_small_pages
+def sharded_reassign(local_keys, k_last: int, candidates, *, taken_keys=None, group=None,
+                     device: Union[str, torch.device] = "cpu", batch_rows: int = 1 << 17
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``reassign_moves`` over ranks (``torch.distributed`` initialised; every rank of ``group``
+    calls it with its own rows' keys, possibly none; global row order = rank order): returns this
+    rank's moves (local rows ascending, int64; new last codes, int32), exactly
+    ``reassign_moves`` of the concatenation of all ranks' keys at this rank's rows.
+
+    candidates: for this rank's rows, as in ``reassign_moves`` (arrays for every local row, or a
+    callable called with this rank's movers' local rows, ascending, in batches); every rank
+    gives the same m. taken_keys: keys of tuples other items hold, on any rank (the union counts).
+
+    The rule moves rows within their prefix (``key // k_last``), so a prefix is one rank's work
+    (a hash of the prefix): 1. every rank sends its distinct keys and taken keys to their
+    prefix's owner, which tells each rank whether the first of its rows of a key is a mover
+    (an earlier rank has the key, or it is taken); 2. every rank sends its movers (global row,
+    key, m candidates and scores) to the owners; 3. each owner solves its prefixes (the C++
+    kernel) and returns the new codes. Traffic: 16 bytes per distinct key and rank, plus
+    ~16 + 12 m bytes per mover."""
+    import torch.distributed as dist
+
+    from . import _native
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sharded_reassign needs torch.distributed initialised (init_process_group)")
+    C = _native.cpu()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    k = _check_keys(local_keys)
+    k_last = int(k_last)
+    if k_last < 1:
+        raise ValueError(f"k_last must be >= 1, got {k_last}")
+    if k.size and int(k.min()) < 0:
+        raise ValueError("keys must be >= 0")
+    tk = np.empty(0, np.int64) if taken_keys is None else np.unique(_check_keys(taken_keys))
+    if tk.size and int(tk[0]) < 0:
+        raise ValueError("taken_keys must be >= 0")
+    if world == 1:
+        return reassign_moves(k, k_last, candidates, taken_keys=tk, batch_rows=batch_rows)
+    dev = torch.device(device)
+    n = k.size
+    cand_all = None if callable(candidates) else _candidate_arrays(candidates, n, k_last, None, "candidates")
+    sizes_t = torch.tensor([n], dtype=torch.int64, device=dev)
+    all_n = [torch.empty_like(sizes_t) for _ in range(world)]
+    dist.all_gather(all_n, sizes_t, group=group)
+    row0 = int(sum(int(v) for v in all_n[:rank]))
+    # 1. distinct keys and taken keys to the prefix owners; back: "the first row is a mover"
+    suf, ukeys, _, inv = suffix_of_keys(k, return_inverse=True)
+    first_row = np.empty(ukeys.size, np.int64)
+    f0 = np.flatnonzero(suf == 0)
+    first_row[inv[f0]] = f0
+    del inv
+    o_k, s_k, r_k = _routes(_owner(ukeys // k_last, world), world, group, dev)
+    o_t, s_t, r_t = _routes(_owner(tk // k_last, world), world, group, dev)
+    rk = _a2a(ukeys[o_k], s_k, r_k, 1, group, dev)
+    rt = np.unique(_a2a(tk[o_t], s_t, r_t, 1, group, dev))
+    srt = np.argsort(rk, kind="stable")  # by key; within a key, by source rank
+    sk = rk[srt]
+    later = np.zeros(sk.size, bool)
+    later[1:] = sk[1:] == sk[:-1]
+    flag = np.empty(sk.size, np.int64)
+    flag[srt] = later | _isin_sorted_np(sk, rt)
+    occupied = np.union1d(sk, rt)  # this owner's prefixes' held tuples
+    del srt, sk, later
+    back = _a2a(flag, r_k, s_k, 1, group, dev)
+    first_mover = np.empty(ukeys.size, bool)
+    first_mover[o_k] = back.astype(bool)
+    mv = suf > 0
+    mv[first_row[first_mover]] = True
+    movers = np.flatnonzero(mv).astype(np.int64)
+    del mv, suf, first_row, first_mover, back
+    # 2. the movers' candidates, then the movers to the owners of their prefixes
+    parts_c, parts_s = [], []
+    m_here = 0
+    for a in range(0, movers.size, int(batch_rows)):
+        rows = movers[a : a + int(batch_rows)]
+        if cand_all is None:
+            cc, cs = _candidate_arrays(candidates(rows.copy()), rows.size, k_last, m_here or None, "candidates(rows)")
+        else:
+            cc, cs = cand_all[0][rows], cand_all[1][rows]
+        m_here = cc.shape[1]
+        parts_c.append(cc)
+        parts_s.append(cs)
+    if cand_all is not None and movers.size == 0:
+        m_here = cand_all[0].shape[1]
+    mt = torch.tensor([m_here], dtype=torch.int64, device=dev)
+    all_m = [torch.empty_like(mt) for _ in range(world)]
+    dist.all_gather(all_m, mt, group=group)
+    ms = {int(v) for v in all_m} - {0}
+    if len(ms) > 1:
+        raise ValueError(f"every rank must give the same number of candidates per row, got {sorted(ms)}")
+    m = ms.pop() if ms else 1
+    cc = np.concatenate(parts_c) if parts_c else np.empty((0, m), np.int32)
+    cs = np.concatenate(parts_s) if parts_s else np.empty((0, m), np.float32)
+    del parts_c, parts_s
+    mkeys = k[movers]
+    o_m, s_m, r_m = _routes(_owner(mkeys // k_last, world), world, group, dev)
+    g_rows = _a2a(movers[o_m] + row0, s_m, r_m, 1, group, dev)
+    g_keys = _a2a(mkeys[o_m], s_m, r_m, 1, group, dev)
+    g_c = _a2a(cc[o_m].astype(np.int64), s_m, r_m, m, group, dev).reshape(-1, m).astype(np.int32)
+    g_s = _a2a(cs[o_m], s_m, r_m, m, group, dev).reshape(-1, m)
+    del cc, cs
+    # 3. the owner solves its prefixes (movers by prefix, then global row) and answers
+    new_recv = np.full(g_rows.size, -1, np.int64)
+    if g_rows.size:
+        gp = g_keys // k_last
+        order = np.lexsort((g_rows, gp))
+        gps = gp[order]
+        newg = np.ones(gps.size, bool)
+        newg[1:] = gps[1:] != gps[:-1]
+        gstart = np.flatnonzero(newg)
+        gpref = gps[gstart]
+        group_ptr = np.append(gstart, gps.size).astype(np.int64)
+        occ = occupied[_isin_sorted_np(occupied // k_last, gpref)]
+        lo = np.searchsorted(occ, gpref * k_last)
+        hi = np.searchsorted(occ, gpref * k_last + k_last)
+        occ_ptr = np.zeros(gpref.size + 1, np.int64)
+        np.cumsum(hi - lo, out=occ_ptr[1:])
+        occ_codes = np.ascontiguousarray((occ % k_last).astype(np.int32))
+        new = _solve(C, group_ptr, occ_ptr, occ_codes, order.astype(np.int64), None, (g_c, g_s), k_last, batch_rows)
+        new_recv[order] = new
+    got = _a2a(new_recv, r_m, s_m, 1, group, dev)
+    new_mine = np.empty(movers.size, np.int64)
+    new_mine[o_m] = got
+    ok = new_mine >= 0
+    return movers[ok], new_mine[ok].astype(np.int32)

@@ -302,3 +302,54 @@ def test_reassign_bad_input():
         reassign_moves(np.array([0, 0]), 0, good)
     with pytest.raises(ValueError, match=">= 0"):
         reassign_moves(np.array([-1, 0]), 4, good)
+    from pysid.dedup import sharded_reassign
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sharded_reassign(np.zeros(2, np.int64), 4, good)
+
+
+def _reassign_rank_main(rank, world, port, case, out_dir):
+    import torch.distributed as dist
+
+    from pysid.dedup import sharded_reassign
+
+    keys, cands, scores, taken, bounds = case
+    a, b = bounds[rank], bounds[rank + 1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tk = taken[rank::world]  # the taken tuples spread over the ranks
+        if rank % 2:  # candidates as a callback for the movers (local rows), or as arrays
+            cb = lambda rows: (cands[a + rows], scores[a + rows])  # noqa: E731
+            rows, new = sharded_reassign(keys[a:b], 16, cb, taken_keys=tk, batch_rows=7)
+        else:
+            rows, new = sharded_reassign(keys[a:b], 16, (cands[a:b], scores[a:b]), taken_keys=tk)
+        np.save(os.path.join(out_dir, f"rank{rank}_rows.npy"), rows + a)
+        np.save(os.path.join(out_dir, f"rank{rank}_new.npy"), new)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_reassign_equals_single_process(world, tmp_path):
+    """Unequal shards (one empty with 3 ranks), tuples and prefixes shared across ranks, taken tuples
+    on several ranks, equal scores: the moves of each rank are exactly reassign_moves of the
+    concatenation at its rows."""
+    from pysid.dedup import reassign_moves
+
+    rng = np.random.default_rng(10 + world)
+    n = 500
+    keys = rng.integers(0, 40 * 16, n).astype(np.int64)  # 40 prefixes x 16 last codes: crowded
+    keys[::25] = keys[0]
+    cands = np.argsort(rng.random((n, 16)), 1)[:, :6]
+    scores = np.sort(rng.integers(0, 4, (n, 6)), 1).astype(np.float32)
+    taken = rng.integers(0, 40 * 16, 60).astype(np.int64)
+    bounds = [0, 300, n] if world == 2 else [0, 200, 200, n]
+    want_rows, want_new = reassign_moves(keys, 16, (cands, scores), taken_keys=taken)
+    assert want_rows.size > 100
+    case = (keys, cands, scores, taken, bounds)
+    torch.multiprocessing.spawn(_reassign_rank_main, args=(world, _free_port(), case, str(tmp_path)), nprocs=world,
+                                join=True)
+    rows = np.concatenate([np.load(tmp_path / f"rank{r}_rows.npy") for r in range(world)])
+    new = np.concatenate([np.load(tmp_path / f"rank{r}_new.npy") for r in range(world)])
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(new, want_new)
