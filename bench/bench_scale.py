@@ -257,6 +257,8 @@ def main() -> None:
     p.add_argument("--dedup-n", type=str, default="1000000,10000000", help="rows of the dedup rows (comma list)")
     p.add_argument("--reassign-n", type=str, default="1000000,10000000",
                    help="rows of the reassign dedup rows (comma list)")
+    p.add_argument("--stream-dedup", default="suffix", help="dedup rules of the streamed tables (comma list: "
+                   "suffix,reassign)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--chunk-rows", type=int, default=65536)
     p.add_argument("--kernel-n", type=int, default=262144, help="rows of the in-memory kernel timing")
@@ -320,9 +322,12 @@ def main() -> None:
             write_npy(data, max(stream_ns), d)
             # a table trained on a sample of the data (what a catalogue-scale user does)
             x = torch.from_numpy(read_rows(data, min(max(stream_ns), 50000 if not args.quick else 5000))).float()
-            table = pysid.fit(x, levels=3, codebook_size=256 if not args.quick else 32, progress=False)
-            tpath = os.path.join(tmp, "table.npz")
-            table.save(tpath)
+            tpaths = {}
+            for rule in args.stream_dedup.split(","):
+                table = pysid.fit(x, levels=3, codebook_size=256 if not args.quick else 32, progress=False, dedup=rule)
+                tpaths[rule] = os.path.join(tmp, f"table-{rule}.npz")
+                table.save(tpaths[rule])
+            tpath = next(iter(tpaths.values()))
             kn = min(args.kernel_n, max(stream_ns))
             k = run_child("kernel", table=tpath, data=data, n=kn, threads=args.threads)
             rows.append({"part": "kernel", "method": "pysid.residual_quantize (in memory, float16)", "dim": d, **k})
@@ -333,18 +338,19 @@ def main() -> None:
                 if n != max(stream_ns):  # a smaller file: its own shard
                     src = os.path.join(tmp, f"emb{n}.npy")
                     write_npy(src, n, d)
-                out = os.path.join(tmp, f"out{n}")
-                s = run_child("stream", table=tpath, data=src, out=out, chunk_rows=args.chunk_rows,
-                              threads=args.threads)
-                s["vs_kernel"] = s["encode_rows_per_s"] / k["rows_per_s"]
-                s["vs_kernel_total"] = s["rows_per_s"] / k["rows_per_s"]
-                rows.append({"part": "stream", "method": "pysid.stream.encode_shards (.npy float16 -> Parquet)",
-                             "dim": d, **s})
-                print(f"stream  {n:>10} rows: chunk pass {s['encode_rows_per_s']:12,.0f} rows/s "
-                      f"(x{s['vs_kernel']:.2f} of the kernel), whole call {s['rows_per_s']:12,.0f} rows/s "
-                      f"(x{s['vs_kernel_total']:.2f}; final pass {s['dedup_s']:.1f} s), "
-                      f"peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
-                shutil.rmtree(out, ignore_errors=True)
+                for rule, tp in tpaths.items():
+                    out = os.path.join(tmp, f"out{n}")
+                    s = run_child("stream", table=tp, data=src, out=out, chunk_rows=args.chunk_rows,
+                                  threads=args.threads)
+                    s["vs_kernel"] = s["encode_rows_per_s"] / k["rows_per_s"]
+                    s["vs_kernel_total"] = s["rows_per_s"] / k["rows_per_s"]
+                    rows.append({"part": "stream", "method": "pysid.stream.encode_shards (.npy float16 -> Parquet)",
+                                 "dedup": rule, "dim": d, **s})
+                    print(f"stream  {n:>10} rows ({rule}): chunk pass {s['encode_rows_per_s']:12,.0f} rows/s "
+                          f"(x{s['vs_kernel']:.2f} of the kernel), whole call {s['rows_per_s']:12,.0f} rows/s "
+                          f"(x{s['vs_kernel_total']:.2f}; final pass {s['dedup_s']:.1f} s), "
+                          f"peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
                 if src != data:
                     os.remove(src)
             os.remove(data)
