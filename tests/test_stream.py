@@ -319,6 +319,25 @@ def test_cli_encode_out_dir(table, tmp_path, capsys):
     _check(tmp_path / "o", table, x, ids)
 
 
+def test_cli_encode_out_dir_reassign(tmp_path, capsys):
+    """`pysid encode REASSIGN.npz ... --out-dir DIR` (refused before reassign was streamed): the parts
+    equal encode_result of all rows, moved codes included."""
+    from pysid.cli import main
+
+    g = torch.Generator().manual_seed(9)
+    t = pysid.fit(torch.randn(80, D, generator=g), levels=2, codebook_size=16, dedup="reassign", progress=False)
+    t.save(tmp_path / "r.npz")
+    x = _data(300, 4)
+    _write_npy_shards(tmp_path, x, [100, 200])
+    args = ["encode", str(tmp_path / "r.npz"), str(tmp_path / "in" / "*.npy"), "--out-dir", str(tmp_path / "o"),
+            "--chunk-rows", "64", "--quiet"]
+    assert main(args) == 0
+    assert "encoded 300 items" in capsys.readouterr().out
+    got, res = _check_any(tmp_path / "o", t, x, np.arange(300) + int(t.item_ids.max()) + 1)
+    raw = pysid.residual_quantize(torch.from_numpy(x), t.codebooks).codes[:, 1].numpy()
+    assert (got["level_1"] != raw).any()  # rows moved
+
+
 @pytest.mark.parametrize("case", ["leftovers", "all-moved", "known-rows", "parquet", "rq-vae"])
 def test_reassign_table_equals_encode(tmp_path, case):
     """dedup="reassign": the final pass finds the movers from the keys, reads their rows again, computes
