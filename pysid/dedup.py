@@ -58,8 +58,11 @@ distinct keys and taken keys of the prefix, tells each rank whether the first of
 key is a mover (an earlier rank has it, or it is taken), then gets the movers (global row, key,
 m candidates and scores), solves the prefix with the same kernel and returns the new codes:
 exactly ``reassign_moves`` over the concatenation in rank order (gloo tests, 2 and 3 ranks).
-``pysid.stream.encode_shards`` uses ``reassign_moves`` in one process; under torch.distributed
-it refuses reassign tables for now (the candidates' blocks would differ from one process's).
+``pysid.stream.encode_shards`` uses ``reassign_moves`` in one process and ``sharded_reassign``
+under torch.distributed (each rank computes its own movers' candidates; ``sid._LastCandidates``
+pads every distance block to one shape, so that a row's scores do not depend on which rows
+share its block: the one-process output, tested with 2 and 3 gloo ranks). An error in a rank's
+candidates reaches every rank (all raise).
 """
 
 from __future__ import annotations
@@ -555,21 +558,30 @@ def sharded_reassign(local_keys, k_last: int, candidates, *, taken_keys=None, gr
     del mv, suf, first_row, first_mover, back
     # 2. the movers' candidates, then the movers to the owners of their prefixes
     parts_c, parts_s = [], []
-    m_here = 0
-    for a in range(0, movers.size, int(batch_rows)):
-        rows = movers[a : a + int(batch_rows)]
-        if cand_all is None:
-            cc, cs = _candidate_arrays(candidates(rows.copy()), rows.size, k_last, m_here or None, "candidates(rows)")
-        else:
-            cc, cs = cand_all[0][rows], cand_all[1][rows]
-        m_here = cc.shape[1]
-        parts_c.append(cc)
-        parts_s.append(cs)
-    if cand_all is not None and movers.size == 0:
-        m_here = cand_all[0].shape[1]
+    m_here, failed = 0, None
+    try:  # an error here (the caller's candidates) must reach every rank, not leave them waiting
+        for a in range(0, movers.size, int(batch_rows)):
+            rows = movers[a : a + int(batch_rows)]
+            if cand_all is None:
+                cc, cs = _candidate_arrays(candidates(rows.copy()), rows.size, k_last, m_here or None,
+                                           "candidates(rows)")
+            else:
+                cc, cs = cand_all[0][rows], cand_all[1][rows]
+            m_here = cc.shape[1]
+            parts_c.append(cc)
+            parts_s.append(cs)
+        if cand_all is not None and movers.size == 0:
+            m_here = cand_all[0].shape[1]
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+        failed, m_here = e, -1
     mt = torch.tensor([m_here], dtype=torch.int64, device=dev)
     all_m = [torch.empty_like(mt) for _ in range(world)]
     dist.all_gather(all_m, mt, group=group)
+    if failed is not None:
+        raise failed
+    bad = [r for r, v in enumerate(all_m) if int(v) < 0]
+    if bad:
+        raise ValueError(f"sharded_reassign: the candidates of rank {bad[0]} failed (see that rank's error)")
     ms = {int(v) for v in all_m} - {0}
     if len(ms) > 1:
         raise ValueError(f"every rank must give the same number of candidates per row, got {sorted(ms)}")

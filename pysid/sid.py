@@ -234,7 +234,7 @@ def _isin_sorted(values: Tensor, sorted_ref: Tensor) -> Tensor:
     return sorted_ref[i] == values
 
 
-_CAND_ROWS = 8192  # rows per distance block of the movers' candidates
+_CAND_ROWS = 2048  # rows per distance block of the movers' candidates (every block this shape)
 
 
 def _movers(keys: np.ndarray, taken_keys: np.ndarray | None) -> np.ndarray:
@@ -250,10 +250,12 @@ def _movers(keys: np.ndarray, taken_keys: np.ndarray | None) -> np.ndarray:
 
 class _LastCandidates:
     """The movers' m nearest last-level codewords (ascending squared distance), computed from their
-    residuals before the last level in blocks of ``_CAND_ROWS`` movers in row order, and served to
-    ``pysid.dedup.reassign_moves`` by row number. ``add(r)`` takes the next movers' residuals (any
-    split: the blocks are the same, so the scores are the same bits however the residuals come,
-    e.g. chunk by chunk from disk); codes stored in the smallest integer type."""
+    residuals before the last level in blocks of ``_CAND_ROWS`` movers in row order, each block
+    padded to that shape (a CPU matmul's rows depend on the matrix's shape, not on the other
+    rows: so a row's scores are the same bits whatever rows share its block, e.g. chunk by chunk
+    from disk, or one rank's movers only), and served to ``pysid.dedup.reassign_moves`` by row
+    number. ``add(r)`` takes the next movers' residuals; codes stored in the smallest integer
+    type."""
 
     def __init__(self, movers: np.ndarray, codebook: Tensor, k_last: int, cands: int):
         self.movers = movers
@@ -273,12 +275,15 @@ class _LastCandidates:
         while self.n_pending >= _CAND_ROWS or (self.n_pending and self.filled + self.n_pending == self.movers.size):
             allr = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
             blk, rest = allr[:_CAND_ROWS], allr[_CAND_ROWS:]
+            b = blk.shape[0]
+            if b < _CAND_ROWS:
+                blk = torch.cat([blk, blk.new_zeros(_CAND_ROWS - b, blk.shape[1])])
             c = self.c.to(blk.device)
             v, j = torch.topk(self.cn.to(blk.device)[None] - 2.0 * blk @ c.t(), self.m, dim=1, largest=False, sorted=True)
             a = self.filled
-            self.codes[a : a + blk.shape[0]] = j.cpu().numpy()
-            self.scores[a : a + blk.shape[0]] = v.cpu().numpy()
-            self.filled += blk.shape[0]
+            self.codes[a : a + b] = j[:b].cpu().numpy()
+            self.scores[a : a + b] = v[:b].cpu().numpy()
+            self.filled += b
             self.pending = [rest] if rest.shape[0] else []
             self.n_pending = rest.shape[0]
 

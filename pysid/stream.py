@@ -37,8 +37,9 @@ their m nearest last-level codewords (in the same blocks as ``encode_result``: t
 runs ``pysid.dedup.reassign_moves`` and writes the moved codes; the ``suffix`` column is there
 only when some rows are left on a taken tuple (or the table has a suffix level). Extra memory:
 about 5 m bytes per mover (m = 32 by default; ~12 % of the rows collide in fitted tables). Not
-yet sharded: under torch.distributed a reassign table is refused. Hybrid tables (a list of
-inputs) are refused.
+torch.distributed: ``pysid.dedup.sharded_reassign`` (each rank computes its own movers'
+candidates; the prefixes are solved by their hash owners): the one-process output. Hybrid tables
+(a list of inputs) are refused.
 
 Crash safety and resume: ``out_dir/_manifest.json`` records the inputs (path, size,
 modification time, rows, D), the table's digest and the settings; each chunk's codes are
@@ -444,9 +445,6 @@ def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first
     if rule.moves and rule.name != "reassign":
         raise ValueError(f"encode_shards supports the dedup rules suffix, reassign and none; this table's rule "
                          f"is {rule.name!r}: encode with SemanticIds.encode")
-    if rule.moves and _comm().on:
-        raise ValueError("encode_shards with a 'reassign' table runs in one process (not yet sharded over "
-                         "torch.distributed ranks): run it without torchrun, or use a 'suffix' table")
     if table.settings.get("inputs", 1) != 1:
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
     _pyarrow()  # the output is Parquet: fail before any work
@@ -593,39 +591,65 @@ def _comm():
     return Comm(dev)
 
 
-def _reassign_pass(table, keys: np.ndarray, t: int, mine, new_counts: dict, wpath, rows_of, load):
+def _mover_residuals(table, movers: np.ndarray, mine, new_counts: dict, wpath, rows_of, load):
+    """The residuals before the last level of the new rows ``movers`` (new-row numbers of this
+    process's chunks ``mine``, ascending), chunk by chunk: the chunks that hold some are read
+    again and only those rows encoded (``encode_result``'s arithmetic: the same bits)."""
+    from .sid import _method, _quantize
+
+    method = _method(table.method)
+    off = 0
+    for j in mine:
+        cnt = new_counts[j]
+        lo, hi = np.searchsorted(movers, [off, off + cnt])
+        if hi > lo:
+            _, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
+            local = np.flatnonzero(~known)[movers[lo:hi] - off]
+            x, _ = load(j)
+            _, r = _quantize(method.latents(table, x[torch.from_numpy(local)]), table.codebooks,
+                             table.settings.get("beam_width", 1))
+            yield r
+        off += cnt
+
+
+def _reassign_pass(table, keys: np.ndarray, t: int, mine, new_counts: dict, wpath, rows_of, load, comm=None):
     """The "reassign" moves of the new rows (keys[t:], in input order; keys[:t]: the table's
     items): the movers (rows after the first of their tuple, or on a table item's tuple) are found
     from the keys, their embeddings read again chunk by chunk (only the chunks that hold movers),
     their residuals before the last level and m nearest last-level codewords computed as
-    ``SemanticIds.encode_result`` does (``sid._LastCandidates``: the same blocks, the same bits),
-    then ``pysid.dedup.reassign_moves``. Updates ``keys`` in place; returns (rows, new last codes,
+    ``SemanticIds.encode_result`` does (``sid._LastCandidates``: the same bits), then
+    ``pysid.dedup.reassign_moves`` - or, under torch.distributed, ``sharded_reassign`` (this rank's
+    rows; the table's items on rank 0). Updates ``keys`` in place; returns (rows, new last codes,
     number of movers)."""
-    from .dedup import reassign_moves
-    from .sid import _LastCandidates, _method, _movers, _quantize
+    from .dedup import reassign_moves, sharded_reassign
+    from .sid import _LastCandidates, _movers
 
     sizes = [int(k) for k in table.codebook_sizes]
     k_last = sizes[-1]
     kn = keys[t:]
     tk = keys[:t] if t else None
-    mv = _movers(kn, tk)
-    cand = _LastCandidates(mv, table.codebooks[-1], k_last, table.settings.get("reassign_candidates", 32))
-    off = 0
-    method = _method(table.method)
-    for j in mine:
-        cnt = new_counts[j]
-        lo, hi = np.searchsorted(mv, [off, off + cnt])
-        if hi > lo:
-            _, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
-            local = np.flatnonzero(~known)[mv[lo:hi] - off]
-            x, _ = load(j)
-            xm = x[torch.from_numpy(local)]
-            _, r = _quantize(method.latents(table, xm), table.codebooks, table.settings.get("beam_width", 1))
+    m = table.settings.get("reassign_candidates", 32)
+    if comm is not None and comm.on:
+        asked = [0]
+
+        def candidates(rows):  # this rank's movers, ascending, a batch at a time
+            asked[0] += rows.size
+            cand = _LastCandidates(rows, table.codebooks[-1], k_last, m)
+            for r in _mover_residuals(table, rows, mine, new_counts, wpath, rows_of, load):
+                cand.add(r)
+            return cand(rows)
+
+        rows, new = sharded_reassign(kn, k_last, candidates, taken_keys=tk, device=comm.dev)
+        n_movers = asked[0]
+    else:
+        mv = _movers(kn, tk)
+        cand = _LastCandidates(mv, table.codebooks[-1], k_last, m)
+        for r in _mover_residuals(table, mv, mine, new_counts, wpath, rows_of, load):
             cand.add(r)
-        off += cnt
-    rows, new = reassign_moves(kn, k_last, cand, taken_keys=tk)
+        rows, new = reassign_moves(kn, k_last, cand, taken_keys=tk)
+        n_movers = int(mv.size)
     kn[rows] += new - kn[rows] % k_last
-    return rows, new, int(mv.size)
+    return rows, new, n_movers
 
 
 def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, mine: range | None = None,
@@ -670,13 +694,19 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
     n_new = pos - t
     suffix = None
     moved = None
-    if rule.moves:  # "reassign" (one process): the moves, then a suffix level only if rows are left over
+    if rule.moves:  # "reassign": the moves, then a suffix level only if rows are left over (on any rank)
+        err = None
         try:
-            moved = _reassign_pass(table, keys[:pos], t, mine, new_counts, wpath, rows_of, load)
+            moved = _reassign_pass(table, keys[:pos], t, mine, new_counts, wpath, rows_of, load, comm)
+            left = moved[2] - moved[0].size
         except (OSError, ValueError) as e:
-            raise ValueError(f"{out_dir}: the reassign pass failed ({e}); the output is not complete: rerun to "
-                             "resume") from e
-        with_suffix = table.has_suffix or moved[0].size < moved[2]
+            err = ValueError(f"{out_dir}: the reassign pass failed ({e}); the output is not complete: rerun to "
+                             "resume")
+            if not on:
+                raise err from e
+        if on:
+            left = sum(f["left"] for f in comm.agree(err, left=0 if err else left))
+        with_suffix = table.has_suffix or left > 0
     if with_suffix or (rule.suffix != "never" and not rule.moves):
         if on:
             from .dedup import sharded_suffix
