@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import Sequence, Union
 
 import numpy as np
@@ -99,14 +100,23 @@ def _small_pages(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        prev = _set_hugepage(False)
+        with _PAGES_LOCK:  # nested or concurrent calls: the first switches off, the last restores
+            if _PAGES[0] == 0:
+                _PAGES[1] = _set_hugepage(False)
+            _PAGES[0] += 1
         try:
             return fn(*args, **kwargs)
         finally:
-            if prev is not None:
-                _set_hugepage(prev)
+            with _PAGES_LOCK:
+                _PAGES[0] -= 1
+                if _PAGES[0] == 0 and _PAGES[1] is not None:
+                    _set_hugepage(_PAGES[1])
 
     return run
+
+
+_PAGES_LOCK = threading.Lock()
+_PAGES: list = [0, None]  # calls running, the advice before the first
 
 
 def _np(a) -> np.ndarray:

@@ -353,3 +353,31 @@ def test_sharded_reassign_equals_single_process(world, tmp_path):
     new = np.concatenate([np.load(tmp_path / f"rank{r}_new.npy") for r in range(world)])
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(new, want_new)
+
+
+def test_huge_page_advice_restored():
+    """The dedup functions switch numpy's huge-page advice off while they run (nested calls too:
+    reassign calls tuple_keys and reassign_moves) and restore the caller's setting after."""
+    from pysid import dedup
+
+    prev = dedup._set_hugepage(True)
+    if prev is None:
+        pytest.skip("this numpy has no huge-page switch")
+    seen = []
+    real = dedup._candidate_arrays
+
+    def spy(*a, **k):
+        seen.append(dedup._set_hugepage(False))  # the setting inside the call (then left off)
+        return real(*a, **k)
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dedup, "_candidate_arrays", spy)
+            dedup.reassign(np.array([[0, 1], [0, 1]]), [2, 4], (np.array([[1, 2], [1, 2]]), np.zeros((2, 2))))
+        assert seen and not any(seen)
+        assert dedup._set_hugepage(True) is True  # restored to on
+        dedup._set_hugepage(False)
+        dedup.suffix_of_keys(np.arange(10))
+        assert dedup._set_hugepage(False) is False  # restored to off
+    finally:
+        dedup._set_hugepage(prev)
