@@ -240,11 +240,11 @@ _CAND_ROWS = 2048  # rows per distance block of the movers' candidates (every bl
 def _movers(keys: np.ndarray, taken_keys: np.ndarray | None) -> np.ndarray:
     """The rows [M] int64 (ascending) that the "reassign" rule moves or tries to: every row after
     the first of its tuple key, and the first when another item holds its tuple."""
-    from .dedup import _isin_sorted_np, suffix_of_keys
+    from .dedup import _isin_sorted_np, _sorted_unique, suffix_of_keys
 
     mv = suffix_of_keys(keys) > 0
     if taken_keys is not None and taken_keys.size:
-        mv |= _isin_sorted_np(keys, np.unique(taken_keys))
+        mv |= _isin_sorted_np(keys, _sorted_unique(taken_keys))
     return np.flatnonzero(mv).astype(np.int64)
 
 
