@@ -16,12 +16,21 @@ is its own; the data is generated on the fly to disk and deleted at the end):
 * ``dedup``: ``pysid.dedup.tuple_keys`` + ``suffix_of_keys`` over N code tuples (uint8, 3 x 256,
   Zipf-skewed so that tuples collide), peak RSS; and the earlier in-memory path
   (``pysid.sid._suffix`` on an int64 [N, 3] tensor) at sizes up to 10M.
+* ``reassign``: the "reassign" rule at scale, ``pysid.dedup.tuple_keys`` + ``reassign_moves``
+  (+ ``suffix_of_keys`` over the moved keys when some rows are left over) on N code tuples
+  (uint8, 4 x 256: uniform, then 15 % of the rows overwritten by the tuple of a random row, so
+  that ~12 % of the rows collide, as fitted tables do before dedup), with synthetic candidate
+  lists (m = 32: the row's own code, then 31 other codes from one of 8 fixed orders; scores from
+  64 fixed increasing rows, so that equal scores happen) computed by a callback for the movers
+  only. The callback's time is reported apart: in real use it is the m nearest last-level
+  codewords of the movers' residuals, i.e. encode work on ~12 % of the rows.
 
 Then a model of the wall time for 10^9 items on M machines from the measured rates.
 
     python bench/bench_scale.py --quick                 # seconds (CI smoke)
     python bench/bench_scale.py --stream-n 1000000 --dedup-n 10000000
     python bench/bench_scale.py --stream-n 10000000 --dedup-n 100000000 --no-fit-sample --tmp /tmp/pysid-scale
+    python bench/bench_scale.py --no-fit-sample --stream-n "" --dedup-n 100000000 --reassign-n 10000000,100000000
 """
 
 from __future__ import annotations
@@ -137,6 +146,51 @@ def child_dedup(a) -> dict:
     return out
 
 
+def child_reassign(a) -> dict:
+    from pysid.dedup import reassign_moves, suffix_of_keys, tuple_keys
+
+    rng = np.random.default_rng(0)
+    n, m, k = a.n, 32, 256
+    codes = np.empty((n, 4), np.uint8)
+    blk = 1 << 22
+    for s in range(0, n, blk):
+        e = min(n, s + blk)
+        codes[s:e] = rng.integers(0, k, (e - s, 4), dtype=np.uint8)
+    for s in range(0, int(0.15 * n), blk):  # collisions: copies of random rows' tuples
+        c = min(blk, int(0.15 * n) - s)
+        codes[rng.integers(0, n, c)] = codes[rng.integers(0, n, c)]
+    orders = np.stack([rng.permutation(np.arange(1, k))[: m - 1] for _ in range(8)])
+    table = np.empty((k, 8, m), np.int32)  # [own code, order] -> candidate list
+    table[:, :, 0] = np.arange(k)[:, None]
+    table[:, :, 1:] = (np.arange(k)[:, None, None] + orders[None]) % k
+    sbase = np.cumsum(rng.integers(1, 4, (64, m)), 1).astype(np.float32)
+    cand_s = [0.0, 0]
+
+    def candidates(rows):
+        t0 = time.perf_counter()
+        c, sc = table[codes[rows, 3], rows % 8], sbase[rows % 64]
+        cand_s[0] += time.perf_counter() - t0
+        cand_s[1] += rows.size
+        return c, sc
+
+    base = peak_rss_mb()
+    t = time.perf_counter()
+    keys = tuple_keys(codes, [k] * 4)
+    t1 = time.perf_counter()
+    rows, new = reassign_moves(keys, k, candidates)
+    t2 = time.perf_counter()
+    left = cand_s[1] - rows.size  # movers out of candidates: the table then adds a suffix level
+    max_suffix = 0
+    if left:
+        keys[rows] += new - keys[rows] % k
+        max_suffix = int(suffix_of_keys(keys).max())
+    dt = time.perf_counter() - t
+    return {"rows": n, "seconds": dt, "keys_s": t1 - t, "reassign_s": t2 - t1, "suffix_s": dt - (t2 - t),
+            "candidates_s": cand_s[0], "seconds_without_candidates": dt - cand_s[0],
+            "rows_per_s": n / dt, "movers": cand_s[1], "collision_rate": cand_s[1] / n, "moved": int(rows.size),
+            "left_over": int(left), "max_suffix": max_suffix, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base}
+
+
 def child_fit_sample(a) -> dict:
     import pysid
 
@@ -201,6 +255,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stream-n", type=str, default="1000000", help="rows of the streamed encode (comma list)")
     p.add_argument("--dedup-n", type=str, default="1000000,10000000", help="rows of the dedup rows (comma list)")
+    p.add_argument("--reassign-n", type=str, default="1000000,10000000",
+                   help="rows of the reassign dedup rows (comma list)")
+    p.add_argument("--stream-dedup", default="suffix", help="dedup rules of the streamed tables (comma list: "
+                   "suffix,reassign)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--chunk-rows", type=int, default=65536)
     p.add_argument("--kernel-n", type=int, default=262144, help="rows of the in-memory kernel timing")
@@ -220,10 +278,11 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         print(json.dumps({"kernel": child_kernel, "stream": child_stream, "dedup": child_dedup,
-                          "fit-sample": child_fit_sample}[args.child](args)))
+                          "fit-sample": child_fit_sample, "reassign": child_reassign}[args.child](args)))
         return
     if args.quick:
         args.stream_n, args.dedup_n, args.kernel_n, args.dim = "20000", "200000", 8192, 64
+        args.reassign_n = "200000"
         args.synthetic_n, args.fractions, args.seeds, args.no_toys = 5000, "0.25", 1, True
         args.chunk_rows = 4096
     torch.set_num_threads(args.threads)
@@ -263,9 +322,12 @@ def main() -> None:
             write_npy(data, max(stream_ns), d)
             # a table trained on a sample of the data (what a catalogue-scale user does)
             x = torch.from_numpy(read_rows(data, min(max(stream_ns), 50000 if not args.quick else 5000))).float()
-            table = pysid.fit(x, levels=3, codebook_size=256 if not args.quick else 32, progress=False)
-            tpath = os.path.join(tmp, "table.npz")
-            table.save(tpath)
+            tpaths = {}
+            for rule in args.stream_dedup.split(","):
+                table = pysid.fit(x, levels=3, codebook_size=256 if not args.quick else 32, progress=False, dedup=rule)
+                tpaths[rule] = os.path.join(tmp, f"table-{rule}.npz")
+                table.save(tpaths[rule])
+            tpath = next(iter(tpaths.values()))
             kn = min(args.kernel_n, max(stream_ns))
             k = run_child("kernel", table=tpath, data=data, n=kn, threads=args.threads)
             rows.append({"part": "kernel", "method": "pysid.residual_quantize (in memory, float16)", "dim": d, **k})
@@ -276,18 +338,19 @@ def main() -> None:
                 if n != max(stream_ns):  # a smaller file: its own shard
                     src = os.path.join(tmp, f"emb{n}.npy")
                     write_npy(src, n, d)
-                out = os.path.join(tmp, f"out{n}")
-                s = run_child("stream", table=tpath, data=src, out=out, chunk_rows=args.chunk_rows,
-                              threads=args.threads)
-                s["vs_kernel"] = s["encode_rows_per_s"] / k["rows_per_s"]
-                s["vs_kernel_total"] = s["rows_per_s"] / k["rows_per_s"]
-                rows.append({"part": "stream", "method": "pysid.stream.encode_shards (.npy float16 -> Parquet)",
-                             "dim": d, **s})
-                print(f"stream  {n:>10} rows: chunk pass {s['encode_rows_per_s']:12,.0f} rows/s "
-                      f"(x{s['vs_kernel']:.2f} of the kernel), whole call {s['rows_per_s']:12,.0f} rows/s "
-                      f"(x{s['vs_kernel_total']:.2f}; final pass {s['dedup_s']:.1f} s), "
-                      f"peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
-                shutil.rmtree(out, ignore_errors=True)
+                for rule, tp in tpaths.items():
+                    out = os.path.join(tmp, f"out{n}")
+                    s = run_child("stream", table=tp, data=src, out=out, chunk_rows=args.chunk_rows,
+                                  threads=args.threads)
+                    s["vs_kernel"] = s["encode_rows_per_s"] / k["rows_per_s"]
+                    s["vs_kernel_total"] = s["rows_per_s"] / k["rows_per_s"]
+                    rows.append({"part": "stream", "method": "pysid.stream.encode_shards (.npy float16 -> Parquet)",
+                                 "dedup": rule, "dim": d, **s})
+                    print(f"stream  {n:>10} rows ({rule}): chunk pass {s['encode_rows_per_s']:12,.0f} rows/s "
+                          f"(x{s['vs_kernel']:.2f} of the kernel), whole call {s['rows_per_s']:12,.0f} rows/s "
+                          f"(x{s['vs_kernel_total']:.2f}; final pass {s['dedup_s']:.1f} s), "
+                          f"peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
                 if src != data:
                     os.remove(src)
             os.remove(data)
@@ -299,6 +362,14 @@ def main() -> None:
             print(f"dedup   {n:>10} rows: {r['seconds']:.2f} s (keys {r['keys_s']:.2f} + suffix {r['suffix_s']:.2f}), "
                   f"{r['rows_per_s']:12,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(codes alone {r['rss_before_mb']:.0f} MB){old}", flush=True)
+        for n in [int(v) for v in args.reassign_n.split(",") if v]:
+            r = run_child("reassign", n=n, threads=args.threads)
+            rows.append({"part": "reassign", "method": "pysid.dedup.reassign_moves (4x256 uint8 codes, m=32)", **r})
+            print(f"reassign {n:>10} rows: {r['seconds']:.2f} s (keys {r['keys_s']:.2f} + reassign {r['reassign_s']:.2f}"
+                  f" + suffix {r['suffix_s']:.2f}; of which synthetic candidates {r['candidates_s']:.2f}), "
+                  f"{r['rows_per_s']:12,.0f} rows/s, movers {r['collision_rate']:.3f}, moved {r['moved']}, "
+                  f"left {r['left_over']}, peak RSS {r['peak_rss_mb']:.0f} MB (codes alone {r['rss_before_mb']:.0f} MB)",
+                  flush=True)
     finally:
         if not args.tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,7 @@
 // pybind11 module pysid._C: the CPU kernels, in the one binding style of bind_common.h
 // (pointers as integers + sizes; the Python layer validates and allocates; GIL released;
-// statuses raised by raise_for_status). The trie and k-means bindings live in
-// bind_trie.cpp / bind_kmeans.cpp.
+// statuses raised by raise_for_status). The trie, k-means and dedup bindings live in
+// bind_trie.cpp / bind_kmeans.cpp / bind_dedup.cpp.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -14,6 +14,7 @@ using pysid::ptr;
 
 void pysid_bind_trie(pybind11::module_& m);    // bind_trie.cpp
 void pysid_bind_kmeans(pybind11::module_& m);  // bind_kmeans.cpp
+void pysid_bind_dedup(pybind11::module_& m);   // bind_dedup.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pysid CPU kernels (no libtorch; raw pointers)";
@@ -38,4 +39,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("codes"));
   pysid_bind_trie(m);
   pysid_bind_kmeans(m);
+  pysid_bind_dedup(m);
 }

@@ -140,9 +140,46 @@ def _suffix(codes: Tensor, sizes: Sequence[int]) -> Tensor:
 
 
 # --------------------------------------------------------------------------- reassignment
+def _reassign_keys(codes: Tensor, sizes: Sequence[int], taken: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tuple keys of ``codes`` [M, L] and ``taken`` [T, L] for ``pysid.dedup.reassign_moves``: the
+    prefix of a key (``key // sizes[-1]``) identifies the first L-1 codes, the rest is the last
+    code. Mixed-radix keys, or prefix ranks when the sizes' product exceeds 2**63."""
+    L = codes.shape[1]
+    t = 0 if taken is None else taken.shape[0]
+    allc = codes.cpu() if taken is None else torch.cat([taken.cpu(), codes.cpu()])
+    k_last = int(sizes[L - 1])
+    pk = _tuple_keys(allc[:, : L - 1], sizes[: L - 1])
+    if math.prod(int(s) for s in sizes[: L - 1]) * k_last > 2**63:  # prefix ranks: < rows
+        pk = torch.unique(pk, return_inverse=True)[1]
+        if allc.shape[0] * k_last > 2**63:
+            raise ValueError(f"{allc.shape[0]} rows x codebook size {k_last} is too large for int64 tuple keys")
+    key = (pk * k_last + allc[:, L - 1]).numpy()
+    return key[t:], (key[:t] if taken is not None else None)
+
+
+def _apply_moves(codes: Tensor, rows: np.ndarray, new: np.ndarray) -> Tensor:
+    out = codes.cpu().clone()
+    out[torch.from_numpy(rows), out.shape[1] - 1] = torch.from_numpy(new).to(out.dtype)
+    return out.to(codes.device)
+
+
 def _reassign(codes: Tensor, last_scores: Tensor, last_cands: Tensor, sizes: Sequence[int],
               taken: Tensor | None = None) -> Tensor:
-    """Move colliding rows to a free last-level code, in rounds (vectorised).
+    """Move colliding rows to a free last-level code: the rule of :func:`_reassign_ref`, solved by
+    ``pysid.dedup.reassign_moves`` (one sort, then each prefix on its own in C++; 1M rows in
+    0.4 s against 14.6 s for the vectorised rounds). Same arguments; returns a new tensor (on the
+    device of ``codes``)."""
+    from .dedup import reassign_moves
+
+    keys, tk = _reassign_keys(codes, sizes, taken)
+    rows, new = reassign_moves(keys, int(sizes[-1]), (last_cands.cpu(), last_scores.cpu()), taken_keys=tk)
+    return _apply_moves(codes, rows, new)
+
+
+def _reassign_ref(codes: Tensor, last_scores: Tensor, last_cands: Tensor, sizes: Sequence[int],
+                  taken: Tensor | None = None) -> Tensor:
+    """Move colliding rows to a free last-level code, in rounds (vectorised torch; the
+    specification of the rule, kept for tests).
 
     codes [M, L]; last_cands / last_scores [M, m]: each row's m nearest last-level codes,
     nearest first. taken: [T, L] code tuples held by other items (cold start). The first
@@ -197,19 +234,79 @@ def _isin_sorted(values: Tensor, sorted_ref: Tensor) -> Tensor:
     return sorted_ref[i] == values
 
 
+_CAND_ROWS = 2048  # rows per distance block of the movers' candidates (every block this shape)
+
+
+def _movers(keys: np.ndarray, taken_keys: np.ndarray | None) -> np.ndarray:
+    """The rows [M] int64 (ascending) that the "reassign" rule moves or tries to: every row after
+    the first of its tuple key, and the first when another item holds its tuple."""
+    from .dedup import _isin_sorted_np, _sorted_unique, suffix_of_keys
+
+    mv = suffix_of_keys(keys) > 0
+    if taken_keys is not None and taken_keys.size:
+        mv |= _isin_sorted_np(keys, _sorted_unique(taken_keys))
+    return np.flatnonzero(mv).astype(np.int64)
+
+
+class _LastCandidates:
+    """The movers' m nearest last-level codewords (ascending squared distance), computed from their
+    residuals before the last level in blocks of ``_CAND_ROWS`` movers in row order, each block
+    padded to that shape (a CPU matmul's rows depend on the matrix's shape, not on the other
+    rows: so a row's scores are the same bits whatever rows share its block, e.g. chunk by chunk
+    from disk, or one rank's movers only), and served to ``pysid.dedup.reassign_moves`` by row
+    number. ``add(r)`` takes the next movers' residuals; codes stored in the smallest integer
+    type."""
+
+    def __init__(self, movers: np.ndarray, codebook: Tensor, k_last: int, cands: int):
+        self.movers = movers
+        self.c = codebook.to(torch.float32)
+        self.cn = (self.c * self.c).sum(1)
+        self.m = max(1, min(int(cands), int(k_last)))
+        M = movers.size
+        self.codes = np.empty((M, self.m), np.uint8 if k_last <= 256 else np.int16 if k_last <= 32768 else np.int32)
+        self.scores = np.empty((M, self.m), np.float32)
+        self.filled = 0
+        self.pending: list[Tensor] = []
+        self.n_pending = 0
+
+    def add(self, r: Tensor) -> None:
+        self.pending.append(r.to(torch.float32))
+        self.n_pending += r.shape[0]
+        while self.n_pending >= _CAND_ROWS or (self.n_pending and self.filled + self.n_pending == self.movers.size):
+            allr = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+            blk, rest = allr[:_CAND_ROWS], allr[_CAND_ROWS:]
+            b = blk.shape[0]
+            if b < _CAND_ROWS:
+                blk = torch.cat([blk, blk.new_zeros(_CAND_ROWS - b, blk.shape[1])])
+            c = self.c.to(blk.device)
+            v, j = torch.topk(self.cn.to(blk.device)[None] - 2.0 * blk @ c.t(), self.m, dim=1, largest=False, sorted=True)
+            a = self.filled
+            self.codes[a : a + b] = j[:b].cpu().numpy()
+            self.scores[a : a + b] = v[:b].cpu().numpy()
+            self.filled += b
+            self.pending = [rest] if rest.shape[0] else []
+            self.n_pending = rest.shape[0]
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.filled != self.movers.size:
+            raise RuntimeError(f"reassign: candidates of {self.filled} of {self.movers.size} movers computed")
+        pos = np.searchsorted(self.movers, rows)
+        return self.codes[pos], self.scores[pos]
+
+
 def _reassigned(codes: Tensor, r: Tensor, codebooks: list, sizes: Sequence[int], cands: int,
                 taken: Tensor | None = None) -> Tensor:
-    """dedup='reassign' of greedy codes; r: the residual before the last level."""
-    c = codebooks[-1].to(device=r.device, dtype=torch.float32)
-    m = max(1, min(int(cands), int(sizes[-1])))
-    n = r.shape[0]
-    scores = torch.empty((n, m), dtype=torch.float32, device=r.device)
-    idx = torch.empty((n, m), dtype=torch.int64, device=r.device)
-    cn = (c * c).sum(1)
-    for i in range(0, n, 8192):  # row chunks: never N x K at once
-        v, j = torch.topk(cn[None] - 2.0 * r[i : i + 8192] @ c.t(), m, dim=1, largest=False, sorted=True)
-        scores[i : i + 8192], idx[i : i + 8192] = v, j
-    return _reassign(codes.to(r.device), scores, idx, sizes, None if taken is None else taken.to(r.device)).cpu()
+    """dedup='reassign' of greedy codes; r: the residual before the last level. The m nearest
+    last-level codewords are computed for the movers only (``_LastCandidates``)."""
+    from .dedup import reassign_moves
+
+    keys, tk = _reassign_keys(codes, sizes, taken)
+    mv = _movers(keys, tk)
+    cand = _LastCandidates(mv, codebooks[-1].to(r.device), int(sizes[-1]), cands)
+    if mv.size:
+        cand.add(r[torch.from_numpy(mv).to(r.device)])
+    rows, new = reassign_moves(keys, int(sizes[-1]), cand, taken_keys=tk)
+    return _apply_moves(codes.cpu(), rows, new)
 
 
 # --------------------------------------------------------------------------- dedup rules

@@ -29,8 +29,17 @@ order, with the columns ``item_id`` (int64), one int32 column per semantic level
   the table's rule for new items, so that no new ID collides with a table ID or another new
   row's ID. (Rows are not added to the table.)
 
-Tables whose dedup rule is "reassign" are refused (its moves need all new rows' residuals at
-once: use ``SemanticIds.encode``), as are hybrid tables (a list of inputs).
+Tables whose dedup rule is "reassign": the new rows move as in ``encode_result`` (colliding rows
+- after the first of their tuple, or on a table item's tuple - go to a free last-level code among
+their m nearest). The final pass finds these movers from the keys alone (``pysid.dedup``), reads
+the chunks that hold them again, computes only the movers' residuals before the last level and
+their m nearest last-level codewords (in the same blocks as ``encode_result``: the same bits),
+runs ``pysid.dedup.reassign_moves`` and writes the moved codes; the ``suffix`` column is there
+only when some rows are left on a taken tuple (or the table has a suffix level). Extra memory:
+about 5 m bytes per mover (m = 32 by default; ~12 % of the rows collide in fitted tables). Not
+torch.distributed: ``pysid.dedup.sharded_reassign`` (each rank computes its own movers'
+candidates; the prefixes are solved by their hash owners): the one-process output. Hybrid tables
+(a list of inputs) are refused.
 
 Crash safety and resume: ``out_dir/_manifest.json`` records the inputs (path, size,
 modification time, rows, D), the table's digest and the settings; each chunk's codes are
@@ -433,8 +442,8 @@ def _plan(table, inputs, out_dir, chunk_rows, embedding_column, id_column, first
     if isinstance(first_id, bool) or not isinstance(first_id, int) or first_id < 0:
         raise ValueError(f"first_id must be an int >= 0, got {first_id!r}")
     rule = _dedup(table.dedup)
-    if rule.moves:
-        raise ValueError(f"encode_shards supports the dedup rules without moves (suffix, none); this table's rule "
+    if rule.moves and rule.name != "reassign":
+        raise ValueError(f"encode_shards supports the dedup rules suffix, reassign and none; this table's rule "
                          f"is {rule.name!r}: encode with SemanticIds.encode")
     if table.settings.get("inputs", 1) != 1:
         raise ValueError("encode_shards takes one embedding input per row: this table was fitted on several (hybrid)")
@@ -539,7 +548,8 @@ def encode_shards(table, inputs, out_dir: PathLike, *, chunk_rows: int = 65536, 
         skipped = sum(f["skipped"] for f in comm.agree(err, skipped=skipped))
     encode_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine))
+    stats = _finish(table, out_dir, chunks, first_id, rule, comm, mine, sum(chunks[j][2] - chunks[j][1] for j in mine),
+                    load=load)
     dedup_s = time.perf_counter() - t1
     parts = [os.path.join(out_dir, f"part-{j:06d}.parquet") for j in range(len(chunks))]
     return StreamSummary(out_dir, total, stats["new_rows"], stats["known_rows"], len(chunks), skipped, parts,
@@ -581,8 +591,69 @@ def _comm():
     return Comm(dev)
 
 
+def _mover_residuals(table, movers: np.ndarray, mine, new_counts: dict, wpath, rows_of, load):
+    """The residuals before the last level of the new rows ``movers`` (new-row numbers of this
+    process's chunks ``mine``, ascending), chunk by chunk: the chunks that hold some are read
+    again and only those rows encoded (``encode_result``'s arithmetic: the same bits)."""
+    from .sid import _method, _quantize
+
+    method = _method(table.method)
+    off = 0
+    for j in mine:
+        cnt = new_counts[j]
+        lo, hi = np.searchsorted(movers, [off, off + cnt])
+        if hi > lo:
+            _, known, _, _ = _load_work(wpath(j), *rows_of(j), full=False)
+            local = np.flatnonzero(~known)[movers[lo:hi] - off]
+            x, _ = load(j)
+            _, r = _quantize(method.latents(table, x[torch.from_numpy(local)]), table.codebooks,
+                             table.settings.get("beam_width", 1))
+            yield r
+        off += cnt
+
+
+def _reassign_pass(table, keys: np.ndarray, t: int, mine, new_counts: dict, wpath, rows_of, load, comm=None):
+    """The "reassign" moves of the new rows (keys[t:], in input order; keys[:t]: the table's
+    items): the movers (rows after the first of their tuple, or on a table item's tuple) are found
+    from the keys, their embeddings read again chunk by chunk (only the chunks that hold movers),
+    their residuals before the last level and m nearest last-level codewords computed as
+    ``SemanticIds.encode_result`` does (``sid._LastCandidates``: the same bits), then
+    ``pysid.dedup.reassign_moves`` - or, under torch.distributed, ``sharded_reassign`` (this rank's
+    rows; the table's items on rank 0). Updates ``keys`` in place; returns (rows, new last codes,
+    number of movers)."""
+    from .dedup import reassign_moves, sharded_reassign
+    from .sid import _LastCandidates, _movers
+
+    sizes = [int(k) for k in table.codebook_sizes]
+    k_last = sizes[-1]
+    kn = keys[t:]
+    tk = keys[:t] if t else None
+    m = table.settings.get("reassign_candidates", 32)
+    if comm is not None and comm.on:
+        asked = [0]
+
+        def candidates(rows):  # this rank's movers, ascending, a batch at a time
+            asked[0] += rows.size
+            cand = _LastCandidates(rows, table.codebooks[-1], k_last, m)
+            for r in _mover_residuals(table, rows, mine, new_counts, wpath, rows_of, load):
+                cand.add(r)
+            return cand(rows)
+
+        rows, new = sharded_reassign(kn, k_last, candidates, taken_keys=tk, device=comm.dev)
+        n_movers = asked[0]
+    else:
+        mv = _movers(kn, tk)
+        cand = _LastCandidates(mv, table.codebooks[-1], k_last, m)
+        for r in _mover_residuals(table, mv, mine, new_counts, wpath, rows_of, load):
+            cand.add(r)
+        rows, new = reassign_moves(kn, k_last, cand, taken_keys=tk)
+        n_movers = int(mv.size)
+    kn[rows] += new - kn[rows] % k_last
+    return rows, new, n_movers
+
+
 def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, mine: range | None = None,
-            rows_mine: int | None = None) -> dict[str, int]:
+            rows_mine: int | None = None, load=None) -> dict[str, int]:
     """The final pass: suffixes over all chunks, one Parquet part per chunk, then the manifest's
     completion mark and _SUCCESS. Under torch.distributed (``comm`` on): this rank's chunks
     ``mine`` (contiguous, in rank order), suffixes by ``pysid.dedup.sharded_suffix``, rank 0
@@ -622,7 +693,21 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
         raise err
     n_new = pos - t
     suffix = None
-    if rule.suffix != "never":
+    moved = None
+    if rule.moves:  # "reassign": the moves, then a suffix level only if rows are left over (on any rank)
+        err = None
+        try:
+            moved = _reassign_pass(table, keys[:pos], t, mine, new_counts, wpath, rows_of, load, comm)
+            left = moved[2] - moved[0].size
+        except (OSError, ValueError) as e:
+            err = ValueError(f"{out_dir}: the reassign pass failed ({e}); the output is not complete: rerun to "
+                             "resume")
+            if not on:
+                raise err from e
+        if on:
+            left = sum(f["left"] for f in comm.agree(err, left=0 if err else left))
+        with_suffix = table.has_suffix or left > 0
+    if with_suffix or (rule.suffix != "never" and not rule.moves):
         if on:
             from .dedup import sharded_suffix
 
@@ -641,8 +726,15 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
     try:
         with ThreadPoolExecutor(2) as writers:  # parts written (and fsynced) while the next is built
             pending: list = []
+            mrow = 0  # moved rows (reassign), as new-row numbers: the next ones to apply
             for j in mine:
                 sem, known, tsuf, ids = _load_work(wpath(j), *rows_of(j))
+                if moved is not None:
+                    hi = int(np.searchsorted(moved[0], pos + new_counts[j]))
+                    if hi > mrow:
+                        local = np.flatnonzero(~known)[moved[0][mrow:hi] - pos]
+                        sem[local, L - 1] = moved[1][mrow:hi]
+                    mrow = hi
                 cols = {"item_id": pa.array(ids, pa.int64())}
                 for lvl in range(L):
                     cols[names[lvl]] = pa.array(sem[:, lvl].astype(np.int32), pa.int32())

@@ -108,7 +108,6 @@ CASES = [
     (["encode", "sids.npz", "trunc.npy", "--out-dir", "out"], "trunc.npy is truncated"),
     (["encode", "sids.npz", "good.npy", "--out-dir", "good.npy"], "is a file, not a folder"),
     (["encode", "sids.npz", "good.npy", "--out-dir", "nodir/out"], "does not exist"),
-    (["encode", "reassign.npz", "good.npy", "--out-dir", "out"], "this table's rule is 'reassign'"),
     (["encode", "trunc.npz", "good.npy", "--out-dir", "out"], "trunc.npz: cannot read"),
     # ---- stats
     (["stats", "trunc.npz"], "trunc.npz: cannot read: the file is truncated or corrupt"),

@@ -279,14 +279,14 @@ def _encode_rank(rank, world, arg):
             "skipped": s.chunks_skipped, "max_suffix": s.max_suffix, "suffixed": s.suffixed_rows}
 
 
-def _encode_inputs(tmp_path):
+def _encode_inputs(tmp_path, dedup="suffix"):
     """A table of 1500 items and 4 unequal shards (.npy and Parquet with ids, some of them table
     items) of 2300 rows near the table's items (many tuples of the table come back)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     x = _catalogue()
-    table = pysid.fit(x, **FIT)
+    table = pysid.fit(x, **FIT, dedup=dedup)
     table.save(tmp_path / "sids.npz")
     new = embedding_catalogue(m=2300, d=12, topics=30, seed=4).flip(0) + 0.01
     d = tmp_path / "in"
@@ -335,3 +335,38 @@ def test_encode_shards_by_rank_equals_one_process_and_resumes(tmp_path):
     got = stream.read_output(tmp_path / "o")
     for k in want:
         assert np.array_equal(got[k], want[k]), k
+
+
+def test_encode_shards_reassign_by_rank_equals_one_process(tmp_path):
+    """A reassign table: the movers' candidates computed by the rank that holds them, the prefixes
+    solved by their owner rank (``pysid.dedup.sharded_reassign``): on 3 ranks and on 2 ranks, the
+    one-process output, which is ``encode_result`` of all rows."""
+    from pysid import stream
+
+    table, inputs = _encode_inputs(tmp_path, dedup="reassign")
+    t = pysid.SemanticIds.load(table)
+    one = stream.encode_shards(t, inputs, tmp_path / "one", chunk_rows=100, first_id=10**6)
+    assert one.known_rows == 40 and one.chunks == 24
+    want = stream.read_output(tmp_path / "one")
+    raw = [stream._read_chunk(stream._scan(p, "embedding", "item_id"), 0, s.rows, "embedding", "item_id")
+           for p, s in ((p, stream._scan(p, "embedding", "item_id")) for p in stream.list_shards(inputs))]
+    x = torch.cat([r[0].float() for r in raw])
+    ids = torch.from_numpy(want["item_id"])
+    res = t.encode_result(x, item_ids=ids)
+    L = t.num_levels
+    assert np.array_equal(np.stack([want[f"level_{j}"] for j in range(L)], 1), res.codes[:, :L].numpy())
+    assert ("suffix" in want) == (res.codes.shape[1] == L + 1)
+    moved = want[f"level_{L - 1}"] != pysid.residual_quantize(x, t.codebooks).codes[:, L - 1].numpy()
+    assert moved[~want["known"]].sum() > 20
+    for world in (3, 2):
+        (tmp_path / f"w{world}").mkdir()
+        ranks = spawn("_encode_rank", world, tmp_path / f"w{world}",
+                      dict(table=table, inputs=inputs, out=str(tmp_path / f"o{world}")))
+        for r in ranks:
+            assert "error" not in r, r
+            assert (r["rows"], r["new"], r["known"], r["max_suffix"], r["suffixed"]) == \
+                (one.rows, one.new_rows, one.known_rows, one.max_suffix, one.suffixed_rows)
+        got = stream.read_output(tmp_path / f"o{world}")
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert np.array_equal(got[k], want[k]), (world, k)

@@ -183,3 +183,201 @@ def test_fit_sample_stratified():
         pysid.fit(x, levels=2, codebook_size=8, sample_by=labels, progress=False)
     with pytest.raises(ValueError, match="999 labels for 1000 items"):
         pysid.fit(x, levels=2, codebook_size=8, sample=100, sample_by=labels[:999], progress=False)
+
+
+# --------------------------------------------------------------------------- reassign at scale
+def _reassign_case(rng, n, sizes, m, n_taken, tie_levels=3):
+    """Random codes with many collisions, candidate lists (distinct codes, nearest first) with
+    many equal scores, and optionally taken tuples."""
+    L = len(sizes)
+    codes = np.stack([rng.integers(0, s, n) for s in sizes], 1).astype(np.int64).reshape(n, L)
+    cands = np.argsort(rng.random((n, sizes[-1])), 1)[:, :m]
+    scores = np.sort(rng.integers(0, tie_levels, (n, m)), 1).astype(np.float32)
+    taken = None
+    if n_taken is not None:
+        taken = np.stack([rng.integers(0, s, n_taken) for s in sizes], 1).astype(np.int64).reshape(n_taken, L)
+    return codes, cands, scores, taken
+
+
+def _ref(codes, cands, scores, sizes, taken):
+    from pysid.sid import _reassign_ref
+
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a))  # noqa: E731
+    return _reassign_ref(t(codes), t(scores), t(cands), sizes, t(taken)).numpy()
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_taken", [False, True])
+def test_reassign_matches_reference(L, with_taken):
+    """pysid.dedup.reassign == the vectorised rounds of sid._reassign_ref, bit for bit, on
+    random inputs with many collisions and equal scores; several m, small batches (groups split
+    over candidate batches), candidates as arrays and as a callback for the movers."""
+    from pysid.dedup import reassign
+    from pysid.sid import _reassign
+
+    rng = np.random.default_rng(100 * L + with_taken)
+    for trial in range(40):
+        sizes = [int(rng.integers(1, 5)) for _ in range(L - 1)] + [int(rng.integers(1, 9))]
+        n = int(rng.integers(0, 80))
+        m = int(rng.integers(1, sizes[-1] + 1))
+        codes, cands, scores, taken = _reassign_case(rng, n, sizes, m, int(rng.integers(0, 12)) if with_taken else None)
+        want = _ref(codes, cands, scores, sizes, taken)
+        got = reassign(codes, sizes, (cands, scores), taken=taken, batch_rows=int(rng.integers(1, 30)))
+        np.testing.assert_array_equal(got, want)
+        seen = []
+
+        def cb(rows):
+            seen.append(rows)
+            return cands[rows], scores[rows]
+
+        got2 = reassign(codes.astype(np.uint8 if max(sizes) < 256 else np.int64), sizes, cb, taken=taken,
+                        batch_rows=int(rng.integers(1, 30)))
+        np.testing.assert_array_equal(got2, want)
+        if seen:  # the callback sees each mover once, never a first holder of a free tuple
+            rows = np.concatenate(seen)
+            assert np.unique(rows).size == rows.size
+            keys = tuple_keys(codes, sizes)
+            first_free = suffix_of_keys(keys) == 0
+            if taken is not None:
+                first_free &= ~np.isin(keys, tuple_keys(taken, sizes))
+            assert not first_free[rows].any() and rows.size == int((~first_free).sum())
+        t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        np.testing.assert_array_equal(_reassign(t(codes), t(scores), t(cands), sizes, t(taken)).numpy(), want)
+
+
+def test_reassign_large_and_wide():
+    """6000 rows over 32 prefixes (long rounds, m up to 32, NaN and inf scores), keys too wide to
+    pack with the row number (the argsort path), and sizes whose product exceeds 2**63 (sid's
+    prefix ranks)."""
+    from pysid.dedup import reassign, reassign_moves
+    from pysid.sid import _reassign
+
+    rng = np.random.default_rng(7)
+    sizes = [4, 8, 256]
+    codes, cands, scores, taken = _reassign_case(rng, 6000, sizes, 32, 500, tie_levels=50)
+    scores[rng.random(scores.shape) < 0.01] = np.nan
+    scores[rng.random(scores.shape) < 0.01] = np.inf
+    want = _ref(codes, cands, scores, sizes, taken)
+    assert (want != codes).any()
+    np.testing.assert_array_equal(reassign(codes, sizes, (cands, scores), taken=taken), want)
+    # wide keys: the same problem with the prefixes spread 2**45 apart (keys span ~2**55: no
+    # room left for the row number's bits)
+    wide = lambda k: (k // 256) * (2**45 * 256) + k % 256  # noqa: E731
+    keys, tk = wide(tuple_keys(codes, sizes)), wide(tuple_keys(taken, sizes))
+    rows, new = reassign_moves(keys, 256, (cands, scores), taken_keys=tk)
+    moved = np.flatnonzero((want != codes).any(1))
+    np.testing.assert_array_equal(rows, moved)
+    np.testing.assert_array_equal(new, want[moved, -1])
+    # sizes past 2**63 in product: sid._reassign ranks the prefixes
+    big = [2**40, 2**40, 256]
+    bc = codes.copy()
+    bc[:, 0] *= 2**38
+    bt = taken.copy()
+    bt[:, 0] *= 2**38
+    tt = lambda a: torch.from_numpy(a)  # noqa: E731
+    from pysid.sid import _reassign_ref
+
+    np.testing.assert_array_equal(_reassign(tt(bc), tt(scores), tt(cands), big, tt(bt)).numpy(),
+                                  _reassign_ref(tt(bc), tt(scores), tt(cands), big, tt(bt)).numpy())
+
+
+def test_reassign_bad_input():
+    from pysid.dedup import reassign, reassign_moves
+
+    codes = np.array([[0, 1], [0, 1]])
+    good = (np.array([[1, 2], [1, 2]]), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        reassign(codes, [2, 4], (np.array([[1, 4], [1, 2]]), good[1]))
+    with pytest.raises(ValueError, match="shape"):
+        reassign(codes, [2, 4], (good[0][:1], good[1][:1]))
+    with pytest.raises(ValueError, match="float"):
+        reassign(codes, [2, 4], (good[0], good[0]))
+    with pytest.raises(TypeError, match="pair"):
+        reassign(codes, [2, 4], good[0])
+    with pytest.raises(ValueError, match="candidates\\(rows\\)"):
+        reassign(codes, [2, 4], lambda rows: (np.zeros((rows.size + 1, 2), np.int64), np.zeros((rows.size + 1, 2))))
+    with pytest.raises(ValueError, match="taken"):
+        reassign(codes, [2, 4], good, taken=np.zeros((1, 3), np.int64))
+    with pytest.raises(ValueError, match="k_last"):
+        reassign_moves(np.array([0, 0]), 0, good)
+    with pytest.raises(ValueError, match=">= 0"):
+        reassign_moves(np.array([-1, 0]), 4, good)
+    from pysid.dedup import sharded_reassign
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sharded_reassign(np.zeros(2, np.int64), 4, good)
+
+
+def _reassign_rank_main(rank, world, port, case, out_dir):
+    import torch.distributed as dist
+
+    from pysid.dedup import sharded_reassign
+
+    keys, cands, scores, taken, bounds = case
+    a, b = bounds[rank], bounds[rank + 1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tk = taken[rank::world]  # the taken tuples spread over the ranks
+        if rank % 2:  # candidates as a callback for the movers (local rows), or as arrays
+            cb = lambda rows: (cands[a + rows], scores[a + rows])  # noqa: E731
+            rows, new = sharded_reassign(keys[a:b], 16, cb, taken_keys=tk, batch_rows=7)
+        else:
+            rows, new = sharded_reassign(keys[a:b], 16, (cands[a:b], scores[a:b]), taken_keys=tk)
+        np.save(os.path.join(out_dir, f"rank{rank}_rows.npy"), rows + a)
+        np.save(os.path.join(out_dir, f"rank{rank}_new.npy"), new)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_reassign_equals_single_process(world, tmp_path):
+    """Unequal shards (one empty with 3 ranks), tuples and prefixes shared across ranks, taken tuples
+    on several ranks, equal scores: the moves of each rank are exactly reassign_moves of the
+    concatenation at its rows."""
+    from pysid.dedup import reassign_moves
+
+    rng = np.random.default_rng(10 + world)
+    n = 500
+    keys = rng.integers(0, 40 * 16, n).astype(np.int64)  # 40 prefixes x 16 last codes: crowded
+    keys[::25] = keys[0]
+    cands = np.argsort(rng.random((n, 16)), 1)[:, :6]
+    scores = np.sort(rng.integers(0, 4, (n, 6)), 1).astype(np.float32)
+    taken = rng.integers(0, 40 * 16, 60).astype(np.int64)
+    bounds = [0, 300, n] if world == 2 else [0, 200, 200, n]
+    want_rows, want_new = reassign_moves(keys, 16, (cands, scores), taken_keys=taken)
+    assert want_rows.size > 100
+    case = (keys, cands, scores, taken, bounds)
+    torch.multiprocessing.spawn(_reassign_rank_main, args=(world, _free_port(), case, str(tmp_path)), nprocs=world,
+                                join=True)
+    rows = np.concatenate([np.load(tmp_path / f"rank{r}_rows.npy") for r in range(world)])
+    new = np.concatenate([np.load(tmp_path / f"rank{r}_new.npy") for r in range(world)])
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(new, want_new)
+
+
+def test_huge_page_advice_restored():
+    """The dedup functions switch numpy's huge-page advice off while they run (nested calls too:
+    reassign calls tuple_keys and reassign_moves) and restore the caller's setting after."""
+    from pysid import dedup
+
+    prev = dedup._set_hugepage(True)
+    if prev is None:
+        pytest.skip("this numpy has no huge-page switch")
+    seen = []
+    real = dedup._candidate_arrays
+
+    def spy(*a, **k):
+        seen.append(dedup._set_hugepage(False))  # the setting inside the call (then left off)
+        return real(*a, **k)
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dedup, "_candidate_arrays", spy)
+            dedup.reassign(np.array([[0, 1], [0, 1]]), [2, 4], (np.array([[1, 2], [1, 2]]), np.zeros((2, 2))))
+        assert seen and not any(seen)
+        assert dedup._set_hugepage(True) is True  # restored to on
+        dedup._set_hugepage(False)
+        dedup.suffix_of_keys(np.arange(10))
+        assert dedup._set_hugepage(False) is False  # restored to off
+    finally:
+        dedup._set_hugepage(prev)

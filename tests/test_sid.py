@@ -13,7 +13,7 @@ import torch
 
 import pysid
 from pysid.cli import main as cli_main
-from pysid.sid import _reassign, _tuple_keys, collision_stats
+from pysid.sid import _reassign, _reassign_ref, _tuple_keys, collision_stats
 
 
 from conftest import embedding_catalogue as catalogue, unique_rows
@@ -57,7 +57,8 @@ def test_reassign_reduces_suffix_use_and_never_collides():
     assert n_suffix(rx) < n_suffix(sx)
 
 
-def test_reassign_rounds_by_hand():
+@pytest.mark.parametrize("_reassign", [_reassign, _reassign_ref], ids=["scale", "reference"])
+def test_reassign_rounds_by_hand(_reassign):
     # 3 rows share tuple (0, 1); candidates (nearest first) and scores given
     codes = torch.tensor([[0, 1], [0, 1], [0, 1], [1, 2]])
     cands = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 3, 2], [2, 0, 1]])

@@ -53,6 +53,21 @@ def _check(out, table, x, ids):
     return got
 
 
+def _check_any(out, table, x, ids):
+    """The output equals encode_result, with or without a suffix column (a reassign table's new rows
+    get the suffix level only when some are left on a taken tuple)."""
+    res = _expected(table, x, ids)
+    got = stream.read_output(out)
+    L = table.num_levels
+    np.testing.assert_array_equal(got["item_id"], ids)
+    np.testing.assert_array_equal(np.stack([got[f"level_{j}"] for j in range(L)], 1), res.codes[:, :L].numpy())
+    assert ("suffix" in got) == (res.codes.shape[1] == L + 1)
+    if "suffix" in got:
+        np.testing.assert_array_equal(got["suffix"], res.codes[:, L].numpy())
+    np.testing.assert_array_equal(got["known"], res.known.numpy())
+    return got, res
+
+
 def _write_npy_shards(tmp_path, x, sizes):
     d = tmp_path / "in"
     d.mkdir()
@@ -173,8 +188,8 @@ def test_output_folder_problems(table, tmp_path):
     with pytest.raises(ValueError, match="inside the output folder"):
         stream.encode_shards(table, str(out / "*.parquet"), out)
     reassign = pysid.fit(torch.randn(300, D), levels=2, codebook_size=8, dedup="reassign", progress=False)
-    with pytest.raises(ValueError, match="'reassign'"):
-        stream.encode_shards(reassign, tmp_path / "a.npy", tmp_path / "out4")
+    stream.encode_shards(reassign, tmp_path / "a.npy", tmp_path / "out4")  # reassign tables stream too
+    _check_any(tmp_path / "out4", reassign, x2, np.arange(60))
 
 
 def test_shard_failing_mid_run_then_resume(table, tmp_path, monkeypatch):
@@ -302,3 +317,104 @@ def test_cli_encode_out_dir(table, tmp_path, capsys):
     assert main(args) == 0
     assert "8 of them done by an earlier run" in capsys.readouterr().out
     _check(tmp_path / "o", table, x, ids)
+
+
+def test_cli_encode_out_dir_reassign(tmp_path, capsys):
+    """`pysid encode REASSIGN.npz ... --out-dir DIR` (refused before reassign was streamed): the parts
+    equal encode_result of all rows, moved codes included."""
+    from pysid.cli import main
+
+    g = torch.Generator().manual_seed(9)
+    t = pysid.fit(torch.randn(80, D, generator=g), levels=2, codebook_size=16, dedup="reassign", progress=False)
+    t.save(tmp_path / "r.npz")
+    x = _data(300, 4)
+    _write_npy_shards(tmp_path, x, [100, 200])
+    args = ["encode", str(tmp_path / "r.npz"), str(tmp_path / "in" / "*.npy"), "--out-dir", str(tmp_path / "o"),
+            "--chunk-rows", "64", "--quiet"]
+    assert main(args) == 0
+    assert "encoded 300 items" in capsys.readouterr().out
+    got, res = _check_any(tmp_path / "o", t, x, np.arange(300) + int(t.item_ids.max()) + 1)
+    raw = pysid.residual_quantize(torch.from_numpy(x), t.codebooks).codes[:, 1].numpy()
+    assert (got["level_1"] != raw).any()  # rows moved
+
+
+@pytest.mark.parametrize("case", ["leftovers", "all-moved", "known-rows", "parquet", "rq-vae"])
+def test_reassign_table_equals_encode(tmp_path, case):
+    """dedup="reassign": the final pass finds the movers from the keys, reads their rows again, computes
+    their m nearest last-level codewords and moves them - the output equals encode_result of all rows
+    at once, bit for bit (moved codes, suffix column only when rows are left over, table items known)."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(80, D, generator=g)
+    size = 16
+    kw = {"method": "rq-vae", "rqvae_options": {"epochs": 2, "latent": 4}} if case == "rq-vae" else {}
+    t = pysid.fit(x0, levels=2, codebook_size=size, dedup="reassign", progress=False, **kw)
+    n = 16 if case == "all-moved" else 700
+    x = _data(n, 11, np.float16 if case == "parquet" else np.float32)
+    if case == "all-moved":  # no run of equal rows: every colliding row finds a free code
+        x = np.random.default_rng(11).standard_normal((n, D)).astype(np.float32)
+    ids = np.arange(n) + (0 if case == "known-rows" else 10_000)  # known-rows: ids 0..79 are the table's
+    if case == "known-rows":
+        x[:80:2] = x0[::2].numpy()  # half of them with their table embedding, half with another
+    if case == "parquet":  # float16-rounded values in a float32 list column, ids from the file
+        tab = pa.table({"embedding": pa.array(list(x.astype(np.float32)), pa.list_(pa.float32())),
+                        "item_id": pa.array(ids, pa.int64())})
+        pq.write_table(tab, tmp_path / "a.parquet", row_group_size=37)
+        src = tmp_path / "a.parquet"
+        x = x.astype(np.float32)
+    else:
+        src = _write_npy_shards(tmp_path, x, [n // 3, 0, n - n // 3])
+    s = stream.encode_shards(t, src, tmp_path / "out", chunk_rows=64, first_id=int(ids[0]))
+    got, res = _check_any(tmp_path / "out", t, x, ids)
+    if case == "known-rows":
+        assert got["known"][:80].all() and not got["known"][80:].any()
+    raw = t.encode_result(torch.from_numpy(np.ascontiguousarray(x)), item_ids=torch.from_numpy(ids))
+    assert s.rows == n
+    moved = got["level_1"] != pysid.residual_quantize(
+        pysid.sid._method(t.method).latents(t, torch.from_numpy(np.ascontiguousarray(x))), t.codebooks).codes[:, 1].numpy()
+    assert moved[~got["known"]].any()  # the rule moved rows
+    if case == "all-moved":
+        assert "suffix" not in got and raw.codes.shape[1] == 2
+    elif case == "leftovers":
+        assert "suffix" in got and (got["suffix"] > 0).any()
+
+
+def test_reassign_resume_after_crash(tmp_path, monkeypatch):
+    """A reassign run that crashes in the chunk pass, then in the reassign pass (reading a shard), then
+    resumes: the result equals encode_result; the output is never marked complete before."""
+    g = torch.Generator().manual_seed(5)
+    t = pysid.fit(torch.randn(300, D, generator=g), levels=2, codebook_size=8, dedup="reassign", progress=False)
+    x = _data(400, 12)
+    d = _write_npy_shards(tmp_path, x, [200, 200])
+    out = tmp_path / "out"
+    real = stream._encode_chunk
+    calls = []
+
+    def crash(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(stream, "_encode_chunk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        stream.encode_shards(t, d, out, chunk_rows=50)
+    monkeypatch.setattr(stream, "_encode_chunk", real)
+    real_read = stream._read_chunk
+    reads = []
+
+    def crash_read(*a, **k):  # the chunk pass reads 6 chunks; the 8th read is in the reassign pass
+        reads.append(1)
+        if len(reads) == 8:
+            raise KeyboardInterrupt("simulated crash in the final pass")
+        return real_read(*a, **k)
+
+    monkeypatch.setattr(stream, "_read_chunk", crash_read)
+    with pytest.raises(KeyboardInterrupt):
+        stream.encode_shards(t, d, out, chunk_rows=50, prefetch=False)
+    with pytest.raises(ValueError, match="not complete"):
+        stream.read_output(out)
+    assert len(reads) == 8
+    monkeypatch.setattr(stream, "_read_chunk", real_read)
+    s = stream.encode_shards(t, d, out, chunk_rows=50)
+    assert s.chunks == 8 and s.chunks_skipped == 8
+    _check_any(out, t, x, np.arange(400))
