@@ -550,6 +550,8 @@ def run(args) -> dict:
         model = Tiger(sids.vocab_sizes, args.history, d_model=args.d_model, heads=args.heads,
                       enc_layers=args.layers, dec_layers=args.layers, ff=args.ff, dropout=args.dropout,
                       enc_input=args.enc_input)
+        if args.load_checkpoint:
+            model.load_state_dict(torch.load(args.load_checkpoint)["model"])
 
         def hist_tokens(histories):
             ids = left_pad(histories, args.history, pad_item)
@@ -626,6 +628,8 @@ def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, cat
     model = CausalSID(sids.vocab_sizes, pad_item, args.history, d_model=args.d_model, heads=args.heads,
                       layers=args.layers, ff=args.ff, dropout=args.dropout, head_layers=args.head_layers,
                       item_input=args.item_input, tie=args.tie_head)
+    if args.load_checkpoint:   # e.g. --epochs 0 --load-checkpoint DIR/causal_best.pt: decode a trained model again
+        model.load_state_dict(torch.load(args.load_checkpoint)["model"])
     win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
     tr_in = left_pad([w[:-1] for w in win], args.history, pad_item)
     tr_out = left_pad([w[1:] for w in win], args.history, pad_item)
@@ -751,7 +755,9 @@ def parse_args(argv=None):
     p.add_argument("--sas-lr", type=float, default=1e-3)
     p.add_argument("--sas-batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--checkpoint-dir", default=None, help="also save the best TIGER state here")
+    p.add_argument("--checkpoint-dir", default=None, help="also save the best model's state here")
+    p.add_argument("--load-checkpoint", default=None,
+                   help="start from this saved state (with --epochs 0: decode a trained model with other settings)")
     p.add_argument("--out", default=None, help="JSON results")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)

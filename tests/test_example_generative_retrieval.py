@@ -164,15 +164,22 @@ def test_causal_model_decodes_only_catalogue_items():
 @pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
 def test_causal_arch_pipeline(tmp_path):
     gr = _load()
-    res = gr.run(gr.parse_args(["--data", TOYS, "--max-users", "200", "--epochs", "1", "--max-steps", "2",
-                                "--val-users", "16", "--codebook-size", "16", "--beam", "10", "--arch", "causal",
-                                "--d-model", "32", "--ff", "64", "--heads", "2", "--batch-size", "64", "--quiet", "--threads", "1",
-                                "--out", str(tmp_path / "c.json")]))
+    base = ["--data", TOYS, "--max-users", "200", "--val-users", "16", "--codebook-size", "16", "--beam", "10",
+            "--arch", "causal", "--d-model", "32", "--ff", "64", "--heads", "2", "--batch-size", "64", "--quiet",
+            "--threads", "1"]
+    res = gr.run(gr.parse_args(base + ["--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "c.json"),
+                                       "--checkpoint-dir", str(tmp_path / "ck")]))
     assert set(res["methods"]) == {"MostPop", "Causal SID (pysid)", "SASRec (ours)"}
     c = res["methods"]["Causal SID (pysid)"]
     assert c["steps"] == 2 and c["test_top_shape"] == [200, 10] and c["invalid_rate"] == 0.0
     assert math.isfinite(c["history"][0]["loss"])
     assert json.loads((tmp_path / "c.json").read_text())["args"]["arch"] == "causal"
+    # --epochs 0 --load-checkpoint: the saved best state decodes to the same test figures
+    again = gr.run(gr.parse_args(base + ["--epochs", "0", "--no-sasrec", "--load-checkpoint",
+                                         str(tmp_path / "ck" / "causal_best.pt")]))
+    a = again["methods"]["Causal SID (pysid)"]
+    assert a["steps"] == 0 and a["test_top_shape"] == [200, 10]
+    assert all(a[k] == c[k] for k in ("R@5", "R@10", "N@5", "N@10", "invalid_rate"))
 
 def test_input_weights_need_two(tmp_path):
     gr = _load()
