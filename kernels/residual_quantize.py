@@ -454,7 +454,7 @@ def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
 @triton.jit
 def _rq_beam_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
-    q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, fallback_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr, path_ptr, redo_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
     LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr,
@@ -489,9 +489,9 @@ def _rq_beam_kernel(
     slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
     slot_b = slot_a + M * DP
     slot_t = slot_b + M * DP  # tf32 rounding of the current residuals (FAST)
+    pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
-    lidx = tl.arange(0, LP)
     kk = tl.arange(0, BK)
     pm = tl.arange(0, M)
     dd = tl.arange(0, BD)
@@ -524,8 +524,6 @@ def _rq_beam_kernel(
         rn = tl.sum(sq, 2)  # [BM, BP]
         tl.debug_barrier()
         valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
-        pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
-        pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
         redo = tl.zeros([BM], dtype=tl.int32)
         for l in range(L):
             kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
@@ -620,29 +618,24 @@ def _rq_beam_kernel(
                 sq += rv * rv
             dl = tl.sum(sq, 2)
             rn = dl
-            # the parents' paths (one-hot sums over the old beams)
-            pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
-            pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
-            for b in tl.static_range(BP):
-                hot = (bidx == b)[None, :, None]
-                pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
-                pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
-                take = (parent == b)[:, :, None]
-                pc_new = tl.where(take, pcb[:, None, :], pc_new)
-                pd_new = tl.where(take, pdb[:, None, :], pd_new)
-            pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
-            pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
+            # back-pointers (in memory, not registers: the paths are followed back at the end)
+            tl.store(pp + (3 * l) * M + pair, parent)
+            tl.store(pp + (3 * l + 1) * M + pair, code)
+            tl.store(pp + (3 * l + 2) * M + pair, dl.to(tl.int32, bitcast=True))
             tl.debug_barrier()  # the new residuals are visible to every thread
             tmp = cur
             cur = nxt
             nxt = tmp
-        # best beam = rank 0
-        hot0 = (bidx == 0)[None, :, None]
-        c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
-        d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
-        omask = rmask[:, None] & (lidx < L)[None, :]
-        tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
-        tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
+        # the best beam (rank 0), followed back from the last level
+        b = tl.zeros([BM], dtype=tl.int32)
+        for i in range(0, L):
+            l = L - 1 - i
+            at = pp + mi * BP + b
+            c0 = tl.load(at + (3 * l + 1) * M)
+            d0 = tl.load(at + (3 * l + 2) * M).to(tl.float32, bitcast=True)
+            b = tl.load(at + (3 * l) * M)
+            tl.store(code_ptr + rows64 * L + l, c0, mask=rmask)
+            tl.store(dist_ptr + rows64 * L + l, d0, mask=rmask)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
             xmask = rmask[:, None] & (cu < D)[None, :]
@@ -840,16 +833,24 @@ def residual_quantize_triton(
     else:
         bp = _next_pow2(beam_width)
         bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
+        # BLOCK_K: the tf32 pass 32, the exact kernel (fast=False, and the redo tier) 64 on the GPU: no
+        # spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py); block_k sets the pass that
+        # runs first. BU (and BM, BP, warps) must be the same in every pass: ||r||^2 is a tl.sum over
+        # BU-wide slices, and the redone rows are bit for bit the exact kernel's.
+        bk_exact = 32 if _INTERPRET else 64
         bk = 32
+        if block_k:
+            bk, bk_exact = (block_k, min(block_k, bk_exact)) if fast else (block_k, block_k)
+        elif not fast:
+            bk = bk_exact
         nw, ns = (4, 1) if _INTERPRET else (8, 3)
         bm = block_m or bm
-        bk = block_k or bk
         nw = num_warps or nw
         ns = num_stages or ns
 
     # codebook padded per level to a multiple of BLOCK_K rows and to DP columns (no masks
     # in the kernel); padding rows get ||c||^2 = 3e38 so they never win.
-    kpad = [-(-k // bk) * bk for k in ks]
+    kpad = [-(-k // bk) * bk for k in ks]  # (the beam's exact BLOCK_K divides bk)
     poff = [0]
     for kp in kpad:
         poff.append(poff[-1] + kp)
@@ -885,8 +886,9 @@ def residual_quantize_triton(
         else:
             nprog = min(grid[0], 2)
         scratch = torch.empty((nprog, 3, m, dp), dtype=torch.float32, device=dev)
+        paths = torch.empty((nprog, levels, 3, m), dtype=torch.int32, device=dev)
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
-        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // m, dp // 16)))
+        bu = min(dp, block_u or (dp if _INTERPRET else max(16, dp // 16)))
         # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
         np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
         redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)
@@ -895,9 +897,9 @@ def residual_quantize_triton(
         passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
         for fast_pass, redo_pass in passes:
             _rq_beam_kernel[(nprog,)](
-                x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, redo, counter,
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, paths, redo, counter,
                 n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
-                BEAM=beam_width, BP=bp, BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
+                BEAM=beam_width, BP=bp, BM=bm, BK=bk if fast_pass else bk_exact, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
                 FAST=fast_pass, REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
                 COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
                 num_warps=nw, num_stages=ns,
