@@ -66,13 +66,18 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
   clustered data it is higher but stays correct.
 
-Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel, persistent
-programs; the (row, beam) pairs form the rows of the dot (128 pairs per tile on the GPU); top-B
-over (beam, code) pairs via repeated min-extraction ordered by (score, beam rank, code). The
-pairs' residuals live in two scratch slots per program (L2; swapped per level): the dot runs over D
-in BLOCK_D steps, each new residual is its parent's row of the old slot minus the chosen codeword
-(a gather by row index, 16-byte slices); the paths (codes, distances) stay in registers and
-follow their parents by one-hot sums. ``fast`` does not apply to beam search.
+Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
+the dot (128 pairs per tile on the GPU); top-B over (beam, code) pairs by repeated min-extraction
+ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. The pairs' residuals
+live in scratch slots per program (L2; swapped per level): each new residual is its parent's row of
+the old slot minus the chosen codeword (a gather by row index, 16-byte slices); the paths are
+back-pointers in a per-program scratch array, followed back at the end. ``fast=False``: the exact
+kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM proposes the row's
+best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
+chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
+unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
+kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). ``precision="fast"``: the B best
+tf32 scores, no proof.
 """
 
 from __future__ import annotations
