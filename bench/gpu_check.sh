@@ -18,7 +18,8 @@
 # The full list does not fit one call: the second call (fresh machine or warm, ~420 s) is
 #   BUDGET_S=470 bench/gpu_check.sh OUTDIR2 "build bench_kmeans rq_sweep profile"
 # (bench_kmeans: fused seeding rows and tile sweep, update tiles, Lloyd exact vs fast; rq_sweep: the
-# Hopper-shaped rq tiles, beam 5 against greedy, unsure / redone row counts per shape).
+# Hopper-shaped rq tiles, beam 5 against greedy: the exact beam kernel beside the tf32-proposing one,
+# exact (proof + redo, with its unsure / redone counts) and precision fast; unsure / redone row counts per shape).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
 STAGES=${2:-"build ceilings side_by_side tests profile_gmma"}
@@ -70,7 +71,7 @@ has ceilings && stage ceilings 60 $PY bench/gpu_ceilings.py --out "$OUT/ceilings
 has side_by_side && stage side_by_side "${SBS_TIMEOUT:-200}" $PY bench/gpu_side_by_side.py --out "$OUT/side_by_side.json" \
   ${SBS_ARGS:-}
 # the files with GPU tests (the sm_90 compile checks are CPU-side: CI runs them)
-GPU_TESTS="tests/test_residual_quantize.py tests/test_canonical_score.py tests/test_kmeans.py
+GPU_TESTS="tests/test_residual_quantize.py tests/test_canonical_score.py tests/test_beam_fast.py tests/test_kmeans.py
   tests/test_kmeans_triton_kernels.py tests/test_beam_search.py tests/test_precision.py"
 has tests && stage tests "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -n 8 ${TEST_ARGS:-$GPU_TESTS}
 if has profile_gmma; then  # Hopper's wgmma is invisible to the HMMA counters: read the gmma ones

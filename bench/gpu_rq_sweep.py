@@ -1,8 +1,12 @@
-"""GPU diagnosis of the Triton residual-quantize kernel (greedy): time per variant.
+"""GPU diagnosis of the Triton residual-quantize kernels (greedy and beam 5): time per variant.
 
 For each shape and data kind: the default config, the exact path (fast=False), the fallback
 counters ((row, level) pairs the tf32 path could not prove, rows the exact pass re-encoded), tile
-variants, and the CUDA kernel. Writes JSON; prints a table.
+variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
+tf32-proposing one with its proof and redo (its unsure / redone counts) and without (precision
+fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
+beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast).
+Writes JSON; prints a table.
 
     python bench/gpu_rq_sweep.py --out OUT.json
 """
@@ -44,9 +48,15 @@ def main() -> None:
                 ("bm64 w4", dict(block_m=64, num_warps=4)), ("2/SM", dict(programs_per_sm=2)),
                 ("exact bk32", {"fast": False, "block_k": 32}), ("exact bk128", {"fast": False, "block_k": 128}),
                 ("exact bd32", {"fast": False, "block_d": 32}),
-                ("beam 5", {"beam": 5}), ("beam 5 bm8", {"beam": 5, "block_m": 8}),
-                ("beam 5 bk64", {"beam": 5, "block_k": 64}), ("beam 5 bd32", {"beam": 5, "block_d": 32}),
-                ("beam 5 w4", {"beam": 5, "num_warps": 4})]
+                # beam 5 (2026-12-05): the exact FMA kernel (the old path, also the redo tier) first, then the
+                # tf32-proposing kernel: window re-scored exactly + proof + redo of unproven rows (the default),
+                # without the proof (precision fast), a wider window, and tiles
+                ("beam 5 exact kernel", {"beam": 5, "fast": False}),
+                ("beam 5", {"beam": 5}), ("beam 5 precision fast", {"beam": 5, "precision": "fast"}),
+                ("beam 5 window 15", {"beam": 5, "beam_window": 15}),
+                ("beam 5 bm8", {"beam": 5, "block_m": 8}), ("beam 5 bk64", {"beam": 5, "block_k": 64}),
+                ("beam 5 bd32", {"beam": 5, "block_d": 32}), ("beam 5 w4", {"beam": 5, "num_warps": 4}),
+                ("beam 5 exact kernel bk64", {"beam": 5, "fast": False, "block_k": 64})]
     for d, k, levels in shapes:
         for kind in ("clustered", "gaussian"):
             if kind == "clustered":
@@ -58,6 +68,7 @@ def main() -> None:
             packed = cb.reshape(-1, d).contiguous()
             offs = [i * k for i in range(levels + 1)]
             ref = None
+            ref_beam = None  # codes of the exact beam kernel (the first beam variant)
             default_ms = float("nan")
             full = (d == 256 and k == 256 and levels == 3) or args.device != "cuda"
             for name, kw in variants if full else variants[:3]:
@@ -70,15 +81,18 @@ def main() -> None:
                     codes = f()[2]
                     if ref is None:
                         ref = codes
+                    if beam > 1 and ref_beam is None:
+                        ref_beam = codes
                     row = dict(d=d, k=k, levels=levels, data=kind, variant=name, ms=ms,
-                               same_codes_as_default=float((codes == ref).all(1).float().mean()))
+                               same_codes_as_default=float((codes == (ref if beam == 1 else ref_beam)).all(1)
+                                                           .float().mean()))
                     if name == "default":
                         default_ms = ms
                     if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
                         row["x_greedy"] = ms / default_ms
-                    if name == "default":
+                    if name == "default" or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
                         cnt = torch.zeros(2, dtype=torch.int32, device=args.device)
-                        residual_quantize_triton(x, packed, offs, 1, _fallback_counter=cnt)
+                        residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
                         row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()
                 except Exception as e:  # noqa: BLE001 - a failing variant is a row
                     row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])

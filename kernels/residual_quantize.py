@@ -66,13 +66,18 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
   (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
   clustered data it is higher but stays correct.
 
-Beam search (``1 < beam_width <= 16``): exact float32 (ieee dot) Triton kernel, persistent
-programs; the (row, beam) pairs form the rows of the dot (128 pairs per tile on the GPU); top-B
-over (beam, code) pairs via repeated min-extraction ordered by (score, beam rank, code). The
-pairs' residuals live in two scratch slots per program (L2; swapped per level): the dot runs over D
-in BLOCK_D steps, each new residual is its parent's row of the old slot minus the chosen codeword
-(a gather by row index, 16-byte slices); the paths (codes, distances) stay in registers and
-follow their parents by one-hot sums. ``fast`` does not apply to beam search.
+Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
+the dot (128 pairs per tile on the GPU); top-B over (beam, code) pairs by repeated min-extraction
+ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. The pairs' residuals
+live in scratch slots per program (L2; swapped per level): each new residual is its parent's row of
+the old slot minus the chosen codeword (a gather by row index, 16-byte slices); the paths are
+back-pointers in a per-program scratch array, followed back at the end. ``fast=False``: the exact
+kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM proposes the row's
+best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
+chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
+unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
+kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). ``precision="fast"``: the B best
+tf32 scores, no proof.
 """
 
 from __future__ import annotations
@@ -430,36 +435,82 @@ def _rq_greedy_kernel(
                     tl.atomic_add(fallback_ptr + 1, n_redo)
 # --------------------------------------------------------------------------- beam kernel
 @triton.jit
+def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
+    """The NSEL smallest of the candidates s [BM, P, Q] (ids flat, broadcastable to s) and of the
+    running list (sel_s, sel_f) [BM, NP] together, ordered by (score, id): a new list [BM, NP]
+    (entries NSEL.. and missing ones INF / BIG). Repeated min-extraction, row reductions only."""
+    INF: tl.constexpr = float("inf")
+    BIG: tl.constexpr = 2147483647
+    new_s = tl.full(sel_s.shape, INF, tl.float32)
+    new_f = tl.full(sel_f.shape, BIG, tl.int32)
+    for t in tl.static_range(NSEL):
+        m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
+        fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
+        fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
+        f = tl.minimum(fa, fb)
+        f = tl.where(m < INF, f, BIG)
+        new_s = tl.where(sidx[None, :] == t, m[:, None], new_s)
+        new_f = tl.where(sidx[None, :] == t, f[:, None], new_f)
+        s = tl.where(flat == f[:, None, None], INF, s)
+        sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
+    return new_s, new_f
+
+
+@triton.jit
 def _rq_beam_kernel(
-    x_ptr, cb_ptr, cn_ptr, poff_ptr, kreal_ptr,
-    q_ptr, dist_ptr, code_ptr, scratch_ptr,
-    N, D, L, stride_xm, stride_xd,
+    x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr, path_ptr, redo_ptr, fallback_ptr,
+    N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-    LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
+    LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr,
+    PROVE: tl.constexpr, NP: tl.constexpr, COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
 ):
-    """Beam search, exact float32. Persistent programs; a tile is BM rows x BP beams = M (row, beam)
-    pairs, the rows of the dot. The pairs' residuals live in this program's two scratch slots
-    [M, DP] (L2; one read, the other written, swapped per level), never in registers: the score
-    dot runs over D in BD steps (tl.dot ieee: the FMA chain), the new residuals (parent's residual
-    minus the chosen codeword, a gather by row index) and their norms in [BM, BP, BU] slices."""
+    """Beam search. Persistent programs; a tile is BM rows x BP beams = M (row, beam) pairs, the
+    rows of the dot. The pairs' residuals live in this program's scratch slots [M, DP] (L2; slots
+    0 and 1: the float32 residuals, one read, the other written, swapped per level; slot 2: the
+    tf32 rounding of the current one, the fast pass's MMA operand), never in registers: the score
+    dot runs over D in BD steps, the new residuals (parent's residual minus the chosen codeword, a
+    gather by row index) and their norms in [BM, BP, BU] slices.
+
+    The score of candidate (beam b, code k) is ``fl(fl(cn_k - 2 dot) + rn_b)`` (rn_b = ||r_b||^2 as
+    this kernel sums it, dot the canonical FMA chain), the B best of a row's B*K candidates kept in
+    (score, beam rank, code) order.
+
+    FAST=False: exact, every candidate scored by the FMA chain (``tl.dot`` ieee on the GPU; spelled
+    out with ``tl.fma`` under FMA_CHAIN). REDO (with FAST off): the same over the rows listed in
+    redo_ptr (N read from redo_ptr[0]). FAST: a tf32 pass proposes: per chunk of BK codewords a
+    tf32 GEMM of the pairs' tf32 residuals with the tf32 codebook, and the NP smallest tf32 scores
+    of the row are kept (over all its beams). PROVE: the first NP - 1 (the window) are re-scored
+    exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
+    taken; the row is proven when the NP-th tf32 score minus the row's error bound is above the
+    B-th exact score (then every candidate outside the window is worse than all B chosen, ties
+    included); unproven rows are appended to the redo list (the exact pass re-encodes them).
+    Without PROVE (precision="fast"): the B best tf32 scores are taken as they are (NP = BP)."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
     M: tl.constexpr = BM * BP
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    slot_a = scratch_ptr + pid.to(tl.int64) * (2 * M * DP)
+    slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
     slot_b = slot_a + M * DP
+    slot_t = slot_b + M * DP  # tf32 rounding of the current residuals (FAST)
+    pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
-    lidx = tl.arange(0, LP)
     kk = tl.arange(0, BK)
     pm = tl.arange(0, M)
     dd = tl.arange(0, BD)
     uu = tl.arange(0, BU)
+    sidx = tl.arange(0, NP)
     pair = mi[:, None] * BP + bidx[None, :]  # [BM, BP]: the pair's row in a slot
-    for tile in range(pid, tl.cdiv(N, BM), nprog):
+    n_rows = N
+    if REDO:
+        n_rows = tl.load(redo_ptr)
+    for tile in range(pid, tl.cdiv(n_rows, BM), nprog):
         rows = tile * BM + mi
-        rmask = rows < N
+        rmask = rows < n_rows
+        if REDO:
+            rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
         cur = slot_a
         nxt = slot_b
@@ -472,25 +523,38 @@ def _rq_beam_kernel(
             xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
             xv3 = xv.to(tl.float32)[:, None, :] + tl.zeros([BM, BP, BU], dtype=tl.float32)
             tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], xv3)
+            if FAST:
+                tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(xv3))
             sq += xv3 * xv3
         rn = tl.sum(sq, 2)  # [BM, BP]
         tl.debug_barrier()
         valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
-        pcode = tl.zeros([BM, BP, LP], dtype=tl.int32)
-        pdist = tl.zeros([BM, BP, LP], dtype=tl.float32)
+        redo = tl.zeros([BM], dtype=tl.int32)
         for l in range(L):
             kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
-            sel_s = tl.full([BM, BP], INF, tl.float32)
-            sel_f = tl.full([BM, BP], BIG, tl.int32)
+            sel_s = tl.full([BM, NP], INF, tl.float32)
+            sel_f = tl.full([BM, NP], BIG, tl.int32)
             for kb in range(kbeg, kend, BK):
                 acc = tl.zeros([M, BK], dtype=tl.float32)
-                for d0 in range(0, DP, BD):
-                    cols = tl.multiple_of(d0, BD) + dd
-                    a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
-                    c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
-                    acc = tl.dot(a, c, acc, input_precision="ieee")
+                if FAST:  # tf32 GEMM of the tf32-exact residuals and codebook (the proposal)
+                    for d0 in range(0, DP, BD):
+                        cols = tl.multiple_of(d0, BD) + dd
+                        a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                        c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+                        acc = tl.dot(a, c, acc, input_precision="tf32")
+                elif FMA_CHAIN:  # the canonical chain spelled out (the interpreter's tl.dot is a matmul)
+                    for j in range(0, D):
+                        a = tl.load(cur + pm * DP + j)  # [M]
+                        c = tl.load(cb_ptr + (kb + kk) * DP + j)  # [BK]
+                        acc = tl.fma(a[:, None], c[None, :], acc)
+                else:
+                    for d0 in range(0, DP, BD):
+                        cols = tl.multiple_of(d0, BD) + dd
+                        a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                        c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+                        acc = tl.dot(a, c, acc, input_precision="ieee")
                 acc = tl.reshape(acc, [BM, BP, BK])
                 cn = tl.load(cn_ptr + kb + kk)
                 code = kb - kbeg + kk  # [BK]
@@ -498,20 +562,49 @@ def _rq_beam_kernel(
                 ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
                 s = tl.where(ok, s, INF)
                 flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
-                new_s = tl.full([BM, BP], INF, tl.float32)
-                new_f = tl.full([BM, BP], BIG, tl.int32)
-                for t in tl.static_range(BEAM):
-                    m = tl.minimum(tl.min(tl.min(s, 2), 1), tl.min(sel_s, 1))  # [BM]
-                    fa = tl.min(tl.min(tl.where(s == m[:, None, None], flat, BIG), 2), 1)
-                    fb = tl.min(tl.where(sel_s == m[:, None], sel_f, BIG), 1)
-                    f = tl.minimum(fa, fb)
-                    f = tl.where(m < INF, f, BIG)
-                    new_s = tl.where(bidx[None, :] == t, m[:, None], new_s)
-                    new_f = tl.where(bidx[None, :] == t, f[:, None], new_f)
-                    s = tl.where(flat == f[:, None, None], INF, s)
-                    sel_s = tl.where(sel_f == f[:, None], INF, sel_s)
-                sel_s = new_s
-                sel_f = new_f
+                if FAST and PROVE:
+                    sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NP)
+                else:
+                    sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+            if FAST and PROVE:
+                # exact re-score of the window (the first NP - 1 proposals): the canonical chain
+                win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
+                wb = tl.where(win, sel_f // kreal, 0)
+                wc = tl.where(win, sel_f % kreal, 0)
+                wsrc = (mi[:, None] * BP + wb) * DP
+                wcw = (kbeg + wc) * DP
+                dot = tl.zeros([BM, NP], dtype=tl.float32)
+                for j in range(0, D):
+                    a = tl.load(cur + wsrc + j, mask=win, other=0.0)
+                    c = tl.load(cb_ptr + wcw + j, mask=win, other=0.0)
+                    dot = tl.fma(a, c, dot)
+                rn_w = tl.sum(tl.where(bidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
+                cn_w = tl.load(cn_ptr + kbeg + wc)
+                ex = (cn_w - 2.0 * dot) + rn_w
+                ex = tl.where(win, ex, INF)
+                top_s = tl.full([BM, BP], INF, tl.float32)
+                top_f = tl.full([BM, BP], BIG, tl.int32)
+                top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
+                # error bound of every tf32 score against its canonical value, per pair (then the
+                # row's largest): the tf32 dot (operands rounded exactly: |r_lo| <= 2^-11 |r|, c_lo
+                # known; gamma: float32 accumulation), the canonical chain's own error (gamma_chk),
+                # and the roundings of cn - 2 dot and of + rn on both sides and of this test.
+                chimax = tl.load(stat_ptr + 3 * l)
+                clomax = tl.load(stat_ptr + 3 * l + 1)
+                cnmax = tl.load(stat_ptr + 3 * l + 2)
+                cmax = chimax + clomax
+                r_n = tl.sqrt(rn)
+                e_p = (2.0 * r_n * ((2.0 ** -11) * chimax + clomax + gamma * chimax) + 2.0 * gamma_chk * r_n * cmax
+                       + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
+                e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
+                nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th tf32 score
+                s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
+                unsure = (nxt_v < INF) & ((nxt_v - e_row) <= s_b) & rmask
+                redo = redo | unsure.to(tl.int32)
+                if COUNT_FALLBACK:
+                    tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
+                sel_s = top_s
+                sel_f = top_f
             valid = sel_s < INF
             parent = tl.where(valid, sel_f // kreal, 0)
             code = tl.where(valid, sel_f % kreal, 0)
@@ -525,38 +618,43 @@ def _rq_beam_kernel(
                     cb_ptr + cw[:, :, None] + cu[None, None, :])
                 rv = tl.where(valid[:, :, None], rv, 0.0)
                 tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv)
+                if FAST:
+                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv))
                 sq += rv * rv
             dl = tl.sum(sq, 2)
             rn = dl
-            # the parents' paths (one-hot sums over the old beams)
-            pc_new = tl.zeros([BM, BP, LP], dtype=tl.int32)
-            pd_new = tl.zeros([BM, BP, LP], dtype=tl.float32)
-            for b in tl.static_range(BP):
-                hot = (bidx == b)[None, :, None]
-                pcb = tl.sum(tl.where(hot, pcode, 0), 1)  # [BM, LP]
-                pdb = tl.sum(tl.where(hot, pdist, 0.0), 1)
-                take = (parent == b)[:, :, None]
-                pc_new = tl.where(take, pcb[:, None, :], pc_new)
-                pd_new = tl.where(take, pdb[:, None, :], pd_new)
-            pcode = tl.where(lidx[None, None, :] == l, code[:, :, None], pc_new)
-            pdist = tl.where(lidx[None, None, :] == l, dl[:, :, None], pd_new)
+            # back-pointers (in memory, not registers: the paths are followed back at the end)
+            tl.store(pp + (3 * l) * M + pair, parent)
+            tl.store(pp + (3 * l + 1) * M + pair, code)
+            tl.store(pp + (3 * l + 2) * M + pair, dl.to(tl.int32, bitcast=True))
             tl.debug_barrier()  # the new residuals are visible to every thread
             tmp = cur
             cur = nxt
             nxt = tmp
-        # best beam = rank 0
-        hot0 = (bidx == 0)[None, :, None]
-        c0 = tl.sum(tl.where(hot0, pcode, 0), 1)
-        d0 = tl.sum(tl.where(hot0, pdist, 0.0), 1)
-        omask = rmask[:, None] & (lidx < L)[None, :]
-        tl.store(code_ptr + rows64[:, None] * L + lidx[None, :], c0, mask=omask)
-        tl.store(dist_ptr + rows64[:, None] * L + lidx[None, :], d0, mask=omask)
+        # the best beam (rank 0), followed back from the last level
+        b = tl.zeros([BM], dtype=tl.int32)
+        for i in range(0, L):
+            l = L - 1 - i
+            at = pp + mi * BP + b
+            c0 = tl.load(at + (3 * l + 1) * M)
+            d0 = tl.load(at + (3 * l + 2) * M).to(tl.float32, bitcast=True)
+            b = tl.load(at + (3 * l) * M)
+            tl.store(code_ptr + rows64 * L + l, c0, mask=rmask)
+            tl.store(dist_ptr + rows64 * L + l, d0, mask=rmask)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
             xmask = rmask[:, None] & (cu < D)[None, :]
             xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
             r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
             tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
+        if FAST and PROVE:
+            n_redo = tl.sum(redo, 0)
+            if n_redo > 0:  # append the unproven rows; the exact pass rewrites all their outputs
+                base = tl.atomic_add(redo_ptr, n_redo)
+                pos = base + tl.cumsum(redo, 0) - 1
+                tl.store(redo_ptr + 1 + pos, rows, mask=redo > 0)
+                if COUNT_FALLBACK:
+                    tl.atomic_add(fallback_ptr + 1, n_redo)
 
 
 # --------------------------------------------------------------------------- host side
@@ -603,6 +701,20 @@ def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(hi), hi, (bits & -8192).view(torch.float32))
 
 
+def _tf32_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded codebook rounded to tf32 (the fast passes' MMA operand) and, per level, the
+    error bound's codebook figures [L, 3]: max ||c_hi||, max ||c - c_hi||, max ||c||^2."""
+    levels = len(ks)
+    cbhi = _round_tf32_host(cb)
+    lvl = torch.repeat_interleave(torch.arange(levels, device=cb.device), torch.tensor(ks, device=cb.device))
+    real_hi = cbhi[dst]
+    real_lo = cb[dst] - real_hi
+    per_row = torch.stack([real_hi.norm(dim=1), real_lo.norm(dim=1), cn[dst]])  # [3, sum_k]
+    stat = torch.zeros((3, levels), dtype=torch.float32, device=cb.device)
+    stat.scatter_reduce_(1, lvl[None, :].expand(3, -1), per_row, reduce="amax", include_self=True)
+    return cbhi, stat.t().contiguous()  # [L, 3]
+
+
 def residual_quantize_triton(
     x: torch.Tensor,
     codebooks: torch.Tensor,
@@ -622,6 +734,7 @@ def residual_quantize_triton(
     quantized: bool = True,
     _fma_chain: bool | None = None,
     _force_redo: bool = False,
+    beam_window: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -631,15 +744,19 @@ def residual_quantize_triton(
         offsets: L+1 increasing ints, offsets[0] == 0, offsets[-1] == codebooks.shape[0].
         beam_width: 1 = greedy (exact ties to the lowest index); 2..16 = beam search
             (candidates (beam, code) ordered by (score, beam rank, code)).
-        fast: greedy only: tf32 tensor cores with a float32 re-check of the best
-            candidates and an exact fallback where the re-check cannot prove the choice
-            (same answer as ``fast=False`` up to float32 rounding). ``fast=False``:
-            float32 (``input_precision="ieee"``) dot products throughout.
+        fast: tf32 tensor cores propose, float32 decides. Greedy: a float32 re-check of the best
+            candidates and an exact fallback where the re-check cannot prove the choice. Beam
+            search: the tf32 pass keeps a row's best candidates over all its beams, the window
+            (``beam_window``) is re-scored with the canonical FMA chain, and rows whose window
+            cannot be proven to hold the B best are re-encoded by the exact beam kernel. Either
+            way the same codes as ``fast=False`` bit for bit. ``fast=False``: float32
+            (``input_precision="ieee"``) dot products throughout (the exact kernels).
         precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
             path (with ``fast=True`` the tf32 pass proposes and the proof / exact redo decides).
-            ``"fast"``: greedy with ``fast=True`` only: the tf32 pass's choice without the proof
-            (no re-check, no redo launch); codes may differ from float32 on near-ties (about
-            0.1 % of rows on random data). torch's global tf32 flags never change either.
+            ``"fast"`` (with ``fast=True``): the tf32 pass's choice without the proof (greedy: no
+            re-check; beam: the B best tf32 scores as they are; no redo launch); codes may differ
+            from float32 on near-ties (about 0.1 % of rows on random data). torch's global tf32
+            flags never change either.
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
             (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
             D-step of the MMA, the float32 re-check and the exact pass; block_u: D-slice of the
@@ -653,7 +770,11 @@ def residual_quantize_triton(
         _fma_chain: the exact pass spells its FMA chain out with ``tl.fma`` (default: under the
             interpreter only; on the GPU ``tl.dot(ieee)`` is that chain) - for tests.
         _force_redo: fast path: an error bound so wide that every row with ||r|| > 0 is re-checked,
-            left unproven and re-encoded by the exact pass (the redo tier forced on) - for tests.
+            left unproven and re-encoded by the exact pass (the redo tier forced on; beam search:
+            every row with more candidates than the window) - for tests.
+        beam_window: beam search, fast path: candidates per row re-scored exactly (default
+            2^ceil(log2(B + 3)) - 1: 7 for B = 5; at least B); wider: fewer unproven rows, more
+            re-scoring.
 
     Returns:
         quantized [N, D] float32 (x - final residual = sum of the chosen codewords),
@@ -717,16 +838,24 @@ def residual_quantize_triton(
     else:
         bp = _next_pow2(beam_width)
         bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
+        # BLOCK_K: the tf32 pass 32, the exact kernel (fast=False, and the redo tier) 64 on the GPU: no
+        # spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py); block_k sets the pass that
+        # runs first. BU (and BM, BP, warps) must be the same in every pass: ||r||^2 is a tl.sum over
+        # BU-wide slices, and the redone rows are bit for bit the exact kernel's.
+        bk_exact = 32 if _INTERPRET else 64
         bk = 32
+        if block_k:
+            bk, bk_exact = (block_k, min(block_k, bk_exact)) if fast else (block_k, block_k)
+        elif not fast:
+            bk = bk_exact
         nw, ns = (4, 1) if _INTERPRET else (8, 3)
         bm = block_m or bm
-        bk = block_k or bk
         nw = num_warps or nw
         ns = num_stages or ns
 
     # codebook padded per level to a multiple of BLOCK_K rows and to DP columns (no masks
     # in the kernel); padding rows get ||c||^2 = 3e38 so they never win.
-    kpad = [-(-k // bk) * bk for k in ks]
+    kpad = [-(-k // bk) * bk for k in ks]  # (the beam's exact BLOCK_K divides bk)
     poff = [0]
     for kp in kpad:
         poff.append(poff[-1] + kp)
@@ -741,36 +870,47 @@ def residual_quantize_triton(
     kreal_t = torch.tensor(ks, dtype=torch.int32, device=dev)
     grid = (triton.cdiv(n, bm),)
 
-    if beam_width > 1:
-        bp = _next_pow2(beam_width)
-        if dev.type == "cuda":  # persistent: one program per SM, its two residual slots in L2
-            nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
-            nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * bm * _next_pow2(beam_width) * dp * 4)))
-        else:
-            nprog = min(grid[0], 2)
-        scratch = torch.empty((nprog, 2, bm * bp, dp), dtype=torch.float32, device=dev)
-        bd = min(dp, block_d or (dp if _INTERPRET else 16))
-        bu = min(dp, block_u or (dp if _INTERPRET else max(16, 4096 // (bm * bp), dp // 16)))
-        _rq_beam_kernel[(nprog,)](
-            x, cb, cn, poff_t, kreal_t, q, dist, codes, scratch,
-            n, d, levels, x.stride(0), x.stride(1),
-            BEAM=beam_width, BP=bp, BM=bm, BK=bk, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
-            num_warps=nw, num_stages=ns,
-        )
-        return q, dist, codes
-
+    fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
+    prove = precision == "exact"
+    # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
+    gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
+    # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
+    gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
     if fast:
-        cbhi = _round_tf32_host(cb)
-        lvl = torch.repeat_interleave(torch.arange(levels, device=dev), torch.tensor(ks, device=dev))
-        real_hi = cbhi[dst]
-        real_lo = cb[dst] - real_hi
-        per_row = torch.stack([real_hi.norm(dim=1), real_lo.norm(dim=1), cn[dst]])  # [3, sum_k]
-        stat = torch.zeros((3, levels), dtype=torch.float32, device=dev)
-        stat.scatter_reduce_(1, lvl[None, :].expand(3, -1), per_row, reduce="amax", include_self=True)
-        stat = stat.t().contiguous()  # [L, 3]: max ||c_hi||, max ||c_lo||, max ||c||^2
+        cbhi, stat = _tf32_stats(cb, cn, dst, ks)
     else:
         cbhi, stat = cb, cn
     counter = _fallback_counter if _fallback_counter is not None else poff_t
+
+    if beam_width > 1:
+        bp = _next_pow2(beam_width)
+        m = bm * bp
+        if dev.type == "cuda":  # persistent: one program per SM, its three residual slots in L2
+            nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
+            nprog = max(1, min(nprog, _SCRATCH_BYTES // (3 * m * dp * 4)))
+        else:
+            nprog = min(grid[0], 2)
+        scratch = torch.empty((nprog, 3, m, dp), dtype=torch.float32, device=dev)
+        paths = torch.empty((nprog, levels, 3, m), dtype=torch.int32, device=dev)
+        bd = min(dp, block_d or (dp if _INTERPRET else 16))
+        bu = min(dp, block_u or (dp if _INTERPRET else max(16, dp // 16)))
+        # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
+        np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
+        redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)
+        # fast=False: the exact kernel; fast: the tf32 proposal (+ exact re-score and proof), then
+        # (precision="exact") the exact kernel over the unproven rows (no host sync: it reads the count)
+        passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
+        for fast_pass, redo_pass in passes:
+            _rq_beam_kernel[(nprog,)](
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, paths, redo, counter,
+                n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
+                BEAM=beam_width, BP=bp, BM=bm, BK=bk if fast_pass else bk_exact, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
+                FAST=fast_pass, REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
+                COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
+                num_warps=nw, num_stages=ns,
+            )
+        return q, dist, codes
+
     # rows the tf32 pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)
     redo = torch.zeros((n + 1 if fast else 1,), dtype=torch.int32, device=dev)
     tiles = triton.cdiv(n, bm)
@@ -783,12 +923,6 @@ def residual_quantize_triton(
     else:
         nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
     scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
-    # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
-    gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
-    # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
-    gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
-    fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
-    prove = precision == "exact"
     for exact_pass in ((False, True) if prove else (False,)) if fast else (True,):
         # the exact pass over the listed rows needs no host sync: its programs read the count
         t = tiles_exact if exact_pass else tiles_fast

@@ -1,0 +1,211 @@
+"""The tf32-proposing beam kernel (residual_quantize_triton, beam_width > 1, fast=True): a tf32 GEMM
+proposes each row's best candidates over all its beams, the window is re-scored with the canonical
+FMA chain, rows whose window cannot be proven to hold the B best go to the exact beam kernel (the
+redo tier). With precision="exact" (the default) every output is the exact kernel's (fast=False)
+bit for bit, on adversarial near-ties, with the redo tier forced on, with GPU-shaped tiles;
+precision="fast" takes the B best tf32 scores without the proof.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pysid
+from pysid.reference import residual_quantize_ref
+
+from conftest import requires_cuda, triton_devices
+from test_canonical_score import nasty_problem
+from test_residual_quantize import check_consistent, make_problem
+
+TRITON = triton_devices()
+needs_triton = pytest.mark.skipif(not TRITON, reason="triton is not installed")
+
+
+def launch(x, cbs, beam, **kw):
+    from pysid.kernels.residual_quantize import residual_quantize_triton
+
+    dev = TRITON[0]
+    packed = torch.cat(cbs).contiguous().to(dev)
+    off = [0] + [int(v) for v in np.cumsum([c.shape[0] for c in cbs])]
+    out = residual_quantize_triton(x.to(dev), packed, off, beam, **kw)
+    return pysid.ResidualQuantizeOutput(*(t.cpu() for t in out))
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def check_against_reference(x, cbs, beam, out):
+    """Consistent outputs, and the final distance of the pure beam search within the reference's
+    tolerance (random data: on near-ties at an early level the float32 and float64 searches can
+    keep different beams, and their final distances then differ by far more than rounding)."""
+    from pysid.reference.residual_quantize import _beam
+
+    check_consistent(x, cbs, out)
+    ref = _beam(x.double(), [c.double() for c in cbs], beam)
+    scale = (x.double() ** 2).sum(1) + sum((c.double() ** 2).sum(1).max() for c in cbs) + 1.0
+    assert ((out.distances[:, -1].double() - ref[1][:, -1]).abs() <= 1e-4 * scale).all()
+
+
+problems = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "n": st.sampled_from([1, 6, 19]),
+        "d": st.sampled_from([1, 5, 16, 33]),
+        "ks": st.lists(st.sampled_from([1, 2, 8, 9, 33]), min_size=1, max_size=3),
+        "scale": st.sampled_from([1e-3, 1.0, 37.0]),
+        "beam": st.sampled_from([2, 3, 5]),
+    }
+)
+
+
+@needs_triton
+@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems)
+def test_fast_beam_is_the_exact_beam_bit_for_bit(p):
+    """On near-ties (duplicates, swapped coordinates, one-ulp pairs, midpoints): the proposal with
+    its proof and redo, and the redo tier forced on, return every output of the exact kernel."""
+    x, cbs = nasty_problem(p["seed"], p["n"], p["d"], p["ks"], p["scale"])
+    beam = p["beam"]
+    exact = launch(x, cbs, beam, fast=False)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = launch(x, cbs, beam, _fallback_counter=counter)
+    assert same(fast, exact)
+    unsure, redone = counter.tolist()
+    assert unsure >= redone >= 0 and redone <= x.shape[0]
+    forced = launch(x, cbs, beam, _force_redo=True)
+    assert same(forced, exact)
+    check_consistent(x, cbs, exact)
+
+
+@needs_triton
+@pytest.mark.parametrize("beam,tiles", [(3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),
+                                        (5, dict(block_m=4, block_k=32, block_d=16, block_u=32)),
+                                        (16, dict(block_m=1, block_k=16, block_d=32, block_u=16))])
+def test_fast_beam_gpu_tiles(beam, tiles):
+    """GPU-shaped tiles: the tf32 GEMM over D in BLOCK_D steps, several codeword chunks per level,
+    several tiles per persistent program, a partial last tile; forced redo and a wider window too."""
+    x, cbs = nasty_problem(beam, 13, 40, [40, 17, 33], 1.0)
+    exact = launch(x, cbs, beam, fast=False, **tiles)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), exact)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), exact)
+    assert counter[1] == x.shape[0]  # every row redone (each has more candidates than the window)
+    assert same(launch(x, cbs, beam, beam_window=2 * beam + 1, **tiles), exact)
+    check_consistent(x, cbs, exact)
+    # random data (no near-ties): the float64 reference's beam search within tolerance
+    x, cbs = make_problem(21 + beam, 13, 40, [40, 17, 33])
+    out = launch(x, cbs, beam, **tiles)
+    assert same(out, launch(x, cbs, beam, fast=False, **tiles))
+    check_against_reference(x, cbs, beam, out)
+
+
+def window_trap(n: int = 6, d: int = 16, copies: int = 12):
+    """A codebook whose first `copies` codewords differ only below tf32's precision, on coordinate
+    0: c_j[0] = 1 + j 2^-16. For a row with x[0] = 2 the exact scores fall with j (the last copy
+    is nearest), while the tf32 scores (same c_hi for every copy, the canonical ||c_j||^2 rising
+    with j) rank the copies by index: the window holds the wrong end of them."""
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(d, generator=g).clamp(-1, 1)
+    base = (base * 64).round() / 64  # tf32-exact
+    base[0] = 1.0
+    c = torch.randn(copies + 20, d, generator=g) * 4 + 10  # far away
+    c[:copies] = base
+    c[:copies, 0] = 1.0 + torch.arange(copies) * 2.0**-16
+    x = base.repeat(n, 1)
+    x[:, 0] = 2.0
+    return x.contiguous(), [c.contiguous()]
+
+
+@needs_triton
+def test_window_misses_are_proven_unsure_and_redone():
+    """The exact best (the last copy) lies outside the tf32 window: the proof must fail on every
+    row, the redo tier must give the exact kernel's answer; precision="fast" keeps the tf32 order
+    and picks the first copy."""
+    x, cbs = window_trap()
+    beam = 3
+    exact = launch(x, cbs, beam, fast=False)
+    assert (exact.codes[:, 0] == 11).all()  # the nearest copy (float64 agrees: a clear margin)
+    assert (residual_quantize_ref(x.double(), [cbs[0].double()], beam)[2][:, 0] == 11).all()
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = launch(x, cbs, beam, _fallback_counter=counter)
+    assert counter.tolist() == [x.shape[0], x.shape[0]]
+    assert same(fast, exact)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    tf32 = launch(x, cbs, beam, precision="fast", _fallback_counter=counter)
+    assert counter.tolist() == [0, 0]
+    assert (tf32.codes[:, 0] == 0).all()
+    # a window wide enough to hold every copy proves every row without the redo tier
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    wide = launch(x, cbs, beam, beam_window=15, _fallback_counter=counter)
+    assert counter.tolist() == [0, 0]
+    assert same(wide, exact)
+
+
+@needs_triton
+def test_precision_fast_beam_skips_the_proof():
+    """precision="fast": no row listed, no redo launch; distances consistent with the codes and the
+    final distance within the tf32 tolerance of the exact beam's."""
+    x, cbs = nasty_problem(3, 19, 33, [33, 9], 37.0)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    out = launch(x, cbs, 5, precision="fast", _fallback_counter=counter)
+    assert counter.tolist() == [0, 0]
+    check_consistent(x, cbs, out)
+    exact = launch(x, cbs, 5, fast=False)
+    scale = (x.double() ** 2).sum(1) + sum((c.double() ** 2).sum(1).max() for c in cbs) + 1.0
+    assert ((out.distances[:, -1].double() - exact.distances[:, -1].double()).abs() <= 2e-3 * scale).all()
+
+
+@needs_triton
+def test_op_runs_the_fast_beam_kernel(monkeypatch):
+    """pysid.residual_quantize(beam_width=B) on the Triton backend runs the tf32-proposing beam
+    kernel (fast=True) with the caller's precision; the codes are the exact kernel's."""
+    import pysid.kernels.residual_quantize as kmod
+
+    seen = []
+    real = kmod._rq_beam_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def go(*args, **kw):
+                seen.append((kw["FAST"], kw["REDO"], kw["PROVE"]))
+                return real[grid](*args, **kw)
+            return go
+
+    monkeypatch.setattr(kmod, "_rq_beam_kernel", Spy())
+    x, cbs = nasty_problem(5, 19, 16, [33, 9], 1.0)
+    with pysid.backend("triton"):
+        out = pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4)
+    assert seen == [(True, False, True), (False, True, False)]
+    seen.clear()
+    with pysid.backend("triton"):
+        pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4, precision="fast")
+    assert seen == [(True, False, False)]
+    exact = launch(x, cbs, 4, fast=False)
+    greedy = launch(x, cbs, 1, fast=False)
+    take = greedy.distances[:, -1] < exact.distances[:, -1]  # the op's "never worse than greedy"
+    assert torch.equal(out.codes.cpu(), torch.where(take[:, None], greedy.codes, exact.codes))
+
+
+@requires_cuda
+@pytest.mark.parametrize("seed", range(3))
+def test_gpu_fast_beam_is_the_exact_beam(seed):
+    """On the GPU (tf32 wgmma proposal, tl.dot(ieee) exact kernel, the re-score's tl.fma chain):
+    every output bit for bit, also with the redo tier forced on and with the spelled-out chain."""
+    x, cbs = nasty_problem(seed, 3000, 64 + 64 * seed, [256, 256, 64], 1.0)
+    exact = launch(x, cbs, 5, fast=False)
+    assert same(launch(x, cbs, 5, fast=False, _fma_chain=True), exact)
+    assert same(launch(x, cbs, 5), exact)
+    assert same(launch(x, cbs, 5, _force_redo=True), exact)
+    check_consistent(x, cbs, exact)
+    x, cbs = make_problem(seed, 3000, 256, [256, 256, 256])
+    counter = torch.zeros(2, dtype=torch.int32, device="cuda")
+    out = launch(x, cbs, 5, _fallback_counter=counter)
+    assert counter[1] < x.shape[0] // 2, counter  # random data: the proof holds for most rows
+    assert same(out, launch(x, cbs, 5, fast=False))
+    check_against_reference(x, cbs, 5, out)
