@@ -328,6 +328,19 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
 
 # --------------------------------------------------------------------------- greedy kernel
 @triton.jit
+def _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK: tl.constexpr):
+    """Append the rows flagged in ``redo`` [BM] to the redo list (redo_ptr[0]: its length,
+    then row numbers); the exact pass rewrites all their outputs."""
+    n_redo = tl.sum(redo, 0)
+    if n_redo > 0:
+        base = tl.atomic_add(redo_ptr, n_redo)
+        pos = base + tl.cumsum(redo, 0) - 1
+        tl.store(redo_ptr + 1 + pos, rows, mask=redo > 0)
+        if COUNT_FALLBACK:
+            tl.atomic_add(fallback_ptr + 1, n_redo)
+
+
+@triton.jit
 def _rq_greedy_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
     q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, fallback_ptr,
@@ -426,13 +439,7 @@ def _rq_greedy_kernel(
                 rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
                 tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
-            n_redo = tl.sum(redo, 0)
-            if n_redo > 0:  # append the unproven rows; the exact pass rewrites all their outputs
-                base = tl.atomic_add(redo_ptr, n_redo)
-                pos = base + tl.cumsum(redo, 0) - 1
-                tl.store(redo_ptr + 1 + pos, rows, mask=redo > 0)
-                if COUNT_FALLBACK:
-                    tl.atomic_add(fallback_ptr + 1, n_redo)
+            _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
 # --------------------------------------------------------------------------- beam kernel
 @triton.jit
 def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
@@ -648,13 +655,7 @@ def _rq_beam_kernel(
             r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
             tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
         if FAST and PROVE:
-            n_redo = tl.sum(redo, 0)
-            if n_redo > 0:  # append the unproven rows; the exact pass rewrites all their outputs
-                base = tl.atomic_add(redo_ptr, n_redo)
-                pos = base + tl.cumsum(redo, 0) - 1
-                tl.store(redo_ptr + 1 + pos, rows, mask=redo > 0)
-                if COUNT_FALLBACK:
-                    tl.atomic_add(fallback_ptr + 1, n_redo)
+            _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
 
 
 # --------------------------------------------------------------------------- host side
