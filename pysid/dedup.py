@@ -163,6 +163,22 @@ def _check_keys(keys) -> np.ndarray:
 
 
 @_small_pages
+def _packed_sort(k: np.ndarray, kmin: int, idx_bits: int) -> np.ndarray:
+    """[n] int64 (key - kmin) << idx_bits | row, sorted (built in chunks, sorted in place): the
+    values are unique, so their order is the stable order of the keys; the caller checked that
+    the bits fit in 63."""
+    n = k.size
+    out = np.empty(n, np.int64)
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
+        blk = out[a:b]
+        np.subtract(k[a:b], kmin, out=blk)
+        blk <<= idx_bits
+        blk |= np.arange(a, b, dtype=np.int64)
+    out.sort()
+    return out
+
+
 def suffix_of_keys(keys, *, return_groups: bool = False, return_inverse: bool = False):
     """[N] int32: for each row, how many earlier rows have its key (0 for the first).
 
@@ -185,14 +201,7 @@ def suffix_of_keys(keys, *, return_groups: bool = False, return_inverse: bool = 
     idx_bits = max(1, (n - 1).bit_length())
     packed = span.bit_length() + idx_bits <= 63
     if packed:
-        comp = np.empty(n, np.int64)
-        for a in range(0, n, _CHUNK):
-            b = min(n, a + _CHUNK)
-            blk = comp[a:b]
-            np.subtract(k[a:b], kmin, out=blk)
-            blk <<= idx_bits
-            blk |= np.arange(a, b, dtype=np.int64)
-        comp.sort()  # unique values: the order is the stable order of the keys
+        comp = _packed_sort(k, kmin, idx_bits)
         mask = np.int64((1 << idx_bits) - 1)
     else:
         order = np.argsort(k, kind="stable")
@@ -420,14 +429,7 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     idx_bits = max(1, (n - 1).bit_length())
     packed = (kmax - kmin).bit_length() + idx_bits <= 63
     if packed:
-        srt = np.empty(n, np.int64)
-        for a in range(0, n, _CHUNK):
-            b = min(n, a + _CHUNK)
-            blk = srt[a:b]
-            np.subtract(k[a:b], kmin, out=blk)
-            blk <<= idx_bits
-            blk |= np.arange(a, b, dtype=np.int64)
-        srt.sort()  # unique values: the order is the stable order of the keys
+        srt = _packed_sort(k, kmin, idx_bits)
         order = None
     else:
         order = np.argsort(k, kind="stable")
