@@ -160,6 +160,26 @@ def build_sids(split, all_items: list[int], args):
 
 
 # ----------------------------------------------------------------------------- TIGER
+def _token_layout(module: nn.Module, vocab_sizes) -> None:
+    """The SID token layout both models share: level j's code c is token 1 + off[j] + c (token 0:
+    padding). Sets module.vocab_sizes, .L and the buffer .off; returns nothing."""
+    module.vocab_sizes = list(vocab_sizes)
+    module.L = len(module.vocab_sizes)
+    off = [0]
+    for v in module.vocab_sizes[:-1]:
+        off.append(off[-1] + v)
+    module.register_buffer("off", torch.tensor(off, dtype=torch.int64), persistent=False)
+
+
+def _level_mask(module: nn.Module) -> None:
+    """Buffer .level_mask [L, n_tok]: True on each level's token range (the logits' restriction)."""
+    mask = torch.zeros(module.L, module.n_tok, dtype=torch.bool)
+    for j, v in enumerate(module.vocab_sizes):
+        lo = 1 + int(module.off[j])
+        mask[j, lo:lo + v] = True
+    module.register_buffer("level_mask", mask, persistent=False)
+
+
 class Tiger(nn.Module):
     """Encoder-decoder over SID tokens. Token 0: padding; level j code c: 1 + off[j] + c;
     the decoder's BOS is the last token."""
@@ -168,12 +188,7 @@ class Tiger(nn.Module):
                  ff=512, dropout=0.1, enc_input="items"):
         super().__init__()
         self.enc_input = enc_input
-        self.vocab_sizes = list(vocab_sizes)
-        self.L = len(self.vocab_sizes)
-        off = [0]
-        for v in self.vocab_sizes[:-1]:
-            off.append(off[-1] + v)
-        self.register_buffer("off", torch.tensor(off, dtype=torch.int64), persistent=False)
+        _token_layout(self, vocab_sizes)
         self.n_tok = 1 + sum(self.vocab_sizes) + 1
         self.bos = self.n_tok - 1
         self.tok = nn.Embedding(self.n_tok, d_model, padding_idx=0)
@@ -185,10 +200,7 @@ class Tiger(nn.Module):
             self.tf = nn.Transformer(d_model, heads, enc_layers, dec_layers, ff, dropout, batch_first=True,
                                      norm_first=True)
         self.head = nn.Linear(d_model, self.n_tok)
-        mask = torch.zeros(self.L, self.n_tok, dtype=torch.bool)
-        for j, v in enumerate(self.vocab_sizes):
-            mask[j, 1 + off[j]:1 + off[j] + v] = True
-        self.register_buffer("level_mask", mask, persistent=False)
+        _level_mask(self)
 
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [..., t] (t <= L) -> token ids."""
@@ -271,12 +283,7 @@ class CausalSID(nn.Module):
         if item_input not in ("sid", "id", "both"):
             raise ValueError(f"item_input must be 'sid', 'id' or 'both', got {item_input!r}")
         self.item_input = item_input
-        self.vocab_sizes = list(vocab_sizes)
-        self.L = len(self.vocab_sizes)
-        off = [0]
-        for v in self.vocab_sizes[:-1]:
-            off.append(off[-1] + v)
-        self.register_buffer("off", torch.tensor(off, dtype=torch.int64), persistent=False)
+        _token_layout(self, vocab_sizes)
         self.n_tok = 1 + sum(self.vocab_sizes)          # token 0: padding
         self.pad_item = n_items                          # item index n_items: padding
         self.tok = nn.Embedding(self.n_tok, d_model, padding_idx=0)
@@ -299,10 +306,7 @@ class CausalSID(nn.Module):
                 if e.padding_idx is not None:
                     with torch.no_grad():
                         e.weight[e.padding_idx].zero_()
-        mask = torch.zeros(self.L, self.n_tok, dtype=torch.bool)
-        for j, v in enumerate(self.vocab_sizes):
-            mask[j, 1 + off[j]:1 + off[j] + v] = True
-        self.register_buffer("level_mask", mask, persistent=False)
+        _level_mask(self)
 
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         return 1 + self.off[:codes.shape[-1]] + codes
