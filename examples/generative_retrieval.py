@@ -36,9 +36,9 @@ Pipeline (one process, one split, every method measured on the same users):
    history one position per item (``--item-input``: the item's SID token embeddings, its learned
    item-id embedding, or both summed) and a small causal SID head (``--head-layers``) generates the
    next item's codes level by level from the state after each position. Every position of every
-   training window is a training target (as in SASRec), which is what makes it learn several
-   times faster per CPU minute than the encoder-decoder; decoding is the same trie-constrained
-   beam search, with the head as step function.
+   training window is a training target (as in SASRec), so it learns faster per CPU minute than
+   the encoder-decoder (on Toys; bench/RESULTS.md, 2026-12-05); decoding is the same
+   trie-constrained beam search, with the head as step function.
 4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
    on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
    history items. Invalid-item rate = share of the top-10 slots that are not a catalogue
