@@ -1102,9 +1102,6 @@ def _shard_agreement(comm: _Comm, x: Tensor, ids: Tensor, default_ids: bool, sam
     if settings["method"] != "rq-kmeans":
         raise ValueError(f"fit under torch.distributed trains rq-kmeans only (method {settings['method']!r} "
                          "runs on one process: gather the rows on one rank)")
-    if settings["dedup"] == "reassign":
-        raise ValueError("fit under torch.distributed supports dedup 'suffix' and 'none' ('reassign' moves items "
-                         "against all others: run it on one process)")
     if settings["balanced"]:
         raise ValueError("balanced=True runs on one process (balanced k-means is not distributed)")
     if math.prod(settings["sizes"]) > 2**63:
@@ -1138,15 +1135,35 @@ def _shard_agreement(comm: _Comm, x: Tensor, ids: Tensor, default_ids: bool, sam
     return sum(rows), off
 
 
-def _sharded_dedup(rule: "Dedup", raw: Tensor, sizes: Sequence[int], dev: torch.device) -> Tensor:
-    """This rank's IDs [n, L (+1)] under torch.distributed: the suffix of each row is its rank
-    among the rows of the union (in rank order) with its tuple (``pysid.dedup.sharded_suffix``)."""
-    from .dedup import sharded_suffix, tuple_keys
+def _sharded_dedup(rule: "Dedup", raw: Tensor, sizes: Sequence[int], comm: _Comm, residual: Tensor | None = None,
+                   codebooks: list | None = None, settings: dict | None = None) -> Tensor:
+    """This rank's IDs [n, L (+1)] under torch.distributed, equal to one process's on the union (in
+    rank order). "reassign": the movers' m nearest last-level codewords from this rank's residuals
+    before the last level (``_LastCandidates``, the one-process bits), the prefixes solved by their
+    owner rank (``pysid.dedup.sharded_reassign``). The suffix of each row is its rank among the
+    rows of the union with its tuple (``pysid.dedup.sharded_suffix``); a rule whose suffix is
+    "if-needed" adds it only when some tuple still repeats on some rank."""
+    from .dedup import sharded_reassign, sharded_suffix, tuple_keys
 
+    sem = raw
+    if rule.moves:
+        k_last, m = int(sizes[-1]), int((settings or {}).get("reassign_candidates", 32))
+
+        def candidates(rows: np.ndarray):  # this rank's movers, ascending, a batch at a time
+            cand = _LastCandidates(rows, codebooks[-1].to(residual.device), k_last, m)
+            cand.add(residual[torch.from_numpy(rows).to(residual.device)])
+            return cand(rows)
+
+        rows, new = sharded_reassign(tuple_keys(raw.numpy(), sizes), k_last, candidates, device=comm.dev)
+        sem = _apply_moves(raw, rows, new)
     if rule.suffix == "never":
-        return raw
-    suf = sharded_suffix(tuple_keys(raw.numpy(), sizes), device=dev)
-    return torch.cat([raw, torch.from_numpy(suf.astype(np.int64))[:, None]], 1)
+        return sem
+    suf = sharded_suffix(tuple_keys(sem.numpy(), sizes), device=comm.dev)
+    if rule.suffix == "if-needed":
+        repeats = int(comm.sum(torch.tensor([int((suf > 0).sum())], dtype=torch.int64))[0])
+        if not repeats:
+            return sem
+    return torch.cat([sem, torch.from_numpy(suf.astype(np.int64))[:, None]], 1)
 
 
 _AGREED: contextvars.ContextVar = contextvars.ContextVar("pysid_fit_agreed", default=None)
@@ -1263,12 +1280,13 @@ def fit(
     the same codebooks, codes, suffixes, ids and collision figures, bit for bit in the tests
     (gloo, 2-4 processes; k-means reduces float64 sums across ranks, so a sum that lands on a
     float32 rounding boundary could in principle differ in the last bit). The k-means work is
-    split over the ranks; the suffix dedup is sharded (``pysid.dedup.sharded_suffix``); then
+    split over the ranks; the dedup is sharded (``pysid.dedup.sharded_suffix``, and for "reassign"
+    ``sharded_reassign``: each rank computes its own movers' candidates); then
     every rank gathers the whole table (its memory: the table's, on every rank - save it on rank
     0). A bad shard or setting on one rank (NaN rows, an empty shard, another D or dtype, other
     arguments, duplicate ids over all ranks) raises on every rank, naming the rank, instead of
-    leaving the others waiting. Distributed fit supports method "rq-kmeans" with dedup "suffix"
-    or "none", not ``balanced`` (ValueError otherwise). NCCL: pass CUDA tensors (or ``device``).
+    leaving the others waiting. Distributed fit supports method "rq-kmeans" with every dedup
+    rule, not ``balanced`` (ValueError otherwise). NCCL: pass CUDA tensors (or ``device``).
 
     Returns:
         :class:`SemanticIds` (codes on the CPU), with each item's embedding fingerprint (for
@@ -1357,9 +1375,9 @@ def fit(
             latents = meth.latents(view, x)
         raw, r = _quantize(latents, cbs, beam_width, precision)
     if comm.on:  # the sharded dedup, then every rank's rows on every rank
-        codes = comm.gather_rows(_sharded_dedup(rule, raw.cpu(), sizes, comm.dev))
+        codes = comm.gather_rows(_sharded_dedup(rule, raw.cpu(), sizes, comm, r, cbs, settings))
         ids, fps = comm.gather_rows(ids), comm.gather_rows(fps)
-        raw = codes[:, :levels]
+        raw = comm.gather_rows(raw.cpu()) if rule.moves else codes[:, :levels]  # "before": the quantizer's codes
     before = collision_stats(raw, sizes)
     if not comm.on:
         codes = _apply_dedup(rule, raw, r, cbs, sizes, settings)
