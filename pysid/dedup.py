@@ -382,6 +382,23 @@ def _solve(C, group_ptr: np.ndarray, occ_ptr: np.ndarray, occ_codes: np.ndarray,
     return new
 
 
+def _reassign_args(keys, k_last, taken_keys, batch_rows) -> tuple[np.ndarray, int, np.ndarray]:
+    """The checked arguments of ``reassign_moves`` / ``sharded_reassign``: (keys int64, k_last,
+    the taken keys sorted and distinct)."""
+    k = _check_keys(keys)
+    k_last = int(k_last)
+    if k_last < 1:
+        raise ValueError(f"k_last must be >= 1, got {k_last}")
+    if int(batch_rows) < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if k.size and int(k.min()) < 0:
+        raise ValueError("keys must be >= 0")
+    tk = np.empty(0, np.int64) if taken_keys is None else _sorted_unique(_check_keys(taken_keys))
+    if tk.size and int(tk[0]) < 0:
+        raise ValueError("taken_keys must be >= 0")
+    return k, k_last, tk
+
+
 @_small_pages
 def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows: int = 1 << 17
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -408,18 +425,8 @@ def reassign_moves(keys, k_last: int, candidates, *, taken_keys=None, batch_rows
     from . import _native
 
     C = _native.cpu()
-    k = _check_keys(keys)
-    k_last = int(k_last)
-    if k_last < 1:
-        raise ValueError(f"k_last must be >= 1, got {k_last}")
-    if int(batch_rows) < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    k, k_last, tk = _reassign_args(keys, k_last, taken_keys, batch_rows)
     n = k.size
-    if n and int(k.min()) < 0:
-        raise ValueError("keys must be >= 0")
-    tk = np.empty(0, np.int64) if taken_keys is None else _sorted_unique(_check_keys(taken_keys))
-    if tk.size and int(tk[0]) < 0:
-        raise ValueError("taken_keys must be >= 0")
     empty = (np.empty(0, np.int64), np.empty(0, np.int32))
     cand_all = None if callable(candidates) else _candidate_arrays(candidates, n, k_last, None, "candidates")
     if n == 0:
@@ -537,15 +544,7 @@ def sharded_reassign(local_keys, k_last: int, candidates, *, taken_keys=None, gr
         raise RuntimeError("sharded_reassign needs torch.distributed initialised (init_process_group)")
     C = _native.cpu()
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    k = _check_keys(local_keys)
-    k_last = int(k_last)
-    if k_last < 1:
-        raise ValueError(f"k_last must be >= 1, got {k_last}")
-    if k.size and int(k.min()) < 0:
-        raise ValueError("keys must be >= 0")
-    tk = np.empty(0, np.int64) if taken_keys is None else _sorted_unique(_check_keys(taken_keys))
-    if tk.size and int(tk[0]) < 0:
-        raise ValueError("taken_keys must be >= 0")
+    k, k_last, tk = _reassign_args(local_keys, k_last, taken_keys, batch_rows)
     if world == 1:
         return reassign_moves(k, k_last, candidates, taken_keys=tk, batch_rows=batch_rows)
     dev = torch.device(device)

@@ -294,18 +294,43 @@ class _LastCandidates:
         return self.codes[pos], self.scores[pos]
 
 
-def _reassigned(codes: Tensor, r: Tensor, codebooks: list, sizes: Sequence[int], cands: int,
-                taken: Tensor | None = None) -> Tensor:
-    """dedup='reassign' of greedy codes; r: the residual before the last level. The m nearest
-    last-level codewords are computed for the movers only (``_LastCandidates``)."""
-    from .dedup import reassign_moves
+def _reassign_with(keys: np.ndarray, taken_keys: np.ndarray | None, codebook: Tensor, k_last: int, cands: int,
+                   residuals, comm: _Comm | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The "reassign" moves of rows with tuple keys ``keys`` (``_reassign_keys``), the one driver of
+    fit, encode, streamed encode and their torch.distributed forms. ``residuals(rows)`` yields
+    the residuals before the last level of the given movers (ascending row numbers), in order;
+    their m nearest last-level codewords come from ``_LastCandidates`` (the same bits whatever
+    the caller). ``comm`` on: ``pysid.dedup.sharded_reassign`` over the ranks (this rank's rows),
+    else ``reassign_moves``. Returns (rows moved, their new last codes, movers)."""
+    from .dedup import reassign_moves, sharded_reassign
 
+    def candidates(rows: np.ndarray) -> _LastCandidates:
+        cand = _LastCandidates(rows, codebook, k_last, cands)
+        for r in residuals(rows):
+            cand.add(r)
+        return cand
+
+    if comm is not None and comm.on:
+        asked = [0]
+
+        def batch(rows: np.ndarray):  # this rank's movers, ascending, a batch at a time
+            asked[0] += rows.size
+            return candidates(rows)(rows)
+
+        rows, new = sharded_reassign(keys, k_last, batch, taken_keys=taken_keys, device=comm.dev)
+        return rows, new, asked[0]
+    mv = _movers(keys, taken_keys)
+    rows, new = reassign_moves(keys, k_last, candidates(mv), taken_keys=taken_keys)
+    return rows, new, int(mv.size)
+
+
+def _reassigned(codes: Tensor, r: Tensor, codebooks: list, sizes: Sequence[int], cands: int,
+                taken: Tensor | None = None, comm: _Comm | None = None) -> Tensor:
+    """dedup='reassign' of greedy codes; r: the residual before the last level (this rank's rows
+    under ``comm``). The m nearest last-level codewords are computed for the movers only."""
     keys, tk = _reassign_keys(codes, sizes, taken)
-    mv = _movers(keys, tk)
-    cand = _LastCandidates(mv, codebooks[-1].to(r.device), int(sizes[-1]), cands)
-    if mv.size:
-        cand.add(r[torch.from_numpy(mv).to(r.device)])
-    rows, new = reassign_moves(keys, int(sizes[-1]), cand, taken_keys=tk)
+    rows, new, _ = _reassign_with(keys, tk, codebooks[-1].to(r.device), int(sizes[-1]), cands,
+                                  lambda mv: [r[torch.from_numpy(mv).to(r.device)]] if mv.size else [], comm)
     return _apply_moves(codes.cpu(), rows, new)
 
 
@@ -331,6 +356,12 @@ class Dedup:
     needs_residual = False  # move() needs the residual before the last level
     moves = False  # move() may change codes: the table's semantic codes are then not the quantizer's
 
+    def sharded_move(self, codes: Tensor, residual: Tensor | None, codebooks: list, sizes: Sequence[int],
+                     settings: dict, comm: _Comm) -> Tensor:
+        """:meth:`move` under torch.distributed: this rank's rows [n, L] of the union (rank order),
+        the same codes as ``move`` of the union at these rows. Default: unchanged."""
+        return codes.cpu()
+
     def wants_suffix(self, semantic: Tensor, sizes: Sequence[int], has_suffix: bool = False) -> bool:
         """Whether rows with these semantic codes (all rows of a table) get the suffix level."""
         if self.suffix == "never":
@@ -352,6 +383,9 @@ class _ReassignDedup(Dedup):
 
     def move(self, codes, residual, codebooks, sizes, settings, taken=None):
         return _reassigned(codes, residual, codebooks, sizes, settings.get("reassign_candidates", 32), taken)
+
+    def sharded_move(self, codes, residual, codebooks, sizes, settings, comm):
+        return _reassigned(codes, residual, codebooks, sizes, settings.get("reassign_candidates", 32), comm=comm)
 
 
 class _NoDedup(Dedup):
@@ -1138,24 +1172,12 @@ def _shard_agreement(comm: _Comm, x: Tensor, ids: Tensor, default_ids: bool, sam
 def _sharded_dedup(rule: "Dedup", raw: Tensor, sizes: Sequence[int], comm: _Comm, residual: Tensor | None = None,
                    codebooks: list | None = None, settings: dict | None = None) -> Tensor:
     """This rank's IDs [n, L (+1)] under torch.distributed, equal to one process's on the union (in
-    rank order). "reassign": the movers' m nearest last-level codewords from this rank's residuals
-    before the last level (``_LastCandidates``, the one-process bits), the prefixes solved by their
-    owner rank (``pysid.dedup.sharded_reassign``). The suffix of each row is its rank among the
-    rows of the union with its tuple (``pysid.dedup.sharded_suffix``); a rule whose suffix is
-    "if-needed" adds it only when some tuple still repeats on some rank."""
-    from .dedup import sharded_reassign, sharded_suffix, tuple_keys
+    rank order): the rule's moves (``Dedup.sharded_move``), then the suffix of each row - its
+    rank among the rows of the union with its tuple (``pysid.dedup.sharded_suffix``) - always,
+    or for an "if-needed" rule only when some tuple still repeats on some rank."""
+    from .dedup import sharded_suffix, tuple_keys
 
-    sem = raw
-    if rule.moves:
-        k_last, m = int(sizes[-1]), int((settings or {}).get("reassign_candidates", 32))
-
-        def candidates(rows: np.ndarray):  # this rank's movers, ascending, a batch at a time
-            cand = _LastCandidates(rows, codebooks[-1].to(residual.device), k_last, m)
-            cand.add(residual[torch.from_numpy(rows).to(residual.device)])
-            return cand(rows)
-
-        rows, new = sharded_reassign(tuple_keys(raw.numpy(), sizes), k_last, candidates, device=comm.dev)
-        sem = _apply_moves(raw, rows, new)
+    sem = rule.sharded_move(raw, residual, codebooks, sizes, settings or {}, comm)
     if rule.suffix == "never":
         return sem
     suf = sharded_suffix(tuple_keys(sem.numpy(), sizes), device=comm.dev)

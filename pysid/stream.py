@@ -617,37 +617,16 @@ def _reassign_pass(table, keys: np.ndarray, t: int, mine, new_counts: dict, wpat
     items): the movers (rows after the first of their tuple, or on a table item's tuple) are found
     from the keys, their embeddings read again chunk by chunk (only the chunks that hold movers),
     their residuals before the last level and m nearest last-level codewords computed as
-    ``SemanticIds.encode_result`` does (``sid._LastCandidates``: the same bits), then
-    ``pysid.dedup.reassign_moves`` - or, under torch.distributed, ``sharded_reassign`` (this rank's
-    rows; the table's items on rank 0). Updates ``keys`` in place; returns (rows, new last codes,
-    number of movers)."""
-    from .dedup import reassign_moves, sharded_reassign
-    from .sid import _LastCandidates, _movers
+    ``SemanticIds.encode_result`` does (``sid._reassign_with``: the same bits), under
+    torch.distributed over the ranks (this rank's rows; the table's items on rank 0). Updates
+    ``keys`` in place; returns (rows, new last codes, number of movers)."""
+    from .sid import _reassign_with
 
-    sizes = [int(k) for k in table.codebook_sizes]
-    k_last = sizes[-1]
+    k_last = int(table.codebook_sizes[-1])
     kn = keys[t:]
-    tk = keys[:t] if t else None
-    m = table.settings.get("reassign_candidates", 32)
-    if comm is not None and comm.on:
-        asked = [0]
-
-        def candidates(rows):  # this rank's movers, ascending, a batch at a time
-            asked[0] += rows.size
-            cand = _LastCandidates(rows, table.codebooks[-1], k_last, m)
-            for r in _mover_residuals(table, rows, mine, new_counts, wpath, rows_of, load):
-                cand.add(r)
-            return cand(rows)
-
-        rows, new = sharded_reassign(kn, k_last, candidates, taken_keys=tk, device=comm.dev)
-        n_movers = asked[0]
-    else:
-        mv = _movers(kn, tk)
-        cand = _LastCandidates(mv, table.codebooks[-1], k_last, m)
-        for r in _mover_residuals(table, mv, mine, new_counts, wpath, rows_of, load):
-            cand.add(r)
-        rows, new = reassign_moves(kn, k_last, cand, taken_keys=tk)
-        n_movers = int(mv.size)
+    rows, new, n_movers = _reassign_with(
+        kn, keys[:t] if t else None, table.codebooks[-1], k_last, table.settings.get("reassign_candidates", 32),
+        lambda mv: _mover_residuals(table, mv, mine, new_counts, wpath, rows_of, load), comm)
     kn[rows] += new - kn[rows] % k_last
     return rows, new, n_movers
 
@@ -707,7 +686,7 @@ def _finish(table, out_dir: str, chunks: list, first_id: int, rule, comm=None, m
         if on:
             left = sum(f["left"] for f in comm.agree(err, left=0 if err else left))
         with_suffix = table.has_suffix or left > 0
-    if with_suffix or (rule.suffix != "never" and not rule.moves):
+    if with_suffix:
         if on:
             from .dedup import sharded_suffix
 
