@@ -39,6 +39,12 @@ Pipeline (one process, one split, every method measured on the same users):
    training window is a training target (as in SASRec), so it learns faster per CPU minute than
    the encoder-decoder (on Toys; bench/RESULTS.md, 2026-12-05); decoding is the same
    trie-constrained beam search, with the head as step function.
+   ``--collab sasrec``: the SIDs' collaborative vectors are the item embeddings of the SASRec-style
+   baseline, trained first (``--collab-cpu-minutes``; it is then the table's SASRec row).
+   ``--warm-start sasrec``: CausalSID's backbone (item embeddings, positions, layers) starts from that
+   model (same shapes: ``--sas-d-model`` = ``--d-model``, ``--ff`` = 4 x d); the JSON's
+   ``train_cpu_minutes_with_sasrec`` counts both trainings. ``--item-loss W``: W x an auxiliary
+   full-softmax next-item loss on the backbone state during training (decoding stays generative).
 4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
    on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
    history items. Invalid-item rate = share of the top-10 slots that are not a catalogue
@@ -114,11 +120,16 @@ def left_pad(histories, length: int, pad: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- SIDs
-def build_sids(split, all_items: list[int], args):
-    """Collaborative embeddings of the training part -> pysid.fit. Returns (sids, info)."""
+def build_sids(split, all_items: list[int], args, collab: torch.Tensor | None = None):
+    """Collaborative embeddings of the training part -> pysid.fit. Returns (sids, info).
+    collab: [max_id + 1, d] collaborative item vectors to use instead of pysid.collab's
+    (--collab sasrec: the item embeddings of the SASRec-style model trained on the same part)."""
     max_id = max(all_items)
     t0 = time.perf_counter()
-    emb = item_embeddings(split.train, dim=args.emb_dim, num_items=max_id + 1, seed=args.seed)
+    if collab is None:
+        emb = item_embeddings(split.train, dim=args.emb_dim, num_items=max_id + 1, seed=args.seed)
+    else:
+        emb = collab.detach().float()
     ids = torch.as_tensor(all_items, dtype=torch.int64)
     x = emb[ids].clone()
     zero = x.norm(dim=1) == 0
@@ -152,6 +163,7 @@ def build_sids(split, all_items: list[int], args):
                      input_weights=weights)
     has_suffix = sids.codes.shape[1] > args.levels
     info = {"items": len(all_items), "sid_input": args.sid_input, "dedup": args.dedup, "input_weights": weights,
+            "collab": "pysid.collab" if collab is None else "sasrec",
             "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
             "levels": args.levels, "vocab_sizes": sids.vocab_sizes, "suffix_level": has_suffix,
             "collision_rate_before_dedup": sids.collisions["before"]["collision_rate"],
@@ -336,13 +348,21 @@ class CausalSID(nn.Module):
         y = self.head_norm(self.head(x, mask=causal, is_causal=True))
         return y @ self.tok.weight.T + self.out_bias if self.tie else self.out(y)
 
-    def loss(self, items, codes, target_codes, valid):
+    def loss(self, items, codes, target_codes, valid, target_items=None, item_loss: float = 0.0):
         """items/codes: inputs [B, T] / [B, T, L]; target_codes [B, T, L] the next item's codes;
-        valid [B, T] bool: positions with a target."""
+        valid [B, T] bool: positions with a target. item_loss > 0 (needs an item-id input and
+        target_items [B, T]): plus item_loss x an auxiliary full-softmax next-item loss on the state,
+        scored against the item-id input embeddings (SASRec's tied output); training only, decoding
+        stays the SID head's."""
         st = self.states(items, codes)[valid]                         # [P, d]
         tgt = target_codes[valid]                                     # [P, L]
         logits = self.head_logits(st, tgt[:, :-1]).masked_fill(~self.level_mask, float("-inf"))
-        return F.cross_entropy(logits.reshape(-1, self.n_tok), self.codes_to_tokens(tgt).reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, self.n_tok), self.codes_to_tokens(tgt).reshape(-1))
+        if item_loss:
+            if self.item is None or target_items is None:
+                raise ValueError("item_loss needs an item-id input (item_input 'id' or 'both') and target_items")
+            loss = loss + item_loss * F.cross_entropy(st @ self.item.weight[:-1].T, target_items[valid])
+        return loss
 
 
 def causal_recommend(model: CausalSID, items: torch.Tensor, codes: torch.Tensor, trie, beam: int, topk: int,
@@ -535,7 +555,16 @@ def run(args) -> dict:
     results["methods"]["MostPop"] = {**ranking_metrics(top, test_target, catalogue), "train_minutes": 0.0}
 
     # ---------------- SIDs
-    sids, sid_info = build_sids(split, all_items, args)
+    sas, sas_result, collab = None, None, None
+    if args.warm_start == "sasrec" and args.arch != "causal":
+        raise ValueError("--warm-start sasrec is for --arch causal")
+    if args.collab == "sasrec" or args.warm_start == "sasrec":   # collaborative vectors: the SASRec-style model's item embeddings
+        sas, sas_result = _train_sasrec(args, log, split, max_id, catalogue, val_idx, val_target, test_history,
+                                        test_target, excl_val, excl_test, cpu_minutes=args.collab_cpu_minutes)
+        collab = sas.item.weight[:-1] if args.collab == "sasrec" else None
+    sids, sid_info = build_sids(split, all_items, args, collab)
+    if sas_result is not None:
+        sid_info["sasrec_first_cpu_minutes"] = sas_result["train_cpu_minutes"]
     results["sids"] = sid_info
     log(f"sids: {sids!r}; vocab {sid_info['vocab_sizes']}, {sid_info['zero_rows_replaced']} zero rows "
         f"replaced, {sid_info['seconds']:.1f} s")
@@ -547,7 +576,11 @@ def run(args) -> dict:
 
     if args.arch == "causal":
         _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, catalogue, val_idx, val_target,
-                    test_history, test_target, excl_val, excl_test)
+                    test_history, test_target, excl_val, excl_test,
+                    sas=sas if args.warm_start == "sasrec" else None)
+        if sas_result is not None:   # the generative model's whole training: the SASRec-style model's part too
+            r = results["methods"]["Causal SID (pysid)"]
+            r["train_cpu_minutes_with_sasrec"] = r["train_cpu_minutes"] + sas_result["train_cpu_minutes"]
     else:
         # ---------------- TIGER
         seed_all(args.seed)
@@ -590,11 +623,21 @@ def run(args) -> dict:
                                                "test_top_shape": list(top.shape)}
 
     # ---------------- SASRec
-    if args.no_sasrec:
-        return _finish(results, args, log, t_start, n_users)
+    if sas_result is not None:   # trained above for --collab sasrec
+        results["methods"]["SASRec (ours)"] = sas_result
+    elif not args.no_sasrec:
+        _, results["methods"]["SASRec (ours)"] = _train_sasrec(args, log, split, max_id, catalogue, val_idx,
+                                                               val_target, test_history, test_target,
+                                                               excl_val, excl_test)
+    return _finish(results, args, log, t_start, n_users)
+
+
+def _train_sasrec(args, log, split, max_id, catalogue, val_idx, val_target, test_history, test_target,
+                  excl_val, excl_test, cpu_minutes=None):
+    """The SASRec-style baseline (full softmax over item ids): (model, its test metrics and training info).
+    cpu_minutes: its own CPU budget (--collab sasrec trains it first, for the SIDs' collaborative vectors)."""
     seed_all(args.seed)
-    n_idx = max_id + 1
-    sas = SASRec(n_idx, args.history, d_model=args.sas_d_model, layers=2, heads=2, dropout=args.sas_dropout)
+    sas = SASRec(max_id + 1, args.history, d_model=args.sas_d_model, layers=2, heads=2, dropout=args.sas_dropout)
     win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
     sas_in = left_pad([w[:-1] for w in win], args.history, sas.pad)
     sas_out = left_pad([w[1:] for w in win], args.history, sas.pad)
@@ -618,20 +661,42 @@ def run(args) -> dict:
     sargs = copy.copy(args)
     sargs.lr = args.sas_lr
     sargs.batch_size = args.sas_batch_size
+    if cpu_minutes is not None:
+        sargs.max_cpu_minutes = cpu_minutes
     info, _ = train_loop("SASRec", sas, sas_loss, len(win), sas_val, sargs, log)
     top = sas_top(sas_test_seq, excl_test)
-    results["methods"]["SASRec (ours)"] = {**ranking_metrics(top, test_target, catalogue), **info}
-    return _finish(results, args, log, t_start, n_users)
+    return sas, {**ranking_metrics(top, test_target, catalogue), **info}
 
+
+def _warm_start(model: "CausalSID", sas: "SASRec") -> None:
+    """Copy the SASRec-style model's item embeddings, positions, transformer layers and final norm into
+    the CausalSID backbone (the same shapes: --d-model = --sas-d-model, --ff = 4 x d, --heads 2,
+    --layers 2, an item-id input); the SID head and token embeddings start fresh."""
+    if model.item is None:
+        raise ValueError("--warm-start sasrec needs an item-id input (--item-input id or both)")
+    heads = (model.backbone.layers[0].self_attn.num_heads, sas.enc.layers[0].self_attn.num_heads)
+    if heads[0] != heads[1]:
+        raise ValueError(f"--warm-start sasrec: --heads {heads[0]} but the SASRec-style model has {heads[1]}")
+    pairs = {"item": sas.item, "pos": sas.pos, "backbone": sas.enc, "norm": sas.norm}
+    for name, src in pairs.items():
+        dst = getattr(model, name)
+        a, b = dst.state_dict(), src.state_dict()
+        bad = [k for k in a if k not in b or a[k].shape != b[k].shape]
+        if bad or len(a) != len(b):
+            raise ValueError(f"--warm-start sasrec: the CausalSID {name} does not have the SASRec-style model's shapes "
+                             f"({bad[:3]}); use --d-model = --sas-d-model, --ff = 4 x d-model, --heads 2, --layers 2")
+        dst.load_state_dict(b)
 
 
 def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, catalogue, val_idx, val_target,
-                test_history, test_target, excl_val, excl_test) -> None:
+                test_history, test_target, excl_val, excl_test, sas=None) -> None:
     """--arch causal: the decoder-only model (CausalSID) in place of the encoder-decoder."""
     seed_all(args.seed)
     model = CausalSID(sids.vocab_sizes, pad_item, args.history, d_model=args.d_model, heads=args.heads,
                       layers=args.layers, ff=args.ff, dropout=args.dropout, head_layers=args.head_layers,
                       item_input=args.item_input, tie=args.tie_head)
+    if sas is not None:   # --warm-start sasrec: the SASRec-style model's item, position and transformer weights
+        _warm_start(model, sas)
     if args.load_checkpoint:   # e.g. --epochs 0 --load-checkpoint DIR/causal_best.pt: decode a trained model again
         model.load_state_dict(torch.load(args.load_checkpoint)["model"])
     win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
@@ -649,7 +714,7 @@ def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, cat
 
     def loss_fn(b):
         i, o = tr_in[b], tr_out[b]
-        return model.loss(i, item_codes[i], item_codes[o], tr_valid[b])
+        return model.loss(i, item_codes[i], item_codes[o], tr_valid[b], o, args.item_loss)
 
     info, state = train_loop("CausalSID", model, loss_fn, len(win), val_fn, args, log)
     if args.checkpoint_dir and state is not None:
@@ -714,6 +779,15 @@ def parse_args(argv=None):
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--emb-dim", type=int, default=64, help="collaborative embedding size")
+    p.add_argument("--collab", choices=["svd", "sasrec"], default="svd",
+                   help="collaborative vectors of the SIDs: pysid.collab (SVD of the shifted PPMI of co-occurrences) "
+                        "or the item embeddings of the SASRec-style model, trained first on the same training part "
+                        "(--collab-cpu-minutes; it is also the SASRec row of the table)")
+    p.add_argument("--collab-cpu-minutes", type=float, default=8.0,
+                   help="--collab sasrec / --warm-start sasrec: CPU budget of the SASRec-style model trained first")
+    p.add_argument("--warm-start", choices=["none", "sasrec"], default="none",
+                   help="--arch causal: start the backbone from the SASRec-style model trained first (its item "
+                        "embeddings, positions and layers; same shapes needed)")
     p.add_argument("--stop-file", default=None,
                    help="end training (as a budget does: validate, keep the best state, then test) once this file "
                         "exists; lets a run on a shared machine be ended in time for its test decoding")
@@ -747,6 +821,9 @@ def parse_args(argv=None):
     p.add_argument("--item-input", choices=["sid", "id", "both"], default="both",
                    help="--arch causal: each history item enters as its SID tokens, its id embedding or both")
     p.add_argument("--head-layers", type=int, default=1, help="--arch causal: layers of the SID head")
+    p.add_argument("--item-loss", type=float, default=0.0,
+                   help="--arch causal: weight of an auxiliary full-softmax next-item loss on the backbone state "
+                        "(tied to the item-id input embeddings; training only)")
     p.add_argument("--tie-head", action="store_true",
                    help="--arch causal: the head's output weights are the SID token embeddings")
     p.add_argument("--dropout", type=float, default=0.1)

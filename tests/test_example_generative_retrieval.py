@@ -159,6 +159,16 @@ def test_causal_model_decodes_only_catalogue_items():
         assert not bool(torch.isin(items, torch.tensor([0, 1, 2])).any())
     with pytest.raises(ValueError, match="item_input"):
         gr.CausalSID([4, 5, 3], n_items=60, max_len=6, item_input="text")
+    # --item-loss: the SID loss plus w x a full-softmax next-item loss against the item-id input embeddings
+    model = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, layers=1, ff=64, dropout=0.0)
+    base = model.loss(inp, item_codes[inp], item_codes[out], valid)
+    st = model.states(inp, item_codes[inp])[valid]
+    aux = torch.nn.functional.cross_entropy(st @ model.item.weight[:60].T, out[valid])
+    both = model.loss(inp, item_codes[inp], item_codes[out], valid, out, 0.5)
+    assert torch.allclose(both, base + 0.5 * aux)
+    sid_only = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, ff=64, item_input="sid")
+    with pytest.raises(ValueError, match="item-id input"):
+        sid_only.loss(inp, item_codes[inp], item_codes[out], valid, out, 1.0)
 
 
 @pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
@@ -180,6 +190,37 @@ def test_causal_arch_pipeline(tmp_path):
     a = again["methods"]["Causal SID (pysid)"]
     assert a["steps"] == 0 and a["test_top_shape"] == [200, 10]
     assert all(a[k] == c[k] for k in ("R@5", "R@10", "N@5", "N@10", "invalid_rate"))
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_sasrec_first_collab_and_warm_start(tmp_path):
+    """--collab sasrec: the SIDs come from the SASRec-style model trained first (it is the table's SASRec row,
+    trained once); --warm-start sasrec: CausalSID starts from its weights (exact copies), shapes checked."""
+    gr = _load()
+    base = ["--data", TOYS, "--max-users", "200", "--val-users", "16", "--codebook-size", "16", "--beam", "10",
+            "--arch", "causal", "--d-model", "32", "--ff", "128", "--heads", "2", "--batch-size", "64", "--quiet",
+            "--threads", "1", "--epochs", "1", "--max-steps", "2", "--sas-d-model", "32"]
+    res = gr.run(gr.parse_args(base + ["--collab", "sasrec", "--warm-start", "sasrec"]))
+    assert set(res["methods"]) == {"MostPop", "Causal SID (pysid)", "SASRec (ours)"}
+    assert res["sids"]["collab"] == "sasrec" and res["sids"]["sasrec_first_cpu_minutes"] > 0
+    c, s = res["methods"]["Causal SID (pysid)"], res["methods"]["SASRec (ours)"]
+    assert s["steps"] == 2 and c["steps"] == 2 and c["invalid_rate"] == 0.0
+    assert c["train_cpu_minutes_with_sasrec"] == pytest.approx(c["train_cpu_minutes"] + s["train_cpu_minutes"])
+
+    sas = gr.SASRec(50, 6, d_model=32, layers=2, heads=2)
+    model = gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, heads=2, layers=2, ff=128)
+    gr._warm_start(model, sas)
+    assert torch.equal(model.item.weight, sas.item.weight)
+    for a, b in zip(model.backbone.parameters(), sas.enc.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="shapes"):
+        gr._warm_start(gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, heads=2, ff=64), sas)
+    with pytest.raises(ValueError, match="heads"):
+        gr._warm_start(gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, heads=4, ff=128), sas)
+    with pytest.raises(ValueError, match="item-id input"):
+        gr._warm_start(gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, ff=128, item_input="sid"), sas)
+    with pytest.raises(ValueError, match="arch causal"):
+        gr.run(gr.parse_args(["--data", TOYS, "--max-users", "50", "--warm-start", "sasrec", "--quiet"]))
+
 
 def test_input_weights_need_two(tmp_path):
     gr = _load()
