@@ -53,7 +53,7 @@ output in ``map_batches`` (only the changed rows travel with it). Worked example
     ds = ray.data.read_parquet("s3://bucket/embeddings/")                        # item_id, embedding
     coded = ds.map_batches(SidEncoder, fn_constructor_kwargs={"table": "sids.npz"}, batch_format="numpy",
                            concurrency=8).sort("item_id").materialize()           # pass 1
-    cols = coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()   # 17 bytes a row
+    cols = coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()   # 21 bytes a row
     ids, keys, known = cols["item_id"].to_numpy(), cols["key"].to_numpy(), cols["known"].to_numpy()
     movers = reassign_movers(table, keys, known)                                 # catalogue rows
 
@@ -68,8 +68,10 @@ output in ``map_batches`` (only the changed rows travel with it). Worked example
 
 ``item_ids=ids`` makes :func:`assign_moves` check that the batches (which carry ``item_id``)
 come in the movers' order; plain ``[m, D]`` arrays (or one ``[M, D]`` array) are taken as they
-come. Memory on the driver: the keys, known flags and suffixes (~17 bytes a row), plus about
-40 + 5 m bytes per mover (m = ``reassign_candidates``, 32 by default) and one batch.
+come. Memory on the driver: the gathered columns (21 bytes a row), the final keys, suffixes and
+the rule's sorted keys (~20 bytes a row), plus about 40 + 5 m bytes per mover (m =
+``reassign_candidates``, 32 by default) and one batch. Pass 2's arithmetic (the movers' encode
+and distances to the last codebook: ~10-15 % of the new rows' encode) runs on the driver.
 
 Spark recipe (no Spark dependency here): the same class in a pandas UDF::
 
@@ -102,8 +104,9 @@ order, pass 2 joins the embeddings with the movers' ids)::
             yield np.asarray(buf, np.float32)
     moves = assign_moves(table, keys, known, batches(mv.toLocalIterator()),
                          table_suffix=cols["table_suffix"].to_numpy())
-    fix = moves.batch_fn(ids)                            # then coded.mapInPandas(lambda fs: (fix(f) for f in fs),
-                                                         #                        schema + ", suffix int")
+    fix = moves.batch_fn(ids)                            # the final IDs: level_{L-1} moved, + suffix if any
+    final = coded.mapInPandas(lambda fs: (fix(f) for f in fs),
+                              schema + (", suffix int" if moves.suffix is not None else ""))
 
 (a float32 embedding read as Spark doubles converts back exactly).
 
