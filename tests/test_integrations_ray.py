@@ -52,11 +52,6 @@ def test_encoder_plain_batches(table):
     np.testing.assert_array_equal(out["item_id"], ids)
     np.testing.assert_array_equal(out["known"], want.known.numpy())
     np.testing.assert_array_equal(_full(t, out, len(ids), 2), want.codes.numpy())
-    pd = pytest.importorskip("pandas")
-    df = pd.DataFrame({"item_id": ids[:50], "embedding": list(x[:50])})
-    r = enc(df)
-    assert isinstance(r, pd.DataFrame)
-    np.testing.assert_array_equal(r["level_0"].to_numpy(), want.codes[:50, 0].numpy())
     with pytest.raises(ValueError, match="no column 'embedding'"):
         enc({"vec": x[:2], "item_id": ids[:2]})
     with pytest.raises(ValueError, match="D=5, the table expects D=12"):
@@ -72,6 +67,11 @@ def test_encoder_plain_batches(table):
     hybrid = pysid.fit([torch.randn(60, 4), torch.randn(60, 3)], levels=2, codebook_size=4, progress=False)
     with pytest.raises(ValueError, match="SidEncoder takes one embedding input per row.*hybrid"):
         SidEncoder(hybrid)
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"item_id": ids[:50], "embedding": list(x[:50])})
+    r = enc(df)
+    assert isinstance(r, pd.DataFrame)
+    np.testing.assert_array_equal(r["level_0"].to_numpy(), want.codes[:50, 0].numpy())
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +172,12 @@ def test_reassign_two_passes_equal_encode_result(case):
         "tensor": torch.from_numpy(x[mv]),
         "batches": [x[mv[a : a + 7]] for a in range(0, mv.size, 7)] + [np.zeros((0, D), np.float32)],
         "id-batches": ({"item_id": ids[mv[a : a + 50]], "embedding": x[mv[a : a + 50]]} for a in range(0, mv.size, 50)),
+        "one-batch": {"item_id": ids[mv], "embedding": list(x[mv])},  # a dict with a list column
     }
     results = {}
     for name, emb in forms.items():
         results[name] = assign_moves(t, out["key"], out["known"], emb, table_suffix=out["table_suffix"],
-                                     item_ids=ids if name == "id-batches" else None)
+                                     item_ids=ids if name in ("id-batches", "one-batch") else None)
     m = results["array"]
     assert isinstance(m, Moves)
     for name, r in results.items():  # every form: the same moves
@@ -204,10 +205,22 @@ def test_reassign_two_passes_equal_encode_result(case):
         assert ("suffix" in r) == (m.suffix is not None)
         if m.suffix is not None:
             np.testing.assert_array_equal(r["suffix"], got[a : a + 128, L])
+
+
+def test_reassign_batch_fn_pandas():
+    """Moves.batch_fn on pandas DataFrames (Spark's mapInPandas, Ray's batch_format="pandas")."""
     pd = pytest.importorskip("pandas")
-    r = fn(pd.DataFrame({k: v[:90] for k, v in out.items()}))
-    assert isinstance(r, pd.DataFrame)
-    np.testing.assert_array_equal(r[f"level_{L - 1}"].to_numpy(), got[:90, L - 1])
+    t, x, ids = _reassign_case("table-suffix")
+    want = t.encode_result(torch.from_numpy(x), item_ids=torch.from_numpy(ids)).codes.numpy()
+    out = _pass1(t, x, ids)
+    mv = reassign_movers(t, out["key"], out["known"])
+    m = assign_moves(t, out["key"], out["known"], pd.DataFrame({"embedding": list(x[mv])}),
+                     table_suffix=out["table_suffix"])
+    fn = m.batch_fn(pd.Series(ids))
+    for a in range(0, len(ids), 300):
+        r = fn(pd.DataFrame({k: v[a : a + 300] for k, v in out.items()}))
+        assert isinstance(r, pd.DataFrame)
+        np.testing.assert_array_equal(np.stack([r["level_0"], r["level_1"], r["suffix"]], 1), want[a : a + 300])
 
 
 def test_reassign_bad_input():

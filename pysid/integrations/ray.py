@@ -379,10 +379,9 @@ class _ApplyMoves:
 
 def _mover_batches(embeddings, embedding_column: str, id_column: str):
     """(batch number, [m, D] array, ids or None) of ``assign_moves``'s embeddings argument."""
-    if isinstance(embeddings, (np.ndarray, torch.Tensor)):
-        yield 0, embeddings, None
-        return
-    if isinstance(embeddings, (str, bytes, dict)) or not isinstance(embeddings, Iterable):
+    if isinstance(embeddings, (np.ndarray, torch.Tensor, dict)) or hasattr(embeddings, "columns"):
+        embeddings = [embeddings]  # one array or one batch
+    if isinstance(embeddings, (str, bytes)) or not isinstance(embeddings, Iterable):
         raise TypeError("embeddings must be the movers' embeddings: an [M, D] array or an iterable of [m, D] arrays "
                         f"or of batches with an {embedding_column!r} column, got {type(embeddings).__name__}")
     for b, x in enumerate(embeddings):
@@ -406,8 +405,9 @@ def assign_moves(table, keys, known, embeddings, *, table_suffix=None, item_ids=
 
     keys, known: [n] ``SidEncoder``'s ``key`` and ``known`` columns in catalogue order.
     embeddings: the embeddings of the rows :func:`reassign_movers` gives, in that order: an
-        [M, D] array / tensor, or an iterable (read once, a batch at a time) of [m, D] arrays or
-        of batches (dict of numpy arrays, pandas DataFrame) with an ``embedding_column``.
+        [M, D] array / tensor, or one batch, or an iterable (read once, a batch at a time) of
+        [m, D] arrays or of batches (dict of numpy arrays, pandas DataFrame) with an
+        ``embedding_column`` (and optionally an ``id_column``).
     table_suffix: [n] ``SidEncoder``'s ``table_suffix`` column (needed when the table has a
         suffix level and some rows are known).
     item_ids: [n] the catalogue's item ids: when given, batches that carry an ``id_column`` are
