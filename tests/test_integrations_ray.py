@@ -302,8 +302,8 @@ def test_ray_data_reassign(ray_cluster, tmp_path):
     t.save(path)
     ds = ray.data.from_items([{"item_id": int(i), "embedding": v} for i, v in zip(ids, x)])  # shuffled ids
     coded = ds.map_batches(SidEncoder, fn_constructor_kwargs={"table": path}, batch_format="numpy",
-                           batch_size=64, concurrency=2).sort("item_id").materialize()
-    cols = coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()
+                           batch_size=64, concurrency=2).materialize()
+    cols = coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas().sort_values("item_id")
     cids, keys, known = cols["item_id"].to_numpy(), cols["key"].to_numpy(), cols["known"].to_numpy()
     movers = reassign_movers(t, keys, known)
 
@@ -311,6 +311,7 @@ def test_ray_data_reassign(ray_cluster, tmp_path):
         hit = np.isin(batch["item_id"], ids)
         return {k: v[hit] for k, v in batch.items()}
 
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     mv = ds.map_batches(keep, fn_kwargs={"ids": cids[movers]}, batch_format="numpy").sort("item_id")
     moves = assign_moves(t, keys, known, mv.iter_batches(batch_format="numpy", batch_size=40),
                          table_suffix=cols["table_suffix"].to_numpy(), item_ids=cids)

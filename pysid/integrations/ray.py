@@ -19,8 +19,9 @@ new row) and ``key`` (int64, the packed semantic tuple ``pysid.dedup.tuple_keys`
 The suffix of new rows is a global step (each new row's rank among the table's items and the
 earlier new rows with its tuple): batches on separate actors cannot number them.
 :func:`assign_suffixes` does it from the rows' keys in the catalogue's order (one int64 per row,
-e.g. ``coded.sort("item_id").select_columns(["key", "known", "table_suffix"])`` gathered, or read
-back from the Parquet parts): exactly the suffixes ``SemanticIds.encode_result`` gives new rows
+e.g. ``coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()`` sorted by
+``item_id`` on the driver - Ray Data does not keep block order by default - or read back from
+the Parquet parts): exactly the suffixes ``SemanticIds.encode_result`` gives new rows
 when all rows are encoded at once in that order (as ``pysid.stream`` does). For catalogues that
 outgrow the driver, run ``pysid.dedup.sharded_suffix`` over the ranks that hold the keys.
 
@@ -52,26 +53,32 @@ output in ``map_batches`` (only the changed rows travel with it). Worked example
     table = pysid.SemanticIds.load("sids.npz")                                   # dedup="reassign"
     ds = ray.data.read_parquet("s3://bucket/embeddings/")                        # item_id, embedding
     coded = ds.map_batches(SidEncoder, fn_constructor_kwargs={"table": "sids.npz"}, batch_format="numpy",
-                           concurrency=8).sort("item_id").materialize()           # pass 1
-    cols = coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()   # 21 bytes a row
+                           concurrency=8).materialize()                          # pass 1
+    cols = (coded.select_columns(["item_id", "key", "known", "table_suffix"]).to_pandas()
+            .sort_values("item_id"))                                             # the driver: 21 bytes a row
     ids, keys, known = cols["item_id"].to_numpy(), cols["key"].to_numpy(), cols["known"].to_numpy()
     movers = reassign_movers(table, keys, known)                                 # catalogue rows
 
     def keep(batch, ids):                                                        # the movers' rows only
         hit = np.isin(batch["item_id"], ids)
         return {k: v[hit] for k, v in batch.items()}
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # batches in sorted order
     mv = ds.map_batches(keep, fn_kwargs={"ids": ids[movers]}, batch_format="numpy").sort("item_id")
     moves = assign_moves(table, keys, known, mv.iter_batches(batch_format="numpy", batch_size=65536),
                          table_suffix=cols["table_suffix"].to_numpy(), item_ids=ids)   # pass 2
     final = coded.map_batches(moves.batch_fn(ids), batch_format="numpy")         # level_{L-1} moved, + suffix
     final.drop_columns(["key", "table_suffix"]).write_parquet("out/")
 
-``item_ids=ids`` makes :func:`assign_moves` check that the batches (which carry ``item_id``)
-come in the movers' order; plain ``[m, D]`` arrays (or one ``[M, D]`` array) are taken as they
-come. Memory on the driver: the gathered columns (21 bytes a row), the final keys, suffixes and
-the rule's sorted keys (~20 bytes a row), plus about 40 + 5 m bytes per mover (m =
-``reassign_candidates``, 32 by default) and one batch. Pass 2's arithmetic (the movers' encode
-and distances to the last codebook: ~10-15 % of the new rows' encode) runs on the driver.
+Order matters twice: the keys must be gathered in catalogue order (Ray Data does not keep block
+order by default: sort on the driver, as above), and the movers' embeddings must come in that
+order. ``item_ids=ids`` makes :func:`assign_moves` check the latter on the batches (which carry
+``item_id``): a ValueError, never a wrong ID; plain ``[m, D]`` arrays (or one ``[M, D]`` array)
+are taken as they come. ``concurrency`` actors hold a CPU each: leave CPUs for the read and sort
+tasks (with every CPU held by an actor, a ``read_parquet`` pipeline waits for ever). Memory on
+the driver: the gathered columns (21 bytes a row), the final keys, suffixes and the rule's sorted
+keys (~20 bytes a row), plus about 40 + 5 m bytes per mover (m = ``reassign_candidates``, 32 by
+default) and one batch. Pass 2's arithmetic (the movers' encode and distances to the last
+codebook: ~10-15 % of the new rows' encode) runs on the driver.
 
 Spark recipe (no Spark dependency here): the same class in a pandas UDF::
 
@@ -324,6 +331,11 @@ class Moves(NamedTuple):
         if ids.shape != self.keys.shape or (ids.size and ids.dtype.kind not in "iu"):
             raise ValueError(f"item_ids must be [{self.keys.size}] integers (the catalogue's, in key order), "
                              f"got shape {ids.shape} ({ids.dtype})")
+        srt = np.sort(ids)
+        if srt.size > 1 and (srt[1:] == srt[:-1]).any():  # an id's moves would reach its namesakes too
+            raise ValueError(f"item_ids are not unique (e.g. {int(srt[1:][srt[1:] == srt[:-1]][0])}): the moves "
+                             "cannot be applied by item id")
+        del srt
         change = np.zeros(ids.size, bool)
         change[self.rows] = True
         if self.suffix is not None:
@@ -332,8 +344,6 @@ class Moves(NamedTuple):
         uid = ids[rows].astype(np.int64)
         order = np.argsort(uid, kind="stable")
         uid, rows = uid[order], rows[order]
-        if uid.size > 1 and (uid[1:] == uid[:-1]).any():
-            raise ValueError("item_ids are not unique: the moves cannot be applied by item id")
         last_col = np.full(ids.size, -1, np.int64)  # only at the changed rows
         last_col[self.rows] = self.last
         ulast = last_col[rows]
