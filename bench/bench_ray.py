@@ -2,22 +2,28 @@
 wall time of each step against ``SemanticIds.encode_result`` of all rows in one process, and a
 bit-for-bit check of the result.
 
-    python bench/bench_ray.py --rows 100000 --dim 64 --codebook 64 --cpus 2 --actors 1 [--json out.json]
+    python bench/bench_ray.py --rows 100000 --dim 64 --codebook 64 --cpus 2 --actors 1 [--out out.json]
 
 The embeddings are written as Parquet shards first (not timed; pyarrow), read back with
-``ray.data.read_parquet``; the table is fitted on the first 20,000 rows (not timed).
+``ray.data.read_parquet``; the table is fitted on the first min(rows / 5, 20,000) rows (not
+timed; its items have ids 0.., so that as many catalogue rows are known by id).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (not the repo root: see bench_scale.py)
+
+from common import environment, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -29,8 +35,11 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--actors", type=int, default=1, help="SidEncoder actors (leave CPUs for the read and sort tasks)")
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true", help="20,000 rows")
+    ap.add_argument("--out", default=None, help="JSON output (default: none)")
     a = ap.parse_args()
+    if a.quick:
+        a.rows = 20_000
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -43,7 +52,7 @@ def main() -> None:
     x = rng.standard_normal((a.rows, a.dim)).astype(np.float32)
     x[:, : a.dim // 4] *= 3  # some structure: the first dimensions dominate
     ids = rng.permutation(a.rows).astype(np.int64)
-    t = pysid.fit(torch.from_numpy(x[:20_000]), levels=a.levels, codebook_size=a.codebook, dedup="reassign",
+    t = pysid.fit(torch.from_numpy(x[: min(a.rows // 5, 20_000)]), levels=a.levels, codebook_size=a.codebook, dedup="reassign",
                   progress=False)
     tmp = tempfile.mkdtemp(prefix="bench_ray_")
     path = os.path.join(tmp, "t.npz")
@@ -85,6 +94,7 @@ def main() -> None:
         steps["apply_s"] = time.perf_counter() - t0
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     final = final.sort_values("item_id")
     torch.set_num_threads(a.cpus)
     order = np.argsort(ids)
@@ -103,9 +113,8 @@ def main() -> None:
            "ray_total_s": sum(steps.values()), "encode_result_s": ref_s, "equal_to_encode_result": equal}
     for k, v in res.items():
         print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    if a.out:
+        write_json(a.out, {"env": environment(), "args": vars(a), "rows": [res]})
     if not equal:
         raise SystemExit("the Ray result differs from encode_result")
 
