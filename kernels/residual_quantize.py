@@ -68,10 +68,14 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
 
 Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
 the dot (128 pairs per tile on the GPU); top-B over (beam, code) pairs by repeated min-extraction
-ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. The pairs' residuals
+ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. Level 0 (one beam
+per row: x) is its own kernel, a per-row top-B with 128 rows of one pair per tile
+(``_rq_beam_first_kernel``), whose B codes per row start the levels kernel (``_rq_beam_kernel``,
+levels 1..L-1); both share the proposal, proof and re-score (``_beam_level``). The pairs' residuals
 live in scratch slots per program (L2; swapped per level): each new residual is its parent's row of
-the old slot minus the chosen codeword (a gather by row index, 16-byte slices); the paths are
-back-pointers in a per-program scratch array, followed back at the end. ``fast=False``: the exact
+the old slot minus the chosen codeword (a gather by row index, 16-byte slices; valid pairs only, and
+after the last level only the best one); the paths are back-pointers in a per-program scratch array,
+followed back at the end. ``fast=False``: the exact
 kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM proposes the row's
 best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
 chain, a per-row error bound proves that no candidate outside the window can enter the B best, and

@@ -3,7 +3,9 @@ proposes each row's best candidates over all its beams, the window is re-scored 
 FMA chain, rows whose window cannot be proven to hold the B best go to the exact beam kernel (the
 redo tier). With precision="exact" (the default) every output is the exact kernel's (fast=False)
 bit for bit, on adversarial near-ties, with the redo tier forced on, with GPU-shaped tiles;
-precision="fast" takes the B best tf32 scores without the proof.
+precision="fast" takes the B best tf32 scores without the proof. Level 0 runs as a per-row top-B
+(its own kernel), the later levels in the (row, beam) kernel; under the interpreter every path also
+equals canonical_beam, an independent spelling of the same float32 operations, bit for bit.
 """
 
 from __future__ import annotations
