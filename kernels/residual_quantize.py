@@ -68,10 +68,14 @@ Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 ans
 
 Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
 the dot (128 pairs per tile on the GPU); top-B over (beam, code) pairs by repeated min-extraction
-ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. The pairs' residuals
+ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. Level 0 (one beam
+per row: x) is its own kernel, a per-row top-B with 128 rows of one pair per tile
+(``_rq_beam_first_kernel``), whose B codes per row start the levels kernel (``_rq_beam_kernel``,
+levels 1..L-1); both share the proposal, proof and re-score (``_beam_level``). The pairs' residuals
 live in scratch slots per program (L2; swapped per level): each new residual is its parent's row of
-the old slot minus the chosen codeword (a gather by row index, 16-byte slices); the paths are
-back-pointers in a per-program scratch array, followed back at the end. ``fast=False``: the exact
+the old slot minus the chosen codeword (a gather by row index, 16-byte slices; valid pairs only, and
+after the last level only the best one); the paths are back-pointers in a per-program scratch array,
+followed back at the end. ``fast=False``: the exact
 kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM proposes the row's
 best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
 chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
@@ -440,7 +444,7 @@ def _rq_greedy_kernel(
                 tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
             _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
-# --------------------------------------------------------------------------- beam kernel
+# --------------------------------------------------------------------------- beam kernels
 @triton.jit
 def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
     """The NSEL smallest of the candidates s [BM, P, Q] (ids flat, broadcastable to s) and of the
@@ -464,24 +468,199 @@ def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
 
 
 @triton.jit
+def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+                    BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr):
+    """r.c [M, BK] of the M pairs' residuals (rows of a scratch slot [M, DP]) with codewords kb..kb+BK-1.
+    FAST: tf32 GEMM of the tf32-rounded residuals (slot_t) and codebook (cbhi_ptr), over D in BD steps
+    (cp.async operands, wgmma). Else the canonical FMA chain over d (``tl.dot`` ieee on the GPU;
+    spelled out with ``tl.fma`` under FMA_CHAIN: the interpreter's ``tl.dot`` is a matmul)."""
+    pm = tl.arange(0, M)
+    kk = tl.arange(0, BK)
+    dd = tl.arange(0, BD)
+    acc = tl.zeros([M, BK], dtype=tl.float32)
+    if FAST:  # tf32 GEMM of the tf32-exact residuals and codebook (the proposal)
+        for d0 in range(0, DP, BD):
+            cols = tl.multiple_of(d0, BD) + dd
+            a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
+            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+            acc = tl.dot(a, c, acc, input_precision="tf32")
+    elif FMA_CHAIN:  # the canonical chain spelled out (the interpreter's tl.dot is a matmul)
+        for j in range(0, D):
+            a = tl.load(cur + pm * DP + j)  # [M]
+            c = tl.load(cb_ptr + (kb + kk) * DP + j)  # [BK]
+            acc = tl.fma(a[:, None], c[None, :], acc)
+    else:
+        for d0 in range(0, DP, BD):
+            cols = tl.multiple_of(d0, BD) + dd
+            a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
+            c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+            acc = tl.dot(a, c, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal, D, rn, valid, gamma, gamma_chk,
+                BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
+                DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr,
+                FMA_CHAIN: tl.constexpr):
+    """One level's B best candidates of a tile of BM rows x PB beams (pair (row i, beam b) is row i * PB + b
+    of the slots; rn [BM, PB] its ||r||^2, valid [BM, PB]): (score [BM, BP], id = beam * kreal + code
+    [BM, BP], unsure [BM]) in (score, beam rank, code) order, missing entries INF / BIG. The score of
+    candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot the canonical FMA chain.
+
+    FAST and PROVE: the tf32 pass keeps the row's NP smallest tf32 scores (over all its beams); the
+    first NP - 1 (the window) are re-scored with the canonical chain and the B best of them taken; the
+    row is unsure unless the NP-th tf32 score minus the row's error bound is above the B-th exact
+    score. FAST without PROVE: the B best tf32 scores as they are (NP = BP). Not FAST: exact."""
+    INF: tl.constexpr = float("inf")
+    BIG: tl.constexpr = 2147483647
+    M: tl.constexpr = BM * PB
+    mi = tl.arange(0, BM)
+    pidx = tl.arange(0, PB)
+    bidx = tl.arange(0, BP)
+    kk = tl.arange(0, BK)
+    sidx = tl.arange(0, NP)
+    sel_s = tl.full([BM, NP], INF, tl.float32)
+    sel_f = tl.full([BM, NP], BIG, tl.int32)
+    for kb in range(kbeg, kend, BK):
+        acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M, BK, DP, BD, FAST, FMA_CHAIN)
+        acc = tl.reshape(acc, [BM, PB, BK])
+        cn = tl.load(cn_ptr + kb + kk)
+        code = kb - kbeg + kk  # [BK]
+        s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
+        ok = valid[:, :, None] & (code < kreal)[None, None, :] & (pidx < BEAM)[None, :, None]
+        s = tl.where(ok, s, INF)
+        flat = pidx[None, :, None] * kreal + code[None, None, :]  # [1, PB, BK]: beam rank, then code
+        if FAST and PROVE:
+            sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NP)
+        else:
+            sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+    unsure = mi < 0  # none
+    if FAST and PROVE:
+        # exact re-score of the window (the first NP - 1 proposals): the canonical chain
+        win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
+        wb = tl.where(win, sel_f // kreal, 0)
+        wc = tl.where(win, sel_f % kreal, 0)
+        wsrc = (mi[:, None] * PB + wb) * DP
+        wcw = (kbeg + wc) * DP
+        dot = tl.zeros([BM, NP], dtype=tl.float32)
+        for j in range(0, D):
+            a = tl.load(cur + wsrc + j, mask=win, other=0.0)
+            c = tl.load(cb_ptr + wcw + j, mask=win, other=0.0)
+            dot = tl.fma(a, c, dot)
+        rn_w = tl.sum(tl.where(pidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
+        cn_w = tl.load(cn_ptr + kbeg + wc)
+        ex = (cn_w - 2.0 * dot) + rn_w
+        ex = tl.where(win, ex, INF)
+        top_s = tl.full([BM, BP], INF, tl.float32)
+        top_f = tl.full([BM, BP], BIG, tl.int32)
+        top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
+        # error bound of every tf32 score against its canonical value, per pair (then the row's
+        # largest): the tf32 dot (operands rounded exactly: |r_lo| <= 2^-11 |r|, c_lo known; gamma:
+        # float32 accumulation), the canonical chain's own error (gamma_chk), and the roundings of
+        # cn - 2 dot and of + rn on both sides and of this test.
+        chimax = tl.load(stat_ptr + 3 * l)
+        clomax = tl.load(stat_ptr + 3 * l + 1)
+        cnmax = tl.load(stat_ptr + 3 * l + 2)
+        cmax = chimax + clomax
+        r_n = tl.sqrt(rn)
+        e_p = (2.0 * r_n * ((2.0 ** -11) * chimax + clomax + gamma * chimax) + 2.0 * gamma_chk * r_n * cmax
+               + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
+        e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
+        nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th tf32 score
+        s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
+        unsure = (nxt_v < INF) & ((nxt_v - e_row) <= s_b)
+        sel_s = top_s
+        sel_f = top_f
+    return sel_s, sel_f, unsure
+
+
+@triton.jit
+def _rq_beam_first_kernel(
+    x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr, top_ptr, flag_ptr, scratch_ptr, redo_ptr,
+    fallback_ptr, N, D, stride_xm, stride_xd, gamma, gamma_chk,
+    BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+    BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr, PROVE: tl.constexpr, NP: tl.constexpr,
+    COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
+):
+    """Level 0 of the beam search: every row has one beam (x itself), so a tile is BM rows of one pair
+    each (the same M = BM rows of the dot as the later levels' BM / BP rows x BP beams). Writes each
+    row's B best codes of x in (score, code) order to top_ptr [N, BEAM] (-1 where K_0 < B), with the
+    scores, proof and exact re-score of :func:`_beam_level` (the same bits as level 0 of the previous
+    fused kernel: ``||x||^2`` is the same [rows, pairs, BU] slice sum). FAST and PROVE: flag_ptr[row]
+    = 1 for rows the window cannot prove (the levels kernel appends them to the redo list). REDO
+    (with FAST off): the exact pass over the rows listed in redo_ptr."""
+    INF: tl.constexpr = float("inf")
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cur = scratch_ptr + pid.to(tl.int64) * (3 * BM * DP)  # the levels kernel's slot 0 ...
+    slot_t = cur + 2 * BM * DP  # ... and its tf32 slot
+    mi = tl.arange(0, BM)
+    uu = tl.arange(0, BU)
+    bidx = tl.arange(0, BP)
+    zero1 = tl.arange(0, 1)
+    kend = tl.load(poff_ptr + 1)  # level 0 starts at row 0 of the packed codebook
+    kreal = tl.load(kreal_ptr)
+    n_rows = N
+    if REDO:
+        n_rows = tl.load(redo_ptr)
+    for tile in range(pid, tl.cdiv(n_rows, BM), nprog):
+        rows = tile * BM + mi
+        rmask = rows < n_rows
+        if REDO:
+            rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
+        rows64 = rows.to(tl.int64)
+        tl.debug_barrier()  # the previous tile's reads of the slots are done
+        # x into the slots and ||x||^2, as [BM, 1, BU] slices (the levels' [rows, beams, BU] form)
+        sq = tl.zeros([BM, 1, BU], dtype=tl.float32)
+        for u0 in tl.static_range(0, DP, BU):
+            cu = u0 + uu
+            xmask = rmask[:, None, None] & (cu < D)[None, None, :]
+            xv = tl.load(x_ptr + rows64[:, None, None] * stride_xm + cu[None, None, :] * stride_xd, mask=xmask,
+                         other=0.0).to(tl.float32)
+            at = (mi[:, None, None] + zero1[None, :, None]) * DP + cu[None, None, :]
+            tl.store(cur + at, xv)
+            if FAST:
+                tl.store(slot_t + at, _round_tf32(xv))
+            sq += xv * xv
+        rn = tl.sum(sq, 2)  # [BM, 1]
+        tl.debug_barrier()
+        valid = (rows[:, None] >= 0) & (zero1[None, :] == 0)  # [BM, 1]
+        sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, 0, 0, kend, kreal, D,
+                                           rn, valid, gamma, gamma_chk, BEAM, BM, 1, BP, BK, DP, BD, NP, FAST,
+                                           PROVE, FMA_CHAIN)
+        code = tl.where(sel_s < INF, sel_f, -1)  # beam 0 only: the id is the code
+        tl.store(top_ptr + rows64[:, None] * BEAM + bidx[None, :], code, mask=rmask[:, None] & (bidx < BEAM)[None, :])
+        if FAST and PROVE:
+            unsure = unsure & rmask
+            tl.store(flag_ptr + rows, unsure.to(tl.int32), mask=rmask)
+            if COUNT_FALLBACK:
+                tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
+
+
+@triton.jit
 def _rq_beam_kernel(
-    x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
+    x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr, top_ptr, flag_ptr,
     q_ptr, dist_ptr, code_ptr, scratch_ptr, path_ptr, redo_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
     LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr,
     PROVE: tl.constexpr, NP: tl.constexpr, COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
 ):
-    """Beam search. Persistent programs; a tile is BM rows x BP beams = M (row, beam) pairs, the
-    rows of the dot. The pairs' residuals live in this program's scratch slots [M, DP] (L2; slots
-    0 and 1: the float32 residuals, one read, the other written, swapped per level; slot 2: the
-    tf32 rounding of the current one, the fast pass's MMA operand), never in registers: the score
-    dot runs over D in BD steps, the new residuals (parent's residual minus the chosen codeword, a
-    gather by row index) and their norms in [BM, BP, BU] slices.
+    """Beam search, levels 1..L-1 (level 0: :func:`_rq_beam_first_kernel`, whose B codes per row,
+    top_ptr [N, BEAM], start every row's beams). Persistent programs; a tile is BM rows x BP beams = M
+    (row, beam) pairs, the rows of the dot. The pairs' residuals live in this program's scratch slots
+    [M, DP] (L2; slots 0 and 1: the float32 residuals, one read, the other written, swapped per level;
+    slot 2: the tf32 rounding of the current one, the fast pass's MMA operand), never in registers:
+    the score dot runs over D in BD steps, the new residuals (parent's residual minus the chosen
+    codeword, a gather by row index; x minus the codeword after level 0) and their norms in
+    [BM, BP, BU] slices. Only valid pairs (fewer than B where K_0 < B, or K_0 K_1 ... < B) are read
+    and written, after the last level only the best one (its distance and the quantized row) and no
+    tf32 copy; an invalid pair's slot rows keep stale finite values, which its masked scores ignore.
 
     The score of candidate (beam b, code k) is ``fl(fl(cn_k - 2 dot) + rn_b)`` (rn_b = ||r_b||^2 as
     this kernel sums it, dot the canonical FMA chain), the B best of a row's B*K candidates kept in
-    (score, beam rank, code) order.
+    (score, beam rank, code) order (:func:`_beam_level`).
 
     FAST=False: exact, every candidate scored by the FMA chain (``tl.dot`` ieee on the GPU; spelled
     out with ``tl.fma`` under FMA_CHAIN). REDO (with FAST off): the same over the rows listed in
@@ -491,10 +670,10 @@ def _rq_beam_kernel(
     exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
     taken; the row is proven when the NP-th tf32 score minus the row's error bound is above the
     B-th exact score (then every candidate outside the window is worse than all B chosen, ties
-    included); unproven rows are appended to the redo list (the exact pass re-encodes them).
-    Without PROVE (precision="fast"): the B best tf32 scores are taken as they are (NP = BP)."""
+    included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the exact
+    passes re-encode them). Without PROVE (precision="fast"): the B best tf32 scores as they are
+    (NP = BP)."""
     INF: tl.constexpr = float("inf")
-    BIG: tl.constexpr = 2147483647
     M: tl.constexpr = BM * BP
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -504,11 +683,7 @@ def _rq_beam_kernel(
     pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
-    kk = tl.arange(0, BK)
-    pm = tl.arange(0, M)
-    dd = tl.arange(0, BD)
     uu = tl.arange(0, BU)
-    sidx = tl.arange(0, NP)
     pair = mi[:, None] * BP + bidx[None, :]  # [BM, BP]: the pair's row in a slot
     n_rows = N
     if REDO:
@@ -522,118 +697,75 @@ def _rq_beam_kernel(
         cur = slot_a
         nxt = slot_b
         tl.debug_barrier()  # the previous tile's reads of the slots are done
-        # every beam starts at x (only beam 0 is valid); rn = ||r||^2 per pair
+        # level 0's choice (the first kernel): beam b = x - c_0[code_b], parent 0
+        code = tl.load(top_ptr + rows64[:, None] * BEAM + bidx[None, :], mask=rmask[:, None] & (bidx < BEAM)[None, :],
+                       other=-1)
+        valid = code >= 0
+        code = tl.where(valid, code, 0)
+        parent = tl.zeros([BM, BP], dtype=tl.int32)
+        cw = code.to(tl.int64) * DP  # level 0 starts at row 0 of the packed codebook
+        # the residuals of the valid pairs (after the last level only the best one's: its distance and q)
+        more = (tl.zeros([BM, BP], dtype=tl.int32) + L) > 1  # (a tensor: L == 1 is specialised to a constant)
+        v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
+        t3 = v3 & more[:, :, None]  # the tf32 copy: for a next level's MMA only
         sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
-            xmask = rmask[:, None] & (cu < D)[None, :]
-            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
-            xv3 = xv.to(tl.float32)[:, None, :] + tl.zeros([BM, BP, BU], dtype=tl.float32)
-            tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], xv3)
+            # x as [BM, BU] (a [BM, BP, BU] load of it: 255 registers and a 56-byte stack on triton 3.9)
+            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd,
+                         mask=rmask[:, None] & (cu < D)[None, :], other=0.0)
+            rv = xv.to(tl.float32)[:, None, :] - tl.load(cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
+            tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
             if FAST:
-                tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(xv3))
-            sq += xv3 * xv3
-        rn = tl.sum(sq, 2)  # [BM, BP]
-        tl.debug_barrier()
-        valid = (bidx[None, :] == 0) & (rows[:, None] >= 0)  # [BM, BP]
-        redo = tl.zeros([BM], dtype=tl.int32)
-        for l in range(L):
+                tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
+            sq += rv * rv
+        rn = tl.where(v3, sq, 0.0)  # pairs not written: 0 (a select per slice above: 255 registers and a 56-byte stack on 3.9)
+        rn = tl.sum(rn, 2)  # [BM, BP]
+        tl.store(pp + pair, parent)
+        tl.store(pp + M + pair, code)
+        tl.store(pp + 2 * M + pair, rn.to(tl.int32, bitcast=True))
+        if FAST and PROVE:
+            redo = tl.load(flag_ptr + rows, mask=rmask, other=0)  # unproven at level 0
+        else:
+            redo = tl.zeros([BM], dtype=tl.int32)
+        tl.debug_barrier()  # the new residuals are visible to every thread
+        for l in range(1, L):
             kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
-            sel_s = tl.full([BM, NP], INF, tl.float32)
-            sel_f = tl.full([BM, NP], BIG, tl.int32)
-            for kb in range(kbeg, kend, BK):
-                acc = tl.zeros([M, BK], dtype=tl.float32)
-                if FAST:  # tf32 GEMM of the tf32-exact residuals and codebook (the proposal)
-                    for d0 in range(0, DP, BD):
-                        cols = tl.multiple_of(d0, BD) + dd
-                        a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
-                        c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
-                        acc = tl.dot(a, c, acc, input_precision="tf32")
-                elif FMA_CHAIN:  # the canonical chain spelled out (the interpreter's tl.dot is a matmul)
-                    for j in range(0, D):
-                        a = tl.load(cur + pm * DP + j)  # [M]
-                        c = tl.load(cb_ptr + (kb + kk) * DP + j)  # [BK]
-                        acc = tl.fma(a[:, None], c[None, :], acc)
-                else:
-                    for d0 in range(0, DP, BD):
-                        cols = tl.multiple_of(d0, BD) + dd
-                        a = tl.load(cur + pm[:, None] * DP + cols[None, :])  # [M, BD]
-                        c = tl.load(cb_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
-                        acc = tl.dot(a, c, acc, input_precision="ieee")
-                acc = tl.reshape(acc, [BM, BP, BK])
-                cn = tl.load(cn_ptr + kb + kk)
-                code = kb - kbeg + kk  # [BK]
-                s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
-                ok = valid[:, :, None] & (code < kreal)[None, None, :] & (bidx < BEAM)[None, :, None]
-                s = tl.where(ok, s, INF)
-                flat = bidx[None, :, None] * kreal + code[None, None, :]  # [1, BP, BK]: beam rank, then code
-                if FAST and PROVE:
-                    sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NP)
-                else:
-                    sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+            sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal,
+                                               D, rn, valid, gamma, gamma_chk, BEAM, BM, BP, BP, BK, DP, BD, NP,
+                                               FAST, PROVE, FMA_CHAIN)
             if FAST and PROVE:
-                # exact re-score of the window (the first NP - 1 proposals): the canonical chain
-                win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
-                wb = tl.where(win, sel_f // kreal, 0)
-                wc = tl.where(win, sel_f % kreal, 0)
-                wsrc = (mi[:, None] * BP + wb) * DP
-                wcw = (kbeg + wc) * DP
-                dot = tl.zeros([BM, NP], dtype=tl.float32)
-                for j in range(0, D):
-                    a = tl.load(cur + wsrc + j, mask=win, other=0.0)
-                    c = tl.load(cb_ptr + wcw + j, mask=win, other=0.0)
-                    dot = tl.fma(a, c, dot)
-                rn_w = tl.sum(tl.where(bidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
-                cn_w = tl.load(cn_ptr + kbeg + wc)
-                ex = (cn_w - 2.0 * dot) + rn_w
-                ex = tl.where(win, ex, INF)
-                top_s = tl.full([BM, BP], INF, tl.float32)
-                top_f = tl.full([BM, BP], BIG, tl.int32)
-                top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
-                # error bound of every tf32 score against its canonical value, per pair (then the
-                # row's largest): the tf32 dot (operands rounded exactly: |r_lo| <= 2^-11 |r|, c_lo
-                # known; gamma: float32 accumulation), the canonical chain's own error (gamma_chk),
-                # and the roundings of cn - 2 dot and of + rn on both sides and of this test.
-                chimax = tl.load(stat_ptr + 3 * l)
-                clomax = tl.load(stat_ptr + 3 * l + 1)
-                cnmax = tl.load(stat_ptr + 3 * l + 2)
-                cmax = chimax + clomax
-                r_n = tl.sqrt(rn)
-                e_p = (2.0 * r_n * ((2.0 ** -11) * chimax + clomax + gamma * chimax) + 2.0 * gamma_chk * r_n * cmax
-                       + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
-                e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
-                nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th tf32 score
-                s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
-                unsure = (nxt_v < INF) & ((nxt_v - e_row) <= s_b) & rmask
+                unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
-                sel_s = top_s
-                sel_f = top_f
             valid = sel_s < INF
             parent = tl.where(valid, sel_f // kreal, 0)
             code = tl.where(valid, sel_f % kreal, 0)
             src = mi[:, None] * BP + parent  # [BM, BP]: the parent's row in the current slot
             cw = (kbeg + code).to(tl.int64) * DP
+            # valid pairs only (the others' loads and stores are masked off); after the last level only
+            # the best beam's residual is needed (its distance and q), and no tf32 copy
+            more = (tl.zeros([BM, BP], dtype=tl.int32) + l) < L - 1
+            v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
+            t3 = v3 & more[:, :, None]
             tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
             sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
             for u0 in tl.static_range(0, DP, BU):
                 cu = u0 + uu
-                rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :]) - tl.load(
-                    cb_ptr + cw[:, :, None] + cu[None, None, :])
-                rv = tl.where(valid[:, :, None], rv, 0.0)
-                tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv)
+                rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :], mask=v3, other=0.0) - tl.load(
+                    cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
+                tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
                 if FAST:
-                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv))
+                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
                 sq += rv * rv
-            dl = tl.sum(sq, 2)
-            rn = dl
+            rn = tl.sum(sq, 2)
             # back-pointers (in memory, not registers: the paths are followed back at the end)
             tl.store(pp + (3 * l) * M + pair, parent)
             tl.store(pp + (3 * l + 1) * M + pair, code)
-            tl.store(pp + (3 * l + 2) * M + pair, dl.to(tl.int32, bitcast=True))
+            tl.store(pp + (3 * l + 2) * M + pair, rn.to(tl.int32, bitcast=True))
             tl.debug_barrier()  # the new residuals are visible to every thread
             tmp = cur
             cur = nxt
@@ -891,25 +1023,34 @@ def residual_quantize_triton(
             nprog = max(1, min(nprog, _SCRATCH_BYTES // (3 * m * dp * 4)))
         else:
             nprog = min(grid[0], 2)
-        scratch = torch.empty((nprog, 3, m, dp), dtype=torch.float32, device=dev)
+        # zeros: an invalid pair's slot rows are never written (their scores are masked), so they hold
+        # finite values from the start (no NaN garbage in the MMA's rows)
+        scratch = torch.zeros((nprog, 3, m, dp), dtype=torch.float32, device=dev)
         paths = torch.empty((nprog, levels, 3, m), dtype=torch.int32, device=dev)
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
         bu = min(dp, block_u or (dp if _INTERPRET else max(16, dp // 16)))
         # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
         np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
         redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)
-        # fast=False: the exact kernel; fast: the tf32 proposal (+ exact re-score and proof), then
-        # (precision="exact") the exact kernel over the unproven rows (no host sync: it reads the count)
+        # level 0 (one beam per row: x) is a per-row top-B of x's scores in tiles of M rows (the first
+        # kernel), its B codes per row in top0; the levels kernel starts each row's beams from them
+        top0 = torch.empty((n, beam_width), dtype=torch.int32, device=dev)
+        flag0 = torch.empty((n if fast and prove else 1,), dtype=torch.int32, device=dev)  # unproven at level 0
+        nprog0 = min(nprog, triton.cdiv(n, m))
+        # fast=False: the exact kernels; fast: the tf32 proposal (+ exact re-score and proof), then
+        # (precision="exact") the exact kernels over the unproven rows (no host sync: they read the count)
         passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
         for fast_pass, redo_pass in passes:
+            kw = dict(BEAM=beam_width, BP=bp, BK=bk if fast_pass else bk_exact, DP=dp, BD=bd, BU=bu, FAST=fast_pass,
+                      REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
+                      COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
+                      num_warps=nw, num_stages=ns)
+            _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, counter,
+                n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)
             _rq_beam_kernel[(nprog,)](
-                x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, paths, redo, counter,
-                n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
-                BEAM=beam_width, BP=bp, BM=bm, BK=bk if fast_pass else bk_exact, DP=dp, LP=_next_pow2(levels), BD=bd, BU=bu,
-                FAST=fast_pass, REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
-                COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
-                num_warps=nw, num_stages=ns,
-            )
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, redo, counter,
+                n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, BM=bm, LP=_next_pow2(levels), **kw)
         return q, dist, codes
 
     # rows the tf32 pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)

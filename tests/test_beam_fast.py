@@ -3,7 +3,9 @@ proposes each row's best candidates over all its beams, the window is re-scored 
 FMA chain, rows whose window cannot be proven to hold the B best go to the exact beam kernel (the
 redo tier). With precision="exact" (the default) every output is the exact kernel's (fast=False)
 bit for bit, on adversarial near-ties, with the redo tier forced on, with GPU-shaped tiles;
-precision="fast" takes the B best tf32 scores without the proof.
+precision="fast" takes the B best tf32 scores without the proof. Level 0 runs as a per-row top-B
+(its own kernel), the later levels in the (row, beam) kernel; under the interpreter every path also
+equals canonical_beam, an independent spelling of the same float32 operations, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pysid
 from pysid.reference import residual_quantize_ref
 
 from conftest import requires_cuda, triton_devices
-from test_canonical_score import nasty_problem
+from test_canonical_score import fma_chain, nasty_problem
 from test_residual_quantize import check_consistent, make_problem
 
 TRITON = triton_devices()
@@ -49,6 +51,57 @@ def check_against_reference(x, cbs, beam, out):
     ref = _beam(x.double(), [c.double() for c in cbs], beam)
     scale = (x.double() ** 2).sum(1) + sum((c.double() ** 2).sum(1).max() for c in cbs) + 1.0
     assert ((out.distances[:, -1].double() - ref[1][:, -1]).abs() <= 1e-4 * scale).all()
+
+
+def slice_sqnorm(r: np.ndarray, bu: int) -> np.ndarray:
+    """||r||^2 [...] (float32) as the beam kernels sum it under the interpreter: the squares of the
+    BU-wide column slices of the DP-padded row added slice by slice elementwise, then one
+    ``tl.sum`` (numpy's sum) over the BU lanes."""
+    dp = r.shape[-1]
+    sq = np.zeros(r.shape[:-1] + (bu,), dtype=np.float32)
+    for u0 in range(0, dp, bu):
+        v = r[..., u0:u0 + bu]
+        sq = sq + v * v
+    return np.ascontiguousarray(sq).sum(-1)
+
+
+def canonical_beam(x: torch.Tensor, cbs: list[torch.Tensor], beam: int, bu: int | None = None):
+    """The beam kernels' outputs bit for bit, under the interpreter, computed independently: the score
+    of candidate (beam b, code k) is fl(fl(cn_k - 2 dot) + rn_b), dot and cn one float32 FMA chain over
+    d ascending, rn_b = slice_sqnorm(r_b); a row's B best kept in (score, beam rank, code) order; the
+    next residual fl(r_b - c_k); the outputs of the best final beam (rank 0) followed back."""
+    n, d = x.shape
+    dp = max(16, 1 << (d - 1).bit_length())
+    bu = min(dp, bu or dp)
+    pad = lambda t: torch.nn.functional.pad(t.float().cpu(), (0, dp - d))  # noqa: E731
+    r = [[pad(x)[i]] for i in range(n)]  # per row: its beams' residuals, in rank order
+    rn = [torch.from_numpy(slice_sqnorm(torch.stack(rb).numpy(), bu)) for rb in r]  # per row: [nb]
+    back = [[] for _ in range(n)]  # per row and level: (parent, code, rn) per beam
+    for c in cbs:
+        c = pad(c)
+        cn = fma_chain(c, c)
+        for i in range(n):
+            rb = torch.stack(r[i])  # [nb, dp]
+            dot = fma_chain(rb[:, None, :], c[None, :, :])  # [nb, K]
+            s = (cn[None, :] - 2.0 * dot) + rn[i][:, None]
+            nb, k = s.shape
+            bb, kk = np.meshgrid(np.arange(nb), np.arange(k), indexing="ij")
+            order = np.lexsort((kk.ravel(), bb.ravel(), s.numpy().ravel()))[:beam]
+            par, code = bb.ravel()[order], kk.ravel()[order]
+            r[i] = [rb[p] - c[q] for p, q in zip(par, code)]
+            rn[i] = torch.from_numpy(slice_sqnorm(torch.stack(r[i]).numpy(), bu))
+            back[i].append(list(zip(par.tolist(), code.tolist(), rn[i].tolist())))
+    levels = len(cbs)
+    codes = torch.zeros((n, levels), dtype=torch.int32)
+    dist = torch.zeros((n, levels), dtype=torch.float32)
+    for i in range(n):
+        b = 0
+        for lv in range(levels - 1, -1, -1):
+            par, code, rnv = back[i][lv][b]
+            codes[i, lv], dist[i, lv] = code, rnv
+            b = par
+    q = pad(x)[:, :d] - torch.stack([r[i][0][:d] for i in range(n)])
+    return pysid.ResidualQuantizeOutput(q, dist, codes)
 
 
 problems = st.fixed_dictionaries(
@@ -82,14 +135,47 @@ def test_fast_beam_is_the_exact_beam_bit_for_bit(p):
     check_consistent(x, cbs, exact)
 
 
+CANONICAL_CASES = [  # seed, n, d, ks, scale, beam, tiles
+    (3, 19, 33, [33, 9], 37.0, 5, {}),
+    (4, 7, 5, [2, 2, 9], 1e-3, 5, {}),  # K_0 < B, and K_0 K_1 < B at level 1: invalid beams
+    (5, 7, 16, [33], 1.0, 2, {}),  # L = 1
+    (6, 5, 7, [3], 1.0, 5, {}),  # L = 1 with K < B
+    (9, 11, 16, [9, 9, 9], 1.0, 16, {}),  # B 16 > K_0
+    (2, 13, 40, [40, 17, 33], 1.0, 3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),  # GPU-shaped tiles
+]
+
+
 @needs_triton
-@pytest.mark.parametrize("beam,tiles", [(3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),
+@pytest.mark.skipif(bool(TRITON) and TRITON[0] == "cuda", reason="the interpreter's sums (numpy) are the oracle's")
+@pytest.mark.parametrize("case", CANONICAL_CASES, ids=lambda c: f"B{c[5]}-ks{'.'.join(map(str, c[3]))}")
+def test_beam_kernels_are_the_canonical_beam(case):
+    """Every beam path (the exact kernels, the tf32 proposal with proof and redo, the redo tier forced
+    on) returns the canonical beam search's outputs bit for bit: codes, distances and quantized rows
+    from an independent torch/numpy spelling of the same float32 operations (canonical_beam), on
+    near-ties, with fewer codewords than beams, one level, B up to 16 and GPU-shaped tiles."""
+    seed, n, d, ks, scale, beam, tiles = case
+    x, cbs = nasty_problem(seed, n, d, ks, scale)
+    want = canonical_beam(x, cbs, beam, tiles.get("block_u"))
+    assert same(launch(x, cbs, beam, fast=False, **tiles), want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), want)
+    assert 0 <= counter[1] <= counter[0] and counter[1] <= n
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), want)
+    if max(ks) > beam:  # rows with more candidates than the window: every row listed once, redone once
+        assert counter[1] == n, counter
+    check_consistent(x, cbs, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("beam,tiles", [(2, dict(block_m=8, block_k=16, block_d=16, block_u=16)),
+                                        (3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),
                                         (5, dict(block_m=4, block_k=32, block_d=16, block_u=32)),
                                         (16, dict(block_m=1, block_k=16, block_d=32, block_u=16))])
 def test_fast_beam_gpu_tiles(beam, tiles):
     """GPU-shaped tiles: the tf32 GEMM over D in BLOCK_D steps, several codeword chunks per level,
     several tiles per persistent program, a partial last tile; forced redo and a wider window too."""
-    x, cbs = nasty_problem(beam, 13, 40, [40, 17, 33], 1.0)
+    x, cbs = nasty_problem(beam, 13, 40, [40, 17, 33] if beam != 16 else [5, 17, 33], 1.0)  # B 16: K_0 < B
     exact = launch(x, cbs, beam, fast=False, **tiles)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
     assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), exact)
@@ -163,33 +249,73 @@ def test_precision_fast_beam_skips_the_proof():
 
 @needs_triton
 def test_op_runs_the_fast_beam_kernel(monkeypatch):
-    """pysid.residual_quantize(beam_width=B) on the Triton backend runs the tf32-proposing beam
-    kernel (fast=True) with the caller's precision; the codes are the exact kernel's."""
+    """pysid.residual_quantize(beam_width=B) on the Triton backend runs level 0 as a per-row top-B (the
+    first kernel: one pair per row, M rows per tile) and the later levels in the (row, beam) kernel:
+    the tf32 proposal with the caller's precision, then the exact redo of both; the codes are the
+    exact kernels'."""
     import pysid.kernels.residual_quantize as kmod
 
     seen = []
-    real = kmod._rq_beam_kernel
 
     class Spy:
+        def __init__(self, name, real):
+            self.name, self.real = name, real
+
         def __getitem__(self, grid):
             def go(*args, **kw):
-                seen.append((kw["FAST"], kw["REDO"], kw["PROVE"]))
-                return real[grid](*args, **kw)
+                seen.append((self.name, kw["FAST"], kw["REDO"], kw["PROVE"], kw["BM"] * (kw["BP"] if self.name == "levels" else 1)))
+                return self.real[grid](*args, **kw)
             return go
 
-    monkeypatch.setattr(kmod, "_rq_beam_kernel", Spy())
+    monkeypatch.setattr(kmod, "_rq_beam_first_kernel", Spy("first", kmod._rq_beam_first_kernel))
+    monkeypatch.setattr(kmod, "_rq_beam_kernel", Spy("levels", kmod._rq_beam_kernel))
     x, cbs = nasty_problem(5, 19, 16, [33, 9], 1.0)
     with pysid.backend("triton"):
         out = pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4)
-    assert seen == [(True, False, True), (False, True, False)]
+    m = seen[0][4]  # rows of the dot: the first kernel's rows per tile = the levels kernel's pairs per tile
+    assert seen == [("first", True, False, True, m), ("levels", True, False, True, m),
+                    ("first", False, True, False, m), ("levels", False, True, False, m)]
     seen.clear()
     with pysid.backend("triton"):
         pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4, precision="fast")
-    assert seen == [(True, False, False)]
+    assert seen == [("first", True, False, False, m), ("levels", True, False, False, m)]
     exact = launch(x, cbs, 4, fast=False)
     greedy = launch(x, cbs, 1, fast=False)
     take = greedy.distances[:, -1] < exact.distances[:, -1]  # the op's "never worse than greedy"
     assert torch.equal(out.codes.cpu(), torch.where(take[:, None], greedy.codes, exact.codes))
+
+
+@needs_triton
+def test_invalid_pairs_are_never_written(monkeypatch):
+    """Beams that do not exist (pairs B..BP-1 of every row, and the missing ones where K_0 K_1 < B) cost
+    no residual traffic: their slot rows keep whatever they held (a sentinel here) in every pass, and
+    the outputs are the exact kernels' all the same."""
+    import pysid.kernels.residual_quantize as kmod
+
+    scratch = []
+    real = kmod._rq_beam_first_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def go(*args, **kw):
+                if not scratch:
+                    args[9].fill_(7.0)  # the residual slots, before the first pass
+                    scratch.append(args[9])
+                return real[grid](*args, **kw)
+            return go
+
+    x, cbs = nasty_problem(4, 7, 5, [2, 2, 9], 1e-3)  # B 5: 2 beams after level 0, 4 after level 1
+    exact = launch(x, cbs, 5, fast=False)
+    monkeypatch.setattr(kmod, "_rq_beam_first_kernel", Spy())
+    for kw in (dict(fast=False), dict(), dict(_force_redo=True)):
+        scratch.clear()
+        assert same(launch(x, cbs, 5, **kw), exact)
+        (sl,) = scratch
+        nprog, _, m, dp = sl.shape
+        pairs = sl.view(nprog, 3, m // 8, 8, dp)[:, 1]  # slot 1 (level 1's residuals): BP 8 beams per row
+        # (slot 0 holds x for the first kernel, the tf32 slot its rounding: written whole)
+        assert (pairs[:, :, 4:] == 7.0).all()  # at most 4 beams exist after level 1 (K_0 K_1 = 4 < 5)
+        assert (pairs[:, :x.shape[0], :4] != 7.0).all()  # the 4 that exist were written (one tile per program)
 
 
 @requires_cuda
