@@ -459,6 +459,10 @@ class Method:
         return f"<method {self.name!r}>"
 
 
+FIT_CANDIDATES = 8  # rq-kmeans: Lloyd with candidate lists of 8 centroids (pysid.kmeans' candidates)
+FIT_RTOL = 1e-3  # rq-kmeans: each level's relative-inertia stopping rule (pysid.kmeans' rtol)
+
+
 class _RQKMeans(Method):
     name = "rq-kmeans"
     help = "residual k-means codebooks on the embeddings (OneRec's RQ-KMeans)"
@@ -471,7 +475,8 @@ class _RQKMeans(Method):
               precision="exact"):
         # tol=0: the relative-inertia rule of kmeans (rtol) stops each level, not the shift rule
         books, train_codes = _residual_kmeans(x, levels, sizes, iters=iters, seed=seed, balanced=balanced,
-                                              progress=progress, tol=0, precision=precision)
+                                              progress=progress, tol=0, precision=precision,
+                                              candidates=FIT_CANDIDATES, rtol=FIT_RTOL)
         cbs = [b.to(torch.float32) for b in books]
         codes = None
         if (not balanced and beam_width == 1 and not dedup.needs_residual
@@ -1007,7 +1012,8 @@ def _as_embeddings(x, name: str, check_scale: bool = True) -> Tensor:
 def _check_scale(x: Tensor, name: str) -> None:
     """Refuse embeddings whose float32 squared distances would overflow or underflow."""
     d = x.shape[1]
-    big = float(x.abs().max())
+    lo, hi_ = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+    big = max(-float(lo), float(hi_))  # max |value| without an [N, D] temporary
     hi = math.sqrt(_MAX_SQ / (4 * d))
     if big > hi:
         raise ValueError(f"{name}: largest |value| is {big:.3g}, above {hi:.3g}: squared distances would "
