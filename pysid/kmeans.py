@@ -50,7 +50,7 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   assignment is a full one (renewing the lists), and the rule decides on it. A stop, the
   returned assignments and inertia therefore always come from a full, exact search (on the
   C++ kernels bit for bit ``residual_quantize``'s codes of the returned centroids). On
-  MiniLM text (3 x 256, m = 8) a level runs 11-16 iterations, 3-4 of them full, and ends
+  MiniLM text (3 x 256, m = 8) a level runs 11-14 iterations, 3-4 of them full, and ends
   within 1 % of the error of 50 full iterations (bench/RESULTS.md, 2026-12-05). Runs on
   engines with the two candidate primitives (C++, reference) in the per-iteration loop;
   Triton runs, ``balanced=True`` and m >= k search every centroid every iteration.

@@ -1267,7 +1267,7 @@ def fit(
             centroids per row (``pysid.kmeans``'s candidates: most iterations search only each
             row's 8 nearest centroids of the last full search; the stop and the final codes come
             from full searches) and stops when an iteration lowers its inertia by less than 0.1 %
-            (``pysid.kmeans``'s rtol; 11-16 iterations on MiniLM text 3 x 256, 3-4 of them full).
+            (``pysid.kmeans``'s rtol; 11-14 iterations on MiniLM text 3 x 256, 3-4 of them full).
         balanced: balanced k-means at every level (rq-kmeans; codes are still assigned greedily).
         reassign_candidates: nearest last-level codes tried by dedup="reassign".
         beam_width: items' codes by beam search over the levels (``residual_quantize``'s
