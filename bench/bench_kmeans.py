@@ -17,6 +17,8 @@ method) and the cluster-size spread (min / max / coefficient of variation).
     python bench/bench_kmeans.py --gpu      # N=2^20 D=256, k=256 and k=4096 (needs CUDA)
     python bench/bench_kmeans.py --text-npy ~/.cache/pysid/minilm_items_*.npy --threads 2 --repeat 3
 
+``--cpu-time`` (with ``--threads 1``): rows timed by the calling thread's CPU time, for a loaded VM.
+
 ``--text-npy FILE ...``: real embeddings (.npy [N, D] float32, e.g. the MiniLM caches of
 bench/text_embeddings.py and examples/text_sids.py). Per file, ``--repeat`` rounds, every row
 once per round in turn (the shared VM's speed drifts: alternated rows see the same drift),
@@ -358,11 +360,12 @@ def text_case(path: str, args) -> list[dict[str, Any]]:
     times: dict[str, list[float]] = {label: [] for _, label, _ in cases}
     out: dict[str, Any] = {}
     pysid.kmeans(x[:4096], 256, iters=1)  # warm-up
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     for r in range(args.repeat):
         for task, label, fn in (cases if r % 2 == 0 else cases[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             got = fn()
-            times[label].append(time.perf_counter() - t0)
+            times[label].append(clock() - t0)
             out[label] = (task, got)
         print(f"  round {r + 1}: " + ", ".join(f"{lab.split(' (')[0]} {times[lab][-1]:.2f}" for _, lab, _ in cases),
               flush=True)
@@ -394,11 +397,16 @@ def main() -> None:
                    help="real embeddings (.npy files): pysid.kmeans / pysid.fit against faiss on each (docstring)")
     p.add_argument("--no-beam-rq", action="store_true", help="--text-npy: skip faiss's beam-trained RQ row (slow)")
     p.add_argument("--no-previous", action="store_true", help="--text-npy: skip the rows of pysid's previous defaults")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="--text-npy: time rows by the calling thread's CPU time (time.thread_time), not wall time; "
+                        "needs --threads 1 (on a loaded VM the time a row spends descheduled does not count)")
     p.add_argument("--device", default=None, help="override (e.g. --gpu --device cpu --n 4096: dry run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_kmeans.json"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and (args.threads != 1 or not args.text_npy):
+        p.error("--cpu-time needs --text-npy and --threads 1 (a thread's CPU time misses the other threads' work)")
     if args.text_npy:
         rows = []
         for path in args.text_npy:

@@ -8,6 +8,8 @@
 //   kmeanspp_pack(x, x_dtype, n, d, panels)
 //   kmeanspp_run(panels, n, d, weights, t, u, c0, steps, mind, cum, chosen)
 //   kmeans_assign_bounded(x, n, d, centroids, k, shift, codes, distances, lower, xnorm2) -> searched
+//   kmeans_assign_topm(x, n, d, centroids, k, m, codes, distances, cand)
+//   kmeans_assign_candidates(x, n, d, centroids, k, cand, m, codes, distances)
 //   kmeanspp_panel_floats(n, d) -> floats of kmeanspp_pack's panels
 // Shapes, dtypes and semantics: kmeans.h. weights / shift may be 0 (null).
 #include <pybind11/pybind11.h>
@@ -102,6 +104,33 @@ void pysid_bind_kmeans(py::module_& m) {
       py::arg("x"), py::arg("n"), py::arg("d"), py::arg("centroids"), py::arg("k"), py::arg("shift"),
       py::arg("codes"), py::arg("distances"), py::arg("lower"), py::arg("xnorm2"),
       "Bounded k-means assignment (kmeans.h: kmeans_assign_bounded_cpu); returns the rows searched.");
+  m.def(
+      "kmeans_assign_topm",
+      [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t centroids, int64_t k, int64_t mc,
+         std::uintptr_t codes, std::uintptr_t distances, std::uintptr_t cand) {
+        int status;
+        PYSID_NOGIL(status = pysid::kmeans_assign_topm_cpu(ptr<const float>(x), n, d, ptr<const float>(centroids), k,
+                                                           mc, ptr<int32_t>(codes), ptr<float>(distances),
+                                                           ptr<int32_t>(cand)));
+        pysid::raise_for_status(status, "kmeans_assign_topm");
+      },
+      py::arg("x"), py::arg("n"), py::arg("d"), py::arg("centroids"), py::arg("k"), py::arg("m"), py::arg("codes"),
+      py::arg("distances"), py::arg("cand"),
+      "Nearest centroid of every row and its m nearest candidates (kmeans.h: kmeans_assign_topm_cpu).");
+  m.def(
+      "kmeans_assign_candidates",
+      [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t centroids, int64_t k, std::uintptr_t cand,
+         int64_t mc, std::uintptr_t codes, std::uintptr_t distances) {
+        int status;
+        PYSID_NOGIL(status = pysid::kmeans_assign_candidates_cpu(ptr<const float>(x), n, d,
+                                                                 ptr<const float>(centroids), k,
+                                                                 ptr<const int32_t>(cand), mc, ptr<int32_t>(codes),
+                                                                 ptr<float>(distances)));
+        pysid::raise_for_status(status, "kmeans_assign_candidates");
+      },
+      py::arg("x"), py::arg("n"), py::arg("d"), py::arg("centroids"), py::arg("k"), py::arg("cand"), py::arg("m"),
+      py::arg("codes"), py::arg("distances"),
+      "The assignment restricted to each row's candidates (kmeans.h: kmeans_assign_candidates_cpu).");
   m.def("kmeanspp_panel_floats", &pysid::kmeanspp_panel_floats, py::arg("n"), py::arg("d"),
         "Floats of kmeanspp_pack's panels for N rows of D values.");
   m.attr("kmeanspp_max_candidates") = pysid::kmeanspp_max_candidates;

@@ -101,6 +101,23 @@ int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float*
                               const double* shift, int32_t* codes, float* distances, double* lower,
                               double* xnorm2, int64_t* searched);
 
+// Nearest centroid of every row and its m nearest candidates (k-means with candidate lists).
+//   x [n, d] float32, centroids [k, d] float32, 1 <= m <= k
+//   codes [n] int32, distances [n] float32: bit-identical to rq_encode_cpu (rq.h) with the one
+//                level `centroids` (same ISA path)
+//   cand [n, m] int32: the m codes of lowest kernel score ||c||^2 - 2 x.c (among equal scores
+//                the lower codes), in increasing code order (codes[i] among them unless a
+//                score is NaN; NaN scores never enter: a short list repeats codes[i])
+int kmeans_assign_topm_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k, int64_t m,
+                           int32_t* codes, float* distances, int32_t* cand);
+
+// The assignment restricted to each row's candidates (cand [n, m] int32, each in [0, k), else
+// kBadArgument before anything is written): codes[i] = the candidate of least float32 score
+// ||c||^2 - 2 x.c (the first in list order among equal scores), distances[i] = ||x_i - c||^2 summed
+// from the differences. Independent of the thread count (one row at a time).
+int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                                 const int32_t* cand, int64_t m, int32_t* codes, float* distances);
+
 // The fixed chunk sizes (part of the summation-order contract above).
 int64_t kmeans_update_chunk_rows();
 int64_t kmeanspp_chunk_rows();

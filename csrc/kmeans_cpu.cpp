@@ -37,6 +37,8 @@ constexpr int64_t kPPChunkRows = 1024;      // rows per partial potential
 constexpr int64_t kParallelMinBytes = 1 << 18;  // below this much of x, one thread
 constexpr int64_t kBoundedChunk = 2048;  // rows per unit of OpenMP work in the bounded assignment
 constexpr double kBoundedParallelMinWork = 2.0e6;  // multiply-adds below which threads are not woken
+constexpr int64_t kTopmScoreBudget = 1 << 16;  // floats of a top-m block's scores (256 KiB, in L2)
+constexpr int64_t kCandChunk = 256;  // rows per unit of OpenMP work in the restricted assignment
 
 void pick(UpdateFn* upd, PPFn* pp) {
   const int level = cpu_isa_level();
@@ -172,6 +174,93 @@ int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float*
     total += b.searched;
   }
   if (searched) *searched = total;
+  return kOk;
+}
+
+// ------------------------------------------------- assignment with candidate lists
+int kmeans_assign_topm_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k, int64_t m,
+                           int32_t* codes, float* distances, int32_t* cand) {
+  using namespace rqcpu;
+  if (n < 0 || d < 1 || k < 1 || k > INT32_MAX || m < 1 || m > k) return kBadArgument;
+  if (n == 0) return kOk;
+  if (!x || !centroids || !codes || !distances || !cand) return kBadArgument;
+  const Kernels kern = pick_kernels();
+  const int64_t W = kern.W;
+  int64_t pofs[2] = {0, (k + W - 1) / W};
+  const int64_t offsets[2] = {0, k};
+  AlignedBuf packed;
+  if (!pack_codebooks(centroids, offsets, 1, d, W, pofs, packed)) return kOutOfMemory;
+  Plan plan{};
+  plan.x = x;
+  plan.n = n;
+  plan.d = d;
+  plan.levels = 1;
+  plan.cb = centroids;
+  plan.off = offsets;
+  plan.q = nullptr;
+  plan.dist = distances;
+  plan.codes = codes;
+  plan.panels = static_cast<float*>(packed.p);
+  plan.pnorms = plan.panels + pofs[1] * W * d;
+  plan.pofs = pofs;
+  plan.W = W;
+  plan.kpad_max = pofs[1] * W;
+  plan.beam = 1;
+  const int64_t one = 1;
+  plan.nbeams = &one;
+  plan.bcap = 1;
+  int64_t rows = kBlockBeamRows - kBlockBeamRows % kern.tile;
+  if (rows * plan.kpad_max > kTopmScoreBudget) rows = kTopmScoreBudget / plan.kpad_max;
+  if (rows < 1) rows = 1;
+  if (rows > n) rows = n;
+  plan.block_rows = rows;
+  plan.second = nullptr;
+  const int64_t nblocks = (n + rows - 1) / rows;
+  int nthreads = omp_get_max_threads();
+  if (nblocks < 2 || static_cast<double>(n) * k * d < kBoundedParallelMinWork) nthreads = 1;
+  if (nthreads > nblocks) nthreads = static_cast<int>(nblocks);
+  const int64_t per_thread = rq_round_up(topm_scratch_floats(plan, m), kAlign);
+  AlignedBuf scratch;
+  if (!scratch.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads)) return kOutOfMemory;
+  float* sbase = static_cast<float*>(scratch.p);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  {
+    float* sc = sbase + per_thread * omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t i0 = b * rows;
+      kern.topm(plan, i0, (n - i0 < rows) ? n - i0 : rows, sc, m, cand);
+    }
+  }
+  return kOk;
+}
+
+int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
+                                 const int32_t* cand, int64_t m, int32_t* codes, float* distances) {
+  using namespace rqcpu;
+  if (n < 0 || d < 1 || k < 1 || k > INT32_MAX || m < 1) return kBadArgument;
+  if (n == 0) return kOk;
+  if (!x || !centroids || !codes || !distances || !cand) return kBadArgument;
+  for (int64_t i = 0; i < n * m; ++i)
+    if (cand[i] < 0 || cand[i] >= k) return kBadArgument;
+  AlignedBuf nb;
+  if (!nb.alloc(static_cast<int64_t>(sizeof(float)) * k)) return kOutOfMemory;
+  float* cnorm = static_cast<float*>(nb.p);
+  for (int64_t j = 0; j < k; ++j) {
+    float s = 0.0f;
+    for (int64_t e = 0; e < d; ++e) s = __builtin_fmaf(centroids[j * d + e], centroids[j * d + e], s);
+    cnorm[j] = s;
+  }
+  const Kernels kern = pick_kernels();
+  const int64_t nchunks = (n + kCandChunk - 1) / kCandChunk;
+  int nthreads = omp_get_max_threads();
+  if (nchunks < 2 || static_cast<double>(n) * m * d < kBoundedParallelMinWork) nthreads = 1;
+  if (nthreads > nchunks) nthreads = static_cast<int>(nchunks);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t i0 = c * kCandChunk;
+    kern.cand(x, i0, (n - i0 < kCandChunk) ? n : i0 + kCandChunk, d, centroids, cnorm, cand, m, codes, distances);
+  }
   return kOk;
 }
 

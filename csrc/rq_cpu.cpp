@@ -24,7 +24,8 @@ namespace rqcpu {
 Kernels pick_kernels() {
   const int level = cpu_isa_level();
   return {PYSID_BY_ISA(level, rq_block), PYSID_BY_ISA(level, rq_assign_bounded),
-          PYSID_BY_ISA(level, rq_lanes)(), PYSID_BY_ISA(level, rq_tile_rows)()};
+          PYSID_BY_ISA(level, rq_lanes)(), PYSID_BY_ISA(level, rq_tile_rows)(),
+          PYSID_BY_ISA(level, rq_assign_topm), PYSID_BY_ISA(level, rq_assign_cand)};
 }
 
 // The canonical squared norms of one panel's W codewords (the same routine in every backend:

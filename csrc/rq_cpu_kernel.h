@@ -482,6 +482,221 @@ void assign_bounded(const Plan& p, Bounds& b, int64_t i0, int64_t i1, float* scr
   if (cnt) flush();
 }
 
+// ------------------------------------- k-means assignment with candidate lists
+// The value of rank r (0-based) among v[0 .. c) (reorders v). Hoare quickselect, middle pivot.
+inline float select_rank(float* v, int64_t c, int64_t r) {
+  int64_t lo = 0, hi = c - 1;
+  while (lo < hi) {
+    const float piv = v[lo + (hi - lo) / 2];
+    int64_t i = lo, j = hi;
+    while (i <= j) {
+      while (v[i] < piv) ++i;
+      while (piv < v[j]) --j;
+      if (i <= j) {
+        const float t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+        ++i;
+        --j;
+      }
+    }
+    if (r <= j) hi = j;
+    else if (r >= i) lo = i;
+    else return v[r];
+  }
+  return v[r];
+}
+
+// Full search of one level that also keeps each row's mc lowest-score codes (the
+// candidates of the restricted passes below). The scores are the greedy kernel's
+// (MODE 0 stores exactly the values MODE 1 compares), the code is chosen by MODE 1's
+// rule (per-lane running minimum over panels in code order with a strict compare, then
+// the lowest code among the lanes holding the minimum) and the distance by the same
+// sub_acc_sqnorm call: codes and distances are bit-identical to block_greedy's.
+// Candidates: the mc lowest scores (among equal scores the lower codes), listed in
+// increasing code order, cand[i * mc + j]. scratch: topm_scratch_floats(p, mc) floats.
+void assign_topm(const Plan& p, int64_t i0, int64_t m, float* scratch, int64_t mc, int32_t* cand) {
+  const int64_t d = p.d;
+  const int64_t kl = p.off[1] - p.off[0];
+  const int64_t np = p.pofs[1] - p.pofs[0];
+  const int64_t ldo = np * W;
+  float* scores = scratch;                        // [block_rows][ldo]
+  float* res = scores + pysid::rqcpu::rq_round_up(p.block_rows * ldo, pysid::rqcpu::kAlign);  // [d]
+  float* qtmp = res + pysid::rqcpu::rq_round_up(d, pysid::rqcpu::kAlign);                     // [d]
+  float* cv = qtmp + pysid::rqcpu::rq_round_up(d, pysid::rqcpu::kAlign);   // [ldo] passing scores
+  float* cs = cv + pysid::rqcpu::rq_round_up(ldo, pysid::rqcpu::kAlign);   // [ldo] (a copy to select in)
+  int32_t* ck = reinterpret_cast<int32_t*>(cs + pysid::rqcpu::rq_round_up(ldo, pysid::rqcpu::kAlign));  // [ldo]
+  const float* x = p.x + i0 * d;
+  level_scores<0>(x, m, d, p.panels, p.pnorms, np, scores, ldo, nullptr, nullptr, nullptr);
+  const VI zi = Isa::iota(0);
+  const float inf = __builtin_inff();
+  for (int64_t i = 0; i < m; ++i) {
+    const float* srow = scores + i * ldo;
+    // MODE 1's choice, from the same scores; and each lane's second-lowest score
+    V mv = Isa::set1(inf), mv2 = mv;
+    VI mi = zi;
+    for (int64_t pg = 0; pg < np; ++pg) {
+      const V sv = Isa::load(srow + pg * W);
+      const M lt = Isa::lt(sv, mv);
+      mv2 = Isa::blend(lt, Isa::min(mv2, sv), mv);
+      mv = Isa::blend(lt, mv, sv);
+      mi = Isa::blendi(lt, mi, Isa::iota(static_cast<int32_t>(pg * W)));
+    }
+    alignas(64) int32_t mis[W];
+    Isa::storei(mis, mi);
+    const float vmin = Isa::hmin(mv);
+    unsigned mask = Isa::movemask(Isa::eq(mv, Isa::set1(vmin)));
+    int32_t bk = mis[0];
+    if (mask) {
+      bk = mis[__builtin_ctz(mask)];
+      for (mask &= mask - 1; mask; mask &= mask - 1) {
+        const int32_t k = mis[__builtin_ctz(mask)];
+        bk = k < bk ? k : bk;
+      }
+    }
+    p.codes[i0 + i] = bk;
+    p.dist[i0 + i] = sub_acc_sqnorm(res, x + i * d, p.cb + bk * d, qtmp, true, d);
+    // the mc lowest scores. bound: the lowest of the 2W lane values (each lane's two lowest
+    // scores: 2W distinct codes) with at least mc of them at or below it, so at least mc
+    // codes score <= bound and every one of the mc lowest does (+inf when mc > 2W). Every
+    // score <= bound is gathered in code order, the mc-th lowest found among them, then the
+    // codes below it and the first codes equal to it are kept.
+    int32_t* cr = cand + (i0 + i) * mc;
+    float bound = inf;
+    if (mc <= 2 * W) {  // counts of lane values <= each lane value, without branches
+      alignas(64) float lv[2 * W];
+      Isa::store(lv, mv);
+      Isa::store(lv + W, mv2);
+      const V one = Isa::set1(1.0f), zero = Isa::zero();
+      V ca = zero, cb2 = zero;
+      for (int u = 0; u < 2 * W; ++u) {
+        const V bu = Isa::set1(lv[u]);
+        ca = Isa::add(ca, Isa::blend(Isa::le(bu, mv), zero, one));
+        cb2 = Isa::add(cb2, Isa::blend(Isa::le(bu, mv2), zero, one));
+      }
+      const V need = Isa::set1(static_cast<float>(mc));
+      const V infv = Isa::set1(inf);
+      bound = Isa::hmin(Isa::min(Isa::blend(Isa::le(need, ca), infv, mv), Isa::blend(Isa::le(need, cb2), infv, mv2)));
+    }
+    const V bv = Isa::set1(bound);
+    int64_t c = 0;
+    for (int64_t k0 = 0; k0 < kl; k0 += W) {
+      unsigned msk = Isa::movemask(Isa::le(Isa::load(srow + k0), bv));
+      while (msk) {
+        const int t = __builtin_ctz(msk);
+        msk &= msk - 1;
+        const int64_t k = k0 + t;
+        if (k >= kl) break;
+        cv[c] = srow[k];
+        ck[c++] = static_cast<int32_t>(k);
+      }
+    }
+    if (c <= mc) {  // (fewer only with NaN scores: pad with the code)
+      for (int64_t j = 0; j < c; ++j) cr[j] = ck[j];
+      for (int64_t j = c; j < mc; ++j) cr[j] = bk;
+      continue;
+    }
+    if (c - mc <= 4) {  // a few too many (the usual case): drop the last-ranked ones
+      for (int64_t r = mc; r < c; ++r) {
+        float wv = -inf;
+        int64_t wj = 0;
+        for (int64_t j = 0; j < c; ++j) {  // the highest score, among equal ones the highest code
+          const bool ge = ck[j] >= 0 && cv[j] >= wv;
+          wv = ge ? cv[j] : wv;
+          wj = ge ? j : wj;
+        }
+        ck[wj] = -1;
+      }
+      int64_t o = 0;
+      for (int64_t j = 0; j < c; ++j)
+        if (ck[j] >= 0) cr[o++] = ck[j];
+      continue;
+    }
+    for (int64_t j = 0; j < c; ++j) cs[j] = cv[j];
+    const float th = select_rank(cs, c, mc - 1);
+    int64_t below = 0;
+    for (int64_t j = 0; j < c; ++j) below += cv[j] < th;
+    int64_t eq_left = mc - below, o = 0;
+    for (int64_t j = 0; j < c && o < mc; ++j) {
+      if (cv[j] < th) {
+        cr[o++] = ck[j];
+      } else if (cv[j] == th && eq_left > 0) {
+        cr[o++] = ck[j];
+        --eq_left;
+      }
+    }
+  }
+}
+
+// Restricted assignment of rows [i0, i1): each row's code is the candidate of least score
+// ||c||^2 - 2 x.c (cnorm: the centroids' squared norms) among cand[i * mc .. + mc), the
+// first in list order among equal scores; its distance is ||x - c||^2 from the differences.
+// The dot products run over d in W-wide chunks, four candidates at a time.
+void assign_cand(const float* xall, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
+                 const int32_t* cand, int64_t mc, int32_t* codes, float* dist) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* x = xall + i * d;
+    const int32_t* cr = cand + i * mc;
+    if (i + 1 < i1) prefetch_row(x + d, d);
+    float best = __builtin_inff();
+    int32_t bk = cr[0];
+    int64_t j = 0;
+    for (; j + 4 <= mc; j += 4) {
+      const float* c0 = cb + static_cast<int64_t>(cr[j]) * d;
+      const float* c1 = cb + static_cast<int64_t>(cr[j + 1]) * d;
+      const float* c2 = cb + static_cast<int64_t>(cr[j + 2]) * d;
+      const float* c3 = cb + static_cast<int64_t>(cr[j + 3]) * d;
+      V a0 = Isa::zero(), a1 = Isa::zero(), a2 = Isa::zero(), a3 = Isa::zero();
+      int64_t e = 0;
+      for (; e + W <= d; e += W) {
+        const V xv = Isa::load(x + e);
+        a0 = Isa::fmadd(xv, Isa::load(c0 + e), a0);
+        a1 = Isa::fmadd(xv, Isa::load(c1 + e), a1);
+        a2 = Isa::fmadd(xv, Isa::load(c2 + e), a2);
+        a3 = Isa::fmadd(xv, Isa::load(c3 + e), a3);
+      }
+      float s[4] = {Isa::hsum(a0), Isa::hsum(a1), Isa::hsum(a2), Isa::hsum(a3)};
+      for (; e < d; ++e) {
+        s[0] += x[e] * c0[e];
+        s[1] += x[e] * c1[e];
+        s[2] += x[e] * c2[e];
+        s[3] += x[e] * c3[e];
+      }
+      for (int q = 0; q < 4; ++q) {
+        const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
+        if (sc < best) {
+          best = sc;
+          bk = cr[j + q];
+        }
+      }
+    }
+    for (; j < mc; ++j) {
+      const float* c = cb + static_cast<int64_t>(cr[j]) * d;
+      V a = Isa::zero();
+      int64_t e = 0;
+      for (; e + W <= d; e += W) a = Isa::fmadd(Isa::load(x + e), Isa::load(c + e), a);
+      float s = Isa::hsum(a);
+      for (; e < d; ++e) s += x[e] * c[e];
+      const float sc = cnorm[cr[j]] - 2.0f * s;
+      if (sc < best) {
+        best = sc;
+        bk = cr[j];
+      }
+    }
+    codes[i] = bk;
+    const float* c = cb + static_cast<int64_t>(bk) * d;
+    V a = Isa::zero();
+    int64_t e = 0;
+    for (; e + W <= d; e += W) {
+      const V df = Isa::sub(Isa::load(x + e), Isa::load(c + e));
+      a = Isa::fmadd(df, df, a);
+    }
+    float s = Isa::hsum(a);
+    for (; e < d; ++e) s += (x[e] - c[e]) * (x[e] - c[e]);
+    dist[i] = s;
+  }
+}
+
 constexpr int64_t tile_rows() { return kRowsMax; }
 
 void block_impl(const Plan& p, int64_t i0, int64_t m, float* scratch) {
@@ -503,6 +718,15 @@ void PYSID_ISA_FN(rq_assign_bounded)(const Plan& plan, Bounds& b, int64_t i0, in
   assign_bounded(plan, b, i0, i1, scratch);
 }
 int64_t PYSID_ISA_FN(rq_tile_rows)() { return tile_rows(); }
+void PYSID_ISA_FN(rq_assign_topm)(const Plan& plan, int64_t i0, int64_t m, float* scratch, int64_t mc,
+                                  int32_t* cand) {
+  assign_topm(plan, i0, m, scratch, mc, cand);
+}
+void PYSID_ISA_FN(rq_assign_cand)(const float* x, int64_t i0, int64_t i1, int64_t d, const float* cb,
+                                  const float* cnorm, const int32_t* cand, int64_t mc, int32_t* codes,
+                                  float* dist) {
+  assign_cand(x, i0, i1, d, cb, cnorm, cand, mc, codes, dist);
+}
 int64_t PYSID_ISA_FN(rq_lanes)() { return W; }
 }  // namespace rqcpu
 }  // namespace pysid

@@ -64,6 +64,14 @@ struct Scratch {
 
 static inline int64_t rq_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// Scratch floats of one thread of rq_assign_topm_* (scores of a block, two rows, three
+// score-row buffers).
+static inline int64_t topm_scratch_floats(const Plan& p, int64_t mc) {
+  (void)mc;
+  return rq_round_up(p.block_rows * p.kpad_max, kAlign) + 2 * rq_round_up(p.d, kAlign) +
+         3 * rq_round_up(p.kpad_max, kAlign);
+}
+
 static inline Scratch rq_scratch_layout(const Plan& p) {
   Scratch s;
   const int64_t T = p.block_rows * p.bcap;  // beam rows per block
@@ -94,6 +102,13 @@ void rq_block_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch);
 // `second` is non-null; codes/dist hold the previous codes on entry when b.shift is set).
 void rq_assign_bounded_scalar(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
 int64_t rq_tile_rows_scalar();
+// k-means assignment with candidate lists (kmeans.h: kmeans_assign_topm_cpu /
+// kmeans_assign_candidates_cpu): one block of rows [i0, i0 + m) of a one-level plan, also
+// keeping each row's mc lowest-score codes in cand [n, mc]; scratch: topm_scratch_floats.
+// And the restricted search of rows [i0, i1) among their candidates.
+void rq_assign_topm_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch, int64_t mc, int32_t* cand);
+void rq_assign_cand_scalar(const float* x, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
+                           const int32_t* cand, int64_t mc, int32_t* codes, float* dist);
 int64_t rq_lanes_scalar();
 #if defined(PYSID_X86)
 void rq_block_avx2(const Plan& plan, int64_t i0, int64_t m, float* scratch);
@@ -101,6 +116,12 @@ void rq_block_avx512(const Plan& plan, int64_t i0, int64_t m, float* scratch);
 void rq_assign_bounded_avx2(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
 void rq_assign_bounded_avx512(const Plan& plan, Bounds& b, int64_t i0, int64_t i1, float* scratch);
 int64_t rq_tile_rows_avx2();
+void rq_assign_topm_avx2(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
+void rq_assign_topm_avx512(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
+void rq_assign_cand_avx2(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*,
+                         int64_t, int32_t*, float*);
+void rq_assign_cand_avx512(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*,
+                           int64_t, int32_t*, float*);
 int64_t rq_tile_rows_avx512();
 int64_t rq_lanes_avx2();
 int64_t rq_lanes_avx512();
@@ -112,6 +133,9 @@ struct Kernels {
   void (*block)(const Plan&, int64_t, int64_t, float*);
   void (*bounded)(const Plan&, Bounds&, int64_t, int64_t, float*);
   int64_t W, tile;
+  void (*topm)(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
+  void (*cand)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*, int64_t,
+               int32_t*, float*);
 };
 Kernels pick_kernels();
 

@@ -42,6 +42,18 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   without another update), or when the total squared centre shift of an update is
   <= ``tol * mean feature variance`` (scikit-learn's rule). The result's assignments and
   inertia are those of the returned centroids.
+* Candidate lists, ``candidates=m`` (``pysid.fit`` uses m = 8): a full assignment also keeps
+  each row's m nearest centroids (the m lowest kernel scores, ties to the lower code); the
+  next iterations search only those m (a restricted assignment: ~m/k of the arithmetic, each
+  row's m centroid rows read from cache) until the rtol rule would stop on a restricted
+  assignment, or ``CANDIDATE_REFRESH`` (16) iterations have passed: then that iteration's
+  assignment is a full one (renewing the lists), and the rule decides on it. A stop, the
+  returned assignments and inertia therefore always come from a full, exact search (on the
+  C++ kernels bit for bit ``residual_quantize``'s codes of the returned centroids). On
+  MiniLM text (3 x 256, m = 8) a level runs 11-14 iterations, 3-4 of them full, and ends
+  within 1 % of the error of 50 full iterations (bench/RESULTS.md, 2026-12-05). Runs on
+  engines with the two candidate primitives (C++, reference) in the per-iteration loop;
+  Triton runs, ``balanced=True`` and m >= k search every centroid every iteration.
 * Host synchronisation: on CUDA the loop runs blocks of ``CHECK_EVERY_CUDA`` (8)
   iterations with its inertia, shift and empty-cluster flags kept on the device, then
   reads them once; iterations past a stop are dropped and an iteration that left a
@@ -427,6 +439,7 @@ def kmeans(
     n_local_trials: int | None = None,
     init_sample: int | None = None,
     balance_candidates: int = 16,
+    candidates: int = 0,
     progress: bool | str = False,
     precision: str = "exact",
 ) -> KMeansResult:
@@ -454,6 +467,13 @@ def kmeans(
         n_local_trials: candidates per k-means++ step (default 2 + floor(ln k)).
         init_sample: rows used for seeding (default 256 * k; 0: all rows).
         balance_candidates: nearest clusters each row proposes to first (balanced=True).
+        candidates: m > 0: Lloyd with candidate lists (module docstring): a full assignment keeps
+            each row's m nearest centroids, and the following iterations search only those (cost
+            ~m/k of a full search), with a full search at least every ``CANDIDATE_REFRESH``
+            iterations, whenever the rtol rule would stop, and at the end (the returned
+            assignments are exact). 0 (default): every assignment searches all k. Used on engines
+            with the candidate primitives (C++ and reference) in the per-iteration loop; elsewhere
+            (Triton, balanced=True) and for m >= k every assignment is full.
         progress: progress reports: False, True (a tqdm bar on a terminal), "tqdm", "log" (a line
             on stderr every few seconds with rate and ETA) or "auto" (tqdm on a terminal, else
             log lines); see ``pysid._progress``.
@@ -470,6 +490,8 @@ def kmeans(
         raise NotImplementedError("balanced=True runs on one process; gather the rows on one rank")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 0:
+        raise ValueError(f"candidates must be an int >= 0, got {candidates!r}")
     for name, v in (("tol", tol), ("rtol", rtol)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -524,8 +546,11 @@ def kmeans(
         tol_abs = tol * float((s2 / wt - (s1 / wt) ** 2).mean())
 
     every = 1 if balanced else _check_every(x)  # iterations between host reads (1: each iteration)
+    mcand = min(candidates, k)  # candidate lists: on the per-iteration loop of an engine that has them
+    if balanced or every != 1 or eng.assign_topm is None or mcand >= k:
+        mcand = 0
     bounded = (eng.bounded_assign(xk) if eng.bounded_assign is not None and not balanced and every == 1
-               else None)  # stateful: only where no iteration is ever rolled back
+               and not mcand else None)  # stateful: only where no iteration is ever rolled back
 
     def step_assign(c: Tensor) -> tuple[Tensor, Tensor]:
         if balanced:
@@ -543,6 +568,22 @@ def kmeans(
         codes, dist = step_assign(c)
         total = dist.sum(dtype=torch.float64) if w is None else weighted(dist).sum()  # the same bits
         return codes, dist, comm.sum(total[None])[0]
+
+    cand = None  # [N, m] int32: each row's candidate centroids (candidate lists)
+    since = 0  # iterations since the lists were made
+
+    def assign_lists(c: Tensor, full: bool):
+        """(codes, dist, inertia, exact): a full search that renews the lists, or the search
+        restricted to them."""
+        nonlocal cand, since
+        if full or cand is None or since >= CANDIDATE_REFRESH:
+            codes, dist, cand = eng.assign_topm(xk, c, mcand)
+            since, exact = 0, True
+        else:
+            codes, dist = eng.assign_candidates(xk, c, cand)
+            exact = False
+        total = dist.sum(dtype=torch.float64) if w is None else weighted(dist).sum()
+        return codes, dist, comm.sum(total[None])[0], exact
 
     def update(c: Tensor, codes: Tensor, dist: Tensor, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
         """The next centroids, their move (the total squared shift; with tol = 0 only whether
@@ -575,14 +616,23 @@ def kmeans(
     while it < iters and not converged:
         if every == 1 or redo:  # one iteration, host reads as it goes (CPU; the redo of a block's iteration)
             redo = False
-            codes, dist, inert = assign(centroids)
-            h = _read(inert)
-            if stalled(h):  # the centroids stay; this assignment is the final one
+            exact = True
+            if mcand:
+                codes, dist, inert, exact = assign_lists(centroids, full=False)
+                h = _read(inert)
+                if not exact and stalled(h):  # a stop is decided on a full search only
+                    codes, dist, inert, exact = assign_lists(centroids, full=True)
+                    h = _read(inert)
+            else:
+                codes, dist, inert = assign(centroids)
+                h = _read(inert)
+            if exact and stalled(h):  # the centroids stay; this assignment is the final one
                 converged, final = True, (codes, dist, h)
                 break
             history.append(h)
             centroids, shift, _ = update(centroids, codes, dist, exact=True)
             it += 1
+            since += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(inertia=f"{h:.5g}")
@@ -626,6 +676,7 @@ def kmeans(
 
 
 CHECK_EVERY_CUDA = 8  # Lloyd iterations between the host reads of the loop's flags on CUDA
+CANDIDATE_REFRESH = 16  # kmeans(candidates=m): at most this many iterations between full searches
 
 
 def _check_every(x: Tensor) -> int:

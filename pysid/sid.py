@@ -459,6 +459,9 @@ class Method:
         return f"<method {self.name!r}>"
 
 
+FIT_CANDIDATES = 8  # rq-kmeans: Lloyd with candidate lists of 8 centroids (pysid.kmeans' candidates)
+
+
 class _RQKMeans(Method):
     name = "rq-kmeans"
     help = "residual k-means codebooks on the embeddings (OneRec's RQ-KMeans)"
@@ -471,7 +474,8 @@ class _RQKMeans(Method):
               precision="exact"):
         # tol=0: the relative-inertia rule of kmeans (rtol) stops each level, not the shift rule
         books, train_codes = _residual_kmeans(x, levels, sizes, iters=iters, seed=seed, balanced=balanced,
-                                              progress=progress, tol=0, precision=precision)
+                                              progress=progress, tol=0, precision=precision,
+                                              candidates=FIT_CANDIDATES)
         cbs = [b.to(torch.float32) for b in books]
         codes = None
         if (not balanced and beam_width == 1 and not dedup.needs_residual
@@ -560,15 +564,15 @@ def _fingerprints(parts: Sequence[Tensor]) -> Tensor:
     m2 = rng.integers(0, 2**63, size=w64.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     out = np.empty(n, np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(0, n, 16384):
-            h = w64[i : i + 16384] * m1  # wraps mod 2**64
+        for i in range(0, n, 2048):  # row chunks whose temporaries stay in cache (3x faster than 16384)
+            h = w64[i : i + 2048] * m1  # wraps mod 2**64
             h ^= h >> np.uint64(31)
             h *= m2
             s = h.sum(axis=1, dtype=np.uint64) + np.uint64(d)
             s ^= s >> np.uint64(33)  # murmur3 finaliser
             s *= np.uint64(0xFF51AFD7ED558CCD)
             s ^= s >> np.uint64(33)
-            out[i : i + 16384] = s
+            out[i : i + 2048] = s
     return torch.from_numpy(out.view(np.int64).copy())
 
 
@@ -1007,7 +1011,8 @@ def _as_embeddings(x, name: str, check_scale: bool = True) -> Tensor:
 def _check_scale(x: Tensor, name: str) -> None:
     """Refuse embeddings whose float32 squared distances would overflow or underflow."""
     d = x.shape[1]
-    big = float(x.abs().max())
+    lo, hi_ = torch.aminmax(x) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
+    big = max(-float(lo), float(hi_))  # max |value| without an [N, D] temporary
     hi = math.sqrt(_MAX_SQ / (4 * d))
     if big > hi:
         raise ValueError(f"{name}: largest |value| is {big:.3g}, above {hi:.3g}: squared distances would "
@@ -1257,9 +1262,12 @@ def fit(
             ``torch.use_deterministic_algorithms`` on CPU; on CUDA see the module docstring).
         item_ids: [M] unique non-negative integer ids (default 0..M-1); floats must be whole
             numbers.
-        iters: most Lloyd iterations per level (rq-kmeans), an int >= 1. Each level stops earlier
-            when an iteration lowers its inertia by less than 0.1 % (``pysid.kmeans``'s rtol; 8-12
-            iterations on MiniLM text 3 x 256) and seeds with k-means|| (``init="auto"``).
+        iters: most Lloyd iterations per level (rq-kmeans), an int >= 1. Each level seeds with
+            k-means|| (``init="auto"``), runs Lloyd with candidate lists of ``FIT_CANDIDATES`` (8)
+            centroids per row (``pysid.kmeans``'s candidates: most iterations search only each
+            row's 8 nearest centroids of the last full search; the stop and the final codes come
+            from full searches) and stops when an iteration lowers its inertia by less than 0.1 %
+            (``pysid.kmeans``'s rtol; 11-14 iterations on MiniLM text 3 x 256, 3-4 of them full).
         balanced: balanced k-means at every level (rq-kmeans; codes are still assigned greedily).
         reassign_candidates: nearest last-level codes tried by dedup="reassign".
         beam_width: items' codes by beam search over the levels (``residual_quantize``'s

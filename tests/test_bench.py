@@ -101,3 +101,10 @@ def test_bench_kmeans_text_npy(tmp_path):
             assert 0 < r["error"] < float((emb ** 2).sum(1).mean()) and 0 <= r["collisions"] <= 1
         else:
             assert r["inertia_per_item"] > 0
+
+
+def test_bench_kmeans_cpu_time_needs_one_thread(tmp_path):
+    """--cpu-time times rows by the calling thread's CPU time: refused with more than one thread."""
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "bench_kmeans.py"), "--text-npy", "x.npy", "--threads",
+                          "2", "--cpu-time"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "--cpu-time needs --text-npy and --threads 1" in res.stderr

@@ -515,3 +515,94 @@ def test_sync_free_loop_redoes_an_empty_cluster_exactly(monkeypatch):
     _same_run(sync, free)
     assert bool((free.sizes > 0).all()) and 2 <= free.iterations <= 9
     assert n_free > math.ceil(free.iterations / 4)  # the redo read the host
+
+
+# --------------------------------------------------------------------------- candidate lists
+def _count_candidate_calls(monkeypatch):
+    """Counts of full (topm) and restricted assignments of every engine made from now on."""
+    from pysid.ops import kmeans as kops
+
+    calls = {"full": 0, "restricted": 0}
+    init = kops.KMeansEngine.__init__
+
+    def counted(self, *a, **kw):
+        init(self, *a, **kw)
+        if self.assign_topm is not None:
+            topm, cands = self.assign_topm, self.assign_candidates
+
+            def t(*args):
+                calls["full"] += 1
+                return topm(*args)
+
+            def c(*args):
+                calls["restricted"] += 1
+                return cands(*args)
+
+            self.assign_topm, self.assign_candidates = t, c
+
+    monkeypatch.setattr(kops.KMeansEngine, "__init__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_candidate_lists_stop_on_a_full_search(backend, monkeypatch):
+    """kmeans(candidates=m): most iterations are restricted, the returned assignments are the
+    exact nearest centroids (the plain assignment of the returned centroids, bit for bit on the
+    C++ kernels), the inertia is theirs, and the result is close to full Lloyd's."""
+    from pysid.ops import kmeans as kops
+
+    x = blobs(4000, 16, 60, seed=21, spread=1.5)
+    calls = _count_candidate_calls(monkeypatch)
+    res = _run(backend, x, 48, iters=50, seed=2, candidates=6, rtol=1e-4, tol=0)
+    assert calls["restricted"] > calls["full"] >= 2
+    check_consistent(x, res)
+    with pysid.backend(backend):
+        codes, dist = kops.engine(x).assign(x, res.centroids)
+    assert torch.equal(res.assignments, codes)
+    assert res.inertia == pytest.approx(float(dist.double().sum()), rel=1e-6)
+    full = _run(backend, x, 48, iters=50, seed=2, rtol=1e-4, tol=0)
+    assert res.inertia <= full.inertia * 1.02
+    again = _run(backend, x, 48, iters=50, seed=2, candidates=6, rtol=1e-4, tol=0)
+    assert torch.equal(again.centroids, res.centroids) and torch.equal(again.assignments, res.assignments)
+
+
+def test_candidate_lists_cpu_matches_reference():
+    x = blobs(3000, 10, 40, seed=5)
+    init = x[torch.randperm(3000, generator=torch.Generator().manual_seed(4))[:30]].clone()
+    ref = _run("reference", x, 30, iters=12, init=init, candidates=5, tol=0)
+    res = _run("cpu", x, 30, iters=12, init=init, candidates=5, tol=0)
+    assert torch.equal(res.assignments, ref.assignments) and res.iterations == ref.iterations
+    torch.testing.assert_close(res.centroids, ref.centroids, rtol=1e-5, atol=1e-5)
+
+
+def test_candidate_lists_refresh_and_large_m(monkeypatch):
+    """A full search at least every CANDIDATE_REFRESH iterations; m >= k is plain Lloyd."""
+    import importlib
+
+    km = importlib.import_module("pysid.kmeans")
+    x = blobs(2000, 8, 30, seed=9)
+    init = x[:20].clone()
+    monkeypatch.setattr(km, "CANDIDATE_REFRESH", 2)
+    calls = _count_candidate_calls(monkeypatch)
+    res = _run("cpu", x, 20, iters=9, init=init, candidates=4, rtol=0, tol=0)
+    assert res.iterations == 9 and calls == {"full": 5, "restricted": 4}  # iterations 0, 2, 4, 6, 8 full
+    check_consistent(x, res)
+    plain = _run("cpu", x, 20, iters=9, init=init, rtol=0, tol=0)
+    same = _run("cpu", x, 20, iters=9, init=init, candidates=20, rtol=0, tol=0)
+    assert torch.equal(same.centroids, plain.centroids) and torch.equal(same.assignments, plain.assignments)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "8"])
+def test_candidates_must_be_a_non_negative_int(bad):
+    with pytest.raises(ValueError, match="candidates"):
+        pysid.kmeans(torch.randn(50, 3), 4, candidates=bad)
+
+
+def test_fit_uses_candidate_lists_and_returns_greedy_codes(monkeypatch):
+    """pysid.fit's rq-kmeans levels run with candidate lists; the codes are still exactly
+    residual_quantize's for the trained codebooks."""
+    calls = _count_candidate_calls(monkeypatch)
+    x = blobs(3000, 24, 200, seed=13, spread=1.0)
+    s = pysid.fit(x, levels=3, codebook_size=32, dedup="none", seed=1, progress=False)
+    assert calls["restricted"] > 0 and calls["full"] >= 3
+    assert torch.equal(s.codes[:, :3], pysid.residual_quantize(x, s.codebooks).codes.long())

@@ -681,3 +681,132 @@ def test_bounded_assign_bad_arguments():
                                 dist.data_ptr(), lower.data_ptr(), xn.data_ptr())
     assert C.kmeans_assign_bounded(x.data_ptr(), 0, 3, c.data_ptr(), 4, 0, 0, 0, 0, 0) == 0
 
+
+
+# --------------------------------------------------------------------------- candidate lists
+def _scores64(x, c):
+    """float64 kernel scores ||c||^2 - 2 x.c [N, k]."""
+    xd, cd = x.double(), c.double()
+    return (cd * cd).sum(1)[None] - 2.0 * xd @ cd.t()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,d,k,m", [(1, 4, 1, 1), (700, 1, 3, 2), (3000, 17, 40, 8), (2500, 33, 70, 16),
+                                     (1000, 130, 16, 16), (999, 24, 300, 8), (500, 8, 100, 40), (200, 16, 33, 33)])
+def test_topm_assign_is_the_exact_assignment_plus_the_m_nearest(monkeypatch, isa, n, d, k, m):
+    """kmeans_assign_topm: codes and distances bit-identical to the plain search (same SIMD path);
+    each row's list holds m distinct codes in increasing order, its code among them, and no code
+    left out scores clearly lower than one kept (float64 scores, float32 margin)."""
+    from pysid.ops import kmeans as kops
+
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(n + d + k + m)
+    x = (torch.randn(n, d, generator=g) + 3 * torch.randn(n, 1, generator=g).sign()).contiguous()
+    c = torch.randn(k, d, generator=g).contiguous()
+    eng = kops.engine(x, "cpu")
+    want_codes, want_dist = eng.assign(x, c)
+    codes, dist, cand = eng.assign_topm(x, c, m)
+    assert torch.equal(codes, want_codes) and torch.equal(dist, want_dist)
+    assert cand.shape == (n, m) and cand.dtype == torch.int32
+    cl = cand.long()
+    assert bool((cl[:, 1:] > cl[:, :-1]).all()) if m > 1 else True  # distinct, increasing
+    assert bool((cl == codes[:, None]).any(1).all())
+    s = _scores64(x, c)
+    kept = s.gather(1, cl)
+    out = s.scatter(1, cl, float("inf"))
+    tol = 1e-4 * (1 + s.abs().max(1).values)
+    assert bool((out.min(1).values >= kept.max(1).values - tol).all())
+
+
+def test_topm_assign_ties_go_to_the_lower_codes():
+    """Equal centroids score equally: the list keeps the lower codes among them."""
+    from pysid.ops import kmeans as kops
+
+    x = torch.zeros(5, 4)
+    x[:, 0] = 1.0
+    c = torch.zeros(10, 4)
+    c[:, 0] = 5.0  # all far, all equal ...
+    c[[3, 7, 8], 0] = 1.0  # ... but for three equal nearest ones
+    codes, _, cand = kops.engine(x, "cpu").assign_topm(x, c, 2)
+    assert torch.equal(codes, torch.full((5,), 3)) and torch.equal(cand, torch.tensor([[3, 7]] * 5, dtype=torch.int32))
+    _, _, cand = kops.engine(x, "cpu").assign_topm(x, c, 4)
+    assert torch.equal(cand, torch.tensor([[0, 3, 7, 8]] * 5, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,d,k,m", [(1, 3, 1, 1), (3000, 17, 40, 8), (1200, 50, 9, 3), (800, 384, 256, 8)])
+def test_candidate_assign_is_the_nearest_candidate(monkeypatch, isa, n, d, k, m):
+    """kmeans_assign_candidates: the candidate of least distance (float64 check, float32 margin)
+    and its squared distance; with lists from the same centroids it is the full assignment."""
+    from pysid.ops import kmeans as kops
+
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(n * 7 + d)
+    x = torch.randn(n, d, generator=g).contiguous()
+    c = torch.randn(k, d, generator=g).contiguous()
+    cand = torch.stack([torch.randperm(k, generator=g)[:m] for _ in range(n)]).to(torch.int32).contiguous()
+    eng = kops.engine(x, "cpu")
+    codes, dist = eng.assign_candidates(x, c, cand)
+    d64 = dist_ref(x, c).gather(1, cand.long())
+    assert bool((cand.long() == codes[:, None]).any(1).all())
+    mine = dist_ref(x, c).gather(1, codes[:, None])[:, 0]
+    assert bool((mine <= d64.min(1).values * (1 + 1e-5) + 1e-5).all())
+    torch.testing.assert_close(dist.double(), mine, rtol=1e-5, atol=1e-5)
+    full_codes, full_dist, lists = eng.assign_topm(x, c, m)
+    again, again_dist = eng.assign_candidates(x, c, lists)
+    assert torch.equal(again, full_codes)
+    torch.testing.assert_close(again_dist, full_dist, rtol=1e-5, atol=1e-6)
+
+
+def test_candidate_primitives_deterministic_across_threads():
+    from pysid.ops import kmeans as kops
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9000, 40, generator=g)
+    c = torch.randn(128, 40, generator=g)
+    eng = kops.engine(x, "cpu")
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            codes, dist, cand = eng.assign_topm(x, c, 8)
+            out.append((codes, dist, cand, *eng.assign_candidates(x, c + 0.01, cand)))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out[1]))
+
+
+def test_candidate_primitives_match_the_reference():
+    """The reference pair (pysid.reference.kmeans) picks the same lists and codes on separated data."""
+    from pysid.ops import kmeans as kops
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1500, 12, generator=g) * 0.1 + torch.randn(1500, 1, generator=g)
+    c = torch.randn(30, 12, generator=g)
+    cpu, ref = kops.engine(x, "cpu"), kops.engine(x, "reference")
+    a, b = cpu.assign_topm(x, c, 5), ref.assign_topm(x, c, 5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    ca, cb = cpu.assign_candidates(x, c * 1.1, a[2]), ref.assign_candidates(x, c * 1.1, b[2])
+    assert torch.equal(ca[0], cb[0])
+    torch.testing.assert_close(ca[1], cb[1], rtol=1e-5, atol=1e-5)
+
+
+def test_candidate_primitives_bad_arguments():
+    from pysid.ops import kmeans as kops
+
+    x, c = torch.randn(10, 3), torch.randn(4, 3)
+    eng = kops.engine(x, "cpu")
+    for m in (0, 5):
+        with pytest.raises(ValueError, match="m must be in"):
+            eng.assign_topm(x, c, m)
+    bad = torch.zeros(10, 2, dtype=torch.int32)
+    bad[3, 1] = 4  # out of range for k = 4: refused before anything is written
+    with pytest.raises(ValueError, match="bad argument"):
+        eng.assign_candidates(x, c, bad)
+    with pytest.raises(ValueError, match="int32"):
+        eng.assign_candidates(x, c, bad.long())
+    with pytest.raises(ValueError, match="N = 10"):
+        eng.assign_candidates(x, c, bad[:5])
+    codes, dist, cand = eng.assign_topm(x[:0], c, 2)
+    assert codes.shape == (0,) and dist.shape == (0,) and cand.shape == (0, 2)

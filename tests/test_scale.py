@@ -136,7 +136,10 @@ def test_fit_sample_error_close_to_full_fit():
 
     full = err(pysid.fit(x, levels=2, codebook_size=32, progress=False))
     part = err(pysid.fit(x, levels=2, codebook_size=32, sample=0.2, progress=False))
-    assert part < full * 1.10, (part, full)
+    # 1.12: with candidate lists (2026-12-05) the full fit's error here fell 0.1291 -> 0.1247 while the
+    # sample fit's stayed 0.1379 -> 0.1380 (ratio 1.067 -> 1.107); the sample's own error is unchanged
+    assert part < full * 1.12, (part, full)
+    assert part < 0.14, part  # and the sample fit's error itself (0.138 measured)
 
 
 def test_fit_sample_rqvae_and_reassign():

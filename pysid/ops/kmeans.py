@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .. import _native, _native_kmeans
 from .._checks import check_precision
-from ..reference.kmeans import kmeans_update_ref, kmeanspp_candidates_ref
+from ..reference.kmeans import (kmeans_assign_candidates_ref, kmeans_topm_ref, kmeans_update_ref,
+                                kmeanspp_candidates_ref)
 from ..reference.residual_quantize import residual_quantize_ref
 from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
 
@@ -126,6 +127,55 @@ class BoundedAssign:
             self.codes.data_ptr(), dist.data_ptr(), self.lower.data_ptr(), self.xnorm2.data_ptr()))
         self.prev = c.clone()
         return self.codes.long(), dist
+
+
+# --------------------------------------------------------------------------- candidate lists
+# assign_topm(x, centroids, m) -> (codes [N] int64, distances [N] float32, cand [N, m] int32): the
+# exact assignment (the same as assign) and each row's m nearest centroids (the m lowest scores
+# ||c||^2 - 2 x.c, ties to the lower code) in increasing code order.
+# assign_candidates(x, centroids, cand) -> (codes [N] int64, distances [N] float32): the nearest
+# centroid among each row's candidates (ties: the first in list order).
+
+
+@register("kmeans_assign_topm", "reference", **_REF)
+def _topm_reference(x: Tensor, centroids: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    codes, dist = _assign_reference(x, centroids)
+    return codes, dist, kmeans_topm_ref(x, centroids, m).to(torch.int32)
+
+
+@register("kmeans_assign_topm", "cpu", limits="the scores and codes of the cpu assignment", **_CPU)
+def _topm_cpu(x: Tensor, centroids: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    n, k = x.shape[0], centroids.shape[0]
+    if not 1 <= m <= k:
+        raise ValueError(f"kmeans_assign_topm: m must be in [1, k = {k}], got {m}")
+    c = centroids.to(torch.float32).contiguous()
+    dist = torch.empty(n, dtype=torch.float32)
+    codes = torch.empty(n, dtype=torch.int32)
+    cand = torch.empty((n, m), dtype=torch.int32)
+    if n:
+        _native.cpu().kmeans_assign_topm(x.data_ptr(), n, x.shape[1], c.data_ptr(), k, m, codes.data_ptr(),
+                                         dist.data_ptr(), cand.data_ptr())
+    return codes.long(), dist, cand
+
+
+@register("kmeans_assign_candidates", "reference", **_REF)
+def _candidates_assign_reference(x: Tensor, centroids: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    return kmeans_assign_candidates_ref(x, centroids, cand)
+
+
+@register("kmeans_assign_candidates", "cpu", **_CPU)
+def _candidates_assign_cpu(x: Tensor, centroids: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    n, k = x.shape[0], centroids.shape[0]
+    if cand.dtype != torch.int32 or cand.dim() != 2 or cand.shape[0] != n or not cand.is_contiguous():
+        raise ValueError(f"kmeans_assign_candidates: cand must be a contiguous [N = {n}, m] int32 tensor, "
+                         f"got {cand.dtype} {tuple(cand.shape)}")
+    c = centroids.to(torch.float32).contiguous()
+    dist = torch.empty(n, dtype=torch.float32)
+    codes = torch.empty(n, dtype=torch.int32)
+    if n:
+        _native.cpu().kmeans_assign_candidates(x.data_ptr(), n, x.shape[1], c.data_ptr(), k, cand.data_ptr(),
+                                               cand.shape[1], codes.data_ptr(), dist.data_ptr())
+    return codes.long(), dist
 
 
 # --------------------------------------------------------------------------- update
@@ -250,8 +300,11 @@ class KMeansEngine:
     Primitives (registered per backend; a backend needs :attr:`REQUIRED`): :meth:`prepare`, :meth:`assign`, :meth:`update`, :meth:`candidates`,
     :meth:`commit`, :meth:`cumulative`; optional ones are None when the backend lacks
     them: :attr:`bounded_assign` (``BoundedAssign``-like factory: ``bounded_assign(x)(c)``
-    equals ``assign(x, c)`` bit for bit) and :attr:`seed` (the whole greedy k-means++ loop
-    of one process in one call).
+    equals ``assign(x, c)`` bit for bit), :attr:`seed` (the whole greedy k-means++ loop
+    of one process in one call) and the candidate-list pair :attr:`assign_topm`
+    (``assign_topm(x, c, m)``: ``assign``'s codes and distances, bit for bit, and each row's m
+    nearest centroids) and :attr:`assign_candidates` (``assign_candidates(x, c, cand)``: the
+    nearest among each row's candidates).
 
     Capabilities: :attr:`lloyd_codes_are_greedy_codes` (the final Lloyd assignments of
     float32 input equal ``residual_quantize``'s greedy codes bit for bit: the same kernel
@@ -262,7 +315,7 @@ class KMeansEngine:
     an assignment registered with the trait ``"precision"`` (Triton); the others are exact."""
 
     REQUIRED = ("kmeans_prepare", "kmeans_assign", "kmeans_update", "kmeanspp_candidates", "kmeanspp_commit")
-    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed")
+    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed", "kmeans_assign_topm", "kmeans_assign_candidates")
 
     def __init__(self, backend: str, device: torch.device, precision: str = "exact"):
         self.backend = backend
@@ -273,9 +326,12 @@ class KMeansEngine:
                                            {backend: [f"no {op}" for op in missing]})
         self._prepare, self._assign, self._update, self._candidates, self._commit = (
             get(op, backend).fn for op in self.REQUIRED)
-        bounded, seed = (get(op, backend) for op in self.OPTIONAL)
+        bounded, seed, topm, cands = (get(op, backend) for op in self.OPTIONAL)
         self.bounded_assign: Optional[Callable[[Tensor], Callable]] = None if bounded is None else bounded.fn
         self.seed: Optional[Callable] = None if seed is None else seed.fn
+        # candidate lists (kmeans(..., candidates=m)): both primitives or neither
+        self.assign_topm: Optional[Callable] = None if topm is None or cands is None else topm.fn
+        self.assign_candidates: Optional[Callable] = None if topm is None or cands is None else cands.fn
         traits = get("kmeans_assign", backend).traits
         self._assign_kw = {"precision": precision} if "precision" in traits else {}
         self.lloyd_codes_are_greedy_codes = "greedy_codes" in traits

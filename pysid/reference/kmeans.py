@@ -55,3 +55,47 @@ def kmeanspp_candidates_ref(x: Tensor, cand: Tensor, mind: Tensor, weights: Tens
     if weights is not None:
         m = m * weights.to(torch.float64)[:, None]
     return dist, m.sum(0)
+
+
+def kmeans_topm_ref(x: Tensor, centroids: Tensor, m: int) -> Tensor:
+    """Each row's m nearest centroids: the m lowest scores ``||c||^2 - 2 x.c`` (among equal
+    scores the lower codes), listed in increasing code order.
+
+    Args:
+        x: [N, D] float tensor; centroids: [k, D]; 1 <= m <= k.
+
+    Returns:
+        [N, m] int64 codes.
+    """
+    c = centroids.to(x.dtype)
+    cand = torch.empty((x.shape[0], m), dtype=torch.int64, device=x.device)
+    for i in range(0, x.shape[0], 8192):  # row chunks: never a full N x k matrix
+        s = (c * c).sum(1)[None] - 2.0 * x[i : i + 8192] @ c.t()
+        order = torch.argsort(s, dim=1, stable=True)[:, :m]  # stable: ties to the lower code
+        cand[i : i + 8192] = order.sort(1).values
+    return cand
+
+
+def kmeans_assign_candidates_ref(x: Tensor, centroids: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """The k-means assignment restricted to each row's candidate centroids.
+
+    Args:
+        x: [N, D] float tensor; centroids: [k, D]; cand: [N, m] integer codes in [0, k).
+
+    Returns:
+        codes [N] int64: the candidate of least squared distance (the first in list order among
+        equal distances), and its squared distance [N] (x's dtype; float32 for half precision).
+    """
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c = centroids.to(dt)
+    cand = cand.long()
+    codes = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=dt, device=x.device)
+    for i in range(0, x.shape[0], 4096):
+        cc = cand[i : i + 4096]
+        diff = x[i : i + 4096, None, :].to(dt) - c[cc]
+        dd = (diff * diff).sum(-1)
+        j = torch.argmin(dd, dim=1)  # the first minimum
+        codes[i : i + 4096] = cc.gather(1, j[:, None])[:, 0]
+        dist[i : i + 4096] = dd.gather(1, j[:, None])[:, 0]
+    return codes, dist
