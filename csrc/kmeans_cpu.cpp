@@ -48,6 +48,32 @@ void pick(UpdateFn* upd, PPFn* pp) {
 
 bool known_dtype(int t) { return t == kFloat32 || t == kFloat16 || t == kBFloat16; }
 
+// The plan of one greedy level over k centroids packed in panels of width W (pofs = {0, panels}):
+// the assignment passes of k-means (bounded and top-m) share it.
+rqcpu::Plan one_level_plan(const float* x, int64_t n, int64_t d, const float* centroids, const int64_t* offsets,
+                    int32_t* codes, float* distances, const AlignedBuf& packed, const int64_t* pofs, int64_t W) {
+  static const int64_t kOneBeam = 1;
+  rqcpu::Plan plan{};
+  plan.x = x;
+  plan.n = n;
+  plan.d = d;
+  plan.levels = 1;
+  plan.cb = centroids;
+  plan.off = offsets;
+  plan.q = nullptr;
+  plan.dist = distances;
+  plan.codes = codes;
+  plan.panels = static_cast<float*>(packed.p);
+  plan.pnorms = plan.panels + pofs[1] * W * d;
+  plan.pofs = pofs;
+  plan.W = W;
+  plan.kpad_max = pofs[1] * W;
+  plan.beam = 1;
+  plan.nbeams = &kOneBeam;
+  plan.bcap = 1;
+  return plan;
+}
+
 int threads_for(int64_t x_bytes, int64_t tasks) {
   int nthreads = omp_get_max_threads();
   if (x_bytes < kParallelMinBytes) nthreads = 1;
@@ -96,25 +122,7 @@ int kmeans_assign_bounded_cpu(const float* x, int64_t n, int64_t d, const float*
   float* cdist = reinterpret_cast<float*>(ccode + k);
   Bounds b0{};
   static float kSecondMarker;  // any non-null pointer: the scratch layout of the bounded pass
-  Plan plan{};
-  plan.x = x;
-  plan.n = n;
-  plan.d = d;
-  plan.levels = 1;
-  plan.cb = centroids;
-  plan.off = offsets;
-  plan.q = nullptr;
-  plan.dist = distances;
-  plan.codes = codes;
-  plan.panels = static_cast<float*>(packed.p);
-  plan.pnorms = plan.panels + pofs[1] * W * d;
-  plan.pofs = pofs;
-  plan.W = W;
-  plan.kpad_max = pofs[1] * W;
-  plan.beam = 1;
-  const int64_t one = 1;
-  plan.nbeams = &one;
-  plan.bcap = 1;
+  Plan plan = one_level_plan(x, n, d, centroids, offsets, codes, distances, packed, pofs, W);
   plan.block_rows = kBlockBeamRows - kBlockBeamRows % kern.tile;
   plan.second = &kSecondMarker;
 
@@ -190,25 +198,7 @@ int kmeans_assign_topm_cpu(const float* x, int64_t n, int64_t d, const float* ce
   const int64_t offsets[2] = {0, k};
   AlignedBuf packed;
   if (!pack_codebooks(centroids, offsets, 1, d, W, pofs, packed)) return kOutOfMemory;
-  Plan plan{};
-  plan.x = x;
-  plan.n = n;
-  plan.d = d;
-  plan.levels = 1;
-  plan.cb = centroids;
-  plan.off = offsets;
-  plan.q = nullptr;
-  plan.dist = distances;
-  plan.codes = codes;
-  plan.panels = static_cast<float*>(packed.p);
-  plan.pnorms = plan.panels + pofs[1] * W * d;
-  plan.pofs = pofs;
-  plan.W = W;
-  plan.kpad_max = pofs[1] * W;
-  plan.beam = 1;
-  const int64_t one = 1;
-  plan.nbeams = &one;
-  plan.bcap = 1;
+  Plan plan = one_level_plan(x, n, d, centroids, offsets, codes, distances, packed, pofs, W);
   int64_t rows = kBlockBeamRows - kBlockBeamRows % kern.tile;
   if (rows * plan.kpad_max > kTopmScoreBudget) rows = kTopmScoreBudget / plan.kpad_max;
   if (rows < 1) rows = 1;
