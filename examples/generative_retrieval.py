@@ -43,7 +43,8 @@ Pipeline (one process, one split, every method measured on the same users):
    baseline, trained first (``--collab-cpu-minutes``; it is then the table's SASRec row).
    ``--warm-start sasrec``: CausalSID's backbone (item embeddings, positions, layers) starts from that
    model (same shapes: ``--sas-d-model`` = ``--d-model``, ``--ff`` = 4 x d); the JSON's
-   ``train_cpu_minutes_with_sasrec`` counts both trainings. ``--item-loss W``: W x an auxiliary
+   ``train_cpu_minutes_with_sasrec`` counts both trainings; ``--freeze-backbone`` keeps it fixed and trains
+   the SID head only (with ``--item-input id`` the states are the SASRec model's). ``--item-loss W``: W x an auxiliary
    full-softmax next-item loss on the backbone state during training (decoding stays generative).
 4. Decoding: ``pysid.beam_search`` over ``sids.trie()``: the step function runs the decoder
    on the prefix (no KV cache), beam 20, top 10; ``--exclude-history`` removes each user's
@@ -697,6 +698,11 @@ def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, cat
                       item_input=args.item_input, tie=args.tie_head)
     if sas is not None:   # --warm-start sasrec: the SASRec-style model's item, position and transformer weights
         _warm_start(model, sas)
+        if args.freeze_backbone:   # train the SID head (and SID token embeddings) only
+            for m in (model.item, model.pos, model.backbone, model.norm):
+                m.requires_grad_(False)
+    elif args.freeze_backbone:
+        raise ValueError("--freeze-backbone needs --warm-start sasrec")
     if args.load_checkpoint:   # e.g. --epochs 0 --load-checkpoint DIR/causal_best.pt: decode a trained model again
         model.load_state_dict(torch.load(args.load_checkpoint)["model"])
     win = [s[-(args.history + 1):] for s in split.train if len(s) >= 2]
@@ -785,6 +791,8 @@ def parse_args(argv=None):
                         "(--collab-cpu-minutes; it is also the SASRec row of the table)")
     p.add_argument("--collab-cpu-minutes", type=float, default=8.0,
                    help="--collab sasrec / --warm-start sasrec: CPU budget of the SASRec-style model trained first")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="--warm-start sasrec: keep the copied backbone fixed, train the SID head only")
     p.add_argument("--warm-start", choices=["none", "sasrec"], default="none",
                    help="--arch causal: start the backbone from the SASRec-style model trained first (its item "
                         "embeddings, positions and layers; same shapes needed)")

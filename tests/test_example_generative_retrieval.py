@@ -206,6 +206,12 @@ def test_sasrec_first_collab_and_warm_start(tmp_path):
     assert s["steps"] == 2 and c["steps"] == 2 and c["invalid_rate"] == 0.0
     assert c["train_cpu_minutes_with_sasrec"] == pytest.approx(c["train_cpu_minutes"] + s["train_cpu_minutes"])
 
+    frozen = gr.run(gr.parse_args(base + ["--warm-start", "sasrec", "--freeze-backbone", "--item-input", "id",
+                                          "--no-sasrec"]))
+    assert frozen["methods"]["Causal SID (pysid)"]["steps"] == 2 and frozen["sids"]["collab"] == "pysid.collab"
+    with pytest.raises(ValueError, match="freeze-backbone needs"):
+        gr.run(gr.parse_args(base + ["--freeze-backbone", "--no-sasrec"]))
+
     sas = gr.SASRec(50, 6, d_model=32, layers=2, heads=2)
     model = gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, heads=2, layers=2, ff=128)
     gr._warm_start(model, sas)
