@@ -164,7 +164,8 @@ def build_sids(split, all_items: list[int], args, collab: torch.Tensor | None = 
                      input_weights=weights)
     has_suffix = sids.codes.shape[1] > args.levels
     info = {"items": len(all_items), "sid_input": args.sid_input, "dedup": args.dedup, "input_weights": weights,
-            "collab": "pysid.collab" if collab is None else "sasrec",
+            "collab": (None if args.sid_input not in ("collab", "hybrid")
+                       else "pysid.collab" if collab is None else "sasrec"),
             "zero_rows_replaced": int(zero.sum()), "codebook_size": k,
             "levels": args.levels, "vocab_sizes": sids.vocab_sizes, "suffix_level": has_suffix,
             "collision_rate_before_dedup": sids.collisions["before"]["collision_rate"],
@@ -559,6 +560,8 @@ def run(args) -> dict:
     sas, sas_result, collab = None, None, None
     if args.warm_start == "sasrec" and args.arch != "causal":
         raise ValueError("--warm-start sasrec is for --arch causal")
+    if args.collab == "sasrec" and args.sid_input not in ("collab", "hybrid"):
+        raise ValueError(f"--collab sasrec gives collaborative vectors: --sid-input {args.sid_input} does not use them")
     if args.collab == "sasrec" or args.warm_start == "sasrec":   # collaborative vectors: the SASRec-style model's item embeddings
         sas, sas_result = _train_sasrec(args, log, split, max_id, catalogue, val_idx, val_target, test_history,
                                         test_target, excl_val, excl_test, cpu_minutes=args.collab_cpu_minutes)

@@ -224,6 +224,9 @@ def test_sasrec_first_collab_and_warm_start(tmp_path):
         gr._warm_start(gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, heads=4, ff=128), sas)
     with pytest.raises(ValueError, match="item-id input"):
         gr._warm_start(gr.CausalSID([4, 5, 3], n_items=50, max_len=6, d_model=32, ff=128, item_input="sid"), sas)
+    with pytest.raises(ValueError, match="does not use them"):
+        gr.run(gr.parse_args(["--data", TOYS, "--max-users", "50", "--collab", "sasrec", "--sid-input", "random",
+                              "--quiet"]))
     with pytest.raises(ValueError, match="arch causal"):
         gr.run(gr.parse_args(["--data", TOYS, "--max-users", "50", "--warm-start", "sasrec", "--quiet"]))
 
