@@ -287,15 +287,24 @@ class CausalSID(nn.Module):
     per item (``item_input``: "sid" = the sum of the item's SID token embeddings, TIGER's input
     without the item id; "id" = a learned item-id embedding; "both" = their sum); at every
     position a small causal SID head generates the next item's L codes one level at a time:
-    head input [state, tok(c_1), ..., tok(c_{L-1})] -> logits of level 1..L, each restricted
-    to its level's token range. Training uses every position of every training window (as
-    SASRec does), decoding is ``pysid.beam_search`` over the trie with the head as step_fn."""
+    head input [state, tok(c_1), ..., tok(c_{L-1})] -> logits of level 1..L. Training uses every
+    position of every training window (as SASRec does), decoding is ``pysid.beam_search`` over the
+    trie with the head as step_fn.
+
+    tree_codes [M, L]: the SID table's codes (``sids.codes``). Given, each level's softmax runs over
+    the codes that exist after the prefix (the trie's children), in training as in decoding; without
+    it, over the level's whole codebook (TIGER's training; the trie then only masks at decoding).
+    node_vectors (needs tree_codes): each level's logits also get y . v_n, a learned output vector per
+    node of the SID tree (prefix + code), zero at the start: a hierarchical softmax over the tree,
+    with per-item vectors at the leaves."""
 
     def __init__(self, vocab_sizes, n_items: int, max_len: int, d_model=64, heads=2, layers=2, ff=256,
-                 dropout=0.3, head_layers=1, item_input="both", tie=False):
+                 dropout=0.3, head_layers=1, item_input="both", tie=False, tree_codes=None, node_vectors=False):
         super().__init__()
         if item_input not in ("sid", "id", "both"):
             raise ValueError(f"item_input must be 'sid', 'id' or 'both', got {item_input!r}")
+        if node_vectors and tree_codes is None:
+            raise ValueError("node_vectors needs tree_codes (the SID table's codes)")
         self.item_input = item_input
         _token_layout(self, vocab_sizes)
         self.n_tok = 1 + sum(self.vocab_sizes)          # token 0: padding
@@ -314,13 +323,51 @@ class CausalSID(nn.Module):
         self.tie = tie   # output logits = state . (input SID token embedding) + bias, as SASRec ties items
         self.out = nn.Linear(d_model, self.n_tok, bias=True) if not tie else None
         self.out_bias = nn.Parameter(torch.zeros(self.n_tok)) if tie else None
+        self.tree = tree_codes is not None
+        self.node_out = None
+        if self.tree:
+            n_nodes = self._tree_tables(tree_codes)
+            if node_vectors:
+                self.node_out = nn.ParameterList([nn.Parameter(torch.zeros(n, d_model)) for n in n_nodes])
         for e in (self.tok, self.item, self.pos, self.head_pos):
             if e is not None:
                 nn.init.normal_(e.weight, std=0.05)
                 if e.padding_idx is not None:
                     with torch.no_grad():
                         e.weight[e.padding_idx].zero_()
-        _level_mask(self)
+
+    def _tree_tables(self, codes: torch.Tensor) -> list[int]:
+        """Buffers child_t [n_{t-1}, V_t] (n_{-1} = 1, the root): the depth-(t+1) node id of prefix node q
+        followed by code c, -1 where no item has that prefix. Returns the node count of each depth."""
+        codes = torch.as_tensor(codes, dtype=torch.int64)
+        if codes.dim() != 2 or codes.shape[1] != self.L or codes.shape[0] == 0:
+            raise ValueError(f"tree_codes must be a non-empty [M, {self.L}] code table, got {tuple(codes.shape)}")
+        if bool((codes < 0).any()) or bool((codes >= torch.tensor(self.vocab_sizes)).any()):
+            raise ValueError("tree_codes holds codes outside [0, vocab_sizes)")
+        parent = torch.zeros(codes.shape[0], dtype=torch.int64)   # every item starts at the root
+        counts, n_parent = [], 1
+        for t, v in enumerate(self.vocab_sizes):
+            # node ids in (parent, code) order: the children of a node are a contiguous id range
+            uniq, node = torch.unique(parent * v + codes[:, t], return_inverse=True)
+            child = torch.full((n_parent, v), -1, dtype=torch.int64)
+            child.view(-1)[uniq] = torch.arange(uniq.numel())
+            first = torch.zeros(n_parent + 1, dtype=torch.int64)
+            first[1:] = torch.bincount(uniq // v, minlength=n_parent).cumsum(0)
+            self.register_buffer(f"child_{t}", child, persistent=False)
+            self.register_buffer(f"first_{t}", first, persistent=False)      # children of q: first[q]..first[q+1]
+            self.register_buffer(f"code_{t}", uniq % v, persistent=False)    # each node's own code
+            parent, n_parent = node, uniq.numel()
+            counts.append(n_parent)
+        return counts
+
+    def prefix_nodes(self, prefix: torch.Tensor) -> torch.Tensor:
+        """prefix codes [P, t] -> their tree node ids [P] (0, the root, for t = 0; needs tree_codes).
+        Codes that leave the tree (empty beam slots carry code 0) continue from node 0 of the level:
+        finite logits for rows the beam search discards."""
+        q = torch.zeros(prefix.shape[0], dtype=torch.int64, device=prefix.device)
+        for t in range(prefix.shape[1]):   # a prefix no item has (only a dead beam's) walks on from node 0
+            q = getattr(self, f"child_{t}")[q, prefix[:, t]].clamp_min(0)
+        return q
 
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         return 1 + self.off[:codes.shape[-1]] + codes
@@ -339,27 +386,48 @@ class CausalSID(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=items.device)
         return self.norm(self.backbone(h, mask=causal, is_causal=True))
 
-    def head_logits(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """state [P, d], prefix codes [P, t] (t < L) -> logits [P, t+1, n_tok] for levels 0..t."""
+    def head_states(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """state [P, d], prefix codes [P, t] (t < L) -> the head's output [P, t+1, d] for levels 0..t."""
         t = prefix.shape[1]
         x = state[:, None]
         if t:
             x = torch.cat([x, self.tok(self.codes_to_tokens(prefix))], 1)
         x = x + self.head_pos(torch.arange(t + 1, device=x.device))
         causal = nn.Transformer.generate_square_subsequent_mask(t + 1, device=x.device)
-        y = self.head_norm(self.head(x, mask=causal, is_causal=True))
-        return y @ self.tok.weight.T + self.out_bias if self.tie else self.out(y)
+        return self.head_norm(self.head(x, mask=causal, is_causal=True))
+
+    def level_logits(self, y: torch.Tensor, t: int, prefix: torch.Tensor) -> torch.Tensor:
+        """y [P, d] the head's output at level t, prefix codes [P, t] -> level t's logits [P, V_t]
+        (-inf on codes that do not follow the prefix when the model has tree_codes)."""
+        lo = 1 + int(self.off[t])
+        v = self.vocab_sizes[t]
+        if self.tie:
+            lg = y @ self.tok.weight[lo:lo + v].T + self.out_bias[lo:lo + v]
+        else:
+            lg = F.linear(y, self.out.weight[lo:lo + v], self.out.bias[lo:lo + v])
+        if not self.tree:
+            return lg
+        q = self.prefix_nodes(prefix)
+        if self.node_out is not None:   # y . v_n for the children n of each row's prefix only
+            first = getattr(self, f"first_{t}")
+            lo, cnt = first[q], first[q + 1] - first[q]
+            row = torch.repeat_interleave(torch.arange(q.shape[0], device=q.device), cnt)
+            node = torch.arange(row.shape[0], device=q.device) - (cnt.cumsum(0) - cnt)[row] + lo[row]
+            extra = (y[row] * self.node_out[t][node]).sum(1)
+            lg = lg.index_put((row, getattr(self, f"code_{t}")[node]), extra, accumulate=True)
+        return lg.masked_fill(getattr(self, f"child_{t}")[q] < 0, float("-inf"))
 
     def loss(self, items, codes, target_codes, valid, target_items=None, item_loss: float = 0.0):
         """items/codes: inputs [B, T] / [B, T, L]; target_codes [B, T, L] the next item's codes;
-        valid [B, T] bool: positions with a target. item_loss > 0 (needs an item-id input and
-        target_items [B, T]): plus item_loss x an auxiliary full-softmax next-item loss on the state,
-        scored against the item-id input embeddings (SASRec's tied output); training only, decoding
-        stays the SID head's."""
+        valid [B, T] bool: positions with a target. The mean over levels of each level's cross
+        entropy. item_loss > 0 (needs an item-id input and target_items [B, T]): plus item_loss x an
+        auxiliary full-softmax next-item loss on the state, scored against the item-id input
+        embeddings (SASRec's tied output); training only, decoding stays the SID head's."""
         st = self.states(items, codes)[valid]                         # [P, d]
         tgt = target_codes[valid]                                     # [P, L]
-        logits = self.head_logits(st, tgt[:, :-1]).masked_fill(~self.level_mask, float("-inf"))
-        loss = F.cross_entropy(logits.reshape(-1, self.n_tok), self.codes_to_tokens(tgt).reshape(-1))
+        y = self.head_states(st, tgt[:, :-1])
+        loss = sum(F.cross_entropy(self.level_logits(y[:, t], t, tgt[:, :t]), tgt[:, t])
+                   for t in range(self.L)) / self.L
         if item_loss:
             if self.item is None or target_items is None:
                 raise ValueError("item_loss needs an item-id input (item_input 'id' or 'both') and target_items")
@@ -380,8 +448,7 @@ def causal_recommend(model: CausalSID, items: torch.Tensor, codes: torch.Tensor,
 
             def step_fn(tokens, parent, st=st):
                 t = tokens.shape[1]
-                lo = 1 + int(model.off[t])
-                return model.head_logits(st, tokens)[:, -1, lo:lo + model.vocab_sizes[t]]
+                return model.level_logits(model.head_states(st, tokens)[:, -1], t, tokens)
 
             ex = None if exclude is None else exclude[s:s + batch]
             outs.append(pysid.beam_search(step_fn, trie, B, beam, topk=topk, exclude=ex).items)
@@ -698,7 +765,9 @@ def _run_causal(args, log, results, split, sids, trie, item_codes, pad_item, cat
     seed_all(args.seed)
     model = CausalSID(sids.vocab_sizes, pad_item, args.history, d_model=args.d_model, heads=args.heads,
                       layers=args.layers, ff=args.ff, dropout=args.dropout, head_layers=args.head_layers,
-                      item_input=args.item_input, tie=args.tie_head)
+                      item_input=args.item_input, tie=args.tie_head,
+                      tree_codes=sids.codes if args.head_softmax == "children" else None,
+                      node_vectors=args.node_vectors and args.head_softmax == "children")
     if sas is not None:   # --warm-start sasrec: the SASRec-style model's item, position and transformer weights
         _warm_start(model, sas)
         if args.freeze_backbone:   # train the SID head (and SID token embeddings) only
@@ -832,6 +901,12 @@ def parse_args(argv=None):
     p.add_argument("--item-input", choices=["sid", "id", "both"], default="both",
                    help="--arch causal: each history item enters as its SID tokens, its id embedding or both")
     p.add_argument("--head-layers", type=int, default=1, help="--arch causal: layers of the SID head")
+    p.add_argument("--head-softmax", choices=["children", "codebook"], default="children",
+                   help="--arch causal: each level's softmax over the codes that follow the prefix in the SID "
+                        "tree, in training as in decoding (children), or over the level's whole codebook (TIGER's)")
+    p.add_argument("--node-vectors", action=argparse.BooleanOptionalAction, default=True,
+                   help="--arch causal: a learned output vector per SID-tree node added to the SID head's logits "
+                        "(a hierarchical softmax over the tree; only with --head-softmax children)")
     p.add_argument("--item-loss", type=float, default=0.0,
                    help="--arch causal: weight of an auxiliary full-softmax next-item loss on the backbone state "
                         "(tied to the item-id input embeddings; training only)")

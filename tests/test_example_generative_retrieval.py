@@ -135,9 +135,12 @@ def test_causal_model_decodes_only_catalogue_items():
     codes = torch.stack([torch.arange(60) % 4, (torch.arange(60) // 4) % 5, torch.arange(60) // 20], 1)
     trie = pysid.Trie(codes, item_ids=ids, vocab_sizes=[4, 5, 3])
     item_codes = torch.cat([codes, torch.zeros(1, 3, dtype=torch.int64)])     # row 60: padding item
-    for item_input, tie in (("sid", False), ("id", True), ("both", False), ("both", True)):
+    for item_input, tie, tree, nodes in (("sid", False, False, False), ("id", True, False, False),
+                                         ("both", False, False, False), ("both", True, True, False),
+                                         ("both", False, True, True), ("sid", True, True, True)):
         model = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, layers=1, ff=64,
-                             dropout=0.0, item_input=item_input, tie=tie)
+                             dropout=0.0, item_input=item_input, tie=tie, tree_codes=codes if tree else None,
+                             node_vectors=nodes)
         seq = torch.randint(0, 60, (8, 7))
         seq[0, :4] = 60                                                      # left padding
         inp, out = seq[:, :-1], seq[:, 1:]
@@ -150,7 +153,7 @@ def test_causal_model_decodes_only_catalogue_items():
             loss.backward()
             opt.step()
             losses.append(float(loss))
-        assert math.isfinite(losses[0]) and losses[-1] < 0.5 * losses[0], (item_input, losses[0], losses[-1])
+        assert math.isfinite(losses[0]) and losses[-1] < 0.5 * losses[0], (item_input, tie, tree, losses[0], losses[-1])
         hist = seq[:, :-1]
         items = gr.causal_recommend(model, hist, item_codes[hist], trie, beam=8, topk=5, batch=3)
         assert items.shape == (8, 5) and bool(((items >= 0) & (items < 60)).all())
@@ -159,6 +162,12 @@ def test_causal_model_decodes_only_catalogue_items():
         assert not bool(torch.isin(items, torch.tensor([0, 1, 2])).any())
     with pytest.raises(ValueError, match="item_input"):
         gr.CausalSID([4, 5, 3], n_items=60, max_len=6, item_input="text")
+    with pytest.raises(ValueError, match="node_vectors needs tree_codes"):
+        gr.CausalSID([4, 5, 3], n_items=60, max_len=6, node_vectors=True)
+    with pytest.raises(ValueError, match="outside"):
+        gr.CausalSID([4, 5, 3], n_items=60, max_len=6, tree_codes=codes + 1)
+    with pytest.raises(ValueError, match="code table"):
+        gr.CausalSID([4, 5, 3], n_items=60, max_len=6, tree_codes=codes[:, :2])
     # --item-loss: the SID loss plus w x a full-softmax next-item loss against the item-id input embeddings
     model = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, layers=1, ff=64, dropout=0.0)
     base = model.loss(inp, item_codes[inp], item_codes[out], valid)
@@ -169,6 +178,46 @@ def test_causal_model_decodes_only_catalogue_items():
     sid_only = gr.CausalSID([4, 5, 3], n_items=60, max_len=6, d_model=32, heads=2, ff=64, item_input="sid")
     with pytest.raises(ValueError, match="item-id input"):
         sid_only.loss(inp, item_codes[inp], item_codes[out], valid, out, 1.0)
+
+
+def test_causal_tree_softmax_is_the_tries_children():
+    """tree_codes: each level's logits are finite exactly on the trie's children of the prefix;
+    node vectors start at zero (the same logits as without them) and give per-node capacity."""
+    gr = _load()
+    import pysid
+    g = torch.Generator().manual_seed(1)
+    codes = torch.unique(torch.randint(0, 6, (80, 3), generator=g), dim=0)      # a sparse, random tree
+    codes = codes[torch.randperm(codes.shape[0], generator=g)]
+    trie = pysid.Trie(codes, vocab_sizes=[6, 6, 6])
+    torch.manual_seed(0)
+    plain = gr.CausalSID([6, 6, 6], n_items=codes.shape[0], max_len=4, d_model=16, heads=2, layers=1, ff=32,
+                         dropout=0.0, tree_codes=codes)
+    torch.manual_seed(0)
+    nodes = gr.CausalSID([6, 6, 6], n_items=codes.shape[0], max_len=4, d_model=16, heads=2, layers=1, ff=32,
+                         dropout=0.0, tree_codes=codes, node_vectors=True)
+    assert [p.shape[0] for p in nodes.node_out] == list(trie.num_nodes[1:])
+    # every item's full code walks to its own leaf; the leaves are distinct
+    leaves = plain.prefix_nodes(codes)
+    assert torch.equal(torch.sort(leaves).values, torch.arange(codes.shape[0]))
+    y = torch.randn(codes.shape[0], 16, generator=g)
+    for t in range(3):
+        prefix = codes[:, :t]
+        lg = plain.level_logits(y, t, prefix)
+        child, cnt = trie.children(prefix)
+        want = torch.zeros(codes.shape[0], 6, dtype=torch.int64)
+        want = want.scatter_add_(1, child.clamp_min(0), (child >= 0).long()) > 0
+        assert torch.equal(torch.isfinite(lg), want), t
+        assert torch.equal(torch.isfinite(lg).sum(1), cnt)
+        assert torch.equal(nodes.level_logits(y, t, prefix), lg)        # zero node vectors: the same logits
+        with torch.no_grad():
+            nodes.node_out[t].normal_()
+        moved = nodes.level_logits(y, t, prefix)
+        assert torch.equal(torch.isfinite(moved), want) and not torch.equal(moved, lg)
+        kids = getattr(nodes, f"child_{t}")[nodes.prefix_nodes(prefix)]   # dense: y . v over every node
+        dense = lg + (y @ nodes.node_out[t].T).gather(1, kids.clamp_min(0))
+        torch.testing.assert_close(moved[want], dense[want])
+    # codes that leave the tree (an empty beam slot's) still give finite rows on some node's children
+    assert bool(torch.isfinite(plain.level_logits(y[:2], 2, torch.tensor([[5, 5], [0, 0]]))).any(1).all())
 
 
 @pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
