@@ -38,7 +38,14 @@ Pipeline (one process, one split, every method measured on the same users):
    next item's codes level by level from the state after each position. Every position of every
    training window is a training target (as in SASRec), so it learns faster per CPU minute than
    the encoder-decoder (on Toys; bench/RESULTS.md, 2026-12-05); decoding is the same
-   trie-constrained beam search, with the head as step function.
+   trie-constrained beam search, with the head as step function. Its softmax at each level runs
+   over the codes that exist after the prefix (the trie's children; ``--head-softmax children``, the
+   default), in training as in decoding, instead of over the level's whole codebook (``codebook``,
+   TIGER's): the model never spends probability on SIDs that are no item. ``--node-vectors`` (default
+   on): each level's logits also get y . v_n, a learned output vector per node of the SID tree
+   (prefix + code; per item at the leaves), a hierarchical softmax over the tree; computed for the
+   prefix's children only. examples/sid_head_probe.py measures what each costs on the frozen
+   states of the SASRec-style model (bench/RESULTS.md, 2026-12-05).
    ``--collab sasrec``: the SIDs' collaborative vectors are the item embeddings of the SASRec-style
    baseline, trained first (``--collab-cpu-minutes``; it is then the table's SASRec row).
    ``--warm-start sasrec``: CausalSID's backbone (item embeddings, positions, layers) starts from that
@@ -417,6 +424,12 @@ class CausalSID(nn.Module):
             lg = lg.index_put((row, getattr(self, f"code_{t}")[node]), extra, accumulate=True)
         return lg.masked_fill(getattr(self, f"child_{t}")[q] < 0, float("-inf"))
 
+    def head_loss(self, state: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """state [P, d], target_codes [P, L] -> the mean over levels of each level's cross entropy."""
+        y = self.head_states(state, target_codes[:, :-1])
+        return sum(F.cross_entropy(self.level_logits(y[:, t], t, target_codes[:, :t]), target_codes[:, t])
+                   for t in range(self.L)) / self.L
+
     def loss(self, items, codes, target_codes, valid, target_items=None, item_loss: float = 0.0):
         """items/codes: inputs [B, T] / [B, T, L]; target_codes [B, T, L] the next item's codes;
         valid [B, T] bool: positions with a target. The mean over levels of each level's cross
@@ -424,10 +437,7 @@ class CausalSID(nn.Module):
         auxiliary full-softmax next-item loss on the state, scored against the item-id input
         embeddings (SASRec's tied output); training only, decoding stays the SID head's."""
         st = self.states(items, codes)[valid]                         # [P, d]
-        tgt = target_codes[valid]                                     # [P, L]
-        y = self.head_states(st, tgt[:, :-1])
-        loss = sum(F.cross_entropy(self.level_logits(y[:, t], t, tgt[:, :t]), tgt[:, t])
-                   for t in range(self.L)) / self.L
+        loss = self.head_loss(st, target_codes[valid])
         if item_loss:
             if self.item is None or target_items is None:
                 raise ValueError("item_loss needs an item-id input (item_input 'id' or 'both') and target_items")
@@ -443,17 +453,21 @@ def causal_recommend(model: CausalSID, items: torch.Tensor, codes: torch.Tensor,
     with torch.inference_mode():
         for s in tqdm(range(0, items.shape[0], batch), desc=desc, leave=False, disable=desc is None):
             st = model.states(items[s:s + batch], codes[s:s + batch])[:, -1]
-            B = st.shape[0]
-            st = st.repeat_interleave(beam, 0)
-
-            def step_fn(tokens, parent, st=st):
-                t = tokens.shape[1]
-                return model.level_logits(model.head_states(st, tokens)[:, -1], t, tokens)
-
             ex = None if exclude is None else exclude[s:s + batch]
-            outs.append(pysid.beam_search(step_fn, trie, B, beam, topk=topk, exclude=ex).items)
+            outs.append(sid_head_decode(model, st, trie, beam, topk, ex))
     model.train()
     return torch.cat(outs) if outs else torch.empty(0, topk, dtype=torch.int64)
+
+
+def sid_head_decode(model: CausalSID, state: torch.Tensor, trie, beam: int, topk: int, exclude=None) -> torch.Tensor:
+    """The SID head as pysid.beam_search's step function from states [B, d]: item ids [B, topk]."""
+    B = state.shape[0]
+    st = state.repeat_interleave(beam, 0)
+
+    def step_fn(tokens, parent):
+        return model.level_logits(model.head_states(st, tokens)[:, -1], tokens.shape[1], tokens)
+
+    return pysid.beam_search(step_fn, trie, B, beam, topk=topk, exclude=exclude).items
 
 
 # ----------------------------------------------------------------------------- SASRec

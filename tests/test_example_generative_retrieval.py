@@ -309,3 +309,34 @@ def test_retrieval_table(tmp_path):
     assert "| toys | TIGER (pysid) | hybrid / reassign | 11.7 % | 3 | 0.0100 | 0.0200 |" in lines[-1]
     assert "| 7 | 5.0 | 9.5 | cpu budget | hybrid.json |" in lines[-1]
     assert "text / suffix | 11.7 % | 4 |" in lines[-2]
+
+
+@pytest.mark.skipif(not os.path.exists(TOYS), reason="Amazon Toys file not available")
+def test_sid_head_probe(tmp_path):
+    """examples/sid_head_probe.py: the exact-marginal ceiling with a beam that keeps every prefix is the
+    item softmax's own top 10; every SID-head variant trains on the frozen states and decodes valid items;
+    a saved SASRec state loads back to the same row."""
+    spec = importlib.util.spec_from_file_location("sid_head_probe", os.path.join(ROOT, "examples", "sid_head_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    base = ["--data", TOYS, "--max-users", "200", "--val-users", "16", "--codebook-size", "16", "--beam", "10",
+            "--d-model", "32", "--sas-d-model", "32", "--ff", "64", "--heads", "2", "--quiet", "--threads", "1",
+            "--probe-epochs", "2", "--probe-batch", "256", "--ceiling-beams", "10,1000000"]
+    sas = str(tmp_path / "sas.pt")
+    res = probe.main(base + ["--sas-cpu-minutes", "0.02", "--save-sasrec", sas, "--out", str(tmp_path / "p.json")])
+    rows = res["rows"]
+    assert set(rows) == {"SASRec item softmax", "ceiling: item softmax through the SID tree, beam 10",
+                         "ceiling: item softmax through the SID tree, beam 1000000",
+                         "SID head: codebook", "SID head: children", "SID head: nodes"}
+    full = rows["ceiling: item softmax through the SID tree, beam 1000000"]
+    assert all(full[k] == pytest.approx(rows["SASRec item softmax"][k]) for k in ("R@5", "R@10", "N@5", "N@10"))
+    assert all(r["invalid_rate"] == 0.0 for r in rows.values())
+    assert all(1 <= rows[f"SID head: {v}"]["epochs"] <= 2 for v in ("codebook", "children", "nodes"))
+    assert json.loads((tmp_path / "p.json").read_text())["rows"].keys() == rows.keys()
+    again = probe.main(base + ["--sasrec-state", sas, "--variants", "children"])
+    assert again["rows"]["SASRec item softmax"]["R@10"] == rows["SASRec item softmax"]["R@10"]
+    assert again["rows"]["SID head: children"]["R@10"] == rows["SID head: children"]["R@10"]   # deterministic
+    with pytest.raises(SystemExit):
+        probe.main(base + ["--variants", "softmax"])
+    with pytest.raises(SystemExit):
+        probe.main(base + ["--sas-d-model", "64"])
