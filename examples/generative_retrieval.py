@@ -372,7 +372,7 @@ class CausalSID(nn.Module):
         Codes that leave the tree (empty beam slots carry code 0) continue from node 0 of the level:
         finite logits for rows the beam search discards."""
         q = torch.zeros(prefix.shape[0], dtype=torch.int64, device=prefix.device)
-        for t in range(prefix.shape[1]):   # a prefix no item has (only a dead beam's) walks on from node 0
+        for t in range(prefix.shape[1]):
             q = getattr(self, f"child_{t}")[q, prefix[:, t]].clamp_min(0)
         return q
 
@@ -417,9 +417,9 @@ class CausalSID(nn.Module):
         q = self.prefix_nodes(prefix)
         if self.node_out is not None:   # y . v_n for the children n of each row's prefix only
             first = getattr(self, f"first_{t}")
-            lo, cnt = first[q], first[q + 1] - first[q]
+            start, cnt = first[q], first[q + 1] - first[q]
             row = torch.repeat_interleave(torch.arange(q.shape[0], device=q.device), cnt)
-            node = torch.arange(row.shape[0], device=q.device) - (cnt.cumsum(0) - cnt)[row] + lo[row]
+            node = torch.arange(row.shape[0], device=q.device) - (cnt.cumsum(0) - cnt)[row] + start[row]
             extra = (y[row] * self.node_out[t][node]).sum(1)
             lg = lg.index_put((row, getattr(self, f"code_{t}")[node]), extra, accumulate=True)
         return lg.masked_fill(getattr(self, f"child_{t}")[q] < 0, float("-inf"))
