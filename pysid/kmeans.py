@@ -291,15 +291,16 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     u0 = torch.rand((1,), generator=g, dtype=torch.float64).to(dev)
     us = torch.rand((rounds, ell), generator=g, dtype=torch.float64).to(dev)
     ones = torch.ones(n, dtype=torch.float32, device=dev)
+    assign = eng.assign_seed if eng.assign_seed is not None and x.dtype != torch.float64 else eng.assign
     idx, mine = _draw(eng.cumulative(w32 if w32 is not None else ones), u0, comm)
     cands = [_take(x, idx, mine, comm)]
-    _, mind = eng.assign(x, cands[0])
+    _, mind = assign(x, cands[0])
     mind = mind.to(torch.float32)
     owner = torch.zeros(n, dtype=torch.int64, device=dev)
     for r in range(rounds):
         idx, mine = _draw(eng.cumulative(mind if w32 is None else w32 * mind), us[r], comm)
         c = _take(x, idx, mine, comm)
-        code, dist = eng.assign(x, c)
+        code, dist = assign(x, c)
         dist = dist.to(torch.float32)
         owner = torch.where(dist < mind, code + (1 + r * ell), owner)  # ties: the earlier candidate
         mind = torch.minimum(mind, dist)
@@ -710,7 +711,7 @@ def _subsample(x: Tensor, w: Tensor | None, k: int, n_total: int, init_sample: i
 def _skip_exact_rows(r: Tensor, w: Tensor | None, k: int, comm: _Comm) -> Tensor | None:
     """Seeding weights of residual rows r [N, D]: ``w`` (or 1), and 0 on rows that are all
     zero, when at least k rows of positive weight remain over all ranks; else ``w``."""
-    live = (r != 0).any(1)
+    live = (r.amax(1) > 0) | (r.amin(1) < 0)  # not all zero (-0.0 included); no [N, D] temporary
     if w is not None:
         live &= w > 0
     n_live = int(comm.sum(live.sum()[None].to(torch.int64))[0])
@@ -835,5 +836,6 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
         books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
         codes.append(res.assignments)
         if lvl + 1 < levels:
-            r = (r.to(books[-1].dtype) - books[-1][res.assignments]).to(r.dtype if r.dtype == torch.float64 else torch.float32)
+            r = (r.to(books[-1].dtype) - books[-1].index_select(0, res.assignments)).to(
+                r.dtype if r.dtype == torch.float64 else torch.float32)
     return books, codes
