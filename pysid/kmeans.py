@@ -836,6 +836,20 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
         books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
         codes.append(res.assignments)
         if lvl + 1 < levels:
-            r = (r.to(books[-1].dtype) - books[-1].index_select(0, res.assignments)).to(
-                r.dtype if r.dtype == torch.float64 else torch.float32)
+            r = _next_residual(r, books[-1], res.assignments, own=lvl > 0)
     return books, codes
+
+
+_RESIDUAL_ROWS = 4096  # rows per chunk of _next_residual (its temporaries stay in cache)
+
+
+def _next_residual(r: Tensor, book: Tensor, codes: Tensor, own: bool) -> Tensor:
+    """``r - book[codes]`` (float32; float64 for float64 r) in row chunks, written into r itself
+    when ``own`` (r is this function's earlier output): no [N, D] temporaries, the same bits."""
+    dt = torch.float64 if r.dtype == torch.float64 else torch.float32
+    book = book.to(dt)
+    out = r if own and r.dtype == dt and r.is_contiguous() else torch.empty(r.shape, dtype=dt, device=r.device)
+    for i in range(0, r.shape[0], _RESIDUAL_ROWS):
+        j = i + _RESIDUAL_ROWS
+        torch.sub(r[i:j].to(dt), book.index_select(0, codes[i:j]), out=out[i:j])
+    return out
