@@ -22,10 +22,15 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   ~15-40 Lloyd iterations (memory-bound passes of a few candidates each).
 * ``init="k-means||"`` (Bahmani et al. 2012; cuML and cuVS seed this way): one weighted
   draw, then 2 rounds that each draw 2k rows with probability proportional to ``w_i D_i``
-  (with replacement) and update every ``D_i`` with one pass of the exact assignment kernel
+  (with replacement) and update every ``D_i`` with one pass of an assignment kernel
   (compute-bound, like a Lloyd assignment); each of the 4k + 1 candidates is weighted by
   the rows nearest to it, and greedy k-means++ on the weighted candidates picks the k
-  centres. About 4 Lloyd assignments of work. On MiniLM text (Amazon Toys / Sports items,
+  centres. About 4 Lloyd assignments of work. The rounds' distances only weight the draws
+  and the candidates: on the C++ kernels (``KMeansEngine.assign_seed``) they are computed
+  from bfloat16-rounded values (AVX512_BF16's ``vdpbf16ps`` where the CPU has it, else a
+  float32 emulation with the same bits on every path: ``pysid.reference.kmeans.
+  kmeans_assign_bf16_ref``), ~1.7x faster than the exact kernel; elsewhere (reference,
+  Triton, float64) by the exact assignment. On MiniLM text (Amazon Toys / Sports items,
   3 x 256 residual k-means) it seeds better than k-means++ on every row (lower final error
   and fewer collisions; bench/RESULTS.md, 2026-12-04). If the candidates hold fewer than k
   distinct rows of positive weight (data with few distinct rows), k-means++ seeds instead.
@@ -279,7 +284,8 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     One weighted draw gives the first candidate; each of ``rounds`` rounds then draws ``ell``
     rows with replacement, with probability proportional to ``w_i * D_i`` (``D_i``: squared
     distance to the nearest candidate so far), and one assignment pass of x to the new rows
-    (``eng.assign``: the exact nearest-codeword kernel, compute-bound) updates every row's
+    (``eng.assign_seed`` where the engine has it: bfloat16 distances; else ``eng.assign``, the
+    exact nearest-codeword kernel; compute-bound) updates every row's
     ``D_i`` and nearest candidate. Each candidate is then weighted by the weight of the rows
     nearest to it (ties: the earlier candidate), and greedy k-means++ (``trials`` candidates
     per step) picks k centres among the 1 + rounds * ell candidates. Cost: ``rounds`` passes
