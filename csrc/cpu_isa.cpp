@@ -42,7 +42,7 @@ int cpu_isa_level() {
 }
 
 bool cpu_bf16_dot() {
-#if defined(PYSID_X86) && (defined(__GNUC__) || defined(__clang__))
+#if defined(PYSID_X86) && defined(PYSID_BF16) && (defined(__GNUC__) || defined(__clang__))
   static const bool hw = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16") != 0;

@@ -258,7 +258,7 @@ int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const flo
 // ------------------------------------------------- k-means|| seeding assignment (bfloat16)
 namespace {
 kmcpu::SeedFn pick_seed() {
-#if defined(PYSID_X86)
+#if defined(PYSID_X86) && defined(PYSID_BF16)
   if (cpu_bf16_dot()) return kmcpu::km_seed_avx512bf16;
 #endif
   const int level = cpu_isa_level();

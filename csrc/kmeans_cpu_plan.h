@@ -94,7 +94,7 @@ void km_seed_scalar(const SeedArgs&, int64_t, int64_t, float*);
 #if defined(PYSID_X86)
 void km_seed_avx2(const SeedArgs&, int64_t, int64_t, float*);
 void km_seed_avx512(const SeedArgs&, int64_t, int64_t, float*);
-void km_seed_avx512bf16(const SeedArgs&, int64_t, int64_t, float*);  // vdpbf16ps (kmeans_cpu_bf16.cpp)
+void km_seed_avx512bf16(const SeedArgs&, int64_t, int64_t, float*);  // vdpbf16ps (kmeans_cpu_bf16.cpp, PYSID_BF16)
 #endif
 
 // x rounded to bfloat16 (round to nearest even), as the upper 16 bits of a float; |x| < 2^-56
