@@ -10,6 +10,8 @@
 //   kmeans_assign_bounded(x, n, d, centroids, k, shift, codes, distances, lower, xnorm2) -> searched
 //   kmeans_assign_topm(x, n, d, centroids, k, m, codes, distances, cand)
 //   kmeans_assign_candidates(x, n, d, centroids, k, cand, m, codes, distances)
+//   kmeans_assign_bf16(x, n, d, cand, k, codes, distances)
+//   kmeans_seed_path() -> the path kmeans_assign_bf16 takes ("avx512bf16", "avx512", "avx2", "scalar")
 //   kmeanspp_panel_floats(n, d) -> floats of kmeanspp_pack's panels
 // Shapes, dtypes and semantics: kmeans.h. weights / shift may be 0 (null).
 #include <pybind11/pybind11.h>
@@ -131,6 +133,20 @@ void pysid_bind_kmeans(py::module_& m) {
       py::arg("x"), py::arg("n"), py::arg("d"), py::arg("centroids"), py::arg("k"), py::arg("cand"), py::arg("m"),
       py::arg("codes"), py::arg("distances"),
       "The assignment restricted to each row's candidates (kmeans.h: kmeans_assign_candidates_cpu).");
+  m.def(
+      "kmeans_assign_bf16",
+      [](std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t cand, int64_t k, std::uintptr_t codes,
+         std::uintptr_t distances) {
+        int status;
+        PYSID_NOGIL(status = pysid::kmeans_assign_bf16_cpu(ptr<const float>(x), n, d, ptr<const float>(cand), k,
+                                                           ptr<int32_t>(codes), ptr<float>(distances)));
+        pysid::raise_for_status(status, "kmeans_assign_bf16");
+      },
+      py::arg("x"), py::arg("n"), py::arg("d"), py::arg("cand"), py::arg("k"), py::arg("codes"),
+      py::arg("distances"),
+      "The k-means|| seeding assignment in bfloat16 (kmeans.h: kmeans_assign_bf16_cpu).");
+  m.def("kmeans_seed_path", [] { return std::string(pysid::kmeans_seed_path()); },
+        "The path kmeans_assign_bf16 takes now (PYSID_CPU_ISA / PYSID_CPU_BF16 lower it).");
   m.def("kmeanspp_panel_floats", &pysid::kmeanspp_panel_floats, py::arg("n"), py::arg("d"),
         "Floats of kmeanspp_pack's panels for N rows of D values.");
   m.attr("kmeanspp_max_candidates") = pysid::kmeanspp_max_candidates;

@@ -41,6 +41,20 @@ int cpu_isa_level() {
   return level;
 }
 
+bool cpu_bf16_dot() {
+#if defined(PYSID_X86) && defined(PYSID_BF16) && (defined(__GNUC__) || defined(__clang__))
+  static const bool hw = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  if (!hw || cpu_isa_level() != kIsaAvx512) return false;
+  const char* env = std::getenv("PYSID_CPU_BF16");
+  return !(env && std::strcmp(env, "0") == 0);
+#else
+  return false;
+#endif
+}
+
 const char* cpu_isa_name(int level) {
   return level == kIsaAvx512 ? "avx512" : level == kIsaAvx2 ? "avx2" : "scalar";
 }

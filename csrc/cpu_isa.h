@@ -13,6 +13,12 @@ int cpu_isa_level();
 // Name of a level ("avx512", "avx2", "scalar"); cpu_isa() (rq.h) = the chosen one's.
 const char* cpu_isa_name(int level);
 
+// Whether the AVX-512 path may use AVX512_BF16's vdpbf16ps (the k-means|| seeding assignment):
+// the build has it (PYSID_BF16: the compiler knows -mavx512bf16), the hardware has it, the path is
+// AVX-512, and PYSID_CPU_BF16 is not "0" (tests set it to compare the emulation with the
+// instruction). Read on every call.
+bool cpu_bf16_dot();
+
 }  // namespace pysid
 
 // The <fn>_scalar / <fn>_avx2 / <fn>_avx512 variant of a per-ISA kernel for `level`

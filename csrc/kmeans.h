@@ -118,6 +118,23 @@ int kmeans_assign_topm_cpu(const float* x, int64_t n, int64_t d, const float* ce
 int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const float* centroids, int64_t k,
                                  const int32_t* cand, int64_t m, int32_t* codes, float* distances);
 
+// The k-means|| seeding assignment: each row's nearest candidate by distances computed from
+// bfloat16-rounded values (cheaper than the exact kernel; the distances only weight the random
+// draws of the seeding and the candidates' weights).
+//   x [n, d] float32, cand [k, d] float32 (1 <= k <= INT32_MAX - 16)
+//   codes [n] int32: argmin_j s_j, s_j = cn_j - 2 x.c_j (ties: the lowest j), where every
+//                value is rounded to bfloat16 (nearest even; |v| < 2^-56 -> 0) and each dot
+//                product (and the squared norm cn_j) is accumulated in float32 over the pairs
+//                (v[2g], v[2g + 1]), g = 0, 1, ...: s += odd product, then s += even product
+//                (0 past d): vdpbf16ps's order, whose products are exact
+//   dist  [n] float32: max(0, xn + s_code), xn the row's squared norm computed the same way
+// The same bits on every path (the AVX512_BF16 instruction and the float32 emulation of the
+// scalar / AVX2 / AVX-512 paths) and for any number of threads.
+int kmeans_assign_bf16_cpu(const float* x, int64_t n, int64_t d, const float* cand, int64_t k, int32_t* codes,
+                           float* dist);
+// The path kmeans_assign_bf16_cpu takes now: "avx512bf16", "avx512", "avx2" or "scalar".
+const char* kmeans_seed_path();
+
 // The fixed chunk sizes (part of the summation-order contract above).
 int64_t kmeans_update_chunk_rows();
 int64_t kmeanspp_chunk_rows();

@@ -21,6 +21,7 @@
 #include "simd_scalar.h"
 
 #include "kmeans_cpu_kernel.h"  // the portable path: km_update_scalar, km_pp_scalar
+#include "kmeans_seed_kernel.h"  // km_seed_scalar
 
 namespace pysid {
 
@@ -250,6 +251,75 @@ int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const flo
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t i0 = c * kCandChunk;
     kern.cand(x, i0, (n - i0 < kCandChunk) ? n : i0 + kCandChunk, d, centroids, cnorm, cand, m, codes, distances);
+  }
+  return kOk;
+}
+
+// ------------------------------------------------- k-means|| seeding assignment (bfloat16)
+namespace {
+kmcpu::SeedFn pick_seed() {
+#if defined(PYSID_X86) && defined(PYSID_BF16)
+  if (cpu_bf16_dot()) return kmcpu::km_seed_avx512bf16;
+#endif
+  const int level = cpu_isa_level();
+  return PYSID_BY_ISA(level, kmcpu::km_seed);
+}
+}  // namespace
+
+const char* kmeans_seed_path() {
+  if (cpu_bf16_dot()) return "avx512bf16";
+  return cpu_isa_name(cpu_isa_level());
+}
+
+int kmeans_assign_bf16_cpu(const float* x, int64_t n, int64_t d, const float* cand, int64_t k, int32_t* codes,
+                           float* dist) {
+  using kmcpu::kSeedBlockRows;
+  using kmcpu::kSeedPanel;
+  if (n < 0 || d < 1 || k < 1 || k > INT32_MAX - kSeedPanel) return kBadArgument;
+  if (n == 0) return kOk;
+  if (!x || !cand || !codes || !dist) return kBadArgument;
+  const bool hw = cpu_bf16_dot();
+  const kmcpu::SeedFn fn = pick_seed();
+  const int64_t d2 = (d + 1) / 2, np = (k + kSeedPanel - 1) / kSeedPanel;
+  AlignedBuf cbuf, nbuf, tbuf;
+  const int64_t cfloats = hw ? np * d2 * kSeedPanel : np * d2 * 2 * kSeedPanel;  // words or floats
+  if (!cbuf.alloc(4 * cfloats) || !nbuf.alloc(4 * np * kSeedPanel) || !tbuf.alloc(4 * 2 * d2)) return kOutOfMemory;
+  uint32_t* cw = static_cast<uint32_t*>(cbuf.p);
+  float* cf = static_cast<float*>(cbuf.p);
+  float* cn = static_cast<float*>(nbuf.p);
+  float* row = static_cast<float*>(tbuf.p);
+  for (int64_t j = 0; j < np * kSeedPanel; ++j) {
+    const int64_t p = j / kSeedPanel, l = j % kSeedPanel;
+    if (j < k) {
+      kmcpu::seed_row(cand + j * d, d, d2, row);
+      cn[j] = kmcpu::seed_sqnorm(row, d2);
+    } else {
+      for (int64_t t = 0; t < 2 * d2; ++t) row[t] = 0.0f;
+      cn[j] = __builtin_inff();  // padding: never the minimum
+    }
+    for (int64_t g = 0; g < d2; ++g) {
+      if (hw) {
+        const uint32_t u = static_cast<uint32_t>(kmcpu::seed_bf16(row[2 * g])) << 16 | kmcpu::seed_bf16(row[2 * g + 1]);
+        cw[(p * d2 + g) * kSeedPanel + l] = u;
+      } else {
+        cf[(p * d2 + g) * 2 * kSeedPanel + l] = row[2 * g];
+        cf[(p * d2 + g) * 2 * kSeedPanel + kSeedPanel + l] = row[2 * g + 1];
+      }
+    }
+  }
+  kmcpu::SeedArgs args{x, d, d2, np, hw ? cw : nullptr, hw ? nullptr : cf, cn, codes, dist};
+  const int64_t nblocks = (n + kSeedBlockRows - 1) / kSeedBlockRows;
+  int nthreads = omp_get_max_threads();
+  if (nblocks < 2 || static_cast<double>(n) * k * d < kBoundedParallelMinWork) nthreads = 1;
+  if (nthreads > nblocks) nthreads = static_cast<int>(nblocks);
+  const int64_t per_thread = (kmcpu::seed_scratch_floats(d2) + 15) / 16 * 16;
+  AlignedBuf scratch;
+  if (!scratch.alloc(static_cast<int64_t>(sizeof(float)) * per_thread * nthreads)) return kOutOfMemory;
+  float* sbase = static_cast<float*>(scratch.p);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t i0 = b * kSeedBlockRows;
+    fn(args, i0, n - i0 < kSeedBlockRows ? n - i0 : kSeedBlockRows, sbase + per_thread * omp_get_thread_num());
   }
   return kOk;
 }

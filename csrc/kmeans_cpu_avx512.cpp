@@ -7,3 +7,4 @@
 #include "simd_avx512.h"
 
 #include "kmeans_cpu_kernel.h"
+#include "kmeans_seed_kernel.h"

@@ -632,68 +632,124 @@ void assign_topm(const Plan& p, int64_t i0, int64_t m, float* scratch, int64_t m
 // ||c||^2 - 2 x.c (cnorm: the centroids' squared norms) among cand[i * mc .. + mc), the
 // first in list order among equal scores; its distance is ||x - c||^2 from the differences.
 // The dot products run over d in W-wide chunks, four candidates at a time.
-void assign_cand(const float* xall, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
-                 const int32_t* cand, int64_t mc, int32_t* codes, float* dist) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const float* x = xall + i * d;
-    const int32_t* cr = cand + i * mc;
-    if (i + 1 < i1) prefetch_row(x + d, d);
-    float best = __builtin_inff();
-    int32_t bk = cr[0];
-    int64_t j = 0;
-    for (; j + 4 <= mc; j += 4) {
-      const float* c0 = cb + static_cast<int64_t>(cr[j]) * d;
-      const float* c1 = cb + static_cast<int64_t>(cr[j + 1]) * d;
-      const float* c2 = cb + static_cast<int64_t>(cr[j + 2]) * d;
-      const float* c3 = cb + static_cast<int64_t>(cr[j + 3]) * d;
-      V a0 = Isa::zero(), a1 = Isa::zero(), a2 = Isa::zero(), a3 = Isa::zero();
-      int64_t e = 0;
-      for (; e + W <= d; e += W) {
-        const V xv = Isa::load(x + e);
-        a0 = Isa::fmadd(xv, Isa::load(c0 + e), a0);
-        a1 = Isa::fmadd(xv, Isa::load(c1 + e), a1);
-        a2 = Isa::fmadd(xv, Isa::load(c2 + e), a2);
-        a3 = Isa::fmadd(xv, Isa::load(c3 + e), a3);
-      }
-      float s[4] = {Isa::hsum(a0), Isa::hsum(a1), Isa::hsum(a2), Isa::hsum(a3)};
-      for (; e < d; ++e) {
-        s[0] += x[e] * c0[e];
-        s[1] += x[e] * c1[e];
-        s[2] += x[e] * c2[e];
-        s[3] += x[e] * c3[e];
-      }
-      for (int q = 0; q < 4; ++q) {
-        const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
-        if (sc < best) {
-          best = sc;
-          bk = cr[j + q];
-        }
-      }
-    }
-    for (; j < mc; ++j) {
-      const float* c = cb + static_cast<int64_t>(cr[j]) * d;
-      V a = Isa::zero();
-      int64_t e = 0;
-      for (; e + W <= d; e += W) a = Isa::fmadd(Isa::load(x + e), Isa::load(c + e), a);
-      float s = Isa::hsum(a);
-      for (; e < d; ++e) s += x[e] * c[e];
-      const float sc = cnorm[cr[j]] - 2.0f * s;
-      if (sc < best) {
-        best = sc;
-        bk = cr[j];
-      }
-    }
-    codes[i] = bk;
-    const float* c = cb + static_cast<int64_t>(bk) * d;
-    V a = Isa::zero();
+// The candidate of least score ||c||^2 - 2 x.c among cr[0 .. mc) (the first in list order among
+// equal scores).
+inline int32_t cand_code(const float* x, const int32_t* cr, int64_t mc, int64_t d, const float* cb,
+                         const float* cnorm) {
+  float best = __builtin_inff();
+  int32_t bk = cr[0];
+  int64_t j = 0;
+  // eight candidates at a time: eight independent FMA chains (four leave the FMA units half
+  // idle on the chains' latency); each candidate's sum is the same sequence as below
+  for (; j + 8 <= mc; j += 8) {
+    const float* cp[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) cp[q] = cb + static_cast<int64_t>(cr[j + q]) * d;
+    V a[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) a[q] = Isa::zero();
     int64_t e = 0;
     for (; e + W <= d; e += W) {
-      const V df = Isa::sub(Isa::load(x + e), Isa::load(c + e));
-      a = Isa::fmadd(df, df, a);
+      const V xv = Isa::load(x + e);
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) a[q] = Isa::fmadd(xv, Isa::load(cp[q] + e), a[q]);
     }
+    float s[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) s[q] = Isa::hsum(a[q]);
+    for (; e < d; ++e) {
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) s[q] += x[e] * cp[q][e];
+    }
+    for (int q = 0; q < 8; ++q) {
+      const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
+      if (sc < best) {
+        best = sc;
+        bk = cr[j + q];
+      }
+    }
+  }
+  for (; j + 4 <= mc; j += 4) {
+    const float* c0 = cb + static_cast<int64_t>(cr[j]) * d;
+    const float* c1 = cb + static_cast<int64_t>(cr[j + 1]) * d;
+    const float* c2 = cb + static_cast<int64_t>(cr[j + 2]) * d;
+    const float* c3 = cb + static_cast<int64_t>(cr[j + 3]) * d;
+    V a0 = Isa::zero(), a1 = Isa::zero(), a2 = Isa::zero(), a3 = Isa::zero();
+    int64_t e = 0;
+    for (; e + W <= d; e += W) {
+      const V xv = Isa::load(x + e);
+      a0 = Isa::fmadd(xv, Isa::load(c0 + e), a0);
+      a1 = Isa::fmadd(xv, Isa::load(c1 + e), a1);
+      a2 = Isa::fmadd(xv, Isa::load(c2 + e), a2);
+      a3 = Isa::fmadd(xv, Isa::load(c3 + e), a3);
+    }
+    float s[4] = {Isa::hsum(a0), Isa::hsum(a1), Isa::hsum(a2), Isa::hsum(a3)};
+    for (; e < d; ++e) {
+      s[0] += x[e] * c0[e];
+      s[1] += x[e] * c1[e];
+      s[2] += x[e] * c2[e];
+      s[3] += x[e] * c3[e];
+    }
+    for (int q = 0; q < 4; ++q) {
+      const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
+      if (sc < best) {
+        best = sc;
+        bk = cr[j + q];
+      }
+    }
+  }
+  for (; j < mc; ++j) {
+    const float* c = cb + static_cast<int64_t>(cr[j]) * d;
+    V a = Isa::zero();
+    int64_t e = 0;
+    for (; e + W <= d; e += W) a = Isa::fmadd(Isa::load(x + e), Isa::load(c + e), a);
     float s = Isa::hsum(a);
-    for (; e < d; ++e) s += (x[e] - c[e]) * (x[e] - c[e]);
-    dist[i] = s;
+    for (; e < d; ++e) s += x[e] * c[e];
+    const float sc = cnorm[cr[j]] - 2.0f * s;
+    if (sc < best) {
+      best = sc;
+      bk = cr[j];
+    }
+  }
+  return bk;
+}
+
+// ||x - c||^2 from the differences (one accumulator over W-wide chunks, then the tail) for two rows
+// at once (two independent chains; each row's sum is the same sequence as for one row).
+inline void cand_dist2(const float* xa, const float* ca, const float* xb, const float* cb2, int64_t d, float* da,
+                       float* db) {
+  V a = Isa::zero(), b = Isa::zero();
+  int64_t e = 0;
+  for (; e + W <= d; e += W) {
+    const V dfa = Isa::sub(Isa::load(xa + e), Isa::load(ca + e));
+    const V dfb = Isa::sub(Isa::load(xb + e), Isa::load(cb2 + e));
+    a = Isa::fmadd(dfa, dfa, a);
+    b = Isa::fmadd(dfb, dfb, b);
+  }
+  float sa = Isa::hsum(a), sb = Isa::hsum(b);
+  for (int64_t t = e; t < d; ++t) sa += (xa[t] - ca[t]) * (xa[t] - ca[t]);
+  for (int64_t t = e; t < d; ++t) sb += (xb[t] - cb2[t]) * (xb[t] - cb2[t]);
+  *da = sa;
+  *db = sb;
+}
+
+void assign_cand(const float* xall, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
+                 const int32_t* cand, int64_t mc, int32_t* codes, float* dist) {
+  // rows in pairs: the two distance chains (one accumulator each, latency-bound) run side by side
+  for (int64_t i = i0; i < i1; i += 2) {
+    const int64_t i2 = i + 1 < i1 ? i + 1 : i;  // an odd last row is paired with itself
+    const float* xa = xall + i * d;
+    const float* xb = xall + i2 * d;
+    if (i + 2 < i1) prefetch_row(xa + 2 * d, d);
+    if (i + 3 < i1) prefetch_row(xa + 3 * d, d);
+    const int32_t ka = cand_code(xa, cand + i * mc, mc, d, cb, cnorm);
+    const int32_t kb = i2 == i ? ka : cand_code(xb, cand + i2 * mc, mc, d, cb, cnorm);
+    float da, db;
+    cand_dist2(xa, cb + static_cast<int64_t>(ka) * d, xb, cb + static_cast<int64_t>(kb) * d, d, &da, &db);
+    codes[i] = ka;
+    dist[i] = da;
+    codes[i2] = kb;
+    dist[i2] = db;
   }
 }
 

@@ -7,6 +7,7 @@ summation orders and determinism: csrc/kmeans.h.
     kmeans_update(x, codes, weights, k) -> (sums [k, D] float64, counts [k] float64)
     kmeanspp_candidates(x, cand, mind, weights) -> (dist [N, T] float32, pot [T] float64)
     kmeanspp_commit(dist, best, mind, weights) -> cum [N] float64   (mind updated in place)
+    kmeans_assign_bf16(x, cand) -> (codes [N] int32, dist [N] float32)
     kmeanspp_pack(x) -> panels [ceil(N / 32) * 2, D, 16] float32
     kmeanspp_run(panels, n, weights, u, c0, mind, cum) -> chosen [steps] int64
                                                         (mind, cum updated in place)
@@ -91,6 +92,28 @@ def kmeans_update(x: Tensor, codes: Tensor, weights: Optional[Tensor], k: int) -
     counts = torch.empty((k,), dtype=torch.float64)
     _native.cpu().kmeans_update(xp, code, n, d, cp, wp, k, sums.data_ptr(), counts.data_ptr())
     return sums, counts
+
+
+def kmeans_assign_bf16(x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's nearest candidate by bfloat16 distances (the k-means|| seeding assignment,
+    csrc/kmeans.h: kmeans_assign_bf16_cpu): codes [N] int32 and distances [N] float32.
+    x: [N, D] float32; cand: [k, D] float32, k >= 1; both contiguous."""
+    fn = "kmeans_assign_bf16"
+    x = _tensor(fn, "x", x)
+    _dtype(fn, "x", x, torch.float32)
+    if x.dim() != 2 or x.shape[1] < 1:
+        raise ValueError(f"{fn}: x must be 2-D [N, D] with D >= 1, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    xp = _ptr(fn, "x", x)
+    cand = _tensor(fn, "cand", cand)
+    _dtype(fn, "cand", cand, torch.float32)
+    if cand.dim() != 2 or cand.shape[1] != d or cand.shape[0] < 1:
+        raise ValueError(f"{fn}: cand must have shape [k, D] with k >= 1 (D = x.shape[1] = {d}), got {tuple(cand.shape)}")
+    candp = _ptr(fn, "cand", cand)
+    codes = torch.empty(n, dtype=torch.int32)
+    dist = torch.empty(n, dtype=torch.float32)
+    _native.cpu().kmeans_assign_bf16(xp, n, d, candp, cand.shape[0], codes.data_ptr(), dist.data_ptr())
+    return codes, dist
 
 
 def kmeanspp_candidates(x: Tensor, cand: Tensor, mind: Tensor, weights: Optional[Tensor]) -> tuple[Tensor, Tensor]:

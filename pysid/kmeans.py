@@ -22,10 +22,15 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   ~15-40 Lloyd iterations (memory-bound passes of a few candidates each).
 * ``init="k-means||"`` (Bahmani et al. 2012; cuML and cuVS seed this way): one weighted
   draw, then 2 rounds that each draw 2k rows with probability proportional to ``w_i D_i``
-  (with replacement) and update every ``D_i`` with one pass of the exact assignment kernel
+  (with replacement) and update every ``D_i`` with one pass of an assignment kernel
   (compute-bound, like a Lloyd assignment); each of the 4k + 1 candidates is weighted by
   the rows nearest to it, and greedy k-means++ on the weighted candidates picks the k
-  centres. About 4 Lloyd assignments of work. On MiniLM text (Amazon Toys / Sports items,
+  centres. About 4 Lloyd assignments of work. The rounds' distances only weight the draws
+  and the candidates: on the C++ kernels (``KMeansEngine.assign_seed``) they are computed
+  from bfloat16-rounded values (AVX512_BF16's ``vdpbf16ps`` where the CPU has it, else a
+  float32 emulation with the same bits on every path: ``pysid.reference.kmeans.
+  kmeans_assign_bf16_ref``), ~1.7x faster than the exact kernel; elsewhere (reference,
+  Triton, float64) by the exact assignment. On MiniLM text (Amazon Toys / Sports items,
   3 x 256 residual k-means) it seeds better than k-means++ on every row (lower final error
   and fewer collisions; bench/RESULTS.md, 2026-12-04). If the candidates hold fewer than k
   distinct rows of positive weight (data with few distinct rows), k-means++ seeds instead.
@@ -279,7 +284,8 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     One weighted draw gives the first candidate; each of ``rounds`` rounds then draws ``ell``
     rows with replacement, with probability proportional to ``w_i * D_i`` (``D_i``: squared
     distance to the nearest candidate so far), and one assignment pass of x to the new rows
-    (``eng.assign``: the exact nearest-codeword kernel, compute-bound) updates every row's
+    (``eng.assign_seed`` where the engine has it: bfloat16 distances; else ``eng.assign``, the
+    exact nearest-codeword kernel; compute-bound) updates every row's
     ``D_i`` and nearest candidate. Each candidate is then weighted by the weight of the rows
     nearest to it (ties: the earlier candidate), and greedy k-means++ (``trials`` candidates
     per step) picks k centres among the 1 + rounds * ell candidates. Cost: ``rounds`` passes
@@ -291,15 +297,16 @@ def _kmeans_parallel(x: Tensor, w: Tensor | None, k: int, rounds: int, ell: int,
     u0 = torch.rand((1,), generator=g, dtype=torch.float64).to(dev)
     us = torch.rand((rounds, ell), generator=g, dtype=torch.float64).to(dev)
     ones = torch.ones(n, dtype=torch.float32, device=dev)
+    assign = eng.assign_seed if eng.assign_seed is not None and x.dtype != torch.float64 else eng.assign
     idx, mine = _draw(eng.cumulative(w32 if w32 is not None else ones), u0, comm)
     cands = [_take(x, idx, mine, comm)]
-    _, mind = eng.assign(x, cands[0])
+    _, mind = assign(x, cands[0])
     mind = mind.to(torch.float32)
     owner = torch.zeros(n, dtype=torch.int64, device=dev)
     for r in range(rounds):
         idx, mine = _draw(eng.cumulative(mind if w32 is None else w32 * mind), us[r], comm)
         c = _take(x, idx, mine, comm)
-        code, dist = eng.assign(x, c)
+        code, dist = assign(x, c)
         dist = dist.to(torch.float32)
         owner = torch.where(dist < mind, code + (1 + r * ell), owner)  # ties: the earlier candidate
         mind = torch.minimum(mind, dist)
@@ -710,7 +717,7 @@ def _subsample(x: Tensor, w: Tensor | None, k: int, n_total: int, init_sample: i
 def _skip_exact_rows(r: Tensor, w: Tensor | None, k: int, comm: _Comm) -> Tensor | None:
     """Seeding weights of residual rows r [N, D]: ``w`` (or 1), and 0 on rows that are all
     zero, when at least k rows of positive weight remain over all ranks; else ``w``."""
-    live = (r != 0).any(1)
+    live = (r.amax(1) > 0) | (r.amin(1) < 0)  # not all zero (-0.0 included); no [N, D] temporary
     if w is not None:
         live &= w > 0
     n_live = int(comm.sum(live.sum()[None].to(torch.int64))[0])
@@ -835,5 +842,20 @@ def _residual_kmeans(x: Tensor, levels: int, k: int | Sequence[int],
         books.append(res.centroids.to(torch.float32) if x.dtype != torch.float64 else res.centroids)
         codes.append(res.assignments)
         if lvl + 1 < levels:
-            r = (r.to(books[-1].dtype) - books[-1][res.assignments]).to(r.dtype if r.dtype == torch.float64 else torch.float32)
+            r = _next_residual(r, books[-1], res.assignments, own=lvl > 0)
     return books, codes
+
+
+_RESIDUAL_ROWS = 4096  # rows per chunk of _next_residual (its temporaries stay in cache)
+
+
+def _next_residual(r: Tensor, book: Tensor, codes: Tensor, own: bool) -> Tensor:
+    """``r - book[codes]`` (float32; float64 for float64 r) in row chunks, written into r itself
+    when ``own`` (r is this function's earlier output): no [N, D] temporaries, the same bits."""
+    dt = torch.float64 if r.dtype == torch.float64 else torch.float32
+    book = book.to(dt)
+    out = r if own and r.dtype == dt and r.is_contiguous() else torch.empty(r.shape, dtype=dt, device=r.device)
+    for i in range(0, r.shape[0], _RESIDUAL_ROWS):
+        j = i + _RESIDUAL_ROWS
+        torch.sub(r[i:j].to(dt), book.index_select(0, codes[i:j]), out=out[i:j])
+    return out

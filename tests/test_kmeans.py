@@ -431,6 +431,43 @@ def test_kmeans_parallel_few_distinct_rows_falls_back():
     assert torch.unique(res.centroids, dim=0).shape[0] == 5  # all five distinct rows chosen
 
 
+def test_kmeans_parallel_rounds_use_the_bf16_assignment_on_cpu(monkeypatch):
+    """On the C++ engine the k-means|| rounds (the first candidate and each round) use the bfloat16
+    seeding assignment; the reference engine has none and uses the exact one."""
+    from pysid.ops import kmeans as kops
+
+    x = blobs(3000, 12, 60, seed=4)
+    assert kops.engine(x, "cpu").assign_seed is not None
+    assert kops.engine(x, "reference").assign_seed is None
+    from pysid import _native_kmeans
+
+    calls = []
+    real = _native_kmeans.kmeans_assign_bf16
+    monkeypatch.setattr(_native_kmeans, "kmeans_assign_bf16", lambda xx, c: calls.append(c.shape[0]) or real(xx, c))
+    pysid.kmeans(x, 40, iters=0, seed=1, init="k-means||")
+    assert calls == [1, 80, 80]  # 1 + 2 rounds of 2k candidates
+
+
+def test_kmeans_parallel_seeds_the_same_on_every_seeding_path(monkeypatch):
+    """The seeding assignment gives the same bits on every path (AVX512_BF16 where the CPU has it,
+    the float32 emulation on AVX-512 / AVX2), so k-means|| picks the same centres on each."""
+    from pysid import _native
+
+    C = _native.cpu()
+    x = blobs(4000, 37, 50, seed=6, spread=2.0)
+    hw = C.cpu_isa()
+    paths = [("avx512", "1"), ("avx512", "0"), ("avx2", "1")] if hw == "avx512" else [(hw, "1")]
+    seeds = {}  # path name -> centres (AVX512_BF16 only where the CPU and the build have it)
+    for isa, bf in paths:
+        monkeypatch.setenv("PYSID_CPU_ISA", isa)
+        monkeypatch.setenv("PYSID_CPU_BF16", bf)
+        seeds[C.kmeans_seed_path()] = pysid.kmeans(x, 48, iters=0, seed=2, init="k-means||").centroids
+    first = next(iter(seeds.values()))
+    assert all(torch.equal(first, s) for s in seeds.values()), list(seeds)
+    if hw == "avx512":
+        assert {"avx512", "avx2"} <= set(seeds)
+
+
 def test_auto_init_rule():
     """init="auto": k-means|| from k = 32 on when the rows number >= 2 * (1 + 4k); else k-means++."""
     from pysid.kmeans import _use_parallel_seeding

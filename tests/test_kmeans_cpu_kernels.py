@@ -810,3 +810,142 @@ def test_candidate_primitives_bad_arguments():
         eng.assign_candidates(x, c, bad[:5])
     codes, dist, cand = eng.assign_topm(x[:0], c, 2)
     assert codes.shape == (0,) and dist.shape == (0,) and cand.shape == (0, 2)
+
+
+# --------------------------------------------------------------------------- k-means|| seeding (bfloat16)
+SEED_PATHS = [("avx512", "1"), ("avx512", "0"), ("avx2", "1"), ("scalar", "1")]  # (PYSID_CPU_ISA, PYSID_CPU_BF16)
+
+
+def seed_paths(monkeypatch):
+    """Every seeding path this CPU has: (name, setter). avx512bf16 (the instruction) only where the
+    hardware has AVX512_BF16; the emulation on every SIMD path."""
+    out = []
+    for isa, bf in SEED_PATHS:
+        if ISAS.index(hardware_isa()) < ISAS.index(isa):
+            continue
+        monkeypatch.setenv("PYSID_CPU_ISA", isa)
+        monkeypatch.setenv("PYSID_CPU_BF16", bf)
+        out.append(C.kmeans_seed_path())
+    monkeypatch.delenv("PYSID_CPU_ISA")
+    monkeypatch.delenv("PYSID_CPU_BF16")
+    return sorted(set(out))
+
+
+def set_seed_path(monkeypatch, path):
+    monkeypatch.setenv("PYSID_CPU_ISA", "avx512" if path.startswith("avx512") else path)
+    monkeypatch.setenv("PYSID_CPU_BF16", "1" if path == "avx512bf16" else "0")
+    assert C.kmeans_seed_path() == path
+
+
+seed_shapes = st.tuples(st.integers(0, 400), st.integers(1, 70), st.integers(1, 80), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+          deadline=None)
+@given(p=seed_shapes)
+def test_seed_assign_random_shapes_every_path_is_the_reference(monkeypatch, p):
+    """Every path gives the reference's codes and distances bit for bit (ragged row blocks, k not a
+    multiple of the 16-wide panels, odd D), with the outputs poisoned before the call."""
+    from pysid.reference.kmeans import kmeans_assign_bf16_ref
+
+    n, d, k, seed = p
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * float(torch.rand(1, generator=g) * 10 + 0.01)
+    cand = torch.randn(k, d, generator=g)
+    if n and k:  # some candidates are rows (distance ~0) and a duplicate candidate (a tie)
+        cand[: min(k, n, 3)] = x[: min(k, n, 3)]
+        if k > 4:
+            cand[4] = cand[1]
+    rc, rd = kmeans_assign_bf16_ref(x, cand)
+    for path in seed_paths(monkeypatch):
+        set_seed_path(monkeypatch, path)
+        codes, dist = K.kmeans_assign_bf16(x, cand)
+        assert torch.equal(codes.long(), rc), path
+        assert torch.equal(dist, rd), path
+
+
+@pytest.mark.parametrize("n,d,k", [(1, 1, 1), (191, 3, 16), (193, 384, 17), (385, 129, 512), (1000, 2, 40)])
+def test_seed_assign_edge_sizes(monkeypatch, n, d, k):
+    """Block edges (192 rows), one candidate, k = 16 / 17 / 512, D = 1 / 2 / odd; the instruction
+    (where the CPU has it) and the emulations agree with the reference bit for bit."""
+    from pysid.reference.kmeans import kmeans_assign_bf16_ref
+
+    g = torch.Generator().manual_seed(n + d + k)
+    x, cand = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    rc, rd = kmeans_assign_bf16_ref(x, cand)
+    for path in seed_paths(monkeypatch):
+        set_seed_path(monkeypatch, path)
+        codes, dist = K.kmeans_assign_bf16(x, cand)
+        assert torch.equal(codes.long(), rc) and torch.equal(dist, rd), path
+
+
+def test_seed_assign_rounding_edges(monkeypatch):
+    """Values that round up across a bfloat16 binade, halfway cases (to even), tiny values (flushed
+    to 0: never a denormal in the instruction) and a wide dynamic range: every path = the reference."""
+    from pysid.reference.kmeans import kmeans_assign_bf16_ref
+
+    g = torch.Generator().manual_seed(5)
+    d = 37
+    x = torch.randn(300, d, generator=g) * torch.exp2(torch.randint(-30, 20, (300, 1), generator=g).float())
+    bits = torch.randint(0, 2**16, (300, d), generator=g, dtype=torch.int32)
+    x = (x.view(torch.int32) & ~0xFFFF | bits).view(torch.float32)  # every low half, incl. 0x8000 (halfway)
+    x[:20] = x[:20] * 2.0**-70  # below 2^-56: flushed
+    x[20:40, :5] = 2.0**-56  # at the threshold: kept
+    x[40:45] = torch.tensor(1.9960938).expand(5, d)  # rounds up to 2.0
+    cand = x[torch.randperm(300, generator=g)[:45]].clone() * 1.0001
+    rc, rd = kmeans_assign_bf16_ref(x, cand)
+    assert bool((rd >= 0).all())
+    for path in seed_paths(monkeypatch):
+        set_seed_path(monkeypatch, path)
+        codes, dist = K.kmeans_assign_bf16(x, cand)
+        assert torch.equal(codes.long(), rc) and torch.equal(dist, rd), path
+
+
+def test_seed_assign_is_near_the_exact_assignment():
+    """bfloat16 distances: within ~1 % of the float64 distances to the chosen candidate, and the
+    chosen candidate is the exact nearest for almost every row."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3000, 64, generator=g)
+    cand = torch.randn(300, 64, generator=g)
+    codes, dist = K.kmeans_assign_bf16(x, cand)
+    d64 = dist_ref(x, cand)
+    exact = d64.argmin(1)
+    assert float((codes.long() == exact).double().mean()) > 0.97
+    chosen = d64.gather(1, codes.long()[:, None])[:, 0]
+    assert float(((dist.double() - chosen).abs() / chosen).max()) < 0.02
+    # a near tie never costs more than the rounding: the chosen one is nearly the nearest
+    assert float(((chosen - d64.min(1).values) / d64.min(1).values).max()) < 0.02
+
+
+def test_seed_assign_deterministic_across_threads():
+    g = torch.Generator().manual_seed(9)
+    x, cand = torch.randn(5000, 48, generator=g), torch.randn(200, 48, generator=g)
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(K.kmeans_assign_bf16(x, cand))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+def test_seed_assign_bad_arguments():
+    x, c = torch.randn(10, 3), torch.randn(4, 3)
+    with pytest.raises(TypeError, match="float32"):
+        K.kmeans_assign_bf16(x.double(), c)
+    with pytest.raises(TypeError, match="float32"):
+        K.kmeans_assign_bf16(x, c.half())
+    with pytest.raises(ValueError, match=r"shape \[k, D\]"):
+        K.kmeans_assign_bf16(x, c[:, :2])
+    with pytest.raises(ValueError, match=r"k >= 1"):
+        K.kmeans_assign_bf16(x, c[:0])
+    with pytest.raises(ValueError, match="D >= 1"):
+        K.kmeans_assign_bf16(x[:, :0], c[:, :0])
+    with pytest.raises(ValueError, match="contiguous"):
+        K.kmeans_assign_bf16(torch.randn(3, 10).t(), c)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        K.kmeans_assign_bf16(x.numpy(), c)
+    codes, dist = K.kmeans_assign_bf16(x[:0], c)
+    assert codes.shape == (0,) and dist.shape == (0,)

@@ -134,12 +134,15 @@ def test_fit_sample_error_close_to_full_fit():
         r = t.codebooks[0][t.codes[:, 0]] + t.codebooks[1][t.codes[:, 1]]
         return float(((x - r) ** 2).sum() / (x**2).sum())
 
-    full = err(pysid.fit(x, levels=2, codebook_size=32, progress=False))
-    part = err(pysid.fit(x, levels=2, codebook_size=32, sample=0.2, progress=False))
+    # means over three seeds: one seed's error moves by +-3 % with any change of the seeding's draws
+    # (over 10 seeds, exact k-means|| rounds: full 0.1232-0.1343, sample 0.1334-0.1415; bfloat16 rounds,
+    # 2026-12-05: full 0.1265-0.1342, sample 0.1306-0.1438; mean ratio 1.077 / 1.064)
+    full = sum(err(pysid.fit(x, levels=2, codebook_size=32, progress=False, seed=s)) for s in range(3)) / 3
+    part = sum(err(pysid.fit(x, levels=2, codebook_size=32, sample=0.2, progress=False, seed=s)) for s in range(3)) / 3
     # 1.12: with candidate lists (2026-12-05) the full fit's error here fell 0.1291 -> 0.1247 while the
-    # sample fit's stayed 0.1379 -> 0.1380 (ratio 1.067 -> 1.107); the sample's own error is unchanged
+    # sample fit's stayed 0.1379 -> 0.1380 (seed 0; ratio 1.067 -> 1.107); the sample's own error is unchanged
     assert part < full * 1.12, (part, full)
-    assert part < 0.14, part  # and the sample fit's error itself (0.138 measured)
+    assert part < 0.14, part  # and the sample fit's error itself (seeds 0-2: 0.1375 measured)
 
 
 def test_fit_sample_rqvae_and_reassign():

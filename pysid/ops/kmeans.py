@@ -178,6 +178,19 @@ def _candidates_assign_cpu(x: Tensor, centroids: Tensor, cand: Tensor) -> tuple[
     return codes.long(), dist
 
 
+# --------------------------------------------------------------------------- k-means|| seeding
+# assign_seed(x, cand) -> (codes [N] int64, distances [N] float32): each row's nearest k-means||
+# candidate by bfloat16 distances (reference.kmeans.kmeans_assign_bf16_ref: the same bits); the
+# k-means|| rounds use it where a backend has it (their distances only weight the random draws),
+# else the exact assign.
+
+
+@register("kmeans_assign_seed", "cpu", limits="bfloat16 distances (AVX512_BF16 or its exact emulation)", **_CPU)
+def _seed_assign_cpu(x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    codes, dist = _native_kmeans.kmeans_assign_bf16(x, cand.to(torch.float32).contiguous())
+    return codes.long(), dist
+
+
 # --------------------------------------------------------------------------- update
 # update(x, codes, weights, k) -> per-cluster weighted sums [k, D] and weights [k], float64.
 
@@ -304,7 +317,8 @@ class KMeansEngine:
     of one process in one call) and the candidate-list pair :attr:`assign_topm`
     (``assign_topm(x, c, m)``: ``assign``'s codes and distances, bit for bit, and each row's m
     nearest centroids) and :attr:`assign_candidates` (``assign_candidates(x, c, cand)``: the
-    nearest among each row's candidates).
+    nearest among each row's candidates), and :attr:`assign_seed` (``assign_seed(x, cand)``: the
+    k-means|| rounds' nearest candidate by bfloat16 distances).
 
     Capabilities: :attr:`lloyd_codes_are_greedy_codes` (the final Lloyd assignments of
     float32 input equal ``residual_quantize``'s greedy codes bit for bit: the same kernel
@@ -315,7 +329,8 @@ class KMeansEngine:
     an assignment registered with the trait ``"precision"`` (Triton); the others are exact."""
 
     REQUIRED = ("kmeans_prepare", "kmeans_assign", "kmeans_update", "kmeanspp_candidates", "kmeanspp_commit")
-    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed", "kmeans_assign_topm", "kmeans_assign_candidates")
+    OPTIONAL = ("kmeans_assign_bounded", "kmeanspp_seed", "kmeans_assign_topm", "kmeans_assign_candidates",
+                "kmeans_assign_seed")
 
     def __init__(self, backend: str, device: torch.device, precision: str = "exact"):
         self.backend = backend
@@ -326,12 +341,14 @@ class KMeansEngine:
                                            {backend: [f"no {op}" for op in missing]})
         self._prepare, self._assign, self._update, self._candidates, self._commit = (
             get(op, backend).fn for op in self.REQUIRED)
-        bounded, seed, topm, cands = (get(op, backend) for op in self.OPTIONAL)
+        bounded, seed, topm, cands, seed_assign = (get(op, backend) for op in self.OPTIONAL)
         self.bounded_assign: Optional[Callable[[Tensor], Callable]] = None if bounded is None else bounded.fn
         self.seed: Optional[Callable] = None if seed is None else seed.fn
         # candidate lists (kmeans(..., candidates=m)): both primitives or neither
         self.assign_topm: Optional[Callable] = None if topm is None or cands is None else topm.fn
         self.assign_candidates: Optional[Callable] = None if topm is None or cands is None else cands.fn
+        # the k-means|| rounds' assignment (bfloat16 distances); None: they use assign
+        self.assign_seed: Optional[Callable] = None if seed_assign is None else seed_assign.fn
         traits = get("kmeans_assign", backend).traits
         self._assign_kw = {"precision": precision} if "precision" in traits else {}
         self.lloyd_codes_are_greedy_codes = "greedy_codes" in traits

@@ -99,3 +99,60 @@ def kmeans_assign_candidates_ref(x: Tensor, centroids: Tensor, cand: Tensor) -> 
         codes[i : i + 4096] = cc.gather(1, j[:, None])[:, 0]
         dist[i : i + 4096] = dd.gather(1, j[:, None])[:, 0]
     return codes, dist
+
+
+def _bf16_pairs(v: Tensor) -> tuple[Tensor, Tensor]:
+    """[R, D] float32 -> (odd [R, D2], even [R, D2]): v[:, 2g + 1] and v[:, 2g] rounded to bfloat16
+    (nearest even), as float32; |v| < 2^-56 -> 0 (then every product is exact in float32); 0 past D."""
+    r = torch.where(v.abs() < 2.0**-56, torch.zeros_like(v), v.to(torch.bfloat16).to(torch.float32))
+    if r.shape[1] % 2:
+        r = torch.cat([r, torch.zeros_like(r[:, :1])], 1)
+    return r[:, 1::2], r[:, 0::2]
+
+
+def _bf16_sqnorm(odd: Tensor, even: Tensor) -> Tensor:
+    """Squared norms [R] of rows given as bfloat16 pairs: lane l (of 16) sums the pairs g = l, l + 16,
+    ... in order (odd product, then even), then the lanes are added left to right."""
+    pad = (-odd.shape[1]) % 16
+    t = (odd.shape[1] + pad) // 16
+    o = torch.cat([odd, odd.new_zeros(odd.shape[0], pad)], 1).reshape(odd.shape[0], t, 16)
+    e = torch.cat([even, even.new_zeros(even.shape[0], pad)], 1).reshape(even.shape[0], t, 16)
+    lane = torch.zeros((odd.shape[0], 16), dtype=torch.float32, device=odd.device)
+    for t in range(o.shape[1]):
+        lane = lane + o[:, t] * o[:, t]
+        lane = lane + e[:, t] * e[:, t]
+    s = lane[:, 0]
+    for l in range(1, 16):
+        s = s + lane[:, l]
+    return s
+
+
+def kmeans_assign_bf16_ref(x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """The k-means|| seeding assignment (each row's nearest candidate) on bfloat16-rounded values.
+
+    Every value is rounded to bfloat16; each dot product is accumulated in float32 over the
+    element pairs g = 0, 1, ...: ``s += odd product``, then ``s += even product`` (the order of
+    AVX512_BF16's vdpbf16ps; every product is exact, each sum rounded once). A squared norm
+    (``xn``, ``cn``) is 16 such lane sums, lane l over the pairs g = l, l + 16, ..., added left to
+    right. Score of candidate j: ``cn_j - 2 x.c_j``; code: the lowest j of least score; distance:
+    ``max(0, xn + score)``.
+
+    Args:
+        x: [N, D] float32; cand: [k, D] float32.
+
+    Returns:
+        codes [N] int64, distances [N] float32.
+    """
+    x, cand = x.to(torch.float32), cand.to(torch.float32)
+    xo, xe = _bf16_pairs(x)
+    co, ce = _bf16_pairs(cand)
+    acc = torch.zeros((x.shape[0], cand.shape[0]), dtype=torch.float32, device=x.device)
+    for g in range(xo.shape[1]):  # one rounding per product-sum, in the instruction's order
+        acc = acc + xo[:, g, None] * co[None, :, g]
+        acc = acc + xe[:, g, None] * ce[None, :, g]
+    xn, cn = _bf16_sqnorm(xo, xe), _bf16_sqnorm(co, ce)
+    s = cn[None, :] + (-2.0) * acc  # -2 acc is exact
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=x.device), xn
+    best, codes = torch.min(s, dim=1)  # the first minimum
+    return codes, torch.clamp(xn + best, min=0.0)
