@@ -415,7 +415,9 @@ class CausalSID(nn.Module):
         if not self.tree:
             return lg
         q = self.prefix_nodes(prefix)
-        if self.node_out is not None:   # y . v_n for the children n of each row's prefix only
+        if self.node_out is not None and t == 0:   # the root's children are all depth-1 nodes: one matmul
+            lg = lg.index_add(1, self.code_0, y @ self.node_out[0].T)
+        elif self.node_out is not None:   # y . v_n for the children n of each row's prefix only
             first = getattr(self, f"first_{t}")
             start, cnt = first[q], first[q + 1] - first[q]
             row = torch.repeat_interleave(torch.arange(q.shape[0], device=q.device), cnt)
