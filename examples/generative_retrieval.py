@@ -593,21 +593,28 @@ def train_loop(name, model, batches_fn, n_examples, val_fn, args, log):
             "history": history}, best_state
 
 
-def run(args) -> dict:
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_all(args.seed)
-    t_start = time.perf_counter()
+def load_split(args):
+    """--data (a --max-users subsample) -> (sequences, leave-one-out split, sorted item ids, catalogue
+    bool mask over ids 0..max id)."""
     seqs = read_sequences(args.data)
     if args.max_users and args.max_users < len(seqs):
         idx = sorted(random.Random(args.seed).sample(range(len(seqs)), args.max_users))
         seqs = [seqs[i] for i in idx]
     split = leave_one_out(seqs, max_history=args.history)
     all_items = sorted({i for s in seqs for i in s})
-    max_id = max(all_items)
-    catalogue = torch.zeros(max_id + 1, dtype=torch.bool)
+    catalogue = torch.zeros(max(all_items) + 1, dtype=torch.bool)
     catalogue[all_items] = True
+    return seqs, split, all_items, catalogue
+
+
+def run(args) -> dict:
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_all(args.seed)
+    t_start = time.perf_counter()
+    seqs, split, all_items, catalogue = load_split(args)
+    max_id = catalogue.numel() - 1
     n_users = len(seqs)
     log(f"data: {args.data}: {n_users} users, {len(all_items)} items, {sum(map(len, seqs))} interactions")
 

@@ -30,12 +30,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import generative_retrieval as gr  # noqa: E402
-
-from pysid.data import leave_one_out, read_sequences  # noqa: E402
 
 VARIANTS = {"codebook": (False, False), "children": (True, False), "nodes": (True, True)}
 
@@ -139,15 +136,8 @@ def main(argv=None) -> dict:
     if g.threads:
         torch.set_num_threads(g.threads)
     gr.seed_all(g.seed)
-    seqs = read_sequences(g.data)
-    if g.max_users and g.max_users < len(seqs):   # the same subsample as generative_retrieval.py's
-        idx = sorted(gr.random.Random(g.seed).sample(range(len(seqs)), g.max_users))
-        seqs = [seqs[i] for i in idx]
-    split = leave_one_out(seqs, max_history=g.history)
-    all_items = sorted({i for s in seqs for i in s})
-    max_id = max(all_items)
-    catalogue = torch.zeros(max_id + 1, dtype=torch.bool)
-    catalogue[all_items] = True
+    seqs, split, all_items, catalogue = gr.load_split(g)
+    max_id = catalogue.numel() - 1
     test_target = torch.tensor(split.test_target)
     val_target = torch.tensor(split.valid_target)
     val_idx = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(g.seed + 2))[:min(g.val_users, len(seqs))]
