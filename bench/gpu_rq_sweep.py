@@ -1,6 +1,7 @@
 """GPU diagnosis of the Triton residual-quantize kernels (greedy and beam 5): time per variant.
 
-For each shape and data kind: the default config, the exact path (fast=False), the fallback
+For each shape and data kind: the default config (greedy: the fp16 proposal), the exact path
+(fast=False), the tf32 proposal (``_proposal="tf32"``, with and without the proof), the fallback
 counters ((row, level) pairs the tf32 path could not prove, rows the exact pass re-encoded), tile
 variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
 tf32-proposing one with its proof and redo (its unsure / redone counts) and without (precision
@@ -41,7 +42,11 @@ def main() -> None:
     # 8 warps, BD 16, BU 16, 3 stages, 1 program per SM); the exact / redo pass BK 64, BD 16, BU 32. Variants:
     # the tiles around that default (BD 32 and BU 32 spill a little on triton 3.6 per the sm_90 compile:
     # measure whether it matters), and the beam kernel's tiles.
+    # 2026-12-05 (issue 15): the greedy proposal GEMM is fp16 with exact power-of-two scaling per row and level
+    # (the default); "greedy tf32 proposal" is the former tf32 GEMM (same proof, same codes), measured on every shape.
     variants = [("default", {}), ("exact", {"fast": False}), ("precision fast (no proof)", {"precision": "fast"}),
+                ("greedy tf32 proposal", {"_proposal": "tf32"}),
+                ("greedy tf32 proposal, precision fast", {"_proposal": "tf32", "precision": "fast"}),
                 ("bk64", dict(block_k=64)), ("bk256", dict(block_k=256)),
                 ("bd32", dict(block_d=32)), ("bu32", dict(block_u=32)), ("bu64", dict(block_u=64)),
                 ("s2", dict(num_stages=2)), ("s4", dict(num_stages=4)),
@@ -71,7 +76,7 @@ def main() -> None:
             ref_beam = None  # codes of the exact beam kernel (the first beam variant)
             default_ms = float("nan")
             full = (d == 256 and k == 256 and levels == 3) or args.device != "cuda"
-            for name, kw in variants if full else variants[:3]:
+            for name, kw in variants if full else variants[:5]:
                 kw = dict(kw)
                 beam = kw.pop("beam", 1)
                 try:
@@ -90,7 +95,7 @@ def main() -> None:
                         default_ms = ms
                     if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
                         row["x_greedy"] = ms / default_ms
-                    if name == "default" or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
+                    if name in ("default", "greedy tf32 proposal") or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
                         cnt = torch.zeros(2, dtype=torch.int32, device=args.device)
                         residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
                         row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()

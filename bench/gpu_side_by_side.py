@@ -113,11 +113,21 @@ def case_rq(R: Runner, n: int, shapes) -> None:
         exact = residual_quantize_triton(x, packed, offs, 1)[2]
         R.t(f"{tag}.pysid_triton_exact.ms", lambda: residual_quantize_triton(x, packed, offs, 1))
         R.t(f"{tag}.pysid_triton_fast.ms", lambda: residual_quantize_triton(x, packed, offs, 1, precision="fast"))
+        # the greedy proposal GEMM: fp16 with power-of-two scaling (the default, above) vs tf32 (issue 15)
+        R.t(f"{tag}.pysid_triton_exact_tf32_proposal.ms",
+            lambda: residual_quantize_triton(x, packed, offs, 1, _proposal="tf32"))
+        R.t(f"{tag}.pysid_triton_fast_tf32_proposal.ms",
+            lambda: residual_quantize_triton(x, packed, offs, 1, precision="fast", _proposal="tf32"))
         R.t(f"{tag}.pysid_triton_ieee.ms", lambda: residual_quantize_triton(x, packed, offs, 1, fast=False),
             repeat=3)
         cnt = torch.zeros(2, dtype=torch.int32, device=R.dev)
         residual_quantize_triton(x, packed, offs, 1, _fallback_counter=cnt)
         R.note(f"{tag}.pysid_triton_exact.redone_rows", int(cnt[1]))
+        cnt.zero_()
+        R.note(f"{tag}.pysid_triton_exact_tf32_proposal.identical_to_exact",
+               bool(torch.equal(residual_quantize_triton(x, packed, offs, 1, _proposal="tf32",
+                                                         _fallback_counter=cnt)[2], exact)))
+        R.note(f"{tag}.pysid_triton_exact_tf32_proposal.redone_rows", int(cnt[1]))
         fast = residual_quantize_triton(x, packed, offs, 1, precision="fast")[2]
         R.note(f"{tag}.pysid_triton_fast.same_codes", float((fast == exact).all(1).float().mean()))
         ieee = residual_quantize_triton(x, packed, offs, 1, fast=False)[2]

@@ -7,8 +7,8 @@ Entry point: :func:`residual_quantize_triton`.
 Greedy (``beam_width == 1``): ONE launch for all levels, persistent programs (grid =
 min(#tiles, #SMs)). Each program takes tiles of ``BLOCK_M`` = 128 rows (8 warps: the wgmma
 layout is then [8, 1] warps, so a row's reductions stay inside one warp). A tile's residual lives
-in the program's own scratch slots across all levels (float32, and its tf32 rounding for the MMA;
-2 x 128 x DP x 4 bytes per program, 33 MB in all at D = 256: L2-resident), never whole in
+in the program's own scratch slots across all levels (float32, and the MMA's operand: fp16(r s_r),
+or its tf32 rounding; 2 x 128 x DP x 4 bytes per program, 33 MB in all at D = 256: L2-resident), never whole in
 registers: every pass over it (load x, subtract the chosen codeword, write the quantized rows)
 goes in ``BLOCK_U``-column slices with 16-byte accesses, and also yields the squared norms the
 next level needs. Per level the program streams the level's codebook in ``BLOCK_K`` chunks; per
@@ -17,8 +17,8 @@ shared memory, async wgmma on the accumulator chain) gives ``r.c``, and the prog
 best candidates of ``score = ||c||^2 - 2 r.c`` (float32), exact ties to the lowest index; then it
 subtracts the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
 path (``fast=False``, and the redo of unproven rows) runs the same loop with
-``input_precision="ieee"``, D-chunked, with its own (smaller) tiles. Shared memory is 48 KB
-(tf32 pass) whatever D; no spills on triton 3.6 or 3.9 (tests/test_sm90_compile.py). Triton
+``input_precision="ieee"``, D-chunked, with its own (smaller) tiles. Shared memory is 24 KB
+(fp16 pass; tf32: 48 KB) whatever D; no spills on triton 3.6 or 3.9 (tests/test_sm90_compile.py). Triton
 3.6 waits on a wgmma right before the first use of its result, so the top-4 epilogue of a chunk
 does not overlap the next chunk's MMA inside one program; the next chunk's first operand copies
 are in flight during it.
@@ -29,27 +29,39 @@ CUDA kernel, this module; tests/test_canonical_score.py): ``score_k = fl(cn_k - 
 the same chain of ``c_kd * c_kd`` (:func:`codeword_sqnorms`), exact ties to the lowest index,
 the next residual ``fl(r - c)``. The exact pass computes it (``tl.dot(ieee)`` is that chain on
 the GPU; under the interpreter the chain is spelled out with ``tl.fma``, ``FMA_CHAIN``). The
-tf32 pass and the re-check only propose: the re-check sums with ``tl.sum`` (a tree), so its
+proposal pass and the re-check only propose: the re-check sums with ``tl.sum`` (a tree), so its
 choice stands only where it is apart from the other candidates by more than twice its proven
 distance to the canonical score (``e_chk``); other rows go to the exact pass. Distances
 (``tl.sum(r * r)``) are not canonical: their summation order differs between backends.
 
-Fast path (``fast=True``, tensor cores, tf32) and why it returns the float32 answer:
+Fast path (``fast=True``, tensor cores: an fp16 or tf32 proposal) and why it returns the float32
+answer:
 
-* Both operands are rounded to tf32 explicitly (the codebook on the host, the
-  residual in the kernel), so the MMA multiplies exactly representable values and the
-  only difference to the exact dot is ``r_lo.c_hi + r.c_lo`` plus float32 accumulation
-  error, where ``r_lo = r - tf32(r)`` and ``c_lo = c - tf32(c)`` are known exactly.
-  By Cauchy-Schwarz every candidate's tf32 score is within
+* The proposal GEMM multiplies operands with 11-bit significands, r_hi and c_hi, whose
+  products are exact in float32 and whose remainders ``r_lo = r - r_hi``, ``c_lo = c - c_hi``
+  are known exactly. fp16 (the default, ``_proposal="fp16"``): c_hi = fp16(c sc_l) / sc_l on
+  the host, sc_l = 2^ec_l a power of two per level with max|c sc_l| < 2^15; r_hi =
+  fp16(r s_r) / s_r in the kernel, s_r = 2^e_r per row and level chosen before the pass that
+  writes the operand from a bound B >= max_d |r_d| (level 0: max|x_d|, its own pass; level
+  l + 1: max|r_d| + max|c_d| of level l, no extra pass), e_r = 14 - floor(log2 B), clamped so
+  that s_r and 2 / (s_r sc_l) are normal float32. The operand (slot 0 as fp16) holds
+  fp16(r s_r) (clamped to the fp16 range: never inf), fp16 subnormals included: r_lo is
+  computed exactly whatever r_hi is. The epilogue unscales, ``s = cn - acc * 2 / (s_r sc_l)``,
+  exact unless the product underflows (absolute error < 2^-149: the 1e-30 term of E). tf32
+  (``_proposal="tf32"``): both operands rounded to tf32 explicitly (codebook on the host,
+  residual in the kernel). fp16 streams half the bytes (the A operand, the codebook from L2)
+  at twice tf32's tensor rate: faster by arithmetic, not yet measured (bench/gpu_rq_sweep.py
+  times both). Either way the only difference to the exact dot is ``r_lo.c_hi + r.c_lo`` plus
+  float32 accumulation error, so by Cauchy-Schwarz every candidate's proposed score is within
   ``E = 2 (||r_lo|| max||c_hi|| + ||r|| max||c_lo|| + gamma ||r|| max||c_hi||) + packing``
-  of its exact score, a bound computed per row and level.
-* The chunk loop keeps the 4 smallest tf32 scores per row (the chunk-local index is
+  of its exact score, a bound computed per row and level (the same formula for both).
+* The chunk loop keeps the 4 smallest proposed scores per row (the chunk-local index is
   packed into the low mantissa bits, so one ``min`` gives value and index; the
   packing error is part of ``E``).  The best 3 are re-scored in full float32
   (gather the codeword, ``sum(r * c)``) and the best of them by (score, index) is taken.
-* Rows whose tf32 winner is provably the float32 winner (``v1 - E > v0 + E``) skip the
+* Rows whose proposed winner is provably the float32 winner (``v1 - E > v0 + E``) skip the
   re-check (its loads are masked off for them).
-* The 4th score ``v3`` is the smallest tf32 score of every candidate that was NOT
+* The 4th score ``v3`` is the smallest proposed score of every candidate that was NOT
   re-checked, so if ``v3 - E > best_exact`` no unchecked candidate can be as good:
   the choice is the float32 argmin (ties included; with the re-check's own distance to the
   canonical score, ``e_chk``, added on both sides).  Rows where this cannot be proven
@@ -222,13 +234,19 @@ def _better(e, i, be, bi):
 
 
 @triton.jit
-def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, BK: tl.constexpr, PACK_BITS: tl.constexpr):
-    """Merge one chunk's tf32 scores (acc = r.c [BM, BK], cn = ||c||^2 [BK] of codes kb..kb+BK-1) into
+def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK: tl.constexpr, PACK_BITS: tl.constexpr,
+                SCALED: tl.constexpr):
+    """Merge one chunk's proposal scores (acc = r.c [BM, BK], cn = ||c||^2 [BK] of codes kb..kb+BK-1) into
     the running 4 smallest keys per row (ascending v0..v3, global rows i0..i3). Row reductions only:
-    with the wgmma layout of BLOCK_M = 16 x num_warps rows, a row lives in one warp (a quad)."""
+    with the wgmma layout of BLOCK_M = 16 x num_warps rows, a row lives in one warp (a quad).
+    SCALED (the fp16 proposal): acc is the dot of the scaled operands and mult [BM] the row's
+    2 / (s_r sc_l), a power of two: ``cn - acc * mult`` (the product is exact unless it underflows)."""
     INF: tl.constexpr = float("inf")
     kk = tl.arange(0, BK)
-    s = cn[None, :] - 2.0 * acc
+    if SCALED:
+        s = cn[None, :] - acc * mult[:, None]
+    else:
+        s = cn[None, :] - 2.0 * acc
     # pack the chunk-local index into the low mantissa bits: keys are unique per row
     key = ((s.to(tl.int32, bitcast=True) & -(1 << PACK_BITS)) | kk[None, :]).to(tl.float32, bitcast=True)
     m0 = tl.min(key, 1)
@@ -264,19 +282,23 @@ def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, BK: tl.constexpr, P
 
 @triton.jit
 def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
-                gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
-                PACK_BITS: tl.constexpr, PROVE: tl.constexpr):
-    """tf32 search keeping the 4 best per row, float32 re-check of the best 3.
+                mult, gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+                PACK_BITS: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr):
+    """Proposal GEMM keeping the 4 best per row, float32 re-check of the best 3.
 
-    sp_ptr: the residual rounded to tf32 [BM, DP] (the MMA's A operand), rs_ptr: the float32
-    residual (re-check); r_n, rlo_n: ||r||, ||r - tf32(r)|| per row. Returns (global row index of
+    sp_ptr: the proposal's A operand [BM, DP]: PROPOSAL "tf32": the residual rounded to tf32
+    (float32), cbhi_ptr the tf32-rounded codebook; "fp16": fp16(r * s_r) (s_r a power of two per
+    row), cbhi_ptr fp16(c * sc_l), and mult [BM] = 2 / (s_r sc_l) unscales the dot exactly.
+    rs_ptr: the float32 residual (re-check); r_n, rlo_n: ||r||, ||r - r_hi|| per row (r_hi the
+    value the A operand stands for: tf32(r), or fp16(r * s_r) / s_r). Returns (global row index of
     the choice, unsure mask).
 
     Per chunk of BK codewords a plain GEMM over D in BD steps: A and B slices go straight from L2 to
     shared memory (cp.async, no register staging of a [BM, DP] operand), num_stages deep, and the
     accumulator chain runs on async wgmma. Shared memory is then num_stages * (BM + BK) * BD * 4
-    bytes: two programs fit per SM, so one program's top-4 epilogue overlaps the other's MMA
-    (Triton 3.6 places a wgmma wait right after a dot whose result the epilogue reads)."""
+    bytes (tf32; half with fp16): two programs fit per SM, so one program's top-4 epilogue overlaps
+    the other's MMA (Triton 3.6 places a wgmma wait right after a dot whose result the epilogue
+    reads)."""
     kk = tl.arange(0, BK)
     mm = tl.arange(0, BM)
     dd = tl.arange(0, BD)
@@ -295,18 +317,23 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
         acc = tl.zeros([BM, BK], dtype=tl.float32)
         for d0 in range(0, DP, BD):
             cols = tl.multiple_of(d0, BD) + dd
-            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] tf32-exact residual
-            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] tf32-exact codebook
-            acc = tl.dot(a, c, acc, input_precision="tf32")
+            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] exact in the operand type
+            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] likewise
+            if PROPOSAL == "fp16":  # fp16 products are exact in float32; float32 accumulation
+                acc = tl.dot(a, c, acc, out_dtype=tl.float32)
+            else:
+                acc = tl.dot(a, c, acc, input_precision="tf32")
         cn = tl.load(cn_ptr + kb + kk)
-        v0, v1, v2, v3, i0, i1, i2, i3 = _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, BK, PACK_BITS)
+        v0, v1, v2, v3, i0, i1, i2, i3 = _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK,
+                                                     PACK_BITS, PROPOSAL == "fp16")
     if PROVE:
-        # error bound on every tf32 key (see module docstring)
+        # error bound on every proposal key (see module docstring); the same for tf32 and for
+        # fp16 with power-of-two scaling (both: 11-bit operands, exact products, r_lo and c_lo known)
         err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
         pack = (2.0 ** (PACK_BITS - 22)) * (cnmax + 2.0 * r_n * chimax)
         e_bound = (2.0 * err_dot + pack) * 1.0625 + 1e-30
-        # rows whose tf32 winner is provably the float32 winner need no re-check
-        need = (v1 - e_bound) <= (v0 + e_bound)
+        # rows whose proposed winner is provably the float32 winner need no re-check (NaN: re-check)
+        need = ~((v1 - e_bound) > (v0 + e_bound))
         # float32 re-check of the best three, (score, index) order
         e0, e1, e2 = _recheck(rs_ptr, cb_ptr, cn_ptr, i0, i1, i2, need, kbeg, kreal, BM, DP, BD)
         be, bi = _better(e1, i1, e0, i0)
@@ -316,18 +343,50 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
         # e_chk of its canonical value (dot error x 2 x 2, and the two roundings of cn - 2 dot).
         # The choice is the canonical one only if the winner is apart from the other two by more
         # than 2 e_chk (exact ties included: duplicated codewords go to the exact pass) and every
-        # unchecked candidate is provably worse; other rows are unsure (the exact pass decides).
+        # unchecked candidate is provably worse; other rows are unsure (the exact pass decides;
+        # a NaN anywhere makes the row unsure too).
         # (x 1.125: room for the float rounding of these few operations; the second-best score is
         # the median of the three, which needs no candidate indices)
         cmax = chimax + clomax
         e_chk = (4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax)) * 1.125 + 1e-30
         sec = tl.maximum(tl.minimum(e0, e1), tl.minimum(tl.maximum(e0, e1), e2))
-        unsure = need & (((v3 - e_bound) <= (be + e_chk)) | ((sec - be) <= 2.0 * e_chk))
+        proven = ((v3 - e_bound) > (be + e_chk)) & ((sec - be) > 2.0 * e_chk)
+        unsure = need & ~proven
         bi = tl.where(need, bi, i0)
-    else:  # precision="fast": the tf32 choice as it is (near-ties may differ from float32)
+    else:  # precision="fast": the proposal's choice as it is (near-ties may differ from float32)
         bi = i0
         unsure = i0 < 0  # never: no row is listed for the exact pass
     return bi, unsure
+
+
+@triton.jit
+def _fp16_exponent(bound, ec):
+    """The exponent e_r of a row's power-of-two scale s_r = 2^e_r for the fp16 A operand, from an upper
+    bound [BM] of max_d |r_d| (float32 >= 0) and the level's codebook exponent ec (sc_l = 2^ec):
+    e_r = 14 - floor(log2 bound) (read from the exponent bits), so |r_d| s_r < 2^15; clamped so that
+    s_r, 1 / s_r and 2 / (s_r sc_l) are normal float32 (a zero or tiny row: the largest such scale;
+    too small a scale only makes r_lo larger, and the bound uses r_lo as computed)."""
+    eb = (bound.to(tl.int32, bitcast=True) >> 23) & 255  # biased exponent (0: zero / subnormal)
+    er = 141 - eb  # 14 - (eb - 127)
+    lo = tl.maximum(-125 - ec, -126)
+    hi = tl.minimum(125 - ec, 126)
+    return tl.minimum(tl.maximum(er, lo), hi)
+
+
+@triton.jit
+def _pow2(e):
+    """2.0^e as float32 (int32 e in [-126, 127])."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _split_fp16(v, s, inv_s):
+    """fp16(v * s) (s [BM] a power of two per row; clamped to the fp16 range: never inf) and
+    r_lo = v - fp16(v * s) / s, exact in float32 (Sterbenz in fp16's normal range; a multiple of
+    ulp(v) below it)."""
+    t = tl.minimum(tl.maximum(v * s[:, None], -65504.0), 65504.0)
+    h = t.to(tl.float16)
+    return h, v - h.to(tl.float32) * inv_s[:, None]
 
 
 # --------------------------------------------------------------------------- greedy kernel
@@ -351,21 +410,32 @@ def _rq_greedy_kernel(
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
-    STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr,
+    STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr,
 ):
-    """FAST: tf32 pass; rows it cannot prove at some level are appended to the redo list
-    (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the exact pass over the
-    rows of that list only (N is then read from redo_ptr[0]).
+    """FAST: the proposal pass (PROPOSAL "fp16" or "tf32"); rows it cannot prove at some level are
+    appended to the redo list (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the
+    exact pass over the rows of that list only (N is then read from redo_ptr[0]).
 
     The residual lives in this program's scratch slots (L2) across all levels, never whole in
-    registers: slot 1 the float32 residual, slot 0 its tf32 rounding (the MMA's A operand). Every
-    pass over it (load x, subtract the chosen codeword, write the quantized rows) goes in [BM, BU]
-    column slices with 16-byte accesses; the squared norms the next level's error bound needs come
-    out of the same pass."""
+    registers: slot 1 the float32 residual, slot 0 the MMA's A operand (tf32: the tf32 rounding,
+    float32; fp16: fp16(r * s_r) in the slot's first half). Every pass over it (load x, subtract the
+    chosen codeword, write the quantized rows) goes in [BM, BU] column slices with 16-byte accesses;
+    the squared norms the next level's error bound needs come out of the same pass. fp16: s_r = 2^e_r
+    per row and level is chosen before the pass that writes the operand, from a bound of max_d |r_d|:
+    level 0 from x (its own pass: x into slot 1 and the row maximum, then slot 1 into the operand),
+    level l + 1 from max|r| + max|c| of level l (stat), max|r| kept by the pass that wrote r; the
+    stat row of level l is (max||c_hi||, max||c_lo||, max||c||^2, ec_l, max|c_d|), sc_l = 2^ec_l."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     sp_ptr = scratch_ptr + pid.to(tl.int64) * (2 * BM * DP)  # this program's slots: [2, BM, DP]
-    rs_ptr = sp_ptr + BM * DP  # slot 1: float32 residual (slot 0: its tf32 rounding, the MMA operand)
+    rs_ptr = sp_ptr + BM * DP  # slot 1: float32 residual (slot 0: the MMA's A operand)
+    FP16: tl.constexpr = PROPOSAL == "fp16"
+    if FP16:
+        op_ptr = sp_ptr.to(tl.pointer_type(tl.float16))  # slot 0 as fp16 [BM, DP]
+        NST: tl.constexpr = 5
+    else:
+        op_ptr = sp_ptr
+        NST: tl.constexpr = 3
     mm = tl.arange(0, BM)
     uu = tl.arange(0, BU)
     n_rows = N
@@ -379,10 +449,11 @@ def _rq_greedy_kernel(
             rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
         tl.debug_barrier()  # the previous tile's reads of the slots are done
-        # ||r||^2 and ||r - tf32(r)||^2 (the fast pass's bound): elementwise over the slices, one
+        # ||r||^2 and ||r - r_hi||^2 (the fast pass's bound): elementwise over the slices, one
         # row reduction at the end
         sq = tl.zeros([BM, BU], dtype=tl.float32)
         losq = sq
+        amx = sq  # fp16: max_d |r_d| (the next level's scale)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
             xmask = rmask[:, None] & (cu < D)[None, :]
@@ -390,12 +461,27 @@ def _rq_greedy_kernel(
             xv = xv.to(tl.float32)
             tl.store(rs_ptr + mm[:, None] * DP + cu[None, :], xv)
             if FAST:
-                hi = _round_tf32(xv)
-                tl.store(sp_ptr + mm[:, None] * DP + cu[None, :], hi)
-                lo = xv - hi
                 sq += xv * xv
-                losq += lo * lo
+                if FP16:
+                    amx = tl.maximum(amx, tl.abs(xv))
+                else:
+                    hi = _round_tf32(xv)
+                    tl.store(op_ptr + mm[:, None] * DP + cu[None, :], hi)
+                    lo = xv - hi
+                    losq += lo * lo
         rsq = tl.sum(sq, 1)
+        if FAST and FP16:  # level 0's scale from max |x_d|, then slot 1 -> the fp16 operand
+            amax = tl.max(amx, 1)
+            er = _fp16_exponent(amax, tl.load(stat_ptr + 3).to(tl.int32))
+            sr = _pow2(er)
+            isr = _pow2(-er)
+            tl.debug_barrier()
+            for u0 in tl.static_range(0, DP, BU):
+                cu = u0 + uu
+                rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
+                h, lo = _split_fp16(rv, sr, isr)
+                tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
+                losq += lo * lo
         losq = tl.sum(losq, 1)
         tl.debug_barrier()  # the slots are visible to every thread of the program
         redo = tl.zeros([BM], dtype=tl.int32)
@@ -404,21 +490,32 @@ def _rq_greedy_kernel(
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
             if FAST:
-                chimax = tl.load(stat_ptr + 3 * l)
-                clomax = tl.load(stat_ptr + 3 * l + 1)
-                cnmax = tl.load(stat_ptr + 3 * l + 2)
-                best, unsure = _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
-                                           tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, gamma, gamma_chk,
-                                           BM, BK, DP, BD, PACK_BITS, PROVE)
+                chimax = tl.load(stat_ptr + NST * l)
+                clomax = tl.load(stat_ptr + NST * l + 1)
+                cnmax = tl.load(stat_ptr + NST * l + 2)
+                if FP16:  # 2 / (s_r sc_l): a normal float32 power of two (_fp16_exponent)
+                    mult = _pow2(1 - er - tl.load(stat_ptr + NST * l + 3).to(tl.int32))
+                else:
+                    mult = rsq
+                best, unsure = _level_fast(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
+                                           tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
+                                           gamma_chk, BM, BK, DP, BD, PACK_BITS, PROVE, PROPOSAL)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
+                if FP16:  # the next level's scale: max|r - c| <= max|r| + max|c_d| of this level
+                    ln = tl.minimum(l + 1, L - 1)
+                    er = _fp16_exponent(amax + tl.load(stat_ptr + NST * l + 4),
+                                        tl.load(stat_ptr + NST * ln + 3).to(tl.int32))
+                    sr = _pow2(er)
+                    isr = _pow2(-er)
             else:
                 best = _level_exact(rs_ptr, cb_ptr, cn_ptr, kbeg, kend, D, BM, BK, DP, BD, FMA_CHAIN)
             tl.debug_barrier()  # every read of the slots (A operand, re-check, exact pass) is done
             sq = tl.zeros([BM, BU], dtype=tl.float32)
             losq = sq
+            amx = sq
             for u0 in tl.static_range(0, DP, BU):  # r -= c[best], slice by slice
                 cu = u0 + uu
                 rp = rs_ptr + mm[:, None] * DP + cu[None, :]
@@ -426,12 +523,18 @@ def _rq_greedy_kernel(
                 tl.store(rp, rv)
                 sq += rv * rv
                 if FAST:
-                    hi = _round_tf32(rv)
-                    tl.store(sp_ptr + mm[:, None] * DP + cu[None, :], hi)
-                    lo = rv - hi
+                    if FP16:
+                        h, lo = _split_fp16(rv, sr, isr)
+                        amx = tl.maximum(amx, tl.abs(rv))
+                    else:
+                        h = _round_tf32(rv)
+                        lo = rv - h
+                    tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
                     losq += lo * lo
             rsq = tl.sum(sq, 1)
             losq = tl.sum(losq, 1)
+            if FAST and FP16:
+                amax = tl.max(amx, 1)
             tl.debug_barrier()
             tl.store(dist_ptr + rows64 * L + l, rsq, mask=rmask)
             tl.store(code_ptr + rows64 * L + l, best - kbeg, mask=rmask)
@@ -444,6 +547,8 @@ def _rq_greedy_kernel(
                 tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
             _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
+
+
 # --------------------------------------------------------------------------- beam kernels
 @triton.jit
 def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
@@ -808,14 +913,14 @@ class _Tiles(NamedTuple):
 
 
 def _greedy_config(dp: int, n: int) -> tuple[_Tiles, _Tiles]:
-    """Tiles of the greedy kernel's tf32 pass and of its exact pass (fast=False, and the redo of
-    unproven rows); the same BLOCK_M (the scratch slots).
+    """Tiles of the greedy kernel's proposal pass (fp16 or tf32) and of its exact pass (fast=False,
+    and the redo of unproven rows); the same BLOCK_M (the scratch slots).
 
     BLOCK_M = 128 with 8 warps: the wgmma layout is [8, 1] warps (m64 per warpgroup, n = BLOCK_K), so
     each row's reductions stay inside one warp (GPU-NOTES.md, 2026-12-04). The tf32 pass is a plain
     pipelined GEMM over D per chunk of BLOCK_K codewords (A from the scratch slot, B from the
     codebook, both by 16-byte cp.async): shared memory num_stages * (BM + BK) * BD * 4 = 48 KB
-    whatever D. Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
+    whatever D (tf32; fp16 half: 24 KB; fp16 with BD 32 spills 20 B on 3.6, 2026-12-05). Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
     one (tests/test_sm90_compile.py; also at D = 64, 128, 512, 1024): BD 32 or BU 32 make the tf32 pass
     spill on 3.6, BU < 64 the exact pass at D = 64 (2026-12-04)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
@@ -848,6 +953,36 @@ def _tf32_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor, ks: list[
     return cbhi, stat.t().contiguous()  # [L, 3]
 
 
+def _fp16_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy fp16 proposal's codebook: per level l a power of two sc_l = 2^ec_l with
+    max|c * sc_l| < 2^15 (ec_l = 14 - floor(log2 max|c|), clamped to [-100, 100]: a zero level gets
+    100), the padded codebook fp16(c * sc_l) [P, DP] (padding stays zero), and per level [L, 5]:
+    max ||c_hi||, max ||c - c_hi||, max ||c||^2, ec_l, max_kd |c_kd| with c_hi = fp16(c sc_l) / sc_l
+    (exact); the norms in float64, rounded up."""
+    levels = len(ks)
+    dev = cb.device
+    lvl = torch.repeat_interleave(torch.arange(levels, device=dev), torch.tensor(ks, device=dev))
+    real = cb[dst]
+    amax = torch.zeros(levels, dtype=torch.float32, device=dev)
+    amax.scatter_reduce_(0, lvl, real.abs().amax(1), reduce="amax", include_self=True)
+    _, ex = torch.frexp(amax)  # amax = m 2^ex, m in [0.5, 1): floor(log2 amax) = ex - 1
+    ec = torch.where(amax > 0, 15 - ex, torch.full_like(ex, 100)).clamp(-100, 100)
+    sc = torch.ldexp(torch.ones_like(amax), ec)
+    scale = torch.zeros(cb.shape[0], dtype=torch.float32, device=dev)
+    scale[dst] = sc[lvl]
+    # exact scaling, one rounding to fp16 (clamped: only a level with max|c| >= 2^114 reaches the clamp)
+    cb16 = (cb * scale[:, None]).clamp(-65504.0, 65504.0).to(torch.float16)
+    real_hi = cb16[dst].double() / sc[lvl].double()[:, None]  # exact: a power of two
+    real_lo = real.double() - real_hi  # exact in float64
+    up = 1.0 + 2.0**-20
+    per_row = torch.stack([real_hi.norm(dim=1) * up, real_lo.norm(dim=1) * up,
+                           cn[dst].double()]).float()  # [3, sum_k]
+    stat = torch.zeros((3, levels), dtype=torch.float32, device=dev)
+    stat.scatter_reduce_(1, lvl[None, :].expand(3, -1), per_row, reduce="amax", include_self=True)
+    stat = torch.cat([stat, ec.float()[None, :], amax[None, :]])
+    return cb16, stat.t().contiguous()  # [L, 5]
+
+
 def residual_quantize_triton(
     x: torch.Tensor,
     codebooks: torch.Tensor,
@@ -868,6 +1003,7 @@ def residual_quantize_triton(
     _fma_chain: bool | None = None,
     _force_redo: bool = False,
     beam_window: int | None = None,
+    _proposal: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -877,7 +1013,8 @@ def residual_quantize_triton(
         offsets: L+1 increasing ints, offsets[0] == 0, offsets[-1] == codebooks.shape[0].
         beam_width: 1 = greedy (exact ties to the lowest index); 2..16 = beam search
             (candidates (beam, code) ordered by (score, beam rank, code)).
-        fast: tf32 tensor cores propose, float32 decides. Greedy: a float32 re-check of the best
+        fast: tensor cores propose, float32 decides. Greedy: an fp16 GEMM (power-of-two scaling per
+            row and level; tf32 with ``_proposal="tf32"``) proposes, a float32 re-check of the best
             candidates and an exact fallback where the re-check cannot prove the choice. Beam
             search: the tf32 pass keeps a row's best candidates over all its beams, the window
             (``beam_window``) is re-scored with the canonical FMA chain, and rows whose window
@@ -886,8 +1023,8 @@ def residual_quantize_triton(
             (``input_precision="ieee"``) dot products throughout (the exact kernels).
         precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
             path (with ``fast=True`` the tf32 pass proposes and the proof / exact redo decides).
-            ``"fast"`` (with ``fast=True``): the tf32 pass's choice without the proof (greedy: no
-            re-check; beam: the B best tf32 scores as they are; no redo launch); codes may differ
+            ``"fast"`` (with ``fast=True``): the proposal's choice without the proof (greedy: the
+            fp16 (or tf32) GEMM's best, no re-check; beam: the B best tf32 scores as they are; no redo launch); codes may differ
             from float32 on near-ties (about 0.1 % of rows on random data). torch's global tf32
             flags never change either.
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
@@ -905,6 +1042,11 @@ def residual_quantize_triton(
         _force_redo: fast path: an error bound so wide that every row with ||r|| > 0 is re-checked,
             left unproven and re-encoded by the exact pass (the redo tier forced on; beam search:
             every row with more candidates than the window) - for tests.
+        _proposal: greedy, fast path: the proposal GEMM's operands, ``"fp16"`` (default: fp16 with
+            exact power-of-two scaling per row and level, float32 accumulation) or ``"tf32"`` (the
+            tf32-rounded float32 residual and codebook); the same proof either way, so the same codes
+            (``precision="fast"``: the proposal's own choice, which may differ between the two on
+            near-ties) - for tuning and the GPU comparison (bench/gpu_rq_sweep.py).
         beam_window: beam search, fast path: candidates per row re-scored exactly (default
             2^ceil(log2(B + 3)) - 1: 7 for B = 5; at least B); wider: fewer unproven rows, more
             re-scoring.
@@ -933,6 +1075,9 @@ def residual_quantize_triton(
         raise ValueError("D must be >= 1")
     if precision not in ("exact", "fast"):
         raise ValueError(f'precision must be "exact" or "fast", got {precision!r}')
+    proposal = "fp16" if _proposal is None else _proposal
+    if proposal not in ("fp16", "tf32"):
+        raise ValueError(f'_proposal must be "fp16" or "tf32", got {_proposal!r}')
     beam_width = int(beam_width)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
@@ -1065,6 +1210,8 @@ def residual_quantize_triton(
     else:
         nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
     scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
+    if fast and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
+        cbhi, stat = _fp16_stats(cb, cn, dst, ks)
     for exact_pass in ((False, True) if prove else (False,)) if fast else (True,):
         # the exact pass over the listed rows needs no host sync: its programs read the count
         t = tiles_exact if exact_pass else tiles_fast
@@ -1073,6 +1220,6 @@ def residual_quantize_triton(
             n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
             BM=t.bm, BK=t.bk, DP=dp, BD=t.bd, BU=t.bu, FAST=not exact_pass, REDO=exact_pass and bool(fast),
             PACK_BITS=int(math.log2(t.bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            FMA_CHAIN=bool(fma_chain), PROVE=prove, num_warps=t.nw, num_stages=t.ns,
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, num_warps=t.nw, num_stages=t.ns,
         )
     return q, dist, codes

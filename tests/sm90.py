@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SASS_FORMS = {
     "wgmma": r"\bHGMMA\.",                 # Hopper warpgroup MMA (wgmma)
     "mma": r"\bHMMA\.",                    # warp-level mma.sync
+    "wgmma_f16": r"\bHGMMA\.\d+x\d+x16\.F32\s",   # wgmma with fp16 operands (no .TF32 / .BF16 suffix), f32 acc
+    "wgmma_tf32": r"\bHGMMA\.\d+x\d+x8\.F32\.TF32\b",  # wgmma with tf32 operands
     "ldg128": r"\bLDG\.E(\.[A-Z0-9_]+)*\.128\b",
     "stg128": r"\bSTG\.E(\.[A-Z0-9_]+)*\.128\b",
     "ldgsts128": r"\bLDGSTS\.E(\.[A-Z0-9_]+)*\.128\b",  # cp.async 16 B

@@ -30,6 +30,8 @@ from test_residual_quantize import check_greedy
 
 TRITON = triton_devices()
 needs_triton = pytest.mark.skipif(not TRITON, reason="triton is not installed")
+# the greedy fast pass's proposal GEMM: fp16 with power-of-two scaling (the default) or tf32
+PROPOSALS = ["fp16", "tf32"]
 
 
 # --------------------------------------------------------------------------- the canonical score, in torch
@@ -227,19 +229,20 @@ def test_cpu_codes_are_canonical(p):
 
 
 @needs_triton
+@pytest.mark.parametrize("proposal", PROPOSALS)
 @settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow])
 @given(p=problems)
-def test_every_triton_path_returns_the_canonical_codes(p):
+def test_every_triton_path_returns_the_canonical_codes(proposal, p):
     """Exact pass, fast pass (with its own unproven-row redo) and the forced redo tier: the canonical
-    codes bit for bit, the same as the C++ kernel's; the reference within tolerance."""
+    codes bit for bit, the same as the C++ kernel's; the reference within tolerance. Both proposals."""
     x, cbs = nasty_problem(p["seed"], p["n"], p["d"], p["ks"], p["scale"])
     want = canonical_codes(x, cbs)
     exact = triton_run(x, cbs, fast=False)
     assert torch.equal(exact[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter)
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, _proposal=proposal)
     assert torch.equal(fast[2], want)
-    redo = triton_run(x, cbs, fast=True, _force_redo=True)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True, _proposal=proposal)
     assert torch.equal(redo[2], want)
     for out in (exact, fast, redo):
         check_greedy(x, cbs, out)
@@ -255,7 +258,8 @@ def test_every_triton_path_returns_the_canonical_codes(p):
 @pytest.mark.parametrize("tiles", [dict(block_m=16, block_k=16, block_d=16, block_u=16),
                                    dict(block_m=32, block_k=32, block_d=16, block_u=32)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed):
+@pytest.mark.parametrize("proposal", PROPOSALS)
+def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed, proposal):
     """The interpreter's default tiles cover D in one step; the GPU's do not: the tf32 GEMM over
     D in BLOCK_D steps, the re-check and the exact pass in BLOCK_D slices, the residual passes in
     BLOCK_U slices, several codeword chunks and tiles (persistent programs). Every path returns
@@ -265,9 +269,9 @@ def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed):
     exact = triton_run(x, cbs, fast=False, **tiles)
     assert torch.equal(exact[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, **tiles)
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, _proposal=proposal, **tiles)
     assert torch.equal(fast[2], want)
-    redo = triton_run(x, cbs, fast=True, _force_redo=True, **tiles)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True, _proposal=proposal, **tiles)
     assert torch.equal(redo[2], want)
     for out in (exact, fast, redo):
         check_greedy(x, cbs, out)
@@ -278,7 +282,8 @@ def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed):
 
 
 @needs_triton
-def test_fast_path_sends_re_check_ties_to_the_exact_pass():
+@pytest.mark.parametrize("proposal", PROPOSALS)
+def test_fast_path_sends_re_check_ties_to_the_exact_pass(proposal):
     """Rows whose best candidates tie within the re-check's distance to the canonical score (here:
     duplicated codewords, an exact tie) are not decided by the tree-summed re-check: the exact
     pass re-encodes them, and the lowest index wins."""
@@ -288,7 +293,7 @@ def test_fast_path_sends_re_check_ties_to_the_exact_pass():
     c[7] = c[3]  # duplicate
     x = c[3] + torch.randn(n, d, generator=g) * 1e-3
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, [c], _fallback_counter=counter)
+    fast = triton_run(x, [c], _fallback_counter=counter, _proposal=proposal)
     assert (fast[2][:, 0] == 3).all()
     unsure, redone = counter.tolist()
     assert redone == n and unsure == n
@@ -319,17 +324,126 @@ def test_gpu_every_path_returns_the_canonical_codes(seed):
 
 
 @needs_triton
-def test_precision_option():
-    """precision="exact" (default) is the canonical answer; "fast" is the tf32 pass's choice without
-    the proof: no row is re-checked or redone, every code is optimal within the tf32 error (the
-    reference's tolerance), and on these near-ties some differ from the canonical codes."""
+@pytest.mark.parametrize("proposal", PROPOSALS)
+def test_precision_option(proposal):
+    """precision="exact" (default) is the canonical answer; "fast" is the proposal's choice without
+    the proof: no row is re-checked or redone, every code is optimal within the proposal's error
+    (the reference's tolerance), and on these near-ties some differ from the canonical codes."""
     x, cbs = nasty_problem(3, 40, 33, [64, 33], 37.0)
     want = canonical_codes(x, cbs)
-    assert torch.equal(triton_run(x, cbs, precision="exact")[2], want)
+    assert torch.equal(triton_run(x, cbs, precision="exact", _proposal=proposal)[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter)
+    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter, _proposal=proposal)
     assert counter.tolist() == [0, 0]
     check_greedy(x, cbs, fast, rtol=1e-3)
     assert not torch.equal(fast[2], want)  # the proof matters on these rows
     with pytest.raises(ValueError, match="precision"):
         triton_run(x, cbs, precision="tf32")
+    with pytest.raises(ValueError, match="_proposal"):
+        triton_run(x, cbs, _proposal="bf16")
+
+
+@needs_triton
+def test_fp16_codebook_split_is_exact():
+    """The fp16 proposal's codebook (host): per level a power of two sc_l with max|c sc_l| < 2^15,
+    c_hi = fp16(c sc_l) / sc_l, and the bound's figures (max ||c_hi||, max ||c - c_hi||, max ||c||^2,
+    the exponent of sc_l, max |c_d|) cover the codebook; padding rows stay zero."""
+    from pysid.kernels.residual_quantize import _fp16_stats, codeword_sqnorms
+
+    g = torch.Generator().manual_seed(1)
+    ks = [5, 7, 3]
+    levels = [torch.randn(ks[0], 20, generator=g) * 1e-20, torch.randn(ks[1], 20, generator=g) * 3e4,
+              torch.zeros(ks[2], 20)]
+    levels[1][0, :10] *= 1e-25  # wide range inside a codeword: the small part goes to c_lo exactly
+    dp, pad = 32, 8
+    cb = torch.zeros(3 * pad, dp)
+    dst = torch.cat([torch.arange(k) + i * pad for i, k in enumerate(ks)])
+    cb[dst, :20] = torch.cat(levels)
+    cn = torch.full((3 * pad,), 3e38)
+    cn[dst] = codeword_sqnorms(torch.cat(levels))
+    cb16, stat = _fp16_stats(cb, cn, dst, ks)
+    assert cb16.dtype == torch.float16 and cb16.shape == cb.shape and torch.isfinite(cb16).all()
+    pad_rows = torch.ones(3 * pad, dtype=torch.bool)
+    pad_rows[dst] = False
+    assert (cb16[pad_rows] == 0).all() and (cb16[:, 20:] == 0).all()
+    for lvl, c in enumerate(levels):
+        rows = dst[sum(ks[:lvl]):sum(ks[:lvl + 1])]
+        ec = int(stat[lvl, 3])
+        assert stat[lvl, 3] == ec and -100 <= ec <= 100
+        hi = cb16[rows, :20].double() * 2.0**-ec
+        assert (cb16[rows].float().abs() < 2.0**15).all()
+        if c.abs().max() > 0:
+            assert cb16[rows].float().abs().max() >= 2.0**13  # the scale uses fp16's range
+            assert (hi - c.double()).abs().max() <= c.double().abs().max() * 2.0**-11
+        assert float(stat[lvl, 0]) >= hi.norm(dim=1).max()
+        assert float(stat[lvl, 1]) >= (c.double() - hi).norm(dim=1).max()
+        assert float(stat[lvl, 2]) == float(cn[rows].max())
+        assert float(stat[lvl, 4]) == float(c.abs().max())
+
+
+def extreme_rows(seed: int, n: int, d: int):
+    """Rows of very different magnitudes: huge (1e18: ||x||^2 stays finite), tiny (1e-20, 1e-30,
+    1e-38: subnormal float32 elements), zero, a 1e17 / 1e-20 mix inside one row, ordinary rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    scales = [1e18, 1e-20, 0.0, 1e-30, None, 1e-38, 1.0, 3e-3]
+    for i in range(n):
+        s = scales[i % len(scales)]
+        if s is None:
+            x[i, : d // 2] *= 1e17
+            x[i, d // 2:] *= 1e-20
+        else:
+            x[i] *= s
+    return x
+
+
+@needs_triton
+@pytest.mark.parametrize("proposal", PROPOSALS)
+@pytest.mark.parametrize("cscale", [1.0, 1e-15, 1e15])
+def test_extreme_rows_return_the_canonical_codes(proposal, cscale):
+    """Rows with huge, tiny, zero norms and a wide dynamic range inside a row, against codebooks at
+    several scales (the fp16 proposal scales each row and level by a power of two; rows it cannot
+    prove go to the exact pass): the canonical codes, the exact pass's outputs, finite distances."""
+    g = torch.Generator().manual_seed(11)
+    d = 24
+    x = extreme_rows(3, 48, d)
+    cbs = [torch.randn(40, d, generator=g) * cscale, torch.randn(17, d, generator=g) * cscale * 0.3]
+    want = canonical_codes(x, cbs)
+    exact = triton_run(x, cbs, fast=False)
+    assert torch.equal(exact[2], want)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = triton_run(x, cbs, _fallback_counter=counter, _proposal=proposal)
+    assert torch.equal(fast[2], want)
+    for out in (exact, fast):
+        assert all(torch.isfinite(t).all() for t in out)
+    assert torch.equal(fast[0], exact[0])  # the same codes: the same chain of fl(r - c), bit for bit
+    assert torch.allclose(fast[1], exact[1], rtol=1e-5, atol=0.0)  # distances: sums in another order
+    forced = triton_run(x, cbs, _force_redo=True, _proposal=proposal)
+    assert torch.equal(forced[2], want)
+    fast_only = triton_run(x, cbs, precision="fast", _proposal=proposal)
+    assert all(torch.isfinite(t).all() for t in fast_only)
+
+
+@needs_triton
+@pytest.mark.parametrize("scale", [1e-12, 1e15, 1e-30])
+def test_fp16_scaling_keeps_far_from_one_rows_provable(scale):
+    """Without its per-row and per-level power-of-two scales, fp16 would flush rows of 1e-12 to
+    zero (or overflow at 1e15) and leave every row unproven; with them the fp16 proposal proves as
+    many rows as tf32's (same 11-bit significand) and the codes are the canonical ones. (At 1e-15
+    the scores, ~1e-30, meet the bound's absolute 1e-30 term: both proposals leave rows unproven.)"""
+    g = torch.Generator().manual_seed(5)
+    d, n = 32, 96
+    c0 = torch.randn(64, d, generator=g)
+    cbs = [c0 * scale, torch.randn(32, d, generator=g) * 0.4 * scale]
+    x = (c0[torch.randint(0, 64, (n,), generator=g)] + torch.randn(n, d, generator=g) * 0.5) * scale
+    if scale == 1e-30:  # tiny rows against an ordinary codebook (squares of 1e-30 codewords underflow)
+        cbs = [c0, torch.randn(32, d, generator=g) * 0.4]
+    want = canonical_codes(x, cbs)
+    counts = {}
+    for proposal in PROPOSALS:
+        counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+        out = triton_run(x, cbs, _fallback_counter=counter, _proposal=proposal)
+        assert torch.equal(out[2], want), proposal
+        counts[proposal] = counter.tolist()
+    assert counts["fp16"][1] <= n // 8, counts
+    assert counts["fp16"][1] <= counts["tf32"][1] + 4, counts

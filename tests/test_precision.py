@@ -118,9 +118,9 @@ def test_precision_reaches_the_triton_kernel(spy_triton, precision):
         q.train()
         q(x)
         assert spy_triton and set(spy_triton) == {precision}
-    # "fast" codes are the tf32 pass's choice: where they differ from the exact ones (level 0), only
-    # by a near-tie within tf32's error of 2 x.c (11-bit significands: <= 2^-9 (|x|^2 + |c|^2));
-    # the interpreter computes tf32 dots in float32
+    # "fast" codes are the proposal's choice (greedy: fp16 with power-of-two scaling; tf32 on request):
+    # where they differ from the exact ones (level 0), only by a near-tie within its error of 2 x.c
+    # (11-bit significands: <= 2^-9 (|x|^2 + |c|^2)); the interpreter computes tf32 dots in float32
     exact = pysid.residual_quantize(x.cpu(), cbs.cpu())
     xd, c = x.cpu().double(), cbs[0].cpu().double()
     d_fast = ((xd - c[out.codes[:, 0].long().cpu()]) ** 2).sum(1)

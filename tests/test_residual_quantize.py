@@ -242,8 +242,9 @@ def test_triton_beam_gpu_tiles_match_reference(beam, tiles):
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
-def test_triton_fast_path_redoes_unproven_rows_exactly():
-    """Rows the tf32 pass cannot prove are re-encoded by the exact pass, every level.
+@pytest.mark.parametrize("proposal", ["fp16", "tf32"])
+def test_triton_fast_path_redoes_unproven_rows_exactly(proposal):
+    """Rows the proposal pass (fp16 or tf32) cannot prove are re-encoded by the exact pass, every level.
 
     Codewords 0..5 of level 0 have squared norms 1 - 2j * 2^-24 (j = 0..5), the scores of a
     zero row: packing the chunk index into the low mantissa bits makes the keys of codes 1..5
@@ -262,7 +263,7 @@ def test_triton_fast_path_redoes_unproven_rows_exactly():
     packed = cbs.reshape(-1, d).contiguous().to(dev)
     x = x.to(dev)
     counter = torch.zeros(2, dtype=torch.int32, device=dev)
-    fast = residual_quantize_triton(x, packed, [0, k, 2 * k], _fallback_counter=counter)
+    fast = residual_quantize_triton(x, packed, [0, k, 2 * k], _fallback_counter=counter, _proposal=proposal)
     exact = residual_quantize_triton(x, packed, [0, k, 2 * k], fast=False)
     assert (fast[2][::7, 0] == 5).all()
     unsure_pairs, redone = counter.tolist()
@@ -271,8 +272,11 @@ def test_triton_fast_path_redoes_unproven_rows_exactly():
     for a, b in zip(fast, exact):  # the redone rows: bit for bit the exact pass's output
         assert torch.equal(a[zero], b[zero])
     check_greedy(x, list(cbs.to(dev)), fast)
-    again = residual_quantize_triton(x, packed, [0, k, 2 * k])
+    again = residual_quantize_triton(x, packed, [0, k, 2 * k], _proposal=proposal)
     assert all(torch.equal(a, b) for a, b in zip(fast, again))
+    if proposal == "tf32":  # the default (fp16) proposal: the same outputs, bit for bit
+        default = residual_quantize_triton(x, packed, [0, k, 2 * k])
+        assert all(torch.equal(a, b) for a, b in zip(fast, default))
 
 
 @requires_cuda

@@ -30,9 +30,12 @@ def kernel_jobs() -> list[dict]:
                   "kreal_ptr": "*i32", "stat_ptr": F32, "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
                   "scratch_ptr": F32, "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32, "D": I32, "L": I32,
                   "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
-    # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: tf32 pass (BM 128, BK 128, BD 16, BU 16,
-    # 8 warps, 3 stages), exact pass (BM 128, BK 64, BD 16, BU 32, 8 warps, 3 stages)
-    greedy = dict(BM=128, DP=256, BD=16, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False, PROVE=True)
+    # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: proposal pass (BM 128, BK 128, BD 16, BU 16,
+    # 8 warps, 3 stages; fp16 by default: the codebook operand cbhi_ptr is fp16, tf32 on request), exact pass
+    # (BM 128, BK 64, BD 16, BU 32, 8 warps, 3 stages). fp16 with BD 32 spills on 3.6 (20 / 20 B, 2026-12-05).
+    greedy = dict(BM=128, DP=256, BD=16, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False, PROVE=True,
+                  PROPOSAL="fp16")
+    greedy16_sig = dict(greedy_sig, cbhi_ptr="*fp16")
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                 "kreal_ptr": "*i32", "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
                 "scratch_ptr": F32, "path_ptr": "*i32", "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
@@ -65,9 +68,15 @@ def kernel_jobs() -> list[dict]:
               "K": I32, "FAN": I32, "n_nodes": I32, "lp_stride": I32, "E": I32}
     div = ["D", "stride_xm"]
     return [
-        dict(name="rq_greedy_fast", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
+        dict(name="rq_greedy_fast", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
              constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False), num_warps=8, num_stages=3),
-        dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
+        dict(name="rq_greedy_fast_noproof", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROVE=False),
+             num_warps=8, num_stages=3),
+        dict(name="rq_greedy_fast_tf32", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
+             constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROPOSAL="tf32"),
+             num_warps=8, num_stages=3),
+        dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
              constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True), num_warps=8, num_stages=3),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
              constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
@@ -116,8 +125,11 @@ VERSIONS_ALL = {"installed", "triton36"}
 
 # What each kernel must show in its SASS (besides: no spill bytes, STACK == 0).
 EXPECT_SASS = {
-    "rq_greedy_fast": {"wgmma": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},  # tf32 wgmma; 16-byte cp.async of
-    # both GEMM operands; 16-byte residual passes (x in, scratch, codeword gather, quantized out)
+    # the greedy proposal pass: fp16 wgmma (fp16 operands, f32 accumulator; tf32 on request); 16-byte
+    # cp.async of both GEMM operands; 16-byte residual passes (x in, scratch, codeword gather, quantized out)
+    "rq_greedy_fast": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
@@ -139,7 +151,8 @@ EXPECT_SASS = {
 
 # Forms a kernel must not show: 4-byte cp.async of an operand that is 16-byte aligned (the _opaque_zero
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
-FORBID_SASS = {"rq_greedy_fast": ("ldgsts32",), "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
+FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
+               "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
                "rq_beam5_tf32": ("ldgsts32",), "rq_beam5_first_fast": ("ldgsts32",),
                "rq_beam5_first_tf32": ("ldgsts32",)}
 
