@@ -114,6 +114,8 @@ def case_rq(R: Runner, n: int, shapes) -> None:
         R.t(f"{tag}.pysid_triton_exact.ms", lambda: residual_quantize_triton(x, packed, offs, 1))
         R.t(f"{tag}.pysid_triton_fast.ms", lambda: residual_quantize_triton(x, packed, offs, 1, precision="fast"))
         # the greedy proposal GEMM: fp16 with power-of-two scaling (the default, above) vs tf32 (issue 15)
+        R.t(f"{tag}.pysid_triton_exact_fp16_streamed.ms",  # resident A off (the default at D <= 256)
+            lambda: residual_quantize_triton(x, packed, offs, 1, _resident=False))
         R.t(f"{tag}.pysid_triton_exact_tf32_proposal.ms",
             lambda: residual_quantize_triton(x, packed, offs, 1, _proposal="tf32"))
         R.t(f"{tag}.pysid_triton_fast_tf32_proposal.ms",

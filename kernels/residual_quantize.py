@@ -13,7 +13,10 @@ registers: every pass over it (load x, subtract the chosen codeword, write the q
 goes in ``BLOCK_U``-column slices with 16-byte accesses, and also yields the squared norms the
 next level needs. Per level the program streams the level's codebook in ``BLOCK_K`` chunks; per
 chunk a plain pipelined GEMM over D (``BLOCK_D`` steps; both operands by 16-byte cp.async into
-shared memory, async wgmma on the accumulator chain) gives ``r.c``, and the program keeps the
+shared memory, async wgmma on the accumulator chain) gives ``r.c`` - or, with the fp16 proposal
+at D <= 256 (the default), the tile's whole fp16 A operand (128 x 256 x 2 B = 64 KB) is read once
+per level and stays in shared memory while the codebook chunks stream past it (one MMA over all
+of D per chunk, BLOCK_K 64, 2 stages: 128 KB of shared memory; ``_resident``) - and the program keeps the
 best candidates of ``score = ||c||^2 - 2 r.c`` (float32), exact ties to the lowest index; then it
 subtracts the chosen codeword and writes that level's distance ``||r||^2`` and code. The exact
 path (``fast=False``, and the redo of unproven rows) runs the same loop with
@@ -283,7 +286,7 @@ def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK: tl.conste
 @triton.jit
 def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
                 mult, gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
-                PACK_BITS: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr):
+                PACK_BITS: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr, RESIDENT: tl.constexpr):
     """Proposal GEMM keeping the 4 best per row, float32 re-check of the best 3.
 
     sp_ptr: the proposal's A operand [BM, DP]: PROPOSAL "tf32": the residual rounded to tf32
@@ -293,7 +296,10 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
     value the A operand stands for: tf32(r), or fp16(r * s_r) / s_r). Returns (global row index of
     the choice, unsure mask).
 
-    Per chunk of BK codewords a plain GEMM over D in BD steps: A and B slices go straight from L2 to
+    RESIDENT (fp16, DP <= 256): A [BM, DP] is loaded once before the chunk loop (Triton keeps it in
+    shared memory: 128 KB with BK 64 and 2 stages on sm_90) and each chunk is one dot over all of D:
+    per level the tile reads A once instead of once per chunk. Otherwise:
+    per chunk of BK codewords a plain GEMM over D in BD steps: A and B slices go straight from L2 to
     shared memory (cp.async, no register staging of a [BM, DP] operand), num_stages deep, and the
     accumulator chain runs on async wgmma. Shared memory is then num_stages * (BM + BK) * BD * 4
     bytes (tf32; half with fp16): two programs fit per SM, so one program's top-4 epilogue overlaps
@@ -311,18 +317,25 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
     i1 = i0
     i2 = i0
     i3 = i0
+    if RESIDENT:  # the whole A operand [BM, DP] (fp16) read once per level; it stays in shared memory
+        dfull = tl.arange(0, DP)
+        a_res = tl.load(sp_ptr + mm[:, None] * DP + dfull[None, :])
     for kb in range(kbeg, kend, BK):
-        # a plain pipelined GEMM over D: both operands stream into shared memory by cp.async
-        # (16-byte copies, num_stages deep), the accumulator chain runs on async wgmma
-        acc = tl.zeros([BM, BK], dtype=tl.float32)
-        for d0 in range(0, DP, BD):
-            cols = tl.multiple_of(d0, BD) + dd
-            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] exact in the operand type
-            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] likewise
-            if PROPOSAL == "fp16":  # fp16 products are exact in float32; float32 accumulation
-                acc = tl.dot(a, c, acc, out_dtype=tl.float32)
-            else:
-                acc = tl.dot(a, c, acc, input_precision="tf32")
+        if RESIDENT:  # one MMA over all of D per chunk: only the codebook chunk streams (cp.async)
+            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + dfull[:, None])  # [DP, BK]
+            acc = tl.dot(a_res, c, out_dtype=tl.float32)
+        else:
+            # a plain pipelined GEMM over D: both operands stream into shared memory by cp.async
+            # (16-byte copies, num_stages deep), the accumulator chain runs on async wgmma
+            acc = tl.zeros([BM, BK], dtype=tl.float32)
+            for d0 in range(0, DP, BD):
+                cols = tl.multiple_of(d0, BD) + dd
+                a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] exact in the operand type
+                c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] likewise
+                if PROPOSAL == "fp16":  # fp16 products are exact in float32; float32 accumulation
+                    acc = tl.dot(a, c, acc, out_dtype=tl.float32)
+                else:
+                    acc = tl.dot(a, c, acc, input_precision="tf32")
         cn = tl.load(cn_ptr + kb + kk)
         v0, v1, v2, v3, i0, i1, i2, i3 = _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK,
                                                      PACK_BITS, PROPOSAL == "fp16")
@@ -411,6 +424,7 @@ def _rq_greedy_kernel(
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
     STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr,
+    RESIDENT: tl.constexpr = False,
 ):
     """FAST: the proposal pass (PROPOSAL "fp16" or "tf32"); rows it cannot prove at some level are
     appended to the redo list (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the
@@ -499,7 +513,7 @@ def _rq_greedy_kernel(
                     mult = rsq
                 best, unsure = _level_fast(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
                                            tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
-                                           gamma_chk, BM, BK, DP, BD, PACK_BITS, PROVE, PROPOSAL)
+                                           gamma_chk, BM, BK, DP, BD, PACK_BITS, PROVE, PROPOSAL, RESIDENT)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
@@ -912,7 +926,7 @@ class _Tiles(NamedTuple):
     ns: int
 
 
-def _greedy_config(dp: int, n: int) -> tuple[_Tiles, _Tiles]:
+def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Tiles]:
     """Tiles of the greedy kernel's proposal pass (fp16 or tf32) and of its exact pass (fast=False,
     and the redo of unproven rows); the same BLOCK_M (the scratch slots).
 
@@ -929,7 +943,8 @@ def _greedy_config(dp: int, n: int) -> tuple[_Tiles, _Tiles]:
         return t, t
     # BU grows with D beyond 256 so that the unrolled residual passes keep <= 16 slices (compile time:
     # D 1024 with BU 16 did not compile within 15 minutes; with BU 64 the tf32 pass spills 44 B on 3.6)
-    return (_Tiles(128, 128, 16, max(16, dp // 16), 8, 3),
+    # resident A (fp16, DP <= 256): 64 KB of A + 2 stages x 32 KB of codebook chunk (BK 64)
+    return (_Tiles(128, 64, 16, max(16, dp // 16), 8, 2) if resident else _Tiles(128, 128, 16, max(16, dp // 16), 8, 3),
             _Tiles(128, 64, 16, dp if dp <= 64 else max(32, dp // 16), 8, 3))  # exact: BU 16 at D 64 spills
 
 
@@ -1004,6 +1019,7 @@ def residual_quantize_triton(
     _force_redo: bool = False,
     beam_window: int | None = None,
     _proposal: str | None = None,
+    _resident: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -1047,6 +1063,11 @@ def residual_quantize_triton(
             tf32-rounded float32 residual and codebook); the same proof either way, so the same codes
             (``precision="fast"``: the proposal's own choice, which may differ between the two on
             near-ties) - for tuning and the GPU comparison (bench/gpu_rq_sweep.py).
+        _resident: greedy, fast path, fp16 proposal: the tile's whole A operand [BM, DP] is read once
+            per level and stays in shared memory while the codebook chunks stream past it (one MMA
+            over all of D per chunk), instead of both operands streaming per chunk in D-slices.
+            Default: on where DP <= 256 (BM 128: 64 KB of A, BLOCK_K 64, 2 stages: 128 KB of shared
+            memory) - for tuning and the GPU comparison.
         beam_window: beam search, fast path: candidates per row re-scored exactly (default
             2^ceil(log2(B + 3)) - 1: 7 for B = 5; at least B); wider: fewer unproven rows, more
             re-scoring.
@@ -1078,6 +1099,10 @@ def residual_quantize_triton(
     proposal = "fp16" if _proposal is None else _proposal
     if proposal not in ("fp16", "tf32"):
         raise ValueError(f'_proposal must be "fp16" or "tf32", got {_proposal!r}')
+    dp = max(16, _next_pow2(d))
+    resident = proposal == "fp16" and dp <= 256 if _resident is None else bool(_resident)
+    if resident and (proposal != "fp16" or dp > 256):
+        raise ValueError(f"_resident needs the fp16 proposal and D <= 256 (shared memory), got {proposal}, D {d}")
     beam_width = int(beam_width)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
@@ -1094,11 +1119,10 @@ def residual_quantize_triton(
     if n == 0:
         return q, dist, codes
 
-    dp = max(16, _next_pow2(d))
     ks = [b - a for a, b in zip(offsets, offsets[1:])]
 
     if beam_width == 1:
-        tiles_fast, tiles_exact = _greedy_config(dp, n)
+        tiles_fast, tiles_exact = _greedy_config(dp, n, resident)
 
         def _override(t: _Tiles) -> _Tiles:
             return _Tiles(block_m or t.bm, block_k or t.bk, min(dp, block_d or t.bd), min(dp, block_u or t.bu),
@@ -1220,6 +1244,7 @@ def residual_quantize_triton(
             n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
             BM=t.bm, BK=t.bk, DP=dp, BD=t.bd, BU=t.bu, FAST=not exact_pass, REDO=exact_pass and bool(fast),
             PACK_BITS=int(math.log2(t.bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, num_warps=t.nw, num_stages=t.ns,
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, RESIDENT=resident and not exact_pass,
+            num_warps=t.nw, num_stages=t.ns,
         )
     return q, dist, codes

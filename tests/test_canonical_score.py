@@ -30,8 +30,11 @@ from test_residual_quantize import check_greedy
 
 TRITON = triton_devices()
 needs_triton = pytest.mark.skipif(not TRITON, reason="triton is not installed")
-# the greedy fast pass's proposal GEMM: fp16 with power-of-two scaling (the default) or tf32
-PROPOSALS = ["fp16", "tf32"]
+# the greedy fast pass's proposal GEMM: fp16 with power-of-two scaling (the default; at D <= 256 with
+# the A operand resident in shared memory, "fp16-streamed" without) or tf32
+PROPOSALS = ["fp16", "fp16-streamed", "tf32"]
+PROPOSAL_KW = {"fp16": dict(_proposal="fp16"), "fp16-streamed": dict(_proposal="fp16", _resident=False),
+               "tf32": dict(_proposal="tf32")}
 
 
 # --------------------------------------------------------------------------- the canonical score, in torch
@@ -240,9 +243,9 @@ def test_every_triton_path_returns_the_canonical_codes(proposal, p):
     exact = triton_run(x, cbs, fast=False)
     assert torch.equal(exact[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, _proposal=proposal)
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, **PROPOSAL_KW[proposal])
     assert torch.equal(fast[2], want)
-    redo = triton_run(x, cbs, fast=True, _force_redo=True, _proposal=proposal)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True, **PROPOSAL_KW[proposal])
     assert torch.equal(redo[2], want)
     for out in (exact, fast, redo):
         check_greedy(x, cbs, out)
@@ -269,9 +272,9 @@ def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed, proposal):
     exact = triton_run(x, cbs, fast=False, **tiles)
     assert torch.equal(exact[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, _proposal=proposal, **tiles)
+    fast = triton_run(x, cbs, fast=True, _fallback_counter=counter, **PROPOSAL_KW[proposal], **tiles)
     assert torch.equal(fast[2], want)
-    redo = triton_run(x, cbs, fast=True, _force_redo=True, _proposal=proposal, **tiles)
+    redo = triton_run(x, cbs, fast=True, _force_redo=True, **PROPOSAL_KW[proposal], **tiles)
     assert torch.equal(redo[2], want)
     for out in (exact, fast, redo):
         check_greedy(x, cbs, out)
@@ -293,7 +296,7 @@ def test_fast_path_sends_re_check_ties_to_the_exact_pass(proposal):
     c[7] = c[3]  # duplicate
     x = c[3] + torch.randn(n, d, generator=g) * 1e-3
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, [c], _fallback_counter=counter, _proposal=proposal)
+    fast = triton_run(x, [c], _fallback_counter=counter, **PROPOSAL_KW[proposal])
     assert (fast[2][:, 0] == 3).all()
     unsure, redone = counter.tolist()
     assert redone == n and unsure == n
@@ -331,9 +334,9 @@ def test_precision_option(proposal):
     (the reference's tolerance), and on these near-ties some differ from the canonical codes."""
     x, cbs = nasty_problem(3, 40, 33, [64, 33], 37.0)
     want = canonical_codes(x, cbs)
-    assert torch.equal(triton_run(x, cbs, precision="exact", _proposal=proposal)[2], want)
+    assert torch.equal(triton_run(x, cbs, precision="exact", **PROPOSAL_KW[proposal])[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter, _proposal=proposal)
+    fast = triton_run(x, cbs, precision="fast", _fallback_counter=counter, **PROPOSAL_KW[proposal])
     assert counter.tolist() == [0, 0]
     check_greedy(x, cbs, fast, rtol=1e-3)
     assert not torch.equal(fast[2], want)  # the proof matters on these rows
@@ -341,6 +344,10 @@ def test_precision_option(proposal):
         triton_run(x, cbs, precision="tf32")
     with pytest.raises(ValueError, match="_proposal"):
         triton_run(x, cbs, _proposal="bf16")
+    with pytest.raises(ValueError, match="_resident"):  # resident A: fp16 only, D <= 256 (shared memory)
+        triton_run(x, cbs, _proposal="tf32", _resident=True)
+    with pytest.raises(ValueError, match="_resident"):
+        triton_run(torch.zeros(4, 300), [torch.randn(8, 300)], _resident=True)
 
 
 @needs_triton
@@ -412,15 +419,15 @@ def test_extreme_rows_return_the_canonical_codes(proposal, cscale):
     exact = triton_run(x, cbs, fast=False)
     assert torch.equal(exact[2], want)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = triton_run(x, cbs, _fallback_counter=counter, _proposal=proposal)
+    fast = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal])
     assert torch.equal(fast[2], want)
     for out in (exact, fast):
         assert all(torch.isfinite(t).all() for t in out)
     assert torch.equal(fast[0], exact[0])  # the same codes: the same chain of fl(r - c), bit for bit
     assert torch.allclose(fast[1], exact[1], rtol=1e-5, atol=0.0)  # distances: sums in another order
-    forced = triton_run(x, cbs, _force_redo=True, _proposal=proposal)
+    forced = triton_run(x, cbs, _force_redo=True, **PROPOSAL_KW[proposal])
     assert torch.equal(forced[2], want)
-    fast_only = triton_run(x, cbs, precision="fast", _proposal=proposal)
+    fast_only = triton_run(x, cbs, precision="fast", **PROPOSAL_KW[proposal])
     assert all(torch.isfinite(t).all() for t in fast_only)
 
 
@@ -442,7 +449,7 @@ def test_fp16_scaling_keeps_far_from_one_rows_provable(scale):
     counts = {}
     for proposal in PROPOSALS:
         counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-        out = triton_run(x, cbs, _fallback_counter=counter, _proposal=proposal)
+        out = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal])
         assert torch.equal(out[2], want), proposal
         counts[proposal] = counter.tolist()
     assert counts["fp16"][1] <= n // 8, counts

@@ -34,7 +34,7 @@ def kernel_jobs() -> list[dict]:
     # 8 warps, 3 stages; fp16 by default: the codebook operand cbhi_ptr is fp16, tf32 on request), exact pass
     # (BM 128, BK 64, BD 16, BU 32, 8 warps, 3 stages). fp16 with BD 32 spills on 3.6 (20 / 20 B, 2026-12-05).
     greedy = dict(BM=128, DP=256, BD=16, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False, PROVE=True,
-                  PROPOSAL="fp16")
+                  PROPOSAL="fp16", RESIDENT=False)
     greedy16_sig = dict(greedy_sig, cbhi_ptr="*fp16")
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                 "kreal_ptr": "*i32", "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
@@ -73,6 +73,10 @@ def kernel_jobs() -> list[dict]:
         dict(name="rq_greedy_fast_noproof", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
              divisible=div, constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROVE=False),
              num_warps=8, num_stages=3),
+        # resident A (the default at D <= 256 with the fp16 proposal): BK 64, 2 stages
+        dict(name="rq_greedy_fast_resident", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True),
+             num_warps=8, num_stages=2),
         dict(name="rq_greedy_fast_tf32", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
              constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROPOSAL="tf32"),
              num_warps=8, num_stages=3),
@@ -129,6 +133,7 @@ EXPECT_SASS = {
     # cp.async of both GEMM operands; 16-byte residual passes (x in, scratch, codeword gather, quantized out)
     "rq_greedy_fast": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_fast_resident": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
@@ -151,7 +156,7 @@ EXPECT_SASS = {
 
 # Forms a kernel must not show: 4-byte cp.async of an operand that is 16-byte aligned (the _opaque_zero
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
-FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
+FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
                "rq_beam5_tf32": ("ldgsts32",), "rq_beam5_first_fast": ("ldgsts32",),
                "rq_beam5_first_tf32": ("ldgsts32",)}
