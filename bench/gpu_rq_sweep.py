@@ -55,6 +55,9 @@ def main() -> None:
                 ("bd32", dict(block_d=32)), ("bu32", dict(block_u=32)), ("bu64", dict(block_u=64)),
                 ("s2", dict(num_stages=2)), ("s4", dict(num_stages=4)),
                 ("bm64 w4", dict(block_m=64, num_warps=4)), ("2/SM", dict(programs_per_sm=2)),
+                # two co-resident programs per SM (resident A: 96 KB each): one's epilogue overlaps the other's
+                # MMA, which Triton does not do inside one program (bench/sm90_overlap_probe.py)
+                ("bm64 w4 2/SM", dict(block_m=64, num_warps=4, programs_per_sm=2)),
                 ("exact bk32", {"fast": False, "block_k": 32}), ("exact bk128", {"fast": False, "block_k": 128}),
                 ("exact bd32", {"fast": False, "block_d": 32}),
                 # beam 5 (2026-12-05): the exact FMA kernel (the old path, also the redo tier) first, then the
