@@ -1,9 +1,10 @@
 """GPU diagnosis of the Triton residual-quantize kernels (greedy and beam 5): time per variant.
 
 For each shape and data kind: the default config (greedy: the fp16 proposal), the exact path
-(fast=False), the tf32 proposal (``_proposal="tf32"``, with and without the proof), the fallback
-counters ((row, level) pairs the tf32 path could not prove, rows the exact pass re-encoded), tile
-variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
+(fast=False), the tf32 proposal (``_proposal="tf32"``, with and without the proof), the second tier
+off / on (``_tier2``; by default it runs where a level has K >= 1024), the fallback counters
+((row, level) pairs the proposal pass could not prove, rows it listed; greedy: the second tier's
+unproven pairs and the rows it sent to the exact pass), tile variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
 tf32-proposing one with its proof and redo (its unsure / redone counts) and without (precision
 fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
 beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast).
@@ -51,6 +52,8 @@ def main() -> None:
                 ("greedy tf32 proposal", {"_proposal": "tf32"}),
                 ("greedy tf32 proposal, precision fast", {"_proposal": "tf32", "precision": "fast"}),
                 ("greedy fp16 streamed A", {"_resident": False}),
+                # the second tier (default where a level has K >= 1024): off, and forced on at K < 1024
+                ("greedy no second tier", {"_tier2": False}), ("greedy second tier on", {"_tier2": True}),
                 ("bk32", dict(block_k=32)), ("bk128", dict(block_k=128)), ("bk256", dict(block_k=256)),
                 ("bd32", dict(block_d=32)), ("bu32", dict(block_u=32)), ("bu64", dict(block_u=64)),
                 ("s2", dict(num_stages=2)), ("s4", dict(num_stages=4)),
@@ -83,7 +86,7 @@ def main() -> None:
             ref_beam = None  # codes of the exact beam kernel (the first beam variant)
             default_ms = float("nan")
             full = (d == 256 and k == 256 and levels == 3) or args.device != "cuda"
-            for name, kw in variants if full else variants[:6]:
+            for name, kw in variants if full else variants[:8]:
                 kw = dict(kw)
                 beam = kw.pop("beam", 1)
                 try:
@@ -102,10 +105,16 @@ def main() -> None:
                         default_ms = ms
                     if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
                         row["x_greedy"] = ms / default_ms
-                    if name in ("default", "greedy tf32 proposal", "greedy fp16 streamed A") or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
-                        cnt = torch.zeros(2, dtype=torch.int32, device=args.device)
+                    counted = ("default", "greedy tf32 proposal", "greedy no second tier", "greedy second tier on",
+                               "greedy fp16 streamed A")
+                    if name in counted or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
+                        cnt = torch.zeros(4 if beam == 1 else 2, dtype=torch.int32, device=args.device)
                         residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
-                        row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()
+                        # greedy: redone_rows = rows the top-4 pass lists (for the second tier where it
+                        # runs, else the exact pass); tier2_*: the tier's unproven pairs and rows it sends on
+                        row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()[:2]
+                        if beam == 1:
+                            row["tier2_unsure_row_levels"], row["tier2_to_exact_rows"] = cnt.tolist()[2:]
                 except Exception as e:  # noqa: BLE001 - a failing variant is a row
                     row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])
                 rows.append(row)

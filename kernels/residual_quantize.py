@@ -72,7 +72,13 @@ answer:
   a row index each) and goes on.  A second launch of the same kernel (``REDO``, no host
   sync: its persistent programs read the count) re-encodes just the listed rows, every
   level, with the exact (``input_precision="ieee"``) pass and overwrites their outputs,
-  so those rows get exactly the ``fast=False`` answer.  (Until 2026-11-28 the whole
+  so those rows get exactly the ``fast=False`` answer. Where some level has K >= 1024
+  (``_TIER2_MIN_K``; a top-4 window leaves ~2 % of rows unproven at K 4096 on k-means data) a
+  second tier runs first over the listed rows (the same kernel, FAST and REDO, ``NP`` = 16): the
+  proposal GEMM again keeping the 16 best (score, index) per row (int64 keys: exact proposal
+  scores, bitonic top-k per chunk and merge), the best 15 re-checked in float32, the same proof
+  (the 16th proposal minus E above the best re-checked score plus e_chk, the winner apart by
+  2 e_chk); the rows it cannot prove go to a second list, which the exact pass redoes.  (Until 2026-11-28 the whole
   64-row tile re-ran the level exactly for one unsure row: on clustered data 11 % of
   tile-levels did, ~+9 ms of 41 ms in GPU run 2.)  The candidate count therefore
   affects speed only, never the answer.  With 3 re-checked candidates the fallback is
@@ -115,6 +121,8 @@ _PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real on
 _MAX_BEAM = 16
 _SCRATCH_BYTES = 160 << 20  # the persistent programs' residual slots: at most this much memory
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_TIER2_NP = 16  # greedy second tier: proposals kept per row (NP - 1 re-checked)
+_TIER2_MIN_K = 1024  # greedy second tier: runs where some level has at least this many codewords
 
 
 # --------------------------------------------------------------------------- helpers
@@ -402,6 +410,83 @@ def _split_fp16(v, s, inv_s):
     return h, v - h.to(tl.float32) * inv_s[:, None]
 
 
+@triton.jit
+def _key64(s, idx):
+    """(score, index) as one int64 whose signed order is (float order of s, then index): the float
+    bits made order-preserving as int32 (negative scores: magnitude bits flipped), index below."""
+    b = s.to(tl.int32, bitcast=True)
+    o = tl.where(b < 0, b ^ 0x7FFFFFFF, b)
+    return (o.to(tl.int64) << 32) | idx.to(tl.int64)
+
+
+@triton.jit
+def _unkey64(key):
+    """Inverse of _key64: (score, index)."""
+    o = (key >> 32).to(tl.int32)
+    b = tl.where(o < 0, o ^ 0x7FFFFFFF, o)
+    return b.to(tl.float32, bitcast=True), (key & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
+                mult, gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+                NP: tl.constexpr, PROPOSAL: tl.constexpr):
+    """The second tier: the proposal GEMM of _level_fast keeping the NP best per row (by (score, index),
+    exact proposal scores: int64 keys, no packing), a float32 re-check of the best NP - 1 and the same
+    proof. Returns (global row index of the choice, unsure mask)."""
+    kk = tl.arange(0, BK)
+    mm = tl.arange(0, BM)
+    dd = tl.arange(0, BD)
+    pp = tl.arange(0, NP)
+    BIGK: tl.constexpr = 0x7FFFFFFFFFFFFFFF
+    top = tl.full([BM, NP], BIGK, tl.int64)
+    for kb in range(kbeg, kend, BK):
+        acc = tl.zeros([BM, BK], dtype=tl.float32)
+        for d0 in range(0, DP, BD):
+            cols = tl.multiple_of(d0, BD) + dd
+            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])
+            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])
+            if PROPOSAL == "fp16":
+                acc = tl.dot(a, c, acc, out_dtype=tl.float32)
+            else:
+                acc = tl.dot(a, c, acc, input_precision="tf32")
+        cn = tl.load(cn_ptr + kb + kk)
+        if PROPOSAL == "fp16":
+            s = cn[None, :] - acc * mult[:, None]
+        else:
+            s = cn[None, :] - 2.0 * acc
+        # the NP smallest keys of the chunk, then of (running list, chunk): bitonic top-k on ~key
+        # (bitwise not reverses the signed order: the largest ~key is the smallest key)
+        ck = ~tl.topk(~_key64(s, kb + kk[None, :]), NP)
+        both = tl.reshape(tl.join(top, ck), [BM, 2 * NP])
+        top = ~tl.topk(~both, NP)
+    vs, vi = _unkey64(top)  # ascending (score, index)
+    # float32 re-check of the first NP - 1 (the window), as _recheck (tl.sum over column slices; 4-wide
+    # here: the gathered [BM, NP, RD] codewords stay small in registers)
+    RD: tl.constexpr = 4
+    rd = tl.arange(0, RD)
+    win = pp[None, :] < NP - 1
+    gi = tl.where(win, vi, kbeg)
+    ex = tl.zeros([BM, NP], dtype=tl.float32)
+    for d0 in tl.range(0, DP, RD, disable_licm=True):
+        cols = tl.multiple_of(d0, RD) + rd
+        rr = tl.load(rs_ptr + mm[:, None] * DP + cols[None, :])  # [BM, RD]
+        cc = tl.load(cb_ptr + gi[:, :, None] * DP + cols[None, None, :], mask=win[:, :, None], other=0.0)
+        ex += tl.sum(rr[:, None, :] * cc, 2)
+    INF: tl.constexpr = float("inf")
+    ex = tl.where(win & (gi - kbeg < kreal), tl.load(cn_ptr + gi) - 2.0 * ex, INF)
+    be = tl.min(ex, 1)
+    bi = tl.min(tl.where(ex == be[:, None], gi, 2147483647), 1)
+    sec = tl.min(tl.where(gi == bi[:, None], INF, ex), 1)
+    vlast = tl.sum(tl.where(pp[None, :] == NP - 1, vs, 0.0), 1)  # the NP-th proposal score
+    err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
+    e_bound = (2.0 * err_dot + (2.0 ** -22) * (cnmax + 2.0 * r_n * chimax)) * 1.0625 + 1e-30
+    cmax = chimax + clomax
+    e_chk = (4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax)) * 1.125 + 1e-30
+    proven = ((vlast - e_bound) > (be + e_chk)) & ((sec - be) > 2.0 * e_chk)
+    return bi, ~proven
+
+
 # --------------------------------------------------------------------------- greedy kernel
 @triton.jit
 def _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK: tl.constexpr):
@@ -419,16 +504,20 @@ def _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK: tl.constexp
 @triton.jit
 def _rq_greedy_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr,
-    q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, fallback_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr, redo_ptr, redo2_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
     BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr,
     FAST: tl.constexpr, REDO: tl.constexpr, PACK_BITS: tl.constexpr, COUNT_FALLBACK: tl.constexpr,
     STORE_Q: tl.constexpr, FMA_CHAIN: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr,
+    NP: tl.constexpr,
     RESIDENT: tl.constexpr = False,
 ):
     """FAST: the proposal pass (PROPOSAL "fp16" or "tf32"); rows it cannot prove at some level are
     appended to the redo list (redo_ptr[0] = count, redo_ptr[1:] = rows). REDO (with FAST off): the
-    exact pass over the rows of that list only (N is then read from redo_ptr[0]).
+    exact pass over the rows of that list only (N is then read from redo_ptr[0]). FAST and REDO: the
+    second tier over the rows of redo_ptr's list, NP (> 4) best proposals kept per row and NP - 1
+    re-checked (_level_wide); rows it cannot prove go to the list at redo2_ptr (the exact pass's).
+    NP == 4: the top-4 pass (_level_fast).
 
     The residual lives in this program's scratch slots (L2) across all levels, never whole in
     registers: slot 1 the float32 residual, slot 0 the MMA's A operand (tf32: the tf32 rounding,
@@ -511,9 +600,14 @@ def _rq_greedy_kernel(
                     mult = _pow2(1 - er - tl.load(stat_ptr + NST * l + 3).to(tl.int32))
                 else:
                     mult = rsq
-                best, unsure = _level_fast(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
-                                           tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
-                                           gamma_chk, BM, BK, DP, BD, PACK_BITS, PROVE, PROPOSAL, RESIDENT)
+                if NP > 4:  # the second tier: a wider window, the same proof
+                    best, unsure = _level_wide(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
+                                               tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
+                                               gamma_chk, BM, BK, DP, BD, NP, PROPOSAL)
+                else:
+                    best, unsure = _level_fast(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
+                                               tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
+                                               gamma_chk, BM, BK, DP, BD, PACK_BITS, PROVE, PROPOSAL, RESIDENT)
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)  # this row's later levels are redone too
                 if COUNT_FALLBACK:
@@ -560,7 +654,10 @@ def _rq_greedy_kernel(
                 rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
                 tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
-            _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
+            if REDO:  # the second tier: its unproven rows go to the exact pass's list
+                _append_redo(redo, rows, redo2_ptr, fallback_ptr, COUNT_FALLBACK)
+            else:
+                _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
 
 
 # --------------------------------------------------------------------------- beam kernels
@@ -968,7 +1065,8 @@ def _tf32_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor, ks: list[
     return cbhi, stat.t().contiguous()  # [L, 3]
 
 
-def _fp16_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _fp16_stats(cb: torch.Tensor, cn: torch.Tensor, dst: torch.Tensor,
+                ks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The greedy fp16 proposal's codebook: per level l a power of two sc_l = 2^ec_l with
     max|c * sc_l| < 2^15 (ec_l = 14 - floor(log2 max|c|), clamped to [-100, 100]: a zero level gets
     100), the padded codebook fp16(c * sc_l) [P, DP] (padding stays zero), and per level [L, 5]:
@@ -1020,6 +1118,8 @@ def residual_quantize_triton(
     beam_window: int | None = None,
     _proposal: str | None = None,
     _resident: bool | None = None,
+    _tier2: bool | None = None,
+    _force_tier2: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual quantization with Triton kernels.
 
@@ -1038,10 +1138,10 @@ def residual_quantize_triton(
             way the same codes as ``fast=False`` bit for bit. ``fast=False``: float32
             (``input_precision="ieee"``) dot products throughout (the exact kernels).
         precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
-            path (with ``fast=True`` the tf32 pass proposes and the proof / exact redo decides).
-            ``"fast"`` (with ``fast=True``): the proposal's choice without the proof (greedy: the
-            fp16 (or tf32) GEMM's best, no re-check; beam: the B best tf32 scores as they are; no redo launch); codes may differ
-            from float32 on near-ties (about 0.1 % of rows on random data). torch's global tf32
+            path (with ``fast=True`` the fp16 / tf32 pass proposes and the proof / exact redo
+            decides). ``"fast"`` (with ``fast=True``): the proposal's choice without the proof
+            (greedy: the fp16 (or tf32) GEMM's best, no re-check; beam: the B best tf32 scores as
+            they are; no redo launch); codes may differ from float32 on near-ties (about 0.1 % of rows on random data). torch's global tf32
             flags never change either.
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
             (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
@@ -1068,6 +1168,15 @@ def residual_quantize_triton(
             over all of D per chunk), instead of both operands streaming per chunk in D-slices.
             Default: on where DP <= 256 (BM 128: 64 KB of A, BLOCK_K 64, 2 stages: 128 KB of shared
             memory) - for tuning and the GPU comparison.
+        _tier2: greedy, fast path with the proof: run the second tier (the rows the top-4 pass could
+            not prove, again with the best ``_TIER2_NP`` = 16 proposals kept and 15 re-checked; what
+            it cannot prove goes to the exact pass) - default: where some level has
+            K >= ``_TIER2_MIN_K`` = 1024 codewords; True / False force it on / off (tests, tuning).
+            A ``_fallback_counter`` of 4 entries gets the tier's counts in entries 2 and 3
+            ((row, level) pairs it could not prove, rows it sent to the exact pass); entry 1 then
+            counts the rows the top-4 pass sent to the tier.
+        _force_tier2: greedy: the top-4 pass proves no row with ||r|| > 0 (every such row goes
+            through the second tier, which is then on) - for tests.
         beam_window: beam search, fast path: candidates per row re-scored exactly (default
             2^ceil(log2(B + 3)) - 1: 7 for B = 5; at least B); wider: fewer unproven rows, more
             re-scoring.
@@ -1236,15 +1345,33 @@ def residual_quantize_triton(
     scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
     if fast and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
         cbhi, stat = _fp16_stats(cb, cn, dst, ks)
-    for exact_pass in ((False, True) if prove else (False,)) if fast else (True,):
-        # the exact pass over the listed rows needs no host sync: its programs read the count
-        t = tiles_exact if exact_pass else tiles_fast
+    # the second tier (fast path with the proof): over the rows the top-4 pass lists, the proposal again
+    # keeping the _TIER2_NP best per row, NP - 1 re-checked; what it cannot prove goes to the exact pass.
+    # It runs where a level has K >= _TIER2_MIN_K codewords (a top-4 window leaves ~2 % of rows unproven at
+    # K 4096 on k-means data, a top-8 ~6e-5: GPU-NOTES.md), or when _tier2 says so.
+    tier2 = fast and prove and ((max(ks) >= _TIER2_MIN_K if _tier2 is None else bool(_tier2)) or _force_tier2)
+    gamma_ok = (dp + 8) * 2.0 ** -21
+    gammas = {"fast": 1e30 if (_force_redo or _force_tier2) else gamma_ok, "tier2": 1e30 if _force_redo else gamma_ok,
+              "exact": gamma_ok}
+    np2 = min(_TIER2_NP, tiles_fast.bk)
+    tiles_tier2 = tiles_fast._replace(bk=max(np2, min(64, tiles_fast.bk)))  # (divides the padding: powers of 2)
+    redo2 = torch.zeros((n + 1,), dtype=torch.int32, device=dev) if tier2 else redo  # the exact pass's list
+    count2 = counter  # the tier's counts: entries 2, 3 of a 4-entry counter, else none
+    if _fallback_counter is not None:
+        count2 = _fallback_counter[2:4] if _fallback_counter.numel() >= 4 else torch.zeros_like(_fallback_counter)
+    passes = (["fast"] + (["tier2"] if tier2 else []) + (["exact"] if prove else [])) if fast else ["exact"]
+    for name in passes:
+        # the tier and the exact pass over the listed rows need no host sync: their programs read the count
+        t = {"fast": tiles_fast, "tier2": tiles_tier2, "exact": tiles_exact}[name]
+        lists = {"fast": (redo, redo), "tier2": (redo, redo2), "exact": (redo2, redo2)}[name]
         _rq_greedy_kernel[(nprog,)](
-            x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, redo, counter,
-            n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk,
-            BM=t.bm, BK=t.bk, DP=dp, BD=t.bd, BU=t.bu, FAST=not exact_pass, REDO=exact_pass and bool(fast),
+            x, cb, cbhi, cn, poff_t, kreal_t, stat, q, dist, codes, scratch, lists[0], lists[1],
+            count2 if name == "tier2" else counter,
+            n, d, levels, x.stride(0), x.stride(1), gammas[name], gamma_chk,
+            BM=t.bm, BK=t.bk, DP=dp, BD=t.bd, BU=t.bu, FAST=name != "exact", REDO=name != "fast" and bool(fast),
             PACK_BITS=int(math.log2(t.bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
-            FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, RESIDENT=resident and not exact_pass,
+            FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, NP=np2 if name == "tier2" else 4,
+            RESIDENT=resident and name == "fast",
             num_warps=t.nw, num_stages=t.ns,
         )
     return q, dist, codes

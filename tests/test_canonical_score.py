@@ -454,3 +454,85 @@ def test_fp16_scaling_keeps_far_from_one_rows_provable(scale):
         counts[proposal] = counter.tolist()
     assert counts["fp16"][1] <= n // 8, counts
     assert counts["fp16"][1] <= counts["tf32"][1] + 4, counts
+
+
+# --------------------------------------------------------------------------- the second tier
+def wide_tie_problem(n: int = 40, d: int = 16, seed: int = 0):
+    """Level 0: codewords 0..7 along the axes with squared norms 1 + (7 - j) 2^-18 (the best for a zero
+    row is code 7, with 7 others within 2^-16 of it), the others of squared norm 4. The top-4 pass cannot
+    prove the zero rows (more than 3 candidates inside its error window, the index packing's included);
+    16 kept and 15 re-checked can (their scores are apart by more than the re-check's error)."""
+    g = torch.Generator().manual_seed(seed)
+    c0 = torch.nn.functional.normalize(torch.randn(48, d, generator=g), dim=1) * 2.0
+    c0[:8] = 0
+    for j in range(8):
+        c0[j, j] = (1 + (7 - j) * 2.0**-18) ** 0.5
+    x = torch.randn(n, d, generator=g)
+    x[::2] = 0
+    return x, [c0, torch.randn(16, d, generator=g)]
+
+
+@needs_triton
+@pytest.mark.parametrize("proposal", PROPOSALS)
+def test_second_tier_proves_rows_the_top4_window_cannot(proposal):
+    """Rows the top-4 pass lists go through the second tier (16 proposals kept, 15 re-checked, the same
+    proof) and are proven there: none reaches the exact pass; without the tier they all do. Codes and
+    quantized rows: the canonical / exact pass's, bit for bit."""
+    x, cbs = wide_tie_problem()
+    want = canonical_codes(x, cbs)
+    exact = triton_run(x, cbs, fast=False)
+    zeros = int((x.norm(dim=1) == 0).sum())
+    counts = {}
+    for tier in (False, True):
+        counter = torch.zeros(4, dtype=torch.int32, device=TRITON[0])
+        out = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal], _tier2=tier)
+        assert torch.equal(out[2], want) and torch.equal(out[0], exact[0])
+        counts[tier] = counter.tolist()
+    assert counts[False] == [zeros, zeros, 0, 0]  # the tier off: the listed rows go to the exact pass
+    assert counts[True] == [zeros, zeros, 0, 0]  # the tier proves every listed row: none left for the exact pass
+
+
+@needs_triton
+@pytest.mark.parametrize("proposal", PROPOSALS)
+def test_forced_tiers_return_the_canonical_codes(proposal):
+    """Every row with ||x|| > 0 forced through the second tier (_force_tier2), and through it into the
+    exact pass (_force_redo with the tier on), on adversarial near-ties and with GPU-shaped tiles: the
+    canonical codes; the counters of each tier; the rows the exact pass redid are its rows bit for bit."""
+    x, cbs = nasty_problem(2, 36, 20, [64, 9], 1.0)
+    want = canonical_codes(x, cbs)
+    nz = x.norm(dim=1) > 0
+    tiles = dict(block_m=16, block_k=32, block_d=16, block_u=16)
+    exact = triton_run(x, cbs, fast=False, block_m=16)
+    counter = torch.zeros(4, dtype=torch.int32, device=TRITON[0])
+    through = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal], _force_tier2=True, **tiles)
+    assert torch.equal(through[2], want)
+    c = counter.tolist()
+    assert c[1] == int(nz.sum()) and c[0] >= c[1]  # every nonzero row listed by the top-4 pass
+    assert 0 < c[3] <= c[2] and c[3] < c[1]  # the tier proves some, lists the duplicated-codeword ties
+    counter.zero_()
+    into = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal], _force_redo=True, _tier2=True, **tiles)
+    assert torch.equal(into[2], want)
+    c = counter.tolist()
+    assert c[1] == c[3] == int(nz.sum())
+    for a, b in zip(into, exact):
+        assert torch.equal(a[nz], b[nz])
+    check_greedy(x, cbs, into)
+
+
+@needs_triton
+def test_second_tier_runs_by_codebook_size(monkeypatch):
+    """The tier runs by default where some level has K >= _TIER2_MIN_K codewords (1024; lowered here)."""
+    import pysid.kernels.residual_quantize as kmod
+
+    x, cbs = wide_tie_problem(n=20)
+    want = canonical_codes(x, cbs)
+    for min_k, ran in ((49, False), (48, True)):
+        monkeypatch.setattr(kmod, "_TIER2_MIN_K", min_k)
+        counter = torch.zeros(4, dtype=torch.int32, device=TRITON[0])
+        out = triton_run(x, cbs, _fallback_counter=counter)
+        assert torch.equal(out[2], want)
+        assert counter.tolist() == [10, 10, 0, 0]  # the tier proves all: no count either way...
+        # ...so tell the runs apart by forcing the top-4 pass to list every row: the tier then counts
+        counter.zero_()
+        triton_run(x, cbs, _fallback_counter=counter, _force_redo=True)
+        assert (counter[2] > 0).item() == ran, counter.tolist()

@@ -28,13 +28,14 @@ def kernel_jobs() -> list[dict]:
     rq = _mod("residual_quantize.py")
     greedy_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                   "kreal_ptr": "*i32", "stat_ptr": F32, "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
-                  "scratch_ptr": F32, "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32, "D": I32, "L": I32,
-                  "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
+                  "scratch_ptr": F32, "redo_ptr": "*i32", "redo2_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
+                  "D": I32, "L": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
     # kernels/residual_quantize._greedy_config(256, 2^20) on CUDA: proposal pass (BM 128, BK 128, BD 16, BU 16,
     # 8 warps, 3 stages; fp16 by default: the codebook operand cbhi_ptr is fp16, tf32 on request), exact pass
     # (BM 128, BK 64, BD 16, BU 32, 8 warps, 3 stages). fp16 with BD 32 spills on 3.6 (20 / 20 B, 2026-12-05).
+    # The second tier (K >= 1024: over the rows the top-4 pass lists) keeps NP 16 per row: BK 64.
     greedy = dict(BM=128, DP=256, BD=16, COUNT_FALLBACK=False, STORE_Q=True, FMA_CHAIN=False, PROVE=True,
-                  PROPOSAL="fp16", RESIDENT=False)
+                  PROPOSAL="fp16", NP=4, RESIDENT=False)
     greedy16_sig = dict(greedy_sig, cbhi_ptr="*fp16")
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                 "kreal_ptr": "*i32", "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
@@ -80,6 +81,9 @@ def kernel_jobs() -> list[dict]:
         dict(name="rq_greedy_fast_tf32", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
              constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROPOSAL="tf32"),
              num_warps=8, num_stages=3),
+        dict(name="rq_greedy_tier2", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
+             constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16), num_warps=8,
+             num_stages=3),
         dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
              constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True), num_warps=8, num_stages=3),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
@@ -135,6 +139,7 @@ EXPECT_SASS = {
     "rq_greedy_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_fast_resident": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_tier2": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
@@ -157,7 +162,8 @@ EXPECT_SASS = {
 # Forms a kernel must not show: 4-byte cp.async of an operand that is 16-byte aligned (the _opaque_zero
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
 FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
-               "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
+               "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_tier2": ("ldgsts32", "wgmma_tf32"),
+               "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
                "rq_beam5_tf32": ("ldgsts32",), "rq_beam5_first_fast": ("ldgsts32",),
                "rq_beam5_first_tf32": ("ldgsts32",)}
 
