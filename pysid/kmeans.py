@@ -26,11 +26,11 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   (compute-bound, like a Lloyd assignment); each of the 4k + 1 candidates is weighted by
   the rows nearest to it, and greedy k-means++ on the weighted candidates picks the k
   centres. About 4 Lloyd assignments of work. The rounds' distances only weight the draws
-  and the candidates: on the C++ kernels (``KMeansEngine.assign_seed``) they are computed
-  from bfloat16-rounded values (AVX512_BF16's ``vdpbf16ps`` where the CPU has it, else a
-  float32 emulation with the same bits on every path: ``pysid.reference.kmeans.
-  kmeans_assign_bf16_ref``), ~1.7x faster than the exact kernel; elsewhere (reference,
-  Triton, float64) by the exact assignment. On MiniLM text (Amazon Toys / Sports items,
+  and the candidates: on the C++ kernels and the reference (``KMeansEngine.assign_seed``)
+  they are computed from bfloat16-rounded values (AVX512_BF16's ``vdpbf16ps`` where the CPU
+  has it, else a float32 emulation with the same bits on every path; the reference is
+  ``pysid.reference.kmeans.kmeans_assign_bf16_ref``, so both seed the same centres), ~1.7x
+  faster than the exact kernel; on Triton and for float64 input by the exact assignment. On MiniLM text (Amazon Toys / Sports items,
   3 x 256 residual k-means) it seeds better than k-means++ on every row (lower final error
   and fewer collisions; bench/RESULTS.md, 2026-12-04). If the candidates hold fewer than k
   distinct rows of positive weight (data with few distinct rows), k-means++ seeds instead.

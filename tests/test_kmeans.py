@@ -433,12 +433,12 @@ def test_kmeans_parallel_few_distinct_rows_falls_back():
 
 def test_kmeans_parallel_rounds_use_the_bf16_assignment_on_cpu(monkeypatch):
     """On the C++ engine the k-means|| rounds (the first candidate and each round) use the bfloat16
-    seeding assignment; the reference engine has none and uses the exact one."""
+    seeding assignment (the reference engine has its PyTorch specification)."""
     from pysid.ops import kmeans as kops
 
     x = blobs(3000, 12, 60, seed=4)
     assert kops.engine(x, "cpu").assign_seed is not None
-    assert kops.engine(x, "reference").assign_seed is None
+    assert kops.engine(x, "reference").assign_seed is not None
     from pysid import _native_kmeans
 
     calls = []
@@ -446,6 +446,19 @@ def test_kmeans_parallel_rounds_use_the_bf16_assignment_on_cpu(monkeypatch):
     monkeypatch.setattr(_native_kmeans, "kmeans_assign_bf16", lambda xx, c: calls.append(c.shape[0]) or real(xx, c))
     pysid.kmeans(x, 40, iters=0, seed=1, init="k-means||")
     assert calls == [1, 80, 80]  # 1 + 2 rounds of 2k candidates
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_parallel_reference_and_cpu_seed_the_same_centres(weighted):
+    """The reference engine's seeding assignment has the C++ kernel's bits, so k-means|| on the
+    reference and on the C++ engine picks the same centres (and Lloyd then gives the same result)."""
+    x = blobs(5000, 19, 70, seed=8, spread=1.5)
+    w = torch.rand(5000, generator=torch.Generator().manual_seed(3)) + 0.5 if weighted else None
+    with pysid.backend("reference"):
+        ref = pysid.kmeans(x, 64, iters=3, seed=5, init="k-means||", weights=w)
+    res = pysid.kmeans(x, 64, iters=3, seed=5, init="k-means||", weights=w)
+    assert torch.equal(res.assignments, ref.assignments)
+    torch.testing.assert_close(res.centroids, ref.centroids, rtol=1e-5, atol=1e-5)
 
 
 def test_kmeans_parallel_seeds_the_same_on_every_seeding_path(monkeypatch):

@@ -23,7 +23,7 @@ OPS = registry.ops()
 def test_every_op_is_registered_with_a_reference_or_is_optional():
     assert {"residual_quantize", "kmeans_assign", "kmeans_assign_bounded", "kmeans_update", "kmeanspp_candidates",
             "kmeanspp_commit", "kmeanspp_seed", "trie_build", "trie_walk", "constrained_beam_step"} <= set(OPS)
-    # capabilities of the C++ engine only (kmeans_assign_seed's specification is
+    # capabilities of the C++ engine only (kmeans_assign_seed: C++ and the reference,
     # pysid.reference.kmeans.kmeans_assign_bf16_ref, tested against it in test_kmeans_cpu_kernels.py)
     optional = {"kmeans_assign_bounded", "kmeanspp_seed", "kmeans_assign_seed"}
     for op in set(OPS) - optional:

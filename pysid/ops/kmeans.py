@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .. import _native, _native_kmeans
 from .._checks import check_precision
-from ..reference.kmeans import (kmeans_assign_candidates_ref, kmeans_topm_ref, kmeans_update_ref,
-                                kmeanspp_candidates_ref)
+from ..reference.kmeans import (kmeans_assign_bf16_ref, kmeans_assign_candidates_ref, kmeans_topm_ref,
+                                kmeans_update_ref, kmeanspp_candidates_ref)
 from ..reference.residual_quantize import residual_quantize_ref
 from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
 
@@ -182,7 +182,12 @@ def _candidates_assign_cpu(x: Tensor, centroids: Tensor, cand: Tensor) -> tuple[
 # assign_seed(x, cand) -> (codes [N] int64, distances [N] float32): each row's nearest k-means||
 # candidate by bfloat16 distances (reference.kmeans.kmeans_assign_bf16_ref: the same bits); the
 # k-means|| rounds use it where a backend has it (their distances only weight the random draws),
-# else the exact assign.
+# else the exact assign. The reference and C++ engines therefore seed the same centres.
+
+
+@register("kmeans_assign_seed", "reference", **_REF)
+def _seed_assign_reference(x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    return kmeans_assign_bf16_ref(x, cand)
 
 
 @register("kmeans_assign_seed", "cpu", limits="bfloat16 distances (AVX512_BF16 or its exact emulation)", **_CPU)

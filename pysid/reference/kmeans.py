@@ -144,15 +144,17 @@ def kmeans_assign_bf16_ref(x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
         codes [N] int64, distances [N] float32.
     """
     x, cand = x.to(torch.float32), cand.to(torch.float32)
-    xo, xe = _bf16_pairs(x)
     co, ce = _bf16_pairs(cand)
-    acc = torch.zeros((x.shape[0], cand.shape[0]), dtype=torch.float32, device=x.device)
-    for g in range(xo.shape[1]):  # one rounding per product-sum, in the instruction's order
-        acc = acc + xo[:, g, None] * co[None, :, g]
-        acc = acc + xe[:, g, None] * ce[None, :, g]
-    xn, cn = _bf16_sqnorm(xo, xe), _bf16_sqnorm(co, ce)
-    s = cn[None, :] + (-2.0) * acc  # -2 acc is exact
-    if x.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64, device=x.device), xn
-    best, codes = torch.min(s, dim=1)  # the first minimum
-    return codes, torch.clamp(xn + best, min=0.0)
+    cn = _bf16_sqnorm(co, ce)
+    codes = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    dist = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    for i in range(0, x.shape[0], 4096):  # row chunks (rows are independent): never a full N x k matrix
+        xo, xe = _bf16_pairs(x[i : i + 4096])
+        acc = torch.zeros((xo.shape[0], cand.shape[0]), dtype=torch.float32, device=x.device)
+        for g in range(xo.shape[1]):  # one rounding per product-sum, in the instruction's order
+            acc = acc + xo[:, g, None] * co[None, :, g]
+            acc = acc + xe[:, g, None] * ce[None, :, g]
+        s = cn[None, :] + (-2.0) * acc  # -2 acc is exact
+        best, codes[i : i + 4096] = torch.min(s, dim=1)  # the first minimum
+        dist[i : i + 4096] = torch.clamp(_bf16_sqnorm(xo, xe) + best, min=0.0)
+    return codes, dist
