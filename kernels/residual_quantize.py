@@ -1050,7 +1050,8 @@ def residual_quantize_triton(
         # BLOCK_K: the tf32 pass 128 (both kernels: A re-read twice per level at K 256, not 8 times; its
         # packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the redo
         # tier) 64 on the GPU: no spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py; the
-        # tf32 pass at BK 64 spills on both); block_k sets the pass that runs first. BU (and BM, BP, warps)
+        # levels kernel's tf32 pass at BK 64: 8 / 8 B spilled on 3.6, a 64-byte stack on 3.9); block_k sets
+        # the pass that runs first (beam: a power of two in [16, 1024]). BU (and BM, BP, warps)
         # must be the same in every pass: ||r||^2 is a tl.sum over BU-wide slices, and the redone rows are
         # bit for bit the exact kernel's.
         bk_exact = 32 if _INTERPRET else 64

@@ -223,6 +223,17 @@ def test_fast_beam_bk128_several_chunks():
     assert tf32.codes[1, 0] == 0  # the tied keys of codes 0, 128, 256: the lowest id first
 
 
+@needs_triton
+def test_beam_block_k_must_be_a_power_of_two():
+    """The packed keys hold the chunk-local (beam, code) in log2(BP * BLOCK_K) mantissa bits: a BLOCK_K
+    that is not a power of two in [16, 1024] is a clear error, before any launch."""
+    x, cbs = nasty_problem(1, 3, 5, [9], 1.0)
+    for bad in (48, 8, 2048):
+        with pytest.raises(ValueError, match="block_k"):
+            launch(x, cbs, 3, block_k=bad)
+    assert same(launch(x, cbs, 3, block_k=16), launch(x, cbs, 3, fast=False))
+
+
 def window_trap(n: int = 6, d: int = 16, copies: int = 12):
     """A codebook whose first `copies` codewords differ only below tf32's precision, on coordinate
     0: c_j[0] = 1 + j 2^-16. For a row with x[0] = 2 the exact scores fall with j (the last copy
