@@ -610,11 +610,22 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
         wc = tl.where(win, sel_f % kreal, 0)
         wsrc = (mi[:, None] * PB + wb) * DP
         wcw = (kbeg + wc) * DP
+        # 16-byte loads of 4 columns, then their 4 FMAs in column order: the same chain (columns D..DP-1
+        # of the slots and the packed codebook are zeros: fma(0, 0, acc) == acc)
         dot = tl.zeros([BM, NP], dtype=tl.float32)
-        for j in range(0, D):
-            a = tl.load(cur + wsrc + j, mask=win, other=0.0)
-            c = tl.load(cb_ptr + wcw + j, mask=win, other=0.0)
-            dot = tl.fma(a, c, dot)
+        j4 = tl.arange(0, 4)
+        w3 = win[:, :, None]
+        for j0 in range(0, D, 4):
+            j0 = tl.multiple_of(j0, 4)
+            a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
+            c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
+            a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
+            c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
+            a0, a2 = tl.split(a02)
+            a1, a3 = tl.split(a13)
+            c0, c2 = tl.split(c02)
+            c1, c3 = tl.split(c13)
+            dot = tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
         rn_w = tl.sum(tl.where(pidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
         cn_w = tl.load(cn_ptr + kbeg + wc)
         ex = (cn_w - 2.0 * dot) + rn_w
