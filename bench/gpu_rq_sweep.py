@@ -7,7 +7,8 @@ off / on (``_tier2``; by default it runs where a level has K >= 1024), the fallb
 unproven pairs and the rows it sent to the exact pass), tile variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
 tf32-proposing one with its proof and redo (its unsure / redone counts) and without (precision
 fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
-beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast).
+beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast);
+beam BLOCK_K rows: the default 128 against 64 and 32 (the tf32 pass's packed-key epilogue).
 Writes JSON; prints a table.
 
     python bench/gpu_rq_sweep.py --out OUT.json
@@ -71,7 +72,12 @@ def main() -> None:
                 ("beam 5 window 15", {"beam": 5, "beam_window": 15}),
                 ("beam 5 bm8", {"beam": 5, "block_m": 8}), ("beam 5 bk64", {"beam": 5, "block_k": 64}),
                 ("beam 5 bd32", {"beam": 5, "block_d": 32}), ("beam 5 w4", {"beam": 5, "num_warps": 4}),
-                ("beam 5 exact kernel bk64", {"beam": 5, "fast": False, "block_k": 64})]
+                ("beam 5 exact kernel bk64", {"beam": 5, "fast": False, "block_k": 64}),
+                # 2026-12-05 (beamk2): the tf32 pass's epilogue on packed (score, candidate) keys, default BLOCK_K
+                # 128 in both beam kernels (A re-read 2x per level at K 256); "beam 5 bk64" above: BK 64 spills a
+                # little on 3.6 (8 / 8 B); BK 32 was the default before (then with the unpacked epilogue). One more
+                # compiled configuration only (the rq_sweep stage of gpu_check.sh has SWEEP_TIMEOUT, default 150 s)
+                ("beam 5 bk32", {"beam": 5, "block_k": 32})]
     for d, k, levels in shapes:
         for kind in ("clustered", "gaussian"):
             if kind == "clustered":

@@ -101,8 +101,13 @@ kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM 
 best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
 chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
 unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
-kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). ``precision="fast"``: the B best
-tf32 scores, no proof.
+kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). The proposal runs in chunks of 128
+codewords (A re-read twice per level at K = 256) with packed keys (``_topn_packed``): the low
+log2(PB * BK) mantissa bits of each tf32 score hold the candidate's chunk-local (beam, code), so one
+``min`` per extraction gives value and candidate; the proof adds the packing error
+(``2^(P-22) |key|`` at the NP-th key). ``precision="fast"``: the B best packed keys, no proof (scores
+equal above the packing bits rank by (beam, code) in the chunk, then by id across chunks, so near-ties
+can order differently from the float32 scores).
 """
 
 from __future__ import annotations
@@ -684,6 +689,35 @@ def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
 
 
 @triton.jit
+def _topn_packed(key, kofs, kreal, sel_s, sel_f, sidx, NSEL: tl.constexpr, PB: tl.constexpr, BK: tl.constexpr):
+    """The NSEL smallest of one chunk's packed tf32 keys key [BM, PB, BK] (beam b, chunk-local code j:
+    the float32 score with its low log2(PB * BK) mantissa bits replaced by b * BK + j, INF where
+    invalid: unique per row, so one ``min`` gives value and candidate) and of the running list
+    (sel_s, sel_f) [BM, NP] together, ordered by (key, id), id = beam * kreal + code (kofs: the
+    chunk's first code): a new list [BM, NP] (entries NSEL.. and missing ones INF / BIG). Per
+    extraction one reduction over the chunk (and a compare-select to take the extracted key out);
+    the list's two small reductions break ties of equal keys from different chunks by id."""
+    INF: tl.constexpr = float("inf")
+    BIG: tl.constexpr = 2147483647
+    new_s = tl.full(sel_s.shape, INF, tl.float32)
+    new_f = tl.full(sel_f.shape, BIG, tl.int32)
+    for t in tl.static_range(NSEL):
+        mc = tl.min(tl.min(key, 2), 1)  # [BM]: the chunk's smallest key (unique in the chunk)
+        ms = tl.min(sel_s, 1)
+        fs = tl.min(tl.where(sel_s == ms[:, None], sel_f, BIG), 1)
+        li = mc.to(tl.int32, bitcast=True) & (PB * BK - 1)  # the packed chunk-local candidate
+        fc = (li // BK) * kreal + kofs + (li % BK)
+        tc = (mc < ms) | ((mc == ms) & (fc < fs))  # the chunk's key comes first
+        m = tl.where(tc, mc, ms)
+        f = tl.where(m < INF, tl.where(tc, fc, fs), BIG)
+        new_s = tl.where(sidx[None, :] == t, m[:, None], new_s)
+        new_f = tl.where(sidx[None, :] == t, f[:, None], new_f)
+        key = tl.where(key == tl.where(tc, mc, float("nan"))[:, None, None], INF, key)  # (nan: no key)
+        sel_s = tl.where(sel_f == tl.where(tc, -1, fs)[:, None], INF, sel_s)  # (-1: no id)
+    return new_s, new_f
+
+
+@triton.jit
 def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
                     BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr):
     """r.c [M, BK] of the M pairs' residuals (rows of a scratch slot [M, DP]) with codewords kb..kb+BK-1.
@@ -715,6 +749,39 @@ def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M: tl.constexpr, BK: t
 
 
 @triton.jit
+def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s, sel_f,
+                BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+                BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr):
+    """One chunk of codewords kb..kb+BK-1 merged into the running list (sel_s, sel_f) [BM, NP] of
+    :func:`_beam_level`: FAST: packed tf32 keys (:func:`_topn_packed`), else exact scores
+    (:func:`_topn_merge`)."""
+    INF: tl.constexpr = float("inf")
+    M: tl.constexpr = BM * PB
+    pidx = tl.arange(0, PB)
+    kk = tl.arange(0, BK)
+    sidx = tl.arange(0, NP)
+    acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M, BK, DP, BD, FAST, FMA_CHAIN)
+    acc = tl.reshape(acc, [BM, PB, BK])
+    cn = tl.load(cn_ptr + kb + kk)
+    code = kb - kbeg + kk  # [BK]
+    s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
+    ok = valid[:, :, None] & (code < kreal)[None, None, :] & (pidx < BEAM)[None, :, None]
+    if FAST:  # packed keys: the low log2(PB * BK) mantissa bits of the tf32 score hold (beam, code)
+        loc = pidx[None, :, None] * BK + kk[None, None, :]  # [1, PB, BK]
+        key = ((s.to(tl.int32, bitcast=True) & -(PB * BK)) | loc).to(tl.float32, bitcast=True)
+        key = tl.where(ok, key, INF)
+        if PROVE:
+            sel_s, sel_f = _topn_packed(key, kb - kbeg, kreal, sel_s, sel_f, sidx, NP, PB, BK)
+        else:
+            sel_s, sel_f = _topn_packed(key, kb - kbeg, kreal, sel_s, sel_f, sidx, BEAM, PB, BK)
+    else:
+        s = tl.where(ok, s, INF)
+        flat = pidx[None, :, None] * kreal + code[None, None, :]  # [1, PB, BK]: beam rank, then code
+        sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+    return sel_s, sel_f
+
+
+@triton.jit
 def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal, D, rn, valid, gamma, gamma_chk,
                 BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
                 DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr,
@@ -724,33 +791,33 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
     [BM, BP], unsure [BM]) in (score, beam rank, code) order, missing entries INF / BIG. The score of
     candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot the canonical FMA chain.
 
-    FAST and PROVE: the tf32 pass keeps the row's NP smallest tf32 scores (over all its beams); the
-    first NP - 1 (the window) are re-scored with the canonical chain and the B best of them taken; the
-    row is unsure unless the NP-th tf32 score minus the row's error bound is above the B-th exact
-    score. FAST without PROVE: the B best tf32 scores as they are (NP = BP). Not FAST: exact."""
+    FAST and PROVE: the tf32 pass keeps the row's NP smallest packed keys (over all its beams; the tf32
+    score with its low log2(PB * BK) mantissa bits replaced by the chunk-local b * BK + code, ordered by
+    (key, id): :func:`_topn_packed`); the first NP - 1 (the window) are re-scored with the canonical
+    chain and the B best of them taken by (exact score, id); the row is unsure unless the NP-th key
+    minus its packing error and the row's tf32 error bound is above the B-th exact score. FAST without
+    PROVE: the B best keys as they are (NP = BP; near-ties in key order). Not FAST: exact, every score
+    by the canonical chain, (score, id) order (:func:`_topn_merge`)."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
-    M: tl.constexpr = BM * PB
     mi = tl.arange(0, BM)
     pidx = tl.arange(0, PB)
     bidx = tl.arange(0, BP)
-    kk = tl.arange(0, BK)
     sidx = tl.arange(0, NP)
     sel_s = tl.full([BM, NP], INF, tl.float32)
     sel_f = tl.full([BM, NP], BIG, tl.int32)
-    for kb in range(kbeg, kend, BK):
-        acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M, BK, DP, BD, FAST, FMA_CHAIN)
-        acc = tl.reshape(acc, [BM, PB, BK])
-        cn = tl.load(cn_ptr + kb + kk)
-        code = kb - kbeg + kk  # [BK]
-        s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
-        ok = valid[:, :, None] & (code < kreal)[None, None, :] & (pidx < BEAM)[None, :, None]
-        s = tl.where(ok, s, INF)
-        flat = pidx[None, :, None] * kreal + code[None, None, :]  # [1, PB, BK]: beam rank, then code
-        if FAST and PROVE:
-            sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NP)
-        else:
-            sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+    # The chunk loops. FAST: disable_licm (hoisted out of the loop, the packed keys' [BM, PB, BK]
+    # candidate numbers and masks stay live in registers across it: 255 registers and spills at BK 64 /
+    # 128 on 3.6 and 3.9); not FAST: a plain loop (with disable_licm the exact kernels went to 128
+    # registers and spilled 84-108 B on both versions).
+    if FAST:
+        for kb in tl.range(kbeg, kend, BK, disable_licm=True):
+            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s,
+                                       sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN)
+    else:
+        for kb in range(kbeg, kend, BK):
+            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s,
+                                       sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN)
     unsure = mi < 0  # none
     if FAST and PROVE:
         # exact re-score of the window (the first NP - 1 proposals): the canonical chain
@@ -759,11 +826,22 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
         wc = tl.where(win, sel_f % kreal, 0)
         wsrc = (mi[:, None] * PB + wb) * DP
         wcw = (kbeg + wc) * DP
+        # 16-byte loads of 4 columns, then their 4 FMAs in column order: the same chain (columns D..DP-1
+        # of the slots and the packed codebook are zeros: fma(0, 0, acc) == acc)
         dot = tl.zeros([BM, NP], dtype=tl.float32)
-        for j in range(0, D):
-            a = tl.load(cur + wsrc + j, mask=win, other=0.0)
-            c = tl.load(cb_ptr + wcw + j, mask=win, other=0.0)
-            dot = tl.fma(a, c, dot)
+        j4 = tl.arange(0, 4)
+        w3 = win[:, :, None]
+        for j0 in range(0, D, 4):
+            j0 = tl.multiple_of(j0, 4)
+            a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
+            c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
+            a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
+            c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
+            a0, a2 = tl.split(a02)
+            a1, a3 = tl.split(a13)
+            c0, c2 = tl.split(c02)
+            c1, c3 = tl.split(c13)
+            dot = tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
         rn_w = tl.sum(tl.where(pidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
         cn_w = tl.load(cn_ptr + kbeg + wc)
         ex = (cn_w - 2.0 * dot) + rn_w
@@ -783,9 +861,16 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
         e_p = (2.0 * r_n * ((2.0 ** -11) * chimax + clomax + gamma * chimax) + 2.0 * gamma_chk * r_n * cmax
                + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
         e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
-        nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th tf32 score
+        nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
         s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
-        unsure = (nxt_v < INF) & ((nxt_v - e_row) <= s_b)
+        # The packing error: a key and its tf32 score share sign, exponent and all but the low
+        # P = log2(PB * BK) mantissa bits, so |key - s| < 2^P ulp <= 2^(P-23) |key| (+ 2^(P-149) for
+        # subnormals, inside e_row's 1e-30), and s >= g(key) = key - 2^(P-23) |key|, g increasing:
+        # every candidate outside the window (key >= nxt_v, the (key, id) order) has a tf32 score
+        # >= g(nxt_v) and an exact score >= g(nxt_v) - e_row. (2^(P-22): room for the rounding of
+        # this test.) The row is proven when that is above the B-th exact score (strict: ties redo).
+        pack = (PB * BK * 2.0 ** -22) * tl.abs(nxt_v)
+        unsure = (nxt_v < INF) & ((nxt_v - pack - e_row) <= s_b)
         sel_s = top_s
         sel_f = top_f
     return sel_s, sel_f, unsure
@@ -881,13 +966,14 @@ def _rq_beam_kernel(
     FAST=False: exact, every candidate scored by the FMA chain (``tl.dot`` ieee on the GPU; spelled
     out with ``tl.fma`` under FMA_CHAIN). REDO (with FAST off): the same over the rows listed in
     redo_ptr (N read from redo_ptr[0]). FAST: a tf32 pass proposes: per chunk of BK codewords a
-    tf32 GEMM of the pairs' tf32 residuals with the tf32 codebook, and the NP smallest tf32 scores
-    of the row are kept (over all its beams). PROVE: the first NP - 1 (the window) are re-scored
+    tf32 GEMM of the pairs' tf32 residuals with the tf32 codebook, and the NP smallest packed tf32
+    keys of the row are kept (over all its beams; the chunk-local (beam, code) in the low
+    log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the window) are re-scored
     exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
-    taken; the row is proven when the NP-th tf32 score minus the row's error bound is above the
-    B-th exact score (then every candidate outside the window is worse than all B chosen, ties
-    included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the exact
-    passes re-encode them). Without PROVE (precision="fast"): the B best tf32 scores as they are
+    taken; the row is proven when the NP-th key minus its packing error and the row's error bound is
+    above the B-th exact score (then every candidate outside the window is worse than all B chosen,
+    ties included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the
+    exact passes re-encode them). Without PROVE (precision="fast"): the B best keys as they are
     (NP = BP)."""
     INF: tl.constexpr = float("inf")
     M: tl.constexpr = BM * BP
@@ -1140,8 +1226,10 @@ def residual_quantize_triton(
         precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
             path (with ``fast=True`` the fp16 / tf32 pass proposes and the proof / exact redo
             decides). ``"fast"`` (with ``fast=True``): the proposal's choice without the proof
-            (greedy: the fp16 (or tf32) GEMM's best, no re-check; beam: the B best tf32 scores as
-            they are; no redo launch); codes may differ from float32 on near-ties (about 0.1 % of rows on random data). torch's global tf32
+            (greedy: the fp16 (or tf32) GEMM's best, no re-check; beam: the B best packed tf32 keys
+            as they are, scores equal above the low log2(BP * BLOCK_K) bits ranked by candidate; no
+            redo launch); codes may differ from float32 on near-ties (about 0.1 % of rows on random
+            data). torch's global tf32
             flags never change either.
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
             (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
@@ -1249,12 +1337,18 @@ def residual_quantize_triton(
     else:
         bp = _next_pow2(beam_width)
         bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
-        # BLOCK_K: the tf32 pass 32, the exact kernel (fast=False, and the redo tier) 64 on the GPU: no
-        # spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py); block_k sets the pass that
-        # runs first. BU (and BM, BP, warps) must be the same in every pass: ||r||^2 is a tl.sum over
-        # BU-wide slices, and the redone rows are bit for bit the exact kernel's.
+        # BLOCK_K: the tf32 pass 128 (both kernels: A re-read twice per level at K 256, not 8 times; its
+        # packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the redo
+        # tier) 64 on the GPU: no spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py; the
+        # levels kernel's tf32 pass at BK 64: 8 / 8 B spilled on 3.6, a 64-byte stack on 3.9); block_k sets
+        # the pass that runs first (beam: a power of two in [16, 1024]). BU (and BM, BP, warps)
+        # must be the same in every pass: ||r||^2 is a tl.sum over BU-wide slices, and the redone rows are
+        # bit for bit the exact kernel's.
         bk_exact = 32 if _INTERPRET else 64
-        bk = 32
+        bk = 32 if _INTERPRET else 128
+        if block_k is not None and (block_k < 16 or block_k > 1024 or block_k & (block_k - 1)):
+            # (the packed keys hold log2(BP * BLOCK_K) <= 14 low mantissa bits of the score)
+            raise ValueError(f"beam search: block_k must be a power of two in [16, 1024], got {block_k}")
         if block_k:
             bk, bk_exact = (block_k, min(block_k, bk_exact)) if fast else (block_k, block_k)
         elif not fast:

@@ -3,7 +3,10 @@ proposes each row's best candidates over all its beams, the window is re-scored 
 FMA chain, rows whose window cannot be proven to hold the B best go to the exact beam kernel (the
 redo tier). With precision="exact" (the default) every output is the exact kernel's (fast=False)
 bit for bit, on adversarial near-ties, with the redo tier forced on, with GPU-shaped tiles;
-precision="fast" takes the B best tf32 scores without the proof. Level 0 runs as a per-row top-B
+precision="fast" takes the B best tf32 keys without the proof. The proposal ranks packed keys (the
+chunk-local (beam, code) in the low mantissa bits of the tf32 score): a constructed trap where the
+packing reverses the order of near-equal scores shows the proof counts the packing error, and BLOCK_K
+128 (the GPU's) runs with several chunks per level. Level 0 runs as a per-row top-B
 (its own kernel), the later levels in the (row, beam) kernel; under the interpreter every path also
 equals canonical_beam, an independent spelling of the same float32 operations, bit for bit.
 """
@@ -191,6 +194,46 @@ def test_fast_beam_gpu_tiles(beam, tiles):
     check_against_reference(x, cbs, beam, out)
 
 
+@needs_triton
+def test_fast_beam_bk128_several_chunks():
+    """The GPU's tf32 BLOCK_K (128: packed keys of log2(BP) + 7 bits in the levels kernel, 7 in the
+    first) with GPU-shaped tiles and several chunks per level (K 300: 3 chunks, K 140: 2), exact
+    duplicates in different chunks at the same chunk-local place (equal packed keys: the list's tie
+    goes to the lower id), the near-ties of nasty_problem: the default path, the forced redo and a
+    wider window return the exact kernel's bits, and canonical_beam's; precision="fast" stays
+    consistent."""
+    x, cbs = nasty_problem(17, 9, 24, [300, 140], 1.0)
+    for c in cbs:
+        c[128] = c[0]  # chunk 1, local 0: the same key as code 0
+        c[129] = c[1]
+    cbs[0][256] = cbs[0][0]  # chunk 2
+    x[1] = cbs[0][0]  # rows on the duplicated codeword
+    beam, tiles = 5, dict(block_m=2, block_k=128, block_d=16, block_u=16)
+    exact = launch(x, cbs, beam, fast=False, **tiles)
+    assert same(exact, canonical_beam(x, cbs, beam, 16))
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), exact)
+    assert 0 <= counter[1] <= counter[0] and counter[1] <= x.shape[0]
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), exact)
+    assert counter[1] == x.shape[0]
+    assert same(launch(x, cbs, beam, beam_window=15, **tiles), exact)
+    tf32 = launch(x, cbs, beam, precision="fast", **tiles)
+    check_consistent(x, cbs, tf32)
+    assert tf32.codes[1, 0] == 0  # the tied keys of codes 0, 128, 256: the lowest id first
+
+
+@needs_triton
+def test_beam_block_k_must_be_a_power_of_two():
+    """The packed keys hold the chunk-local (beam, code) in log2(BP * BLOCK_K) mantissa bits: a BLOCK_K
+    that is not a power of two in [16, 1024] is a clear error, before any launch."""
+    x, cbs = nasty_problem(1, 3, 5, [9], 1.0)
+    for bad in (48, 8, 2048):
+        with pytest.raises(ValueError, match="block_k"):
+            launch(x, cbs, 3, block_k=bad)
+    assert same(launch(x, cbs, 3, block_k=16), launch(x, cbs, 3, fast=False))
+
+
 def window_trap(n: int = 6, d: int = 16, copies: int = 12):
     """A codebook whose first `copies` codewords differ only below tf32's precision, on coordinate
     0: c_j[0] = 1 + j 2^-16. For a row with x[0] = 2 the exact scores fall with j (the last copy
@@ -231,6 +274,54 @@ def test_window_misses_are_proven_unsure_and_redone():
     wide = launch(x, cbs, beam, beam_window=15, _fallback_counter=counter)
     assert counter.tolist() == [0, 0]
     assert same(wide, exact)
+
+
+def packing_trap(n: int = 3, d: int = 2, k: int = 64):
+    """Scores that the packed keys order against the tf32 (and exact) order. x = (4096, 0, ...) and
+    c_j = (-m_j / 8192, 0, ...), tf32-exact: every score (tf32 and exact) is fl(2^24 + m_j) = 2^24 + m_j
+    (ulp 2). The nine codes 0, 8, ..., 56, 60 have m < 128: equal above the low 6 mantissa bits, the
+    packing bits of a 64-codeword chunk (more with beams: 8 or 9 at level 1), so their keys are
+    2^24 + 2 * (their packed number) and rank them by index, while code 60 (m 2) is the nearest, then
+    codes 0, 8, 16 (m 4, 6, 8); the others (m >= 4096) are out of every bucket, and so far that a
+    15-wide window proves the row even at level 1 (2^(P-22) |key| = 1024 at P = 8). With B = 3 and window 7
+    the list holds codes 0..56, the window 0..48, the NP-th key is 2^24 + 112 (codes 56) and the 3rd
+    exact score 2^24 + 8: a proof that ignored the packing error (the tf32 bound is ~12 here) would accept
+    the window's (0, 8, 16) and miss code 60; with it (2^(P-22) |key| = 256 at P = 6) the row is unsure."""
+    trap = {0: 4, 8: 6, 16: 8, 24: 100, 32: 102, 40: 104, 48: 106, 56: 108, 60: 2}
+    m = torch.tensor([trap.get(j, 4096 + 32 * j) for j in range(k)], dtype=torch.float32)
+    c = torch.zeros(k, d)
+    c[:, 0] = -m / 8192
+    x = torch.zeros(n, d)
+    x[:, 0] = 4096.0
+    return x, [c]
+
+
+@needs_triton
+@pytest.mark.parametrize("levels", [1, 2], ids=["first-kernel", "levels-kernel"])
+def test_packing_error_is_in_the_proof(levels):
+    """Packed keys order near-equal tf32 scores by candidate number, not by score (packing_trap): the
+    proof must count the packing error and send every row to the redo tier (the exact kernel's bits,
+    canonical_beam's too); a window holding the whole bucket proves every row; precision="fast" keeps
+    the key order (code 0 first). levels 2: a one-codeword level 0, the trap at level 1 (the levels
+    kernel: packed (beam, code) numbers)."""
+    x, cbs = packing_trap()
+    if levels == 2:
+        cbs = [torch.zeros(1, x.shape[1])] + cbs
+    n, beam, tiles = x.shape[0], 3, dict(block_k=64)
+    exact = launch(x, cbs, beam, fast=False, **tiles)
+    assert (exact.codes[:, -1] == 60).all()
+    assert (residual_quantize_ref(x.double(), [c.double() for c in cbs], beam)[2][:, -1] == 60).all()
+    assert same(exact, canonical_beam(x, cbs, beam))
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    fast = launch(x, cbs, beam, _fallback_counter=counter, **tiles)
+    assert same(fast, exact)
+    assert counter.tolist() == [n, n]
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    wide = launch(x, cbs, beam, beam_window=15, _fallback_counter=counter, **tiles)
+    assert counter.tolist() == [0, 0]
+    assert same(wide, exact)
+    tf32 = launch(x, cbs, beam, precision="fast", **tiles)
+    assert (tf32.codes[:, -1] == 0).all()
 
 
 @needs_triton

@@ -42,14 +42,16 @@ def kernel_jobs() -> list[dict]:
                 "scratch_ptr": F32, "path_ptr": "*i32", "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
                 "D": I32, "L": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
     # residual_quantize_triton(beam_width=5) on CUDA: BM 16 rows x BP 8 beams, BD 16, BU 16, 8 warps, 3 stages;
-    # BK 32 in the tf32 pass (which keeps NP 8 tf32 candidates per row: window 7), 64 in the exact kernel / redo
-    beam = dict(BEAM=5, BP=8, BM=16, BK=32, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
+    # BK 128 in the tf32 pass (packed keys; it keeps NP 8 candidates per row: window 7), 64 in the exact kernel /
+    # redo (the tf32 pass at BK 64 spilled 32 / 32 B on 3.9 and 3.6 before the chunk loop's disable_licm, 8 / 8 on
+    # 3.6 after it: 2026-12-05)
+    beam = dict(BEAM=5, BP=8, BM=16, BK=128, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
     # level 0 (_rq_beam_first_kernel): one pair per row, BM 128 rows, the same BP (list width), BK, BD, BU
     first_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
                  "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "scratch_ptr": F32, "redo_ptr": "*i32",
                  "fallback_ptr": "*i32", "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32",
                  "gamma_chk": "fp32"}
-    first = dict(BEAM=5, BP=8, BM=128, BK=32, DP=256, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
+    first = dict(BEAM=5, BP=8, BM=128, BK=128, DP=256, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
     km = _mod("kmeans.py")
     chunk_sig = {"x_ptr": F32, "w_ptr": F32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
                  "psum_ptr": F32, "pcnt_ptr": F32, "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32,
