@@ -16,10 +16,11 @@
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
 # Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
 # The full list does not fit one call: the second call (fresh machine or warm, ~420 s) is
-#   BUDGET_S=470 bench/gpu_check.sh OUTDIR2 "build bench_kmeans rq_sweep profile"
-# (bench_kmeans: fused seeding rows and tile sweep, update tiles, Lloyd exact vs fast; rq_sweep: the
-# Hopper-shaped rq tiles, beam 5 against greedy: the exact beam kernel beside the tf32-proposing one,
-# exact (proof + redo, with its unsure / redone counts) and precision fast; unsure / redone row counts per shape).
+#   BUDGET_S=470 bench/gpu_check.sh OUTDIR2 "build rq_sweep bench_kmeans profile"
+# (rq_sweep, first: the greedy fp16 proposal (resident A) against the tf32 proposal, the streamed fp16 A and the
+# second tier off / on on every shape, with unsure / redone / tier counts; then beam 5 against greedy: the exact
+# beam kernel beside the packed-key tf32-proposing one, BK 128 / 64 / 32; then the tile variants. bench_kmeans:
+# fused seeding rows and tile sweep, update tiles, Lloyd exact vs fast.)
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [STAGES]}
 STAGES=${2:-"build ceilings side_by_side tests profile_gmma"}
@@ -86,10 +87,11 @@ if has profile_gmma; then  # Hopper's wgmma is invisible to the HMMA counters: r
     echo "ncu (Nsight Compute) not found: no profile" > "$OUT/profile_gmma.log"
   fi
 fi
+# the rq sweep first among the benchmarks: its rows run in priority order and its JSON is rewritten per row
+has rq_sweep && stage rq_sweep "${SWEEP_TIMEOUT:-240}" $PY bench/gpu_rq_sweep.py --out "$OUT/rq_sweep.json"
 has bench_rq && stage bench_rq 180 $PY bench/bench_residual_quantize.py --gpu --out "$OUT/bench_rq.json"
 has bench_beam && stage bench_beam 150 $PY bench/bench_beam_search.py --device cuda --out "$OUT/bench_beam.json"
 has bench_kmeans && stage bench_kmeans "${KMEANS_TIMEOUT:-240}" $PY bench/bench_kmeans.py --gpu --out "$OUT/bench_kmeans.json"
-has rq_sweep && stage rq_sweep "${SWEEP_TIMEOUT:-150}" $PY bench/gpu_rq_sweep.py --out "$OUT/rq_sweep.json"
 if has profile; then
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats

@@ -9,6 +9,8 @@ tf32-proposing one with its proof and redo (its unsure / redone counts) and with
 fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
 beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast);
 beam BLOCK_K rows: the default 128 against 64 and 32 (the tf32 pass's packed-key epilogue).
+Rows run in priority order (greedy variants on every shape, then beam 5, then tiles) and the JSON is
+rewritten after each, so a run cut short by its time limit keeps what matters most.
 Writes JSON; prints a table.
 
     python bench/gpu_rq_sweep.py --out OUT.json
@@ -28,6 +30,11 @@ from bench_residual_quantize import make_data  # noqa: E402
 from common import time_fn  # noqa: E402
 
 from pysid.kernels.residual_quantize import residual_quantize_triton  # noqa: E402
+
+
+def _save(path: str, rows: list) -> None:
+    with open(path, "w") as fh:
+        json.dump(rows, fh, indent=1)
 
 
 def main() -> None:
@@ -78,53 +85,62 @@ def main() -> None:
                 # little on 3.6 (8 / 8 B); BK 32 was the default before (then with the unpacked epilogue). One more
                 # compiled configuration only (the rq_sweep stage of gpu_check.sh has SWEEP_TIMEOUT, default 150 s)
                 ("beam 5 bk32", {"beam": 5, "block_k": 32})]
-    for d, k, levels in shapes:
-        for kind in ("clustered", "gaussian"):
-            if kind == "clustered":
-                x, cb = make_data(n, d, k, levels, args.device)
-            else:
-                g = torch.Generator(device=args.device).manual_seed(0)
-                x = torch.randn(n, d, device=args.device, generator=g)
-                cb = torch.randn(levels, k, d, device=args.device, generator=g) * 0.5
-            packed = cb.reshape(-1, d).contiguous()
-            offs = [i * k for i in range(levels + 1)]
-            ref = None
-            ref_beam = None  # codes of the exact beam kernel (the first beam variant)
-            default_ms = float("nan")
-            full = (d == 256 and k == 256 and levels == 3) or args.device != "cuda"
-            for name, kw in variants if full else variants[:8]:
-                kw = dict(kw)
-                beam = kw.pop("beam", 1)
-                try:
-                    f = lambda: residual_quantize_triton(x, packed, offs, beam, quantized=levels > 1 or beam > 1,  # noqa: E731
-                                                         **kw)
-                    ms = 1e3 * time_fn(f, device=args.device, repeat=10, warmup=1)
-                    codes = f()[2]
-                    if ref is None:
-                        ref = codes
-                    if beam > 1 and ref_beam is None:
-                        ref_beam = codes
-                    row = dict(d=d, k=k, levels=levels, data=kind, variant=name, ms=ms,
-                               same_codes_as_default=float((codes == (ref if beam == 1 else ref_beam)).all(1)
-                                                           .float().mean()))
-                    if name == "default":
-                        default_ms = ms
-                    if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
-                        row["x_greedy"] = ms / default_ms
-                    counted = ("default", "greedy tf32 proposal", "greedy no second tier", "greedy second tier on",
-                               "greedy fp16 streamed A")
-                    if name in counted or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
-                        cnt = torch.zeros(4 if beam == 1 else 2, dtype=torch.int32, device=args.device)
-                        residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
-                        # greedy: redone_rows = rows the top-4 pass lists (for the second tier where it
-                        # runs, else the exact pass); tier2_*: the tier's unproven pairs and rows it sends on
-                        row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()[:2]
-                        if beam == 1:
-                            row["tier2_unsure_row_levels"], row["tier2_to_exact_rows"] = cnt.tolist()[2:]
-                except Exception as e:  # noqa: BLE001 - a failing variant is a row
-                    row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    # priority order (a stage cut short by its time limit keeps the most important rows; the JSON is rewritten
+    # after every row): 1. the greedy proposal / tier variants and the CUDA kernel on every shape and data kind,
+    # 2. the beam rows at D 256 K 256 L 3, 3. the tile variants there
+    greedy_rows, beam_rows = variants[:8], [v for v in variants if "beam" in v[1]]
+    tile_rows = [v for v in variants[8:] if "beam" not in v[1]]
+    main_shape = shapes[0]
+    plan = [((d, k, levels), kind, greedy_rows, True) for d, k, levels in shapes for kind in ("clustered", "gaussian")]
+    plan += [(main_shape, kind, beam_rows, False) for kind in ("clustered", "gaussian")]
+    plan += [(main_shape, "clustered", tile_rows, False)]
+    refs: dict = {}  # (shape, kind) -> (codes of the greedy default, its ms, codes of the exact beam kernel)
+    for (d, k, levels), kind, chosen, with_cuda in plan:
+        if kind == "clustered":
+            x, cb = make_data(n, d, k, levels, args.device)
+        else:
+            g = torch.Generator(device=args.device).manual_seed(0)
+            x = torch.randn(n, d, device=args.device, generator=g)
+            cb = torch.randn(levels, k, d, device=args.device, generator=g) * 0.5
+        packed = cb.reshape(-1, d).contiguous()
+        offs = [i * k for i in range(levels + 1)]
+        ref, default_ms, ref_beam = refs.get((d, k, levels, kind), (None, float("nan"), None))
+        for name, kw in chosen:
+            kw = dict(kw)
+            beam = kw.pop("beam", 1)
+            try:
+                f = lambda: residual_quantize_triton(x, packed, offs, beam, quantized=levels > 1 or beam > 1,  # noqa: E731
+                                                     **kw)
+                ms = 1e3 * time_fn(f, device=args.device, repeat=10, warmup=1)
+                codes = f()[2]
+                if ref is None and beam == 1:
+                    ref = codes
+                if beam > 1 and ref_beam is None:
+                    ref_beam = codes
+                row = dict(d=d, k=k, levels=levels, data=kind, variant=name, ms=ms,
+                           same_codes_as_default=float((codes == (ref if beam == 1 else ref_beam)).all(1)
+                                                       .float().mean()))
+                if name == "default":
+                    default_ms = ms
+                if beam > 1:  # the goal: beam 5 <= 6x greedy (issue 15)
+                    row["x_greedy"] = ms / default_ms
+                counted = ("default", "greedy tf32 proposal", "greedy no second tier", "greedy second tier on",
+                           "greedy fp16 streamed A")
+                if name in counted or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
+                    cnt = torch.zeros(4 if beam == 1 else 2, dtype=torch.int32, device=args.device)
+                    residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
+                    # greedy: redone_rows = rows the top-4 pass lists (for the second tier where it
+                    # runs, else the exact pass); tier2_*: the tier's unproven pairs and rows it sends on
+                    row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()[:2]
+                    if beam == 1:
+                        row["tier2_unsure_row_levels"], row["tier2_to_exact_rows"] = cnt.tolist()[2:]
+            except Exception as e:  # noqa: BLE001 - a failing variant is a row
+                row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            _save(args.out, rows)
+        refs[(d, k, levels, kind)] = (ref, default_ms, ref_beam)
+        if with_cuda:
             try:
                 import pysid
 
@@ -135,11 +151,11 @@ def main() -> None:
                     print(json.dumps(rows[-1]), flush=True)
             except Exception as e:  # noqa: BLE001
                 rows.append(dict(d=d, k=k, levels=levels, data=kind, variant="cuda kernel (op)", error=str(e)[:200]))
-            del x, cb, packed
-            if args.device == "cuda":
-                torch.cuda.empty_cache()
-    with open(args.out, "w") as fh:
-        json.dump(rows, fh, indent=1)
+            _save(args.out, rows)
+        del x, cb, packed
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    _save(args.out, rows)
     for r in rows:
         print(f"{r['d']:4d} {r['k']:5d} L{r['levels']} {r['data']:9s} {r['variant']:18s} "
               f"{r.get('ms', float('nan')):9.3f} ms  {r.get('unsure_row_levels', '')} {r.get('redone_rows', '')} "
