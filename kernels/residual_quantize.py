@@ -1117,7 +1117,10 @@ def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Ti
     each row's reductions stay inside one warp (GPU-NOTES.md, 2026-12-04). The tf32 pass is a plain
     pipelined GEMM over D per chunk of BLOCK_K codewords (A from the scratch slot, B from the
     codebook, both by 16-byte cp.async): shared memory num_stages * (BM + BK) * BD * 4 = 48 KB
-    whatever D (tf32; fp16 half: 24 KB; fp16 with BD 32 spills 20 B on 3.6, 2026-12-05). Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
+    whatever D (tf32; fp16 half: 24 KB; fp16 with BD 32 spills 20 B on 3.6, 2026-12-05). fp16 pass
+    (2026-12-05, ptxas -v): no spills at D 64 and 256 on 3.6 and 3.9 (and D 512 on 3.9); D 512 on
+    3.6 spills 64 / 68 B (tf32 24 / 24), D 1024 on 3.9 1906 / 1976 B (tf32 1156 / 1316; main's tf32
+    pass already spilled there: 1052 / 1224). The second tier (BK 64, NP 16): none at D 64 / 256. Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
     one (tests/test_sm90_compile.py; also at D = 64, 128, 512, 1024): BD 32 or BU 32 make the tf32 pass
     spill on 3.6, BU < 64 the exact pass at D = 64 (2026-12-04)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
