@@ -76,9 +76,10 @@ answer:
   (``_TIER2_MIN_K``; a top-4 window leaves ~2 % of rows unproven at K 4096 on k-means data) a
   second tier runs first over the listed rows (the same kernel, FAST and REDO, ``NP`` = 16): the
   proposal GEMM again keeping the 16 best (score, index) per row (int64 keys: exact proposal
-  scores, bitonic top-k per chunk and merge), the best 15 re-checked in float32, the same proof
-  (the 16th proposal minus E above the best re-checked score plus e_chk, the winner apart by
-  2 e_chk); the rows it cannot prove go to a second list, which the exact pass redoes.  (Until 2026-11-28 the whole
+  scores, bitonic top-k per chunk and merge), the best 15 re-scored with the canonical score itself
+  (the FMA chain: no allowance, near-ties decided as the exact pass does), proven when the 16th
+  proposal minus E is above the best of them; the rows it cannot prove go to a second list, which
+  the exact pass redoes.  (Until 2026-11-28 the whole
   64-row tile re-ran the level exactly for one unsure row: on clustered data 11 % of
   tile-levels did, ~+9 ms of 41 ms in GPU run 2.)  The candidate count therefore
   affects speed only, never the answer.  With 3 re-checked candidates the fallback is
@@ -433,12 +434,13 @@ def _unkey64(key):
 
 
 @triton.jit
-def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
-                mult, gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D, r_n, rlo_n, chimax, clomax, cnmax,
+                mult, gamma, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
                 NP: tl.constexpr, PROPOSAL: tl.constexpr):
     """The second tier: the proposal GEMM of _level_fast keeping the NP best per row (by (score, index),
-    exact proposal scores: int64 keys, no packing), a float32 re-check of the best NP - 1 and the same
-    proof. Returns (global row index of the choice, unsure mask)."""
+    exact proposal scores: int64 keys, no packing), the best NP - 1 re-scored with the canonical score
+    (the FMA chain), and the proof that no other candidate can reach the best of them. Returns (global
+    row index of the choice, unsure mask)."""
     kk = tl.arange(0, BK)
     mm = tl.arange(0, BM)
     dd = tl.arange(0, BD)
@@ -466,29 +468,36 @@ def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
         both = tl.reshape(tl.join(top, ck), [BM, 2 * NP])
         top = ~tl.topk(~both, NP)
     vs, vi = _unkey64(top)  # ascending (score, index)
-    # float32 re-check of the first NP - 1 (the window), as _recheck (tl.sum over column slices; 4-wide
-    # here: the gathered [BM, NP, RD] codewords stay small in registers)
-    RD: tl.constexpr = 4
-    rd = tl.arange(0, RD)
+    # the window (the first NP - 1) re-scored with the canonical score itself: fl(cn - 2 dot), dot the
+    # float32 FMA chain over d ascending (the exact pass's bits; 16-byte loads of 4 columns, their FMAs
+    # in column order; columns D..DP-1 are zeros: fma(0, 0, acc) == acc), ties to the lowest index. Unlike
+    # the top-4 pass's tree-summed re-check it needs no allowance (e_chk) and decides near-ties itself.
     win = pp[None, :] < NP - 1
     gi = tl.where(win, vi, kbeg)
-    ex = tl.zeros([BM, NP], dtype=tl.float32)
-    for d0 in tl.range(0, DP, RD, disable_licm=True):
-        cols = tl.multiple_of(d0, RD) + rd
-        rr = tl.load(rs_ptr + mm[:, None] * DP + cols[None, :])  # [BM, RD]
-        cc = tl.load(cb_ptr + gi[:, :, None] * DP + cols[None, None, :], mask=win[:, :, None], other=0.0)
-        ex += tl.sum(rr[:, None, :] * cc, 2)
+    j4 = tl.arange(0, 4)
+    w3 = win[:, :, None]
+    dot = tl.zeros([BM, NP], dtype=tl.float32)
+    for j0 in range(0, D, 4):
+        j0 = tl.multiple_of(j0, 4)
+        r4 = tl.load(rs_ptr + mm[:, None] * DP + (j0 + j4)[None, :])  # [BM, 4]
+        a4 = tl.broadcast_to(r4[:, None, :], [BM, NP, 4])
+        c4 = tl.load(cb_ptr + gi[:, :, None] * DP + (j0 + j4)[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
+        a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
+        c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
+        a0, a2 = tl.split(a02)
+        a1, a3 = tl.split(a13)
+        c0, c2 = tl.split(c02)
+        c1, c3 = tl.split(c13)
+        dot = tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
     INF: tl.constexpr = float("inf")
-    ex = tl.where(win & (gi - kbeg < kreal), tl.load(cn_ptr + gi) - 2.0 * ex, INF)
+    ex = tl.where(win & (gi - kbeg < kreal), tl.load(cn_ptr + gi) - 2.0 * dot, INF)
     be = tl.min(ex, 1)
     bi = tl.min(tl.where(ex == be[:, None], gi, 2147483647), 1)
-    sec = tl.min(tl.where(gi == bi[:, None], INF, ex), 1)
     vlast = tl.sum(tl.where(pp[None, :] == NP - 1, vs, 0.0), 1)  # the NP-th proposal score
     err_dot = rlo_n * chimax + r_n * clomax + gamma * r_n * chimax
     e_bound = (2.0 * err_dot + (2.0 ** -22) * (cnmax + 2.0 * r_n * chimax)) * 1.0625 + 1e-30
-    cmax = chimax + clomax
-    e_chk = (4.0 * gamma_chk * r_n * cmax + (2.0 ** -23) * (cnmax + 2.0 * r_n * cmax)) * 1.125 + 1e-30
-    proven = ((vlast - e_bound) > (be + e_chk)) & ((sec - be) > 2.0 * e_chk)
+    # every candidate outside the window has a canonical score >= vlast - e_bound > be (strict: no tie)
+    proven = (vlast - e_bound) > be
     return bi, ~proven
 
 
@@ -606,9 +615,9 @@ def _rq_greedy_kernel(
                 else:
                     mult = rsq
                 if NP > 4:  # the second tier: a wider window, the same proof
-                    best, unsure = _level_wide(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
+                    best, unsure = _level_wide(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D,
                                                tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
-                                               gamma_chk, BM, BK, DP, BD, NP, PROPOSAL)
+                                               BM, BK, DP, BD, NP, PROPOSAL)
                 else:
                     best, unsure = _level_fast(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal,
                                                tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,

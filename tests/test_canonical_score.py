@@ -247,7 +247,10 @@ def test_every_triton_path_returns_the_canonical_codes(proposal, p):
     assert torch.equal(fast[2], want)
     redo = triton_run(x, cbs, fast=True, _force_redo=True, **PROPOSAL_KW[proposal])
     assert torch.equal(redo[2], want)
-    for out in (exact, fast, redo):
+    # every row through the second tier (its window re-scored with the canonical FMA chain decides ties)
+    tier = triton_run(x, cbs, fast=True, _force_tier2=True, **PROPOSAL_KW[proposal])
+    assert torch.equal(tier[2], want)
+    for out in (exact, fast, redo, tier):
         check_greedy(x, cbs, out)
     # the redone rows are the exact pass's rows, bit for bit (outputs included)
     nz = x.norm(dim=1) > 0
@@ -508,7 +511,9 @@ def test_forced_tiers_return_the_canonical_codes(proposal):
     assert torch.equal(through[2], want)
     c = counter.tolist()
     assert c[1] == int(nz.sum()) and c[0] >= c[1]  # every nonzero row listed by the top-4 pass
-    assert 0 < c[3] <= c[2] and c[3] < c[1]  # the tier proves some, lists the duplicated-codeword ties
+    # the tier re-scores its window with the canonical score itself: it decides every listed row here,
+    # the duplicated-codeword ties included (the top-4 pass's tree-summed re-check cannot)
+    assert c[2] == c[3] == 0
     counter.zero_()
     into = triton_run(x, cbs, _fallback_counter=counter, **PROPOSAL_KW[proposal], _force_redo=True, _tier2=True, **tiles)
     assert torch.equal(into[2], want)
