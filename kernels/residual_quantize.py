@@ -434,6 +434,19 @@ def _unkey64(key):
 
 
 @triton.jit
+def _fma4(dot, a4, c4, BM: tl.constexpr, NP: tl.constexpr):
+    """dot [BM, NP] + the 4 columns of a4, c4 [BM, NP, 4] as 4 FMAs in column order (a piece of the
+    canonical FMA chain, after 16-byte loads of 4 columns)."""
+    a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
+    c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
+    a0, a2 = tl.split(a02)
+    a1, a3 = tl.split(a13)
+    c0, c2 = tl.split(c02)
+    c1, c3 = tl.split(c13)
+    return tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
+
+
+@triton.jit
 def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D, r_n, rlo_n, chimax, clomax, cnmax,
                 mult, gamma, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
                 NP: tl.constexpr, PROPOSAL: tl.constexpr):
@@ -482,13 +495,7 @@ def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D, 
         r4 = tl.load(rs_ptr + mm[:, None] * DP + (j0 + j4)[None, :])  # [BM, 4]
         a4 = tl.broadcast_to(r4[:, None, :], [BM, NP, 4])
         c4 = tl.load(cb_ptr + gi[:, :, None] * DP + (j0 + j4)[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
-        a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
-        c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
-        a0, a2 = tl.split(a02)
-        a1, a3 = tl.split(a13)
-        c0, c2 = tl.split(c02)
-        c1, c3 = tl.split(c13)
-        dot = tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
+        dot = _fma4(dot, a4, c4, BM, NP)
     INF: tl.constexpr = float("inf")
     ex = tl.where(win & (gi - kbeg < kreal), tl.load(cn_ptr + gi) - 2.0 * dot, INF)
     be = tl.min(ex, 1)
@@ -844,13 +851,7 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
             j0 = tl.multiple_of(j0, 4)
             a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
             c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
-            a02, a13 = tl.split(tl.reshape(a4, [BM, NP, 2, 2]))  # columns (j0, j0+2), (j0+1, j0+3)
-            c02, c13 = tl.split(tl.reshape(c4, [BM, NP, 2, 2]))
-            a0, a2 = tl.split(a02)
-            a1, a3 = tl.split(a13)
-            c0, c2 = tl.split(c02)
-            c1, c3 = tl.split(c13)
-            dot = tl.fma(a3, c3, tl.fma(a2, c2, tl.fma(a1, c1, tl.fma(a0, c0, dot))))
+            dot = _fma4(dot, a4, c4, BM, NP)
         rn_w = tl.sum(tl.where(pidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
         cn_w = tl.load(cn_ptr + kbeg + wc)
         ex = (cn_w - 2.0 * dot) + rn_w
