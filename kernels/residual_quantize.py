@@ -1394,7 +1394,9 @@ def residual_quantize_triton(
     gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
     # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
     gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
-    if fast:
+    if fast and beam_width == 1 and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
+        cbhi, stat = _fp16_stats(cb, cn, dst, ks)
+    elif fast:  # tf32: the greedy tf32 proposal and the beam kernels
         cbhi, stat = _tf32_stats(cb, cn, dst, ks)
     else:
         cbhi, stat = cb, cn
@@ -1450,8 +1452,6 @@ def residual_quantize_triton(
     else:
         nprog = min(tiles, 2)  # CPU (interpreter): few programs, so tests run the persistent loop
     scratch = torch.empty((nprog, 2, bm, dp), dtype=torch.float32, device=dev)
-    if fast and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
-        cbhi, stat = _fp16_stats(cb, cn, dst, ks)
     # the second tier (fast path with the proof): over the rows the top-4 pass lists, the proposal again
     # keeping the _TIER2_NP best per row, NP - 1 re-checked; what it cannot prove goes to the exact pass.
     # It runs where a level has K >= _TIER2_MIN_K codewords (a top-4 window leaves ~2 % of rows unproven at
