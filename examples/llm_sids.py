@@ -52,8 +52,11 @@ import torch.nn.functional as F
 
 import pysid
 from pysid.collab import item_embeddings
-from pysid.data import leave_one_out, read_item_text, read_sequences
+from pysid.data import read_item_text
 from pysid.integrations.transformers import TrieLogitsProcessor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generative_retrieval import load_split  # noqa: E402
 
 PROMPT_WORDS = ("recommend", ":", "=", "is")
 REQUESTS = ("lego star wars", "jigsaw puzzle 1000 pieces", "barbie doll house", "wooden train set")
@@ -81,8 +84,6 @@ def build_sids(split, all_items, args):
         x[zero] = torch.randn(int(zero.sum()), x.shape[1], generator=g) * scale / math.sqrt(x.shape[1])
     inputs = x
     if args.sid_input in ("text", "hybrid"):
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path.insert(0, here)
         from text_sids import text_vectors  # noqa: PLC0415
         from pysid.data import item_sentence  # noqa: PLC0415
 
@@ -264,12 +265,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     seed_all(args.seed)
     t_start = time.perf_counter()
-    seqs = read_sequences(args.data)
-    if args.max_users and args.max_users < len(seqs):
-        keep = sorted(random.Random(args.seed).sample(range(len(seqs)), args.max_users))
-        seqs = [seqs[i] for i in keep]
-    split = leave_one_out(seqs, max_history=args.history)
-    all_items = sorted({i for s in seqs for i in s})
+    seqs, split, all_items, _ = load_split(args)  # generative_retrieval.py's: the same users and split
     fields = read_item_text(args.items)
     texts = {i: item_words(fields.get(i, {})) or "unknown item" for i in all_items}
     sids = build_sids(split, all_items, args)

@@ -298,6 +298,28 @@ def _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK: tl.conste
 
 
 @triton.jit
+def _proposal_gemm(sp_ptr, cbhi_ptr, kb, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
+                   PROPOSAL: tl.constexpr):
+    """r.c [BM, BK] of the proposal operands (the A slot sp_ptr [BM, DP], codewords kb..kb+BK-1 of
+    cbhi_ptr), a plain pipelined GEMM over D in BD steps: both operands stream into shared memory by
+    cp.async (16-byte copies, num_stages deep), the accumulator chain runs on async wgmma. fp16:
+    the products are exact in float32, float32 accumulation; tf32: both operands tf32-exact."""
+    mm = tl.arange(0, BM)
+    kk = tl.arange(0, BK)
+    dd = tl.arange(0, BD)
+    acc = tl.zeros([BM, BK], dtype=tl.float32)
+    for d0 in range(0, DP, BD):
+        cols = tl.multiple_of(d0, BD) + dd
+        a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD]
+        c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
+        if PROPOSAL == "fp16":
+            acc = tl.dot(a, c, acc, out_dtype=tl.float32)
+        else:
+            acc = tl.dot(a, c, acc, input_precision="tf32")
+    return acc
+
+
+@triton.jit
 def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n, rlo_n, chimax, clomax, cnmax,
                 mult, gamma, gamma_chk, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
                 PACK_BITS: tl.constexpr, PROVE: tl.constexpr, PROPOSAL: tl.constexpr, RESIDENT: tl.constexpr):
@@ -321,7 +343,6 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
     reads)."""
     kk = tl.arange(0, BK)
     mm = tl.arange(0, BM)
-    dd = tl.arange(0, BD)
     INF: tl.constexpr = float("inf")
     v0 = tl.full([BM], INF, tl.float32)
     v1 = v0
@@ -338,18 +359,8 @@ def _level_fast(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, r_n
         if RESIDENT:  # one MMA over all of D per chunk: only the codebook chunk streams (cp.async)
             c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + dfull[:, None])  # [DP, BK]
             acc = tl.dot(a_res, c, out_dtype=tl.float32)
-        else:
-            # a plain pipelined GEMM over D: both operands stream into shared memory by cp.async
-            # (16-byte copies, num_stages deep), the accumulator chain runs on async wgmma
-            acc = tl.zeros([BM, BK], dtype=tl.float32)
-            for d0 in range(0, DP, BD):
-                cols = tl.multiple_of(d0, BD) + dd
-                a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])  # [BM, BD] exact in the operand type
-                c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK] likewise
-                if PROPOSAL == "fp16":  # fp16 products are exact in float32; float32 accumulation
-                    acc = tl.dot(a, c, acc, out_dtype=tl.float32)
-                else:
-                    acc = tl.dot(a, c, acc, input_precision="tf32")
+        else:  # both operands streamed per chunk in D-slices
+            acc = _proposal_gemm(sp_ptr, cbhi_ptr, kb, BM, BK, DP, BD, PROPOSAL)
         cn = tl.load(cn_ptr + kb + kk)
         v0, v1, v2, v3, i0, i1, i2, i3 = _top4_merge(acc, cn, kb, v0, v1, v2, v3, i0, i1, i2, i3, mult, BK,
                                                      PACK_BITS, PROPOSAL == "fp16")
@@ -456,20 +467,11 @@ def _level_wide(sp_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D, 
     row index of the choice, unsure mask)."""
     kk = tl.arange(0, BK)
     mm = tl.arange(0, BM)
-    dd = tl.arange(0, BD)
     pp = tl.arange(0, NP)
     BIGK: tl.constexpr = 0x7FFFFFFFFFFFFFFF
     top = tl.full([BM, NP], BIGK, tl.int64)
     for kb in range(kbeg, kend, BK):
-        acc = tl.zeros([BM, BK], dtype=tl.float32)
-        for d0 in range(0, DP, BD):
-            cols = tl.multiple_of(d0, BD) + dd
-            a = tl.load(sp_ptr + mm[:, None] * DP + cols[None, :])
-            c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])
-            if PROPOSAL == "fp16":
-                acc = tl.dot(a, c, acc, out_dtype=tl.float32)
-            else:
-                acc = tl.dot(a, c, acc, input_precision="tf32")
+        acc = _proposal_gemm(sp_ptr, cbhi_ptr, kb, BM, BK, DP, BD, PROPOSAL)
         cn = tl.load(cn_ptr + kb + kk)
         if PROPOSAL == "fp16":
             s = cn[None, :] - acc * mult[:, None]
@@ -620,7 +622,7 @@ def _rq_greedy_kernel(
                 if FP16:  # 2 / (s_r sc_l): a normal float32 power of two (_fp16_exponent)
                     mult = _pow2(1 - er - tl.load(stat_ptr + NST * l + 3).to(tl.int32))
                 else:
-                    mult = rsq
+                    mult = rsq  # unused: tf32 scores are cn - 2 acc (a [BM] placeholder)
                 if NP > 4:  # the second tier: a wider window, the same proof
                     best, unsure = _level_wide(op_ptr, rs_ptr, cb_ptr, cbhi_ptr, cn_ptr, kbeg, kend, kreal, D,
                                                tl.sqrt(rsq), tl.sqrt(losq), chimax, clomax, cnmax, mult, gamma,
@@ -1391,7 +1393,8 @@ def residual_quantize_triton(
     fma_chain = _INTERPRET if _fma_chain is None else _fma_chain
     prove = precision == "exact"
     # float32 accumulation error allowance (tensor cores and the float32 re-check), generous
-    gamma = (dp + 8) * 2.0 ** -21 if not _force_redo else 1e30
+    gamma_ok = (dp + 8) * 2.0 ** -21
+    gamma = gamma_ok if not _force_redo else 1e30  # (the beam kernels; the greedy passes: gammas below)
     # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
     gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
     if fast and beam_width == 1 and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
@@ -1457,7 +1460,6 @@ def residual_quantize_triton(
     # It runs where a level has K >= _TIER2_MIN_K codewords (a top-4 window leaves ~2 % of rows unproven at
     # K 4096 on k-means data, a top-8 ~6e-5: GPU-NOTES.md), or when _tier2 says so.
     tier2 = fast and prove and ((max(ks) >= _TIER2_MIN_K if _tier2 is None else bool(_tier2)) or _force_tier2)
-    gamma_ok = (dp + 8) * 2.0 ** -21
     gammas = {"fast": 1e30 if (_force_redo or _force_tier2) else gamma_ok, "tier2": 1e30 if _force_redo else gamma_ok,
               "exact": gamma_ok}
     np2 = min(_TIER2_NP, tiles_fast.bk)
