@@ -72,10 +72,13 @@ def main() -> None:
                 ("exact bk32", {"fast": False, "block_k": 32}), ("exact bk128", {"fast": False, "block_k": 128}),
                 ("exact bd32", {"fast": False, "block_d": 32}),
                 # beam 5 (2026-12-05): the exact FMA kernel (the old path, also the redo tier) first, then the
-                # tf32-proposing kernel: window re-scored exactly + proof + redo of unproven rows (the default),
+                # proposing kernel: window re-scored exactly + proof + redo of unproven rows (the default),
                 # without the proof (precision fast), a wider window, and tiles
                 ("beam 5 exact kernel", {"beam": 5, "fast": False}),
                 ("beam 5", {"beam": 5}), ("beam 5 precision fast", {"beam": 5, "precision": "fast"}),
+                # 2026-12-05 (fifth session): the beam proposal is fp16 (scaled per row / tile and level, A rounded
+                # from the float32 slot on the way to the MMA); the former tf32 proposal beside it
+                ("beam 5 tf32 proposal", {"beam": 5, "_proposal": "tf32"}),
                 ("beam 5 window 15", {"beam": 5, "beam_window": 15}),
                 ("beam 5 bm8", {"beam": 5, "block_m": 8}), ("beam 5 bk64", {"beam": 5, "block_k": 64}),
                 ("beam 5 bd32", {"beam": 5, "block_d": 32}), ("beam 5 w4", {"beam": 5, "num_warps": 4}),

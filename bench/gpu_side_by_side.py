@@ -170,8 +170,15 @@ def case_beam(R: Runner, n: int) -> None:
     x, cbs = make(n, d, 256 if not R.smoke else 16, 3, R.dev)
     packed = torch.cat(cbs).contiguous()
     k = cbs[0].shape[0]
-    R.t(f"rq_beam5.D{d}K{k}L3.pysid_triton.ms", lambda: residual_quantize_triton(x, packed, [0, k, 2 * k, 3 * k], 5),
+    offs = [0, k, 2 * k, 3 * k]
+    R.t(f"rq_beam5.D{d}K{k}L3.pysid_triton.ms", lambda: residual_quantize_triton(x, packed, offs, 5),
         repeat=3, warmup=1)
+    # the beam proposal: fp16 (the default, above) vs tf32 (issue 15): the same codes (the proof decides)
+    R.t(f"rq_beam5.D{d}K{k}L3.pysid_triton_tf32_proposal.ms",
+        lambda: residual_quantize_triton(x, packed, offs, 5, _proposal="tf32"), repeat=3, warmup=1)
+    R.note(f"rq_beam5.D{d}K{k}L3.pysid_triton_tf32_proposal.identical",
+           bool(torch.equal(residual_quantize_triton(x, packed, offs, 5)[2],
+                            residual_quantize_triton(x, packed, offs, 5, _proposal="tf32")[2])))
 
 
 def case_lloyd(R: Runner, n: int, ks) -> None:

@@ -98,15 +98,19 @@ live in scratch slots per program (L2; swapped per level): each new residual is 
 the old slot minus the chosen codeword (a gather by row index, 16-byte slices; valid pairs only, and
 after the last level only the best one); the paths are back-pointers in a per-program scratch array,
 followed back at the end. ``fast=False``: the exact
-kernel (every candidate by the FMA chain). ``fast=True`` (default): a tf32 GEMM proposes the row's
-best NP candidates over all its beams, the window (NP - 1) is re-scored exactly with the canonical
+kernel (every candidate by the FMA chain). ``fast=True`` (default): a GEMM proposes the row's best NP
+candidates over all its beams (fp16 by default: fp16(c sc_l) from the host, fp16(r s) rounded from
+the float32 slot on the way to the MMA, s a power of two per row at level 0 and per tile of BM rows
+at later levels, from the largest ||r||: ``_beam_fp16_scales``; tf32 with ``_proposal="tf32"``:
+the tf32 rounding in slot 2), the window (NP - 1) is re-scored exactly with the canonical
 chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
 unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
 kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). The proposal runs in chunks of 128
 codewords (A re-read twice per level at K = 256) with packed keys (``_topn_packed``): the low
-log2(PB * BK) mantissa bits of each tf32 score hold the candidate's chunk-local (beam, code), so one
+log2(PB * BK) mantissa bits of each proposal score hold the candidate's chunk-local (beam, code), so one
 ``min`` per extraction gives value and candidate; the proof adds the packing error
-(``2^(P-22) |key|`` at the NP-th key). ``precision="fast"``: the B best packed keys, no proof (scores
+(``2^(P-22) |key|`` at the NP-th key; the fp16 operand's r_lo bound adds the subnormals' DP 2^-24 / s).
+``precision="fast"``: the B best packed keys, no proof (scores
 equal above the packing bits rank by (beam, code) in the chunk, then by id across chunks, so near-ties
 can order differently from the float32 scores).
 """
@@ -428,6 +432,26 @@ def _split_fp16(v, s, inv_s):
 
 
 @triton.jit
+def _to_fp16(v, s):
+    """fp16(v * s) (s a power of two, broadcast to v; clamped to the fp16 range: never inf). With s from a
+    bound >= max|v| (:func:`_fp16_exponent`) |v s| < 2^15: no clamping, and |v - fp16(v s) / s| <=
+    2^-11 |v| + 2^-24 / s per element (fp16's normal range; below it, half the subnormal spacing)."""
+    return tl.minimum(tl.maximum(v * s, -65504.0), 65504.0).to(tl.float16)
+
+
+@triton.jit
+def _beam_fp16_scales(rn_max, ec, DP: tl.constexpr):
+    """The fp16 beam proposal's scale s = 2^e for a level, from rn_max >= 0, the largest ||r||^2 of the
+    residuals it scales (float32 sums of squares of non-negative terms: >= max_d r_d^2 (1 - (D + 1)
+    2^-24), and >= max_d r_d^2 - D 2^-149 where squares underflow), so B = sqrt(rn_max) (1 + 2^-8) +
+    2^-60 >= max_d |r_d| of each of them (D < 2^16). Returns s, the unscaling 2 / (s sc_l) (sc_l = 2^ec)
+    and the fp16 subnormals' part of the bound on ||r - r_hi|| (DP 2^-24 / s; the rest is 2^-11 ||r||);
+    per row or per tile, as rn_max is."""
+    er = _fp16_exponent(tl.sqrt(rn_max) * (1.0 + 2.0 ** -8) + 2.0 ** -60, ec)
+    return _pow2(er), _pow2(1 - er - ec), (DP * 2.0 ** -24) * _pow2(-er)
+
+
+@triton.jit
 def _key64(s, idx):
     """(score, index) as one int64 whose signed order is (float order of s, then index): the float
     bits made order-preserving as int32 (negative scores: magnitude bits flipped), index below."""
@@ -736,22 +760,28 @@ def _topn_packed(key, kofs, kreal, sel_s, sel_f, sidx, NSEL: tl.constexpr, PB: t
 
 
 @triton.jit
-def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-                    BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr):
+def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+                    BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
     """r.c [M, BK] of the M pairs' residuals (rows of a scratch slot [M, DP]) with codewords kb..kb+BK-1.
-    FAST: tf32 GEMM of the tf32-rounded residuals (slot_t) and codebook (cbhi_ptr), over D in BD steps
-    (cp.async operands, wgmma). Else the canonical FMA chain over d (``tl.dot`` ieee on the GPU;
-    spelled out with ``tl.fma`` under FMA_CHAIN: the interpreter's ``tl.dot`` is a matmul)."""
+    FAST: the proposal GEMM over D in BD steps (cp.async operands, wgmma) of the operand slot slot_t and
+    the proposal codebook cbhi_ptr: PROPOSAL "fp16": fp16(r s_r) and fp16(c sc_l) (the scaled dot,
+    float32 accumulation), "tf32": the tf32-rounded residuals and codebook. Else the canonical FMA chain
+    over d (``tl.dot`` ieee on the GPU; spelled out with ``tl.fma`` under FMA_CHAIN: the interpreter's
+    ``tl.dot`` is a matmul)."""
     pm = tl.arange(0, M)
     kk = tl.arange(0, BK)
     dd = tl.arange(0, BD)
     acc = tl.zeros([M, BK], dtype=tl.float32)
-    if FAST:  # tf32 GEMM of the tf32-exact residuals and codebook (the proposal)
+    if FAST:  # the proposal GEMM: fp16 (scaled) or tf32 operands, products exact in float32
         for d0 in range(0, DP, BD):
             cols = tl.multiple_of(d0, BD) + dd
-            a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
             c = tl.load(cbhi_ptr + (kb + kk)[None, :] * DP + cols[:, None])  # [BD, BK]
-            acc = tl.dot(a, c, acc, input_precision="tf32")
+            if PROPOSAL == "fp16":
+                a = _to_fp16(tl.load(cur + pm[:, None] * DP + cols[None, :]), sr)  # [M, BD]
+                acc = tl.dot(a, c, acc, out_dtype=tl.float32)
+            else:
+                a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                acc = tl.dot(a, c, acc, input_precision="tf32")
     elif FMA_CHAIN:  # the canonical chain spelled out (the interpreter's tl.dot is a matmul)
         for j in range(0, D):
             a = tl.load(cur + pm * DP + j)  # [M]
@@ -767,24 +797,28 @@ def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M: tl.constexpr, BK: t
 
 
 @triton.jit
-def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s, sel_f,
+def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr, mult, sel_s, sel_f,
                 BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-                BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr):
+                BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr,
+                PROPOSAL: tl.constexpr):
     """One chunk of codewords kb..kb+BK-1 merged into the running list (sel_s, sel_f) [BM, NP] of
-    :func:`_beam_level`: FAST: packed tf32 keys (:func:`_topn_packed`), else exact scores
-    (:func:`_topn_merge`)."""
+    :func:`_beam_level`: FAST: packed proposal keys (:func:`_topn_packed`; fp16: the dot unscaled by
+    mult [BM, 1] = 2 / (s_r sc_l), a power of two), else exact scores (:func:`_topn_merge`)."""
     INF: tl.constexpr = float("inf")
     M: tl.constexpr = BM * PB
     pidx = tl.arange(0, PB)
     kk = tl.arange(0, BK)
     sidx = tl.arange(0, NP)
-    acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, M, BK, DP, BD, FAST, FMA_CHAIN)
+    acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M, BK, DP, BD, FAST, FMA_CHAIN, PROPOSAL)
     acc = tl.reshape(acc, [BM, PB, BK])
     cn = tl.load(cn_ptr + kb + kk)
     code = kb - kbeg + kk  # [BK]
-    s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
+    if FAST and PROPOSAL == "fp16":  # 2 r.c = acc * 2 / (s_r sc_l): exact (a power of two)
+        s = (cn[None, None, :] - acc * mult) + rn[:, :, None]
+    else:
+        s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
     ok = valid[:, :, None] & (code < kreal)[None, None, :] & (pidx < BEAM)[None, :, None]
-    if FAST:  # packed keys: the low log2(PB * BK) mantissa bits of the tf32 score hold (beam, code)
+    if FAST:  # packed keys: the low log2(PB * BK) mantissa bits of the proposal score hold (beam, code)
         loc = pidx[None, :, None] * BK + kk[None, None, :]  # [1, PB, BK]
         key = ((s.to(tl.int32, bitcast=True) & -(PB * BK)) | loc).to(tl.float32, bitcast=True)
         key = tl.where(ok, key, INF)
@@ -800,22 +834,26 @@ def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, v
 
 
 @triton.jit
-def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal, D, rn, valid, gamma, gamma_chk,
-                BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
-                DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr,
-                FMA_CHAIN: tl.constexpr):
+def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal, D, rn, valid, sr, mult, rlo_x,
+                gamma, gamma_chk, BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr,
+                BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr,
+                PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr, NST: tl.constexpr):
     """One level's B best candidates of a tile of BM rows x PB beams (pair (row i, beam b) is row i * PB + b
     of the slots; rn [BM, PB] its ||r||^2, valid [BM, PB]): (score [BM, BP], id = beam * kreal + code
     [BM, BP], unsure [BM]) in (score, beam rank, code) order, missing entries INF / BIG. The score of
     candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot the canonical FMA chain.
 
-    FAST and PROVE: the tf32 pass keeps the row's NP smallest packed keys (over all its beams; the tf32
-    score with its low log2(PB * BK) mantissa bits replaced by the chunk-local b * BK + code, ordered by
-    (key, id): :func:`_topn_packed`); the first NP - 1 (the window) are re-scored with the canonical
-    chain and the B best of them taken by (exact score, id); the row is unsure unless the NP-th key
-    minus its packing error and the row's tf32 error bound is above the B-th exact score. FAST without
-    PROVE: the B best keys as they are (NP = BP; near-ties in key order). Not FAST: exact, every score
-    by the canonical chain, (score, id) order (:func:`_topn_merge`)."""
+    FAST and PROVE: the proposal pass (PROPOSAL "fp16": fp16(r s_r) with s_r a power of two per row,
+    mult [BM, 1] = 2 / (s_r sc_l) unscaling the dot, rlo_x [BM, 1] the fp16 subnormals' part of the
+    bound on ||r - r_hi||; "tf32": mult unused, rlo_x 0) keeps the row's NP smallest packed keys (over
+    all its beams; the proposal score with its low log2(PB * BK) mantissa bits replaced by the
+    chunk-local b * BK + code, ordered by (key, id): :func:`_topn_packed`); the first NP - 1 (the
+    window) are re-scored with the canonical chain and the B best of them taken by (exact score, id);
+    the row is unsure unless the NP-th key minus its packing error and the row's error bound is above
+    the B-th exact score. FAST without PROVE: the B best keys as they are (NP = BP; near-ties in key
+    order). Not FAST: exact, every score by the canonical chain, (score, id) order
+    (:func:`_topn_merge`). The stat row of level l: NST floats from stat_ptr + NST * l, (max||c_hi||,
+    max||c_lo||, max||c||^2, ...)."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
     mi = tl.arange(0, BM)
@@ -830,12 +868,12 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
     # registers and spilled 84-108 B on both versions).
     if FAST:
         for kb in tl.range(kbeg, kend, BK, disable_licm=True):
-            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s,
-                                       sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN)
+            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr,
+                                       mult, sel_s, sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL)
     else:
         for kb in range(kbeg, kend, BK):
-            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sel_s,
-                                       sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN)
+            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr,
+                                       mult, sel_s, sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL)
     unsure = mi < 0  # none
     if FAST and PROVE:
         # exact re-score of the window (the first NP - 1 proposals): the canonical chain
@@ -861,17 +899,19 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
         top_s = tl.full([BM, BP], INF, tl.float32)
         top_f = tl.full([BM, BP], BIG, tl.int32)
         top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
-        # error bound of every tf32 score against its canonical value, per pair (then the row's
-        # largest): the tf32 dot (operands rounded exactly: |r_lo| <= 2^-11 |r|, c_lo known; gamma:
-        # float32 accumulation), the canonical chain's own error (gamma_chk), and the roundings of
-        # cn - 2 dot and of + rn on both sides and of this test.
-        chimax = tl.load(stat_ptr + 3 * l)
-        clomax = tl.load(stat_ptr + 3 * l + 1)
-        cnmax = tl.load(stat_ptr + 3 * l + 2)
+        # error bound of every proposal score against its canonical value, per pair (then the row's
+        # largest): the proposal dot (operands with 11-bit significands, products exact in float32:
+        # ||r_lo|| <= 2^-11 ||r|| + rlo_x (fp16: the subnormals' half spacing 2^-24 / s_r per column;
+        # tf32: 0), c_lo known; gamma: float32 accumulation; fp16: the unscaling is a power of two),
+        # the canonical chain's own error (gamma_chk), and the roundings of cn - 2 dot and of + rn on
+        # both sides and of this test.
+        chimax = tl.load(stat_ptr + NST * l)
+        clomax = tl.load(stat_ptr + NST * l + 1)
+        cnmax = tl.load(stat_ptr + NST * l + 2)
         cmax = chimax + clomax
         r_n = tl.sqrt(rn)
-        e_p = (2.0 * r_n * ((2.0 ** -11) * chimax + clomax + gamma * chimax) + 2.0 * gamma_chk * r_n * cmax
-               + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
+        e_p = (2.0 * (((2.0 ** -11) * r_n + rlo_x) * chimax + r_n * clomax + gamma * r_n * chimax)
+               + 2.0 * gamma_chk * r_n * cmax + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
         e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
         nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
         s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
@@ -894,7 +934,7 @@ def _rq_beam_first_kernel(
     fallback_ptr, N, D, stride_xm, stride_xd, gamma, gamma_chk,
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr,
     BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr, PROVE: tl.constexpr, NP: tl.constexpr,
-    COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
+    COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr,
 ):
     """Level 0 of the beam search: every row has one beam (x itself), so a tile is BM rows of one pair
     each (the same M = BM rows of the dot as the later levels' BM / BP rows x BP beams). Writes each
@@ -902,12 +942,16 @@ def _rq_beam_first_kernel(
     scores, proof and exact re-score of :func:`_beam_level` (the same bits as level 0 of the previous
     fused kernel: ``||x||^2`` is the same [rows, pairs, BU] slice sum). FAST and PROVE: flag_ptr[row]
     = 1 for rows the window cannot prove (the levels kernel appends them to the redo list). REDO
-    (with FAST off): the exact pass over the rows listed in redo_ptr."""
+    (with FAST off): the exact pass over the rows listed in redo_ptr. FAST with PROPOSAL "fp16": the
+    GEMM rounds fp16(x s_r) from slot 0 on the way to the MMA, s_r = 2^e_r per row from ||x||
+    (:func:`_beam_fp16_scales`)."""
     INF: tl.constexpr = float("inf")
+    FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
+    NST: tl.constexpr = 5 if PROPOSAL == "fp16" else 3  # floats per level in stat_ptr
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cur = scratch_ptr + pid.to(tl.int64) * (3 * BM * DP)  # the levels kernel's slot 0 ...
-    slot_t = cur + 2 * BM * DP  # ... and its tf32 slot
+    slot_t = cur + 2 * BM * DP  # ... and its operand slot (tf32: float32; fp16: its first half)
     mi = tl.arange(0, BM)
     uu = tl.arange(0, BU)
     bidx = tl.arange(0, BP)
@@ -933,15 +977,24 @@ def _rq_beam_first_kernel(
                          other=0.0).to(tl.float32)
             at = (mi[:, None, None] + zero1[None, :, None]) * DP + cu[None, None, :]
             tl.store(cur + at, xv)
-            if FAST:
+            if FAST and not FP16:
                 tl.store(slot_t + at, _round_tf32(xv))
             sq += xv * xv
         rn = tl.sum(sq, 2)  # [BM, 1]
+        if FP16:  # one scale per row (the GEMM rounds fp16(x s_r) on the way from slot 0)
+            sr, mult, rlo_x = _beam_fp16_scales(tl.max(rn, 1), tl.load(stat_ptr + 3).to(tl.int32), DP)
+            sr = sr[:, None]
+            mult = mult[:, None, None]
+            rlo_x = rlo_x[:, None]
+        else:  # (placeholders: unused)
+            sr = rn
+            mult = rn
+            rlo_x = tl.zeros([BM, 1], dtype=tl.float32)
         tl.debug_barrier()
         valid = (rows[:, None] >= 0) & (zero1[None, :] == 0)  # [BM, 1]
         sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, 0, 0, kend, kreal, D,
-                                           rn, valid, gamma, gamma_chk, BEAM, BM, 1, BP, BK, DP, BD, NP, FAST,
-                                           PROVE, FMA_CHAIN)
+                                           rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, 1, BP, BK, DP, BD, NP,
+                                           FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
         code = tl.where(sel_s < INF, sel_f, -1)  # beam 0 only: the id is the code
         tl.store(top_ptr + rows64[:, None] * BEAM + bidx[None, :], code, mask=rmask[:, None] & (bidx < BEAM)[None, :])
         if FAST and PROVE:
@@ -959,12 +1012,14 @@ def _rq_beam_kernel(
     BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
     LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr,
     PROVE: tl.constexpr, NP: tl.constexpr, COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
+    PROPOSAL: tl.constexpr,
 ):
     """Beam search, levels 1..L-1 (level 0: :func:`_rq_beam_first_kernel`, whose B codes per row,
     top_ptr [N, BEAM], start every row's beams). Persistent programs; a tile is BM rows x BP beams = M
     (row, beam) pairs, the rows of the dot. The pairs' residuals live in this program's scratch slots
     [M, DP] (L2; slots 0 and 1: the float32 residuals, one read, the other written, swapped per level;
-    slot 2: the tf32 rounding of the current one, the fast pass's MMA operand), never in registers:
+    slot 2: the fast pass's MMA operand of the current one, its tf32 rounding or (PROPOSAL "fp16", in
+    the slot's first half) fp16(r s_r)), never in registers:
     the score dot runs over D in BD steps, the new residuals (parent's residual minus the chosen
     codeword, a gather by row index; x minus the codeword after level 0) and their norms in
     [BM, BP, BU] slices. Only valid pairs (fewer than B where K_0 < B, or K_0 K_1 ... < B) are read
@@ -986,14 +1041,20 @@ def _rq_beam_kernel(
     above the B-th exact score (then every candidate outside the window is worse than all B chosen,
     ties included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the
     exact passes re-encode them). Without PROVE (precision="fast"): the B best keys as they are
-    (NP = BP)."""
+    (NP = BP). PROPOSAL "fp16": the GEMM's operands are fp16(c sc_l) (the host's) and fp16(r s_r),
+    rounded from the float32 slot on the way to the MMA (no operand slot: slot 2 serves tf32 only),
+    with powers of two sc_l per level and s_r per row and level, shared by the row's beams, from the
+    largest of their ||r|| (:func:`_beam_fp16_scales`); the proof's ||r_lo|| is bounded by
+    2^-11 ||r|| + DP 2^-24 / s_r (fp16 subnormals)."""
     INF: tl.constexpr = float("inf")
     M: tl.constexpr = BM * BP
+    FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
+    NST: tl.constexpr = 5 if PROPOSAL == "fp16" else 3  # floats per level in stat_ptr
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
     slot_b = slot_a + M * DP
-    slot_t = slot_b + M * DP  # tf32 rounding of the current residuals (FAST)
+    slot_t = slot_b + M * DP  # the proposal's operand of the current residuals (FAST)
     pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
@@ -1021,7 +1082,7 @@ def _rq_beam_kernel(
         # the residuals of the valid pairs (after the last level only the best one's: its distance and q)
         more = (tl.zeros([BM, BP], dtype=tl.int32) + L) > 1  # (a tensor: L == 1 is specialised to a constant)
         v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
-        t3 = v3 & more[:, :, None]  # the tf32 copy: for a next level's MMA only
+        t3 = v3 & more[:, :, None]  # the operand copy: for a next level's MMA only
         sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
@@ -1030,7 +1091,7 @@ def _rq_beam_kernel(
                          mask=rmask[:, None] & (cu < D)[None, :], other=0.0)
             rv = xv.to(tl.float32)[:, None, :] - tl.load(cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
             tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-            if FAST:
+            if FAST and not FP16:
                 tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
             sq += rv * rv
         rn = tl.where(v3, sq, 0.0)  # pairs not written: 0 (a select per slice above: 255 registers and a 56-byte stack on 3.9)
@@ -1047,9 +1108,21 @@ def _rq_beam_kernel(
             kbeg = tl.multiple_of(tl.load(poff_ptr + l), BK)
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
+            if FP16:  # one scale per tile and level (the GEMM rounds fp16(r s) on the way from the slot). Per
+                # row (a [BM * BP, 1] broadcast in the operand's layout): 255 registers and a 20-byte spill on
+                # 3.9. A scalar mult made triton 3.6 emit a degenerate HGMMA (64x8x16, RZ operands) in place
+                # of the proposal's MMA: a [BM, 1, 1] tensor keeps the real one (sm_90 SASS, 2026-12-05).
+                sr, mult, rlo_x = _beam_fp16_scales(tl.max(tl.max(rn, 1), 0),
+                                                    tl.load(stat_ptr + NST * l + 3).to(tl.int32), DP)
+                mult = mult + tl.zeros([BM, 1, 1], dtype=tl.float32)
+                rlo_x = rlo_x + tl.zeros([BM, 1], dtype=tl.float32)
+            else:  # (placeholders: unused)
+                sr = rn
+                mult = rn
+                rlo_x = tl.zeros([BM, 1], dtype=tl.float32)
             sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal,
-                                               D, rn, valid, gamma, gamma_chk, BEAM, BM, BP, BP, BK, DP, BD, NP,
-                                               FAST, PROVE, FMA_CHAIN)
+                                               D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, BP, BP, BK, DP,
+                                               BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
             if FAST and PROVE:
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)
@@ -1072,7 +1145,7 @@ def _rq_beam_kernel(
                 rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :], mask=v3, other=0.0) - tl.load(
                     cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
                 tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-                if FAST:
+                if FAST and not FP16:
                     tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
                 sq += rv * rv
             rn = tl.sum(sq, 2)
@@ -1233,7 +1306,8 @@ def residual_quantize_triton(
         fast: tensor cores propose, float32 decides. Greedy: an fp16 GEMM (power-of-two scaling per
             row and level; tf32 with ``_proposal="tf32"``) proposes, a float32 re-check of the best
             candidates and an exact fallback where the re-check cannot prove the choice. Beam
-            search: the tf32 pass keeps a row's best candidates over all its beams, the window
+            search: the same fp16 (or tf32) proposal keeps a row's best candidates over all its
+            beams (one scale per row and level, shared by its beams), the window
             (``beam_window``) is re-scored with the canonical FMA chain, and rows whose window
             cannot be proven to hold the B best are re-encoded by the exact beam kernel. Either
             way the same codes as ``fast=False`` bit for bit. ``fast=False``: float32
@@ -1241,7 +1315,7 @@ def residual_quantize_triton(
         precision: ``"exact"`` (default): the codes of the canonical float32 score, whatever the
             path (with ``fast=True`` the fp16 / tf32 pass proposes and the proof / exact redo
             decides). ``"fast"`` (with ``fast=True``): the proposal's choice without the proof
-            (greedy: the fp16 (or tf32) GEMM's best, no re-check; beam: the B best packed tf32 keys
+            (greedy: the fp16 (or tf32) GEMM's best, no re-check; beam: the B best packed proposal keys
             as they are, scores equal above the low log2(BP * BLOCK_K) bits ranked by candidate; no
             redo launch); codes may differ from float32 on near-ties (about 0.1 % of rows on random
             data). torch's global tf32
@@ -1261,8 +1335,8 @@ def residual_quantize_triton(
         _force_redo: fast path: an error bound so wide that every row with ||r|| > 0 is re-checked,
             left unproven and re-encoded by the exact pass (the redo tier forced on; beam search:
             every row with more candidates than the window) - for tests.
-        _proposal: greedy, fast path: the proposal GEMM's operands, ``"fp16"`` (default: fp16 with
-            exact power-of-two scaling per row and level, float32 accumulation) or ``"tf32"`` (the
+        _proposal: fast path (greedy and beam): the proposal GEMM's operands, ``"fp16"`` (default: fp16
+            with exact power-of-two scaling per row and level, float32 accumulation) or ``"tf32"`` (the
             tf32-rounded float32 residual and codebook); the same proof either way, so the same codes
             (``precision="fast"``: the proposal's own choice, which may differ between the two on
             near-ties) - for tuning and the GPU comparison (bench/gpu_rq_sweep.py).
@@ -1397,9 +1471,9 @@ def residual_quantize_triton(
     gamma = gamma_ok if not _force_redo else 1e30  # (the beam kernels; the greedy passes: gammas below)
     # gamma_D of a float32 sum of D products (any order), for the re-check's distance to the canonical score
     gamma_chk = (d + 2) * 2.0 ** -24 / (1.0 - (d + 2) * 2.0 ** -24) * 1.0625
-    if fast and beam_width == 1 and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
+    if fast and proposal == "fp16":  # the fp16 codebook, its scales and the bound's figures [L, 5]
         cbhi, stat = _fp16_stats(cb, cn, dst, ks)
-    elif fast:  # tf32: the greedy tf32 proposal and the beam kernels
+    elif fast:  # the tf32 proposal
         cbhi, stat = _tf32_stats(cb, cn, dst, ks)
     else:
         cbhi, stat = cb, cn
@@ -1434,7 +1508,7 @@ def residual_quantize_triton(
             kw = dict(BEAM=beam_width, BP=bp, BK=bk if fast_pass else bk_exact, DP=dp, BD=bd, BU=bu, FAST=fast_pass,
                       REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
                       COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
-                      num_warps=nw, num_stages=ns)
+                      PROPOSAL=proposal if fast_pass else "tf32", num_warps=nw, num_stages=ns)  # (exact: one compile)
             _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, counter,
                 n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)

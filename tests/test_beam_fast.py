@@ -1,5 +1,6 @@
-"""The tf32-proposing beam kernel (residual_quantize_triton, beam_width > 1, fast=True): a tf32 GEMM
-proposes each row's best candidates over all its beams, the window is re-scored with the canonical
+"""The proposing beam kernel (residual_quantize_triton, beam_width > 1, fast=True): an fp16 GEMM with
+power-of-two scaling (the default; tf32 with _proposal="tf32") proposes each row's best candidates
+over all its beams, the window is re-scored with the canonical
 FMA chain, rows whose window cannot be proven to hold the B best go to the exact beam kernel (the
 redo tier). With precision="exact" (the default) every output is the exact kernel's (fast=False)
 bit for bit, on adversarial near-ties, with the redo tier forced on, with GPU-shaped tiles;
@@ -128,11 +129,12 @@ def test_fast_beam_is_the_exact_beam_bit_for_bit(p):
     x, cbs = nasty_problem(p["seed"], p["n"], p["d"], p["ks"], p["scale"])
     beam = p["beam"]
     exact = launch(x, cbs, beam, fast=False)
-    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    fast = launch(x, cbs, beam, _fallback_counter=counter)
-    assert same(fast, exact)
-    unsure, redone = counter.tolist()
-    assert unsure >= redone >= 0 and redone <= x.shape[0]
+    for proposal in ("fp16", "tf32"):
+        counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+        fast = launch(x, cbs, beam, _fallback_counter=counter, _proposal=proposal)
+        assert same(fast, exact), proposal
+        unsure, redone = counter.tolist()
+        assert unsure >= redone >= 0 and redone <= x.shape[0]
     forced = launch(x, cbs, beam, _force_redo=True)
     assert same(forced, exact)
     check_consistent(x, cbs, exact)
@@ -160,9 +162,10 @@ def test_beam_kernels_are_the_canonical_beam(case):
     x, cbs = nasty_problem(seed, n, d, ks, scale)
     want = canonical_beam(x, cbs, beam, tiles.get("block_u"))
     assert same(launch(x, cbs, beam, fast=False, **tiles), want)
-    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), want)
-    assert 0 <= counter[1] <= counter[0] and counter[1] <= n
+    for proposal in ("fp16", "tf32"):
+        counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+        assert same(launch(x, cbs, beam, _fallback_counter=counter, _proposal=proposal, **tiles), want), proposal
+        assert 0 <= counter[1] <= counter[0] and counter[1] <= n
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
     assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), want)
     if max(ks) > beam:  # rows with more candidates than the window: every row listed once, redone once
@@ -176,12 +179,15 @@ def test_beam_kernels_are_the_canonical_beam(case):
                                         (5, dict(block_m=4, block_k=32, block_d=16, block_u=32)),
                                         (16, dict(block_m=1, block_k=16, block_d=32, block_u=16))])
 def test_fast_beam_gpu_tiles(beam, tiles):
-    """GPU-shaped tiles: the tf32 GEMM over D in BLOCK_D steps, several codeword chunks per level,
-    several tiles per persistent program, a partial last tile; forced redo and a wider window too."""
+    """GPU-shaped tiles: the proposal GEMM over D in BLOCK_D steps (fp16; tf32 too below B 16), several
+    codeword chunks per level, several tiles per persistent program, a partial last tile; forced redo
+    and a wider window too."""
     x, cbs = nasty_problem(beam, 13, 40, [40, 17, 33] if beam != 16 else [5, 17, 33], 1.0)  # B 16: K_0 < B
     exact = launch(x, cbs, beam, fast=False, **tiles)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
     assert same(launch(x, cbs, beam, _fallback_counter=counter, **tiles), exact)
+    if beam != 16:  # (B 16 under the interpreter: ~15 s a launch)
+        assert same(launch(x, cbs, beam, _proposal="tf32", **tiles), exact)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
     assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), exact)
     assert counter[1] == x.shape[0]  # every row redone (each has more candidates than the window)
@@ -322,6 +328,40 @@ def test_packing_error_is_in_the_proof(levels):
     assert same(wide, exact)
     tf32 = launch(x, cbs, beam, precision="fast", **tiles)
     assert (tf32.codes[:, -1] == 0).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e15])
+def test_fp16_beam_scaling_keeps_rows_provable(scale):
+    """The fp16 proposal scales each level's residuals by a power of two (per row at level 0, per tile
+    later) and the codebook by one per level: rows and codebooks at 1e-12 (fp16 would flush them to
+    zero unscaled) and 1e15 (beyond fp16's range) are proposed as well as at 1: every row proven, no
+    redo, the exact kernel's outputs; the tf32 proposal agrees."""
+    x, cbs = make_problem(1, 64, 40, [40, 17, 33])
+    x, cbs = x * scale, [c * scale for c in cbs]
+    exact = launch(x, cbs, 5, fast=False)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, 5, _fallback_counter=counter), exact)
+    assert counter.tolist() == [0, 0]
+    assert same(launch(x, cbs, 5, _proposal="tf32"), exact)
+
+
+@needs_triton
+def test_fp16_beam_mixed_scales_in_one_tile():
+    """Rows of 1e10 and 1e-3 in one tile of the levels kernel (its fp16 scale is per tile), codebooks
+    at 1e-3: the large rows' residuals stay ~1e10, so from level 1 on the small rows' residuals fall
+    below fp16's subnormals (fp16(r s) = 0); the proof's bound on ||r - r_hi|| (2^-11 ||r|| + DP 2^-24
+    / s) sees it and sends them to the exact redo: the exact kernel's outputs, every small row redone
+    (without the subnormal term the proof accepts the empty proposal)."""
+    g = torch.Generator().manual_seed(5)
+    n, d = 16, 24
+    big = torch.arange(n) % 2 == 0
+    x = torch.randn(n, d, generator=g) * torch.where(big, 1e10, 1e-3)[:, None]
+    cbs = [torch.randn(40, d, generator=g) * 1e-3 * f for f in (1.0, 0.5, 0.25)]
+    exact = launch(x, cbs, 5, fast=False)
+    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+    assert same(launch(x, cbs, 5, _fallback_counter=counter), exact)
+    assert counter[1] >= int((~big).sum()), counter
 
 
 @needs_triton

@@ -42,16 +42,21 @@ def kernel_jobs() -> list[dict]:
                 "scratch_ptr": F32, "path_ptr": "*i32", "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
                 "D": I32, "L": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
     # residual_quantize_triton(beam_width=5) on CUDA: BM 16 rows x BP 8 beams, BD 16, BU 16, 8 warps, 3 stages;
-    # BK 128 in the tf32 pass (packed keys; it keeps NP 8 candidates per row: window 7), 64 in the exact kernel /
-    # redo (the tf32 pass at BK 64 spilled 32 / 32 B on 3.9 and 3.6 before the chunk loop's disable_licm, 8 / 8 on
-    # 3.6 after it: 2026-12-05)
-    beam = dict(BEAM=5, BP=8, BM=16, BK=128, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
+    # BK 128 in the proposal pass (packed keys; it keeps NP 8 candidates per row: window 7; fp16 by default, the
+    # codebook operand cbhi_ptr then fp16; tf32 on request), 64 in the exact kernel / redo (the tf32 pass at BK 64
+    # spilled 32 / 32 B on 3.9 and 3.6 before the chunk loop's disable_licm, 8 / 8 on 3.6 after it: 2026-12-05)
+    beam = dict(BEAM=5, BP=8, BM=16, BK=128, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False,
+                PROPOSAL="tf32")
     # level 0 (_rq_beam_first_kernel): one pair per row, BM 128 rows, the same BP (list width), BK, BD, BU
     first_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
-                 "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "scratch_ptr": F32, "redo_ptr": "*i32",
+                 "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "scratch_ptr": F32,
+                 "redo_ptr": "*i32",
                  "fallback_ptr": "*i32", "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32",
                  "gamma_chk": "fp32"}
-    first = dict(BEAM=5, BP=8, BM=128, BK=128, DP=256, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False)
+    first = dict(BEAM=5, BP=8, BM=128, BK=128, DP=256, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False,
+                 PROPOSAL="tf32")  # (the exact kernels: PROPOSAL is unused)
+    beam16_sig = dict(beam_sig, cbhi_ptr="*fp16")
+    first16_sig = dict(first_sig, cbhi_ptr="*fp16")
     km = _mod("kmeans.py")
     chunk_sig = {"x_ptr": F32, "w_ptr": F32, "order_ptr": "*i64", "scode_ptr": "*i32", "offs_ptr": "*i32",
                  "psum_ptr": F32, "pcnt_ptr": F32, "N": I32, "D": I32, "stride_xm": I32, "stride_xd": I32,
@@ -92,21 +97,29 @@ def kernel_jobs() -> list[dict]:
              constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
              constexprs=dict(beam, FAST=False, REDO=True, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
-        dict(name="rq_beam5_fast", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8), num_warps=8, num_stages=3),
-        dict(name="rq_beam5_tf32", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=True, REDO=False, PROVE=False, NP=8), num_warps=8, num_stages=3),
+        dict(name="rq_beam5_fast", module=rq, kernel="_rq_beam_kernel", signature=beam16_sig, divisible=div,
+             constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"), num_warps=8,
+             num_stages=3),
+        dict(name="rq_beam5_fast_noproof", module=rq, kernel="_rq_beam_kernel", signature=beam16_sig, divisible=div,
+             constexprs=dict(beam, FAST=True, REDO=False, PROVE=False, NP=8, PROPOSAL="fp16"), num_warps=8,
+             num_stages=3),
+        dict(name="rq_beam5_fast_tf32", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
+             constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="tf32"), num_warps=8,
+             num_stages=3),
         dict(name="rq_beam5_first", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig, divisible=div,
              constexprs=dict(first, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
         dict(name="rq_beam5_first_redo", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
              divisible=div, constexprs=dict(first, FAST=False, REDO=True, PROVE=False, NP=8, BK=64), num_warps=8,
              num_stages=3),
-        dict(name="rq_beam5_first_fast", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
-             divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=True, NP=8), num_warps=8,
-             num_stages=3),
-        dict(name="rq_beam5_first_tf32", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
-             divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=False, NP=8), num_warps=8,
-             num_stages=3),
+        dict(name="rq_beam5_first_fast", module=rq, kernel="_rq_beam_first_kernel", signature=first16_sig,
+             divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"),
+             num_warps=8, num_stages=3),
+        dict(name="rq_beam5_first_fast_noproof", module=rq, kernel="_rq_beam_first_kernel", signature=first16_sig,
+             divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=False, NP=8, PROPOSAL="fp16"),
+             num_warps=8, num_stages=3),
+        dict(name="rq_beam5_first_fast_tf32", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
+             divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="tf32"),
+             num_warps=8, num_stages=3),
         dict(name="rq_sqnorm", module=rq, kernel="_sqnorm_kernel", signature={"c_ptr": F32, "out_ptr": F32, "K": I32,
              "D": I32}, divisible=["D"], constexprs=dict(BLOCK=128), num_warps=4),
         # kernels/kmeans.kmeans_update_triton's choice on CUDA: 16 tile elements per thread
@@ -145,15 +158,18 @@ EXPECT_SASS = {
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
-    # the tf32-proposing beam pass (with / without the proof): tf32 wgmma, operands by 16-byte cp.async
-    "rq_beam5_fast": {"wgmma": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
-    "rq_beam5_tf32": {"wgmma": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    # the beam's proposal pass (fp16 with / without the proof; tf32 on request): fp16 (tf32) wgmma, operands by
+    # 16-byte cp.async
+    "rq_beam5_fast": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam5_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam5_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
     # level 0 (one pair per row): x in by 16-byte loads and into the slots by 16-byte stores; the dot's
-    # operands by 16-byte cp.async; tf32 wgmma in the fast passes
+    # operands by 16-byte cp.async; fp16 (tf32) wgmma in the fast passes
     "rq_beam5_first": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "rq_beam5_first_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
-    "rq_beam5_first_fast": {"wgmma": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
-    "rq_beam5_first_tf32": {"wgmma": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam5_first_fast": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam5_first_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam5_first_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "kmeans_update_chunk": {"ldg128": 1},             # gathered rows as 16-byte loads
     "kmeans_update_chunk_d128": {"ldg128": 1},
     "kmeanspp_t8": {"ldg128": 1},                     # x rows and the [D, TP] candidates as 16-byte loads
@@ -165,9 +181,11 @@ EXPECT_SASS = {
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
 FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_tier2": ("ldgsts32", "wgmma_tf32"),
-               "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32",),
-               "rq_beam5_tf32": ("ldgsts32",), "rq_beam5_first_fast": ("ldgsts32",),
-               "rq_beam5_first_tf32": ("ldgsts32",)}
+               "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32", "wgmma_tf32"),
+               "rq_beam5_fast_noproof": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast_tf32": ("ldgsts32", "wgmma_f16"),
+               "rq_beam5_first_fast": ("ldgsts32", "wgmma_tf32"),
+               "rq_beam5_first_fast_noproof": ("ldgsts32", "wgmma_tf32"),
+               "rq_beam5_first_fast_tf32": ("ldgsts32", "wgmma_f16")}
 
 # Today's known gaps (kernel -> triton versions), measured here 2026-12-04 (ptxas -v, spill stores / loads
 # in bytes per thread; see ../shared/GPU-NOTES.md): the fix is issue 15's kernel work.
