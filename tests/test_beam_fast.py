@@ -452,17 +452,20 @@ def test_invalid_pairs_are_never_written(monkeypatch):
 @requires_cuda
 @pytest.mark.parametrize("seed", range(3))
 def test_gpu_fast_beam_is_the_exact_beam(seed):
-    """On the GPU (tf32 wgmma proposal, tl.dot(ieee) exact kernel, the re-score's tl.fma chain):
+    """On the GPU (fp16 and tf32 wgmma proposals, tl.dot(ieee) exact kernel, the re-score's tl.fma chain):
     every output bit for bit, also with the redo tier forced on and with the spelled-out chain."""
     x, cbs = nasty_problem(seed, 3000, 64 + 64 * seed, [256, 256, 64], 1.0)
     exact = launch(x, cbs, 5, fast=False)
     assert same(launch(x, cbs, 5, fast=False, _fma_chain=True), exact)
     assert same(launch(x, cbs, 5), exact)
+    assert same(launch(x, cbs, 5, _proposal="tf32"), exact)
     assert same(launch(x, cbs, 5, _force_redo=True), exact)
     check_consistent(x, cbs, exact)
     x, cbs = make_problem(seed, 3000, 256, [256, 256, 256])
-    counter = torch.zeros(2, dtype=torch.int32, device="cuda")
-    out = launch(x, cbs, 5, _fallback_counter=counter)
-    assert counter[1] < x.shape[0] // 2, counter  # random data: the proof holds for most rows
-    assert same(out, launch(x, cbs, 5, fast=False))
+    exact = launch(x, cbs, 5, fast=False)
+    for proposal in ("fp16", "tf32"):
+        counter = torch.zeros(2, dtype=torch.int32, device="cuda")
+        out = launch(x, cbs, 5, _fallback_counter=counter, _proposal=proposal)
+        assert counter[1] < x.shape[0] // 2, (proposal, counter)  # random data: the proof holds for most rows
+        assert same(out, exact), proposal
     check_against_reference(x, cbs, 5, out)
