@@ -1324,7 +1324,7 @@ def residual_quantize_triton(
             (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
             D-step of the MMA, the float32 re-check and the exact pass; block_u: D-slice of the
             passes over the residual).
-        programs_per_sm: greedy, CUDA: persistent programs per SM (tuning; default 1: ~200
+        programs_per_sm: CUDA: persistent programs per SM (greedy and beam; tuning; default 1: ~200
             registers per thread x 256 threads).
         _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the tf32 pass could
             not prove, #rows re-encoded by the exact pass) - for tests and tuning.
