@@ -763,9 +763,10 @@ def _topn_packed(key, kofs, kreal, sel_s, sel_f, sidx, NSEL: tl.constexpr, PB: t
 def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
                     BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
     """r.c [M, BK] of the M pairs' residuals (rows of a scratch slot [M, DP]) with codewords kb..kb+BK-1.
-    FAST: the proposal GEMM over D in BD steps (cp.async operands, wgmma) of the operand slot slot_t and
-    the proposal codebook cbhi_ptr: PROPOSAL "fp16": fp16(r s_r) and fp16(c sc_l) (the scaled dot,
-    float32 accumulation), "tf32": the tf32-rounded residuals and codebook. Else the canonical FMA chain
+    FAST: the proposal GEMM over D in BD steps (cp.async operands, wgmma) with the proposal codebook
+    cbhi_ptr: PROPOSAL "fp16": fp16(r sr) rounded from the float32 slot cur on the way to the MMA (sr:
+    powers of two, broadcast to [M, BD]) and fp16(c sc_l) (the scaled dot, float32 accumulation);
+    "tf32": the tf32-rounded residuals of slot_t and the tf32 codebook. Else the canonical FMA chain
     over d (``tl.dot`` ieee on the GPU; spelled out with ``tl.fma`` under FMA_CHAIN: the interpreter's
     ``tl.dot`` is a matmul)."""
     pm = tl.arange(0, M)
@@ -803,7 +804,7 @@ def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, v
                 PROPOSAL: tl.constexpr):
     """One chunk of codewords kb..kb+BK-1 merged into the running list (sel_s, sel_f) [BM, NP] of
     :func:`_beam_level`: FAST: packed proposal keys (:func:`_topn_packed`; fp16: the dot unscaled by
-    mult [BM, 1] = 2 / (s_r sc_l), a power of two), else exact scores (:func:`_topn_merge`)."""
+    mult = 2 / (s_r sc_l), powers of two broadcast to [BM, PB, BK]), else exact scores (:func:`_topn_merge`)."""
     INF: tl.constexpr = float("inf")
     M: tl.constexpr = BM * PB
     pidx = tl.arange(0, PB)
@@ -843,9 +844,10 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
     [BM, BP], unsure [BM]) in (score, beam rank, code) order, missing entries INF / BIG. The score of
     candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot the canonical FMA chain.
 
-    FAST and PROVE: the proposal pass (PROPOSAL "fp16": fp16(r s_r) with s_r a power of two per row,
-    mult [BM, 1] = 2 / (s_r sc_l) unscaling the dot, rlo_x [BM, 1] the fp16 subnormals' part of the
-    bound on ||r - r_hi||; "tf32": mult unused, rlo_x 0) keeps the row's NP smallest packed keys (over
+    FAST and PROVE: the proposal pass (PROPOSAL "fp16": fp16(r s_r) with s_r (sr, broadcast to the GEMM's
+    rows) a power of two per row or per tile, mult (broadcast to [BM, PB, BK]) = 2 / (s_r sc_l) unscaling
+    the dot, rlo_x (to [BM, PB]) the fp16 subnormals' part of the bound on ||r - r_hi||; "tf32": sr and
+    mult unused, rlo_x 0) keeps the row's NP smallest packed keys (over
     all its beams; the proposal score with its low log2(PB * BK) mantissa bits replaced by the
     chunk-local b * BK + code, ordered by (key, id): :func:`_topn_packed`); the first NP - 1 (the
     window) are re-scored with the canonical chain and the B best of them taken by (exact score, id);
@@ -951,7 +953,7 @@ def _rq_beam_first_kernel(
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cur = scratch_ptr + pid.to(tl.int64) * (3 * BM * DP)  # the levels kernel's slot 0 ...
-    slot_t = cur + 2 * BM * DP  # ... and its operand slot (tf32: float32; fp16: its first half)
+    slot_t = cur + 2 * BM * DP  # ... and its tf32 operand slot (unused by the fp16 proposal)
     mi = tl.arange(0, BM)
     uu = tl.arange(0, BU)
     bidx = tl.arange(0, BP)
@@ -1018,8 +1020,8 @@ def _rq_beam_kernel(
     top_ptr [N, BEAM], start every row's beams). Persistent programs; a tile is BM rows x BP beams = M
     (row, beam) pairs, the rows of the dot. The pairs' residuals live in this program's scratch slots
     [M, DP] (L2; slots 0 and 1: the float32 residuals, one read, the other written, swapped per level;
-    slot 2: the fast pass's MMA operand of the current one, its tf32 rounding or (PROPOSAL "fp16", in
-    the slot's first half) fp16(r s_r)), never in registers:
+    slot 2: the tf32 proposal's MMA operand, the tf32 rounding of the current one; unused by the fp16
+    proposal), never in registers:
     the score dot runs over D in BD steps, the new residuals (parent's residual minus the chosen
     codeword, a gather by row index; x minus the codeword after level 0) and their norms in
     [BM, BP, BU] slices. Only valid pairs (fewer than B where K_0 < B, or K_0 K_1 ... < B) are read
@@ -1043,9 +1045,9 @@ def _rq_beam_kernel(
     exact passes re-encode them). Without PROVE (precision="fast"): the B best keys as they are
     (NP = BP). PROPOSAL "fp16": the GEMM's operands are fp16(c sc_l) (the host's) and fp16(r s_r),
     rounded from the float32 slot on the way to the MMA (no operand slot: slot 2 serves tf32 only),
-    with powers of two sc_l per level and s_r per row and level, shared by the row's beams, from the
+    with powers of two sc_l per level and s per tile and level, shared by its rows and beams, from the
     largest of their ||r|| (:func:`_beam_fp16_scales`); the proof's ||r_lo|| is bounded by
-    2^-11 ||r|| + DP 2^-24 / s_r (fp16 subnormals)."""
+    2^-11 ||r|| + DP 2^-24 / s (fp16 subnormals: a row ~2^28 below its tile's largest is redone)."""
     INF: tl.constexpr = float("inf")
     M: tl.constexpr = BM * BP
     FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
@@ -1054,7 +1056,7 @@ def _rq_beam_kernel(
     nprog = tl.num_programs(0)
     slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
     slot_b = slot_a + M * DP
-    slot_t = slot_b + M * DP  # the proposal's operand of the current residuals (FAST)
+    slot_t = slot_b + M * DP  # the tf32 proposal's operand: the tf32 rounding of the current residuals
     pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
@@ -1082,7 +1084,7 @@ def _rq_beam_kernel(
         # the residuals of the valid pairs (after the last level only the best one's: its distance and q)
         more = (tl.zeros([BM, BP], dtype=tl.int32) + L) > 1  # (a tensor: L == 1 is specialised to a constant)
         v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
-        t3 = v3 & more[:, :, None]  # the operand copy: for a next level's MMA only
+        t3 = v3 & more[:, :, None]  # the tf32 operand copy: for a next level's MMA only
         sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
         for u0 in tl.static_range(0, DP, BU):
             cu = u0 + uu
@@ -1307,7 +1309,7 @@ def residual_quantize_triton(
             row and level; tf32 with ``_proposal="tf32"``) proposes, a float32 re-check of the best
             candidates and an exact fallback where the re-check cannot prove the choice. Beam
             search: the same fp16 (or tf32) proposal keeps a row's best candidates over all its
-            beams (one scale per row and level, shared by its beams), the window
+            beams (power-of-two scales per row at level 0, per tile of rows after), the window
             (``beam_window``) is re-scored with the canonical FMA chain, and rows whose window
             cannot be proven to hold the B best are re-encoded by the exact beam kernel. Either
             way the same codes as ``fast=False`` bit for bit. ``fast=False``: float32
