@@ -93,14 +93,20 @@ def main() -> None:
                 # compiled configuration only (the rq_sweep stage of gpu_check.sh has SWEEP_TIMEOUT, default 150 s)
                 ("beam 5 bk32", {"beam": 5, "block_k": 32})]
     # priority order (a stage cut short by its time limit keeps the most important rows; the JSON is rewritten
-    # after every row): 1. the greedy proposal / tier variants and the CUDA kernel on every shape and data kind,
-    # 2. the beam rows at D 256 K 256 L 3, 3. the tile variants there
+    # after every row): 1. the greedy proposal / tier variants and the CUDA kernel at D 256 K 256 L 3 on clustered
+    # data, 2. the beam rows there (the exact kernel first: the reference of same_codes_as_default; then the
+    # default, two programs per SM, the tf32 proposal, precision fast), 3. the greedy rows on the other shapes and
+    # data kinds (side_by_side times the goal shapes' defaults in the first call), 4. the beam rows on gaussian
+    # data, 5. the tile variants
     greedy_rows, beam_rows = variants[:8], [v for v in variants if "beam" in v[1]]
+    first_beams = ("beam 5 exact kernel", "beam 5", "beam 5 bm8 w4 2/SM", "beam 5 tf32 proposal", "beam 5 precision fast")
+    beam_rows = sorted(beam_rows, key=lambda v: first_beams.index(v[0]) if v[0] in first_beams else len(first_beams))
     tile_rows = [v for v in variants[8:] if "beam" not in v[1]]
     main_shape = shapes[0]
-    plan = [((d, k, levels), kind, greedy_rows, True) for d, k, levels in shapes for kind in ("clustered", "gaussian")]
-    plan += [(main_shape, kind, beam_rows, False) for kind in ("clustered", "gaussian")]
-    plan += [(main_shape, "clustered", tile_rows, False)]
+    plan = [(main_shape, "clustered", greedy_rows, True), (main_shape, "clustered", beam_rows, False)]
+    plan += [((d, k, levels), kind, greedy_rows, True) for d, k, levels in shapes for kind in ("clustered", "gaussian")
+             if ((d, k, levels), kind) != (main_shape, "clustered")]
+    plan += [(main_shape, "gaussian", beam_rows, False), (main_shape, "clustered", tile_rows, False)]
     refs: dict = {}  # (shape, kind) -> (codes of the greedy default, its ms, codes of the exact beam kernel)
     for (d, k, levels), kind, chosen, with_cuda in plan:
         if kind == "clustered":

@@ -231,6 +231,23 @@ def case_fit(R: Runner, n: int) -> None:
     k = 16 if R.smoke else 256
     R.t(f"fit.N{n}.D{d}.3x{k}.s", lambda: pysid.fit(x, levels=3, codebook_size=k, device=R.dev, progress=False),
         repeat=1, warmup=1, scale=1.0)
+    # where fit's time goes (6.27 s on 2026-12-04, goal 1 s, no breakdown then): one more call under the torch
+    # profiler, the top ops by CPU time and by device time (Triton kernels by name) in a text file beside the JSON
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if R.dev == "cuda" else [])
+        with profile(activities=acts) as prof:
+            pysid.fit(x, levels=3, codebook_size=k, device=R.dev, progress=False)
+        avg = prof.key_averages()
+        path = os.path.splitext(R.out)[0] + "_fit_profile.txt"
+        with open(path, "w") as f:
+            f.write(avg.table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+            if R.dev == "cuda":
+                f.write(avg.table(sort_by="self_cuda_time_total", row_limit=30) + "\n")
+        R.note("fit.profile", path)
+    except Exception as e:  # noqa: BLE001 - the profile is a diagnosis, not a figure
+        R.note("fit.profile", f"failed: {type(e).__name__}: {e}"[:200])
 
 
 def main() -> None:
