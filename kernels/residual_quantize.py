@@ -588,6 +588,10 @@ def _rq_greedy_kernel(
         NST: tl.constexpr = 3
     mm = tl.arange(0, BM)
     uu = tl.arange(0, BU)
+    # the passes over the residual: BU-wide slices unrolled up to DP 256; beyond, a loop over the slices
+    # (unrolled, D 512 spilled 64 / 68 B on triton 3.6 and D 1024 ~250 B on 3.6, 1.9 KB on 3.9; a loop with
+    # loop_unroll_factor 16 spilled at D 256: 2026-12-05)
+    SPAN_U: tl.constexpr = DP if DP <= 256 else BU
     n_rows = N
     if REDO:
         n_rows = tl.load(redo_ptr)
@@ -604,21 +608,22 @@ def _rq_greedy_kernel(
         sq = tl.zeros([BM, BU], dtype=tl.float32)
         losq = sq
         amx = sq  # fp16: max_d |r_d| (the next level's scale)
-        for u0 in tl.static_range(0, DP, BU):
-            cu = u0 + uu
-            xmask = rmask[:, None] & (cu < D)[None, :]
-            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
-            xv = xv.to(tl.float32)
-            tl.store(rs_ptr + mm[:, None] * DP + cu[None, :], xv)
-            if FAST:
-                sq += xv * xv
-                if FP16:
-                    amx = tl.maximum(amx, tl.abs(xv))
-                else:
-                    hi = _round_tf32(xv)
-                    tl.store(op_ptr + mm[:, None] * DP + cu[None, :], hi)
-                    lo = xv - hi
-                    losq += lo * lo
+        for ub in range(0, DP, SPAN_U):  # one iteration (folded) up to DP 256
+            for u0 in tl.static_range(0, SPAN_U, BU):
+                cu = ub + u0 + uu
+                xmask = rmask[:, None] & (cu < D)[None, :]
+                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+                xv = xv.to(tl.float32)
+                tl.store(rs_ptr + mm[:, None] * DP + cu[None, :], xv)
+                if FAST:
+                    sq += xv * xv
+                    if FP16:
+                        amx = tl.maximum(amx, tl.abs(xv))
+                    else:
+                        hi = _round_tf32(xv)
+                        tl.store(op_ptr + mm[:, None] * DP + cu[None, :], hi)
+                        lo = xv - hi
+                        losq += lo * lo
         rsq = tl.sum(sq, 1)
         if FAST and FP16:  # level 0's scale from max |x_d|, then slot 1 -> the fp16 operand
             amax = tl.max(amx, 1)
@@ -626,12 +631,13 @@ def _rq_greedy_kernel(
             sr = _pow2(er)
             isr = _pow2(-er)
             tl.debug_barrier()
-            for u0 in tl.static_range(0, DP, BU):
-                cu = u0 + uu
-                rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
-                h, lo = _split_fp16(rv, sr, isr)
-                tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
-                losq += lo * lo
+            for ub in range(0, DP, SPAN_U):
+                for u0 in tl.static_range(0, SPAN_U, BU):
+                    cu = ub + u0 + uu
+                    rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
+                    h, lo = _split_fp16(rv, sr, isr)
+                    tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
+                    losq += lo * lo
         losq = tl.sum(losq, 1)
         tl.debug_barrier()  # the slots are visible to every thread of the program
         redo = tl.zeros([BM], dtype=tl.int32)
@@ -671,21 +677,22 @@ def _rq_greedy_kernel(
             sq = tl.zeros([BM, BU], dtype=tl.float32)
             losq = sq
             amx = sq
-            for u0 in tl.static_range(0, DP, BU):  # r -= c[best], slice by slice
-                cu = u0 + uu
-                rp = rs_ptr + mm[:, None] * DP + cu[None, :]
-                rv = tl.load(rp) - tl.load(cb_ptr + best[:, None] * DP + cu[None, :])
-                tl.store(rp, rv)
-                sq += rv * rv
-                if FAST:
-                    if FP16:
-                        h, lo = _split_fp16(rv, sr, isr)
-                        amx = tl.maximum(amx, tl.abs(rv))
-                    else:
-                        h = _round_tf32(rv)
-                        lo = rv - h
-                    tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
-                    losq += lo * lo
+            for ub in range(0, DP, SPAN_U):
+                for u0 in tl.static_range(0, SPAN_U, BU):  # r -= c[best], slice by slice
+                    cu = ub + u0 + uu
+                    rp = rs_ptr + mm[:, None] * DP + cu[None, :]
+                    rv = tl.load(rp) - tl.load(cb_ptr + best[:, None] * DP + cu[None, :])
+                    tl.store(rp, rv)
+                    sq += rv * rv
+                    if FAST:
+                        if FP16:
+                            h, lo = _split_fp16(rv, sr, isr)
+                            amx = tl.maximum(amx, tl.abs(rv))
+                        else:
+                            h = _round_tf32(rv)
+                            lo = rv - h
+                        tl.store(op_ptr + mm[:, None] * DP + cu[None, :], h)
+                        losq += lo * lo
             rsq = tl.sum(sq, 1)
             losq = tl.sum(losq, 1)
             if FAST and FP16:
@@ -694,12 +701,13 @@ def _rq_greedy_kernel(
             tl.store(dist_ptr + rows64 * L + l, rsq, mask=rmask)
             tl.store(code_ptr + rows64 * L + l, best - kbeg, mask=rmask)
         if STORE_Q:  # quantized = x - residual (x reloaded: usually still in L2)
-            for u0 in tl.static_range(0, DP, BU):
-                cu = u0 + uu
-                xmask = rmask[:, None] & (cu < D)[None, :]
-                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
-                rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
-                tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
+            for ub in range(0, DP, SPAN_U):
+                for u0 in tl.static_range(0, SPAN_U, BU):
+                    cu = ub + u0 + uu
+                    xmask = rmask[:, None] & (cu < D)[None, :]
+                    xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+                    rv = tl.load(rs_ptr + mm[:, None] * DP + cu[None, :])
+                    tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - rv, mask=xmask)
         if FAST:
             if REDO:  # the second tier: its unproven rows go to the exact pass's list
                 _append_redo(redo, rows, redo2_ptr, fallback_ptr, COUNT_FALLBACK)
@@ -950,6 +958,7 @@ def _rq_beam_first_kernel(
     INF: tl.constexpr = float("inf")
     FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
     NST: tl.constexpr = 5 if PROPOSAL == "fp16" else 3  # floats per level in stat_ptr
+    SPAN_U: tl.constexpr = DP if DP <= 256 else BU  # the residual passes: slices unrolled up to DP 256, else a loop
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cur = scratch_ptr + pid.to(tl.int64) * (3 * BM * DP)  # the levels kernel's slot 0 ...
@@ -972,16 +981,17 @@ def _rq_beam_first_kernel(
         tl.debug_barrier()  # the previous tile's reads of the slots are done
         # x into the slots and ||x||^2, as [BM, 1, BU] slices (the levels' [rows, beams, BU] form)
         sq = tl.zeros([BM, 1, BU], dtype=tl.float32)
-        for u0 in tl.static_range(0, DP, BU):
-            cu = u0 + uu
-            xmask = rmask[:, None, None] & (cu < D)[None, None, :]
-            xv = tl.load(x_ptr + rows64[:, None, None] * stride_xm + cu[None, None, :] * stride_xd, mask=xmask,
-                         other=0.0).to(tl.float32)
-            at = (mi[:, None, None] + zero1[None, :, None]) * DP + cu[None, None, :]
-            tl.store(cur + at, xv)
-            if FAST and not FP16:
-                tl.store(slot_t + at, _round_tf32(xv))
-            sq += xv * xv
+        for ub in range(0, DP, SPAN_U):
+            for u0 in tl.static_range(0, SPAN_U, BU):
+                cu = ub + u0 + uu
+                xmask = rmask[:, None, None] & (cu < D)[None, None, :]
+                xv = tl.load(x_ptr + rows64[:, None, None] * stride_xm + cu[None, None, :] * stride_xd, mask=xmask,
+                             other=0.0).to(tl.float32)
+                at = (mi[:, None, None] + zero1[None, :, None]) * DP + cu[None, None, :]
+                tl.store(cur + at, xv)
+                if FAST and not FP16:
+                    tl.store(slot_t + at, _round_tf32(xv))
+                sq += xv * xv
         rn = tl.sum(sq, 2)  # [BM, 1]
         if FP16:  # one scale per row (the GEMM rounds fp16(x s_r) on the way from slot 0)
             sr, mult, rlo_x = _beam_fp16_scales(tl.max(rn, 1), tl.load(stat_ptr + 3).to(tl.int32), DP)
@@ -1052,6 +1062,7 @@ def _rq_beam_kernel(
     M: tl.constexpr = BM * BP
     FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
     NST: tl.constexpr = 5 if PROPOSAL == "fp16" else 3  # floats per level in stat_ptr
+    SPAN_U: tl.constexpr = DP if DP <= 256 else BU  # the residual passes: slices unrolled up to DP 256, else a loop
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
@@ -1086,16 +1097,17 @@ def _rq_beam_kernel(
         v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
         t3 = v3 & more[:, :, None]  # the tf32 operand copy: for a next level's MMA only
         sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
-        for u0 in tl.static_range(0, DP, BU):
-            cu = u0 + uu
-            # x as [BM, BU] (a [BM, BP, BU] load of it: 255 registers and a 56-byte stack on triton 3.9)
-            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd,
-                         mask=rmask[:, None] & (cu < D)[None, :], other=0.0)
-            rv = xv.to(tl.float32)[:, None, :] - tl.load(cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
-            tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-            if FAST and not FP16:
-                tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
-            sq += rv * rv
+        for ub in range(0, DP, SPAN_U):
+            for u0 in tl.static_range(0, SPAN_U, BU):
+                cu = ub + u0 + uu
+                # x as [BM, BU] (a [BM, BP, BU] load of it: 255 registers and a 56-byte stack on triton 3.9)
+                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd,
+                             mask=rmask[:, None] & (cu < D)[None, :], other=0.0)
+                rv = xv.to(tl.float32)[:, None, :] - tl.load(cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
+                tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
+                if FAST and not FP16:
+                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
+                sq += rv * rv
         rn = tl.where(v3, sq, 0.0)  # pairs not written: 0 (a select per slice above: 255 registers and a 56-byte stack on 3.9)
         rn = tl.sum(rn, 2)  # [BM, BP]
         tl.store(pp + pair, parent)
@@ -1142,14 +1154,15 @@ def _rq_beam_kernel(
             t3 = v3 & more[:, :, None]
             tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
             sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
-            for u0 in tl.static_range(0, DP, BU):
-                cu = u0 + uu
-                rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :], mask=v3, other=0.0) - tl.load(
-                    cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
-                tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-                if FAST and not FP16:
-                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
-                sq += rv * rv
+            for ub in range(0, DP, SPAN_U):
+                for u0 in tl.static_range(0, SPAN_U, BU):
+                    cu = ub + u0 + uu
+                    rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :], mask=v3, other=0.0) - tl.load(
+                        cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
+                    tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
+                    if FAST and not FP16:
+                        tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
+                    sq += rv * rv
             rn = tl.sum(sq, 2)
             # back-pointers (in memory, not registers: the paths are followed back at the end)
             tl.store(pp + (3 * l) * M + pair, parent)
@@ -1169,12 +1182,13 @@ def _rq_beam_kernel(
             b = tl.load(at + (3 * l) * M)
             tl.store(code_ptr + rows64 * L + l, c0, mask=rmask)
             tl.store(dist_ptr + rows64 * L + l, d0, mask=rmask)
-        for u0 in tl.static_range(0, DP, BU):
-            cu = u0 + uu
-            xmask = rmask[:, None] & (cu < D)[None, :]
-            xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
-            r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
-            tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
+        for ub in range(0, DP, SPAN_U):
+            for u0 in tl.static_range(0, SPAN_U, BU):
+                cu = ub + u0 + uu
+                xmask = rmask[:, None] & (cu < D)[None, :]
+                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
+                r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
+                tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
         if FAST and PROVE:
             _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
 
@@ -1204,21 +1218,23 @@ def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Ti
     each row's reductions stay inside one warp (GPU-NOTES.md, 2026-12-04). The tf32 pass is a plain
     pipelined GEMM over D per chunk of BLOCK_K codewords (A from the scratch slot, B from the
     codebook, both by 16-byte cp.async): shared memory num_stages * (BM + BK) * BD * 4 = 48 KB
-    whatever D (tf32; fp16 half: 24 KB; fp16 with BD 32 spills 20 B on 3.6, 2026-12-05). fp16 pass
-    (2026-12-05, ptxas -v): no spills at D 64 and 256 on 3.6 and 3.9 (and D 512 on 3.9); D 512 on
-    3.6 spills 64 / 68 B (tf32 24 / 24), D 1024 on 3.9 1906 / 1976 B (tf32 1156 / 1316; main's tf32
-    pass already spilled there: 1052 / 1224). The second tier (BK 64, NP 16): none at D 64 / 256. Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
-    one (tests/test_sm90_compile.py; also at D = 64, 128, 512, 1024): BD 32 or BU 32 make the tf32 pass
-    spill on 3.6, BU < 64 the exact pass at D = 64 (2026-12-04)."""
+    whatever D (tf32; fp16 half: 24 KB; fp16 with BD 32 spills 20 B on 3.6, 2026-12-05). Beyond DP 256 the
+    passes over the residual loop over their BU-wide slices instead of unrolling them (2026-12-05: unrolled,
+    the fp16 pass spilled 64 / 68 B at D 512 on 3.6, 248 / 268 B at D 1024 on 3.6 and 1.9 KB on 3.9, the
+    exact pass with BU 32 at D 512 32 B on 3.6); with BU 32 (proposal, tier) and 64 (exact) there: no
+    spill at D 512 and 1024 on 3.6 and 3.9 (fp16 228 / 220 registers, tier 229 / 241, tf32 222 / 221,
+    exact 206 / 218). Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
+    one (tests/test_sm90_compile.py, D 256 and 1024): BD 32 or BU 32 make the tf32 pass spill on 3.6 at
+    D 256, BU < 64 the exact pass at D = 64 (2026-12-04)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
         bm = max(16, min(128, _next_pow2(max(n, 1))))
         t = _Tiles(bm, 64, dp, dp, 4, 1)
         return t, t
-    # BU grows with D beyond 256 so that the unrolled residual passes keep <= 16 slices (compile time:
-    # D 1024 with BU 16 did not compile within 15 minutes; with BU 64 the tf32 pass spills 44 B on 3.6)
-    # resident A (fp16, DP <= 256): 64 KB of A + 2 stages x 32 KB of codebook chunk (BK 64)
-    return (_Tiles(128, 64, 16, max(16, dp // 16), 8, 2) if resident else _Tiles(128, 128, 16, max(16, dp // 16), 8, 3),
-            _Tiles(128, 64, 16, dp if dp <= 64 else max(32, dp // 16), 8, 3))  # exact: BU 16 at D 64 spills
+    # BU: 16 up to DP 256 (unrolled slices), 32 beyond (a loop over the slices; the exact pass 64: with 32 it
+    # spills on 3.6). resident A (fp16, DP <= 256): 64 KB of A + 2 stages x 32 KB of codebook chunk (BK 64)
+    bu = 16 if dp <= 256 else 32
+    return (_Tiles(128, 64, 16, bu, 8, 2) if resident else _Tiles(128, 128, 16, bu, 8, 3),
+            _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8, 3))  # exact: BU 16 at D 64 spills
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
@@ -1494,7 +1510,8 @@ def residual_quantize_triton(
         scratch = torch.zeros((nprog, 3, m, dp), dtype=torch.float32, device=dev)
         paths = torch.empty((nprog, levels, 3, m), dtype=torch.int32, device=dev)
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
-        bu = min(dp, block_u or (dp if _INTERPRET else max(16, dp // 16)))
+        bu = min(dp, block_u or (dp if _INTERPRET else (16 if dp <= 256 else 32)))  # (beyond DP 256 the kernels loop
+        # over the slices of their residual passes: unrolled at D 1024 with BU 64 they spilled 36 / 48 B on 3.6)
         # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
         np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
         redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)

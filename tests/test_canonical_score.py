@@ -288,6 +288,30 @@ def test_gpu_tile_shapes_return_the_canonical_codes(tiles, seed, proposal):
 
 
 @needs_triton
+@pytest.mark.parametrize("proposal", ["fp16-streamed", "tf32"])
+def test_wide_rows_loop_over_their_slices(proposal):
+    """Beyond DP 256 (D 300: DP 512) the passes over the residual loop over their BLOCK_U slices
+    instead of unrolling them (the GPU's D 768 / 1024): every greedy path with BLOCK_U 32 returns the
+    canonical codes, the redone rows are the exact pass's; the beam kernels (the same loop) return
+    the canonical beam's outputs bit for bit."""
+    from test_beam_fast import canonical_beam, launch, same
+
+    x, cbs = nasty_problem(7, 24, 300, [40, 17], 1.0)
+    tiles = dict(block_m=16, block_k=32, block_d=64, block_u=32)
+    want = canonical_codes(x, cbs)
+    exact = triton_run(x, cbs, fast=False, **tiles)
+    assert torch.equal(exact[2], want)
+    for kw in (dict(), dict(_force_redo=True), dict(_force_tier2=True)):
+        out = triton_run(x, cbs, fast=True, **kw, **PROPOSAL_KW[proposal], **tiles)
+        assert torch.equal(out[2], want), kw
+        check_greedy(x, cbs, out)
+    beam = 3
+    want_beam = canonical_beam(x, cbs, beam, 32)
+    for kw in (dict(fast=False), dict(_proposal=proposal[:4])):
+        assert same(launch(x, cbs, beam, block_u=32, block_d=64, **kw), want_beam), kw
+
+
+@needs_triton
 @pytest.mark.parametrize("proposal", PROPOSALS)
 def test_fast_path_sends_re_check_ties_to_the_exact_pass(proposal):
     """Rows whose best candidates tie within the re-check's distance to the canonical score (here:

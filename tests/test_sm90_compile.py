@@ -93,6 +93,15 @@ def kernel_jobs() -> list[dict]:
              num_stages=3),
         dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
              constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True), num_warps=8, num_stages=3),
+        # D 768 / 1024 embeddings (DP 1024): the fp16 proposal streamed (no resident A beyond DP 256), BU 32, and
+        # the exact pass, BU 64: the passes over the residual loop over their slices (unrolled they spilled 248 /
+        # 268 B on 3.6 and 1.9 KB on 3.9 until 2026-12-05)
+        dict(name="rq_greedy_fast_d1024", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=1024, BK=128, BU=32, PACK_BITS=7, FAST=True, REDO=False),
+             num_warps=8, num_stages=3),
+        dict(name="rq_greedy_redo_d1024", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=1024, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
+             num_warps=8, num_stages=3),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
              constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
@@ -156,6 +165,8 @@ EXPECT_SASS = {
     "rq_greedy_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_tier2": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
+    "rq_greedy_fast_d1024": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_redo_d1024": {"ldg128": 1, "stg128": 1},
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
     # the beam's proposal pass (fp16 with / without the proof; tf32 on request): fp16 (tf32) wgmma, operands by
@@ -181,7 +192,7 @@ EXPECT_SASS = {
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
 FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_tier2": ("ldgsts32", "wgmma_tf32"),
-               "rq_greedy_redo": ("ldgsts32",), "rq_beam5_fast": ("ldgsts32", "wgmma_tf32"),
+               "rq_greedy_redo": ("ldgsts32",), "rq_greedy_fast_d1024": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_fast_noproof": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast_tf32": ("ldgsts32", "wgmma_f16"),
                "rq_beam5_first_fast": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_first_fast_noproof": ("ldgsts32", "wgmma_tf32"),
