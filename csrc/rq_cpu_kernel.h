@@ -664,18 +664,20 @@ inline float fast_dot(const float* x, const float* c, int64_t d) {
 
 // The restricted search's error bound (cand_code): the fast score of every candidate is within
 //   E = ka ||x|| cmax + kc cn_max + tiny
-// of its canonical score, with (u = 2^-24, n = 2 ceil(d / W) + 2W + 8 roundings at most on any
-// product's path of the fast sum: its lane chain (fused or not), the horizontal sum, the tail; gamma_n = n u /
-// (1 - n u); Cauchy-Schwarz: sum_e |x_e c_e| <= ||x|| ||c||)
-// ka = 1.02 (2 gamma_n + 2 gamma_d' + 9 u) (d' = d, 2d on the portable path: chain_step), kc = 4.1 u,
-// tiny = (d + 8) 2^-140: the two roundings of
-// cn - 2 dot, the roundings of the comparisons and float32 underflow included; cmax >= max_k ||c_k||
-// and cn_max = max_k cnorm_k (cbound[0], cbound[1]: over all k centroids) and ||x|| (xnrm) are
-// upper bounds (a factor 1.01 + d u covers their own float32 sums and square roots).
+// of its canonical score, with u = 2^-24, n = 2 ceil(d / W) + 2W + 8 roundings at most on any
+// product's path of the fast sum (its lane chain, fused or not, the horizontal sum, the tail),
+// gamma_n = n u / (1 - n u), Cauchy-Schwarz (sum_e |x_e c_e| <= ||x|| ||c||) and
+//   ka = 1.02 (2 gamma_n + 2 gamma_d' + 9 u) (d' = d; 2d on the portable path: chain_step),
+//   kc = 4.1 u, tiny = (d + 8) 2^-140
+// (the two roundings of cn - 2 dot, the roundings of the comparisons and float32 underflow
+// included). cmax >= max_k ||c_k|| and cn_max = max_k cnorm_k (cbound[0], cbound[1]: over all k
+// centroids) and ||x|| are upper bounds (a factor 1.01 + d u covers their own float32 sums and
+// square roots).
 struct CandBound {
   float ka, kc, tiny, up;
   explicit CandBound(int64_t d) {
-    const double u = 0x1p-24, n = static_cast<double>(2 * ((d + W - 1) / W) + 2 * W + 8), dd = static_cast<double>(d);
+    const double u = 0x1p-24, dd = static_cast<double>(d);
+    const double n = static_cast<double>(2 * ((d + W - 1) / W) + 2 * W + 8);
     const double nc = Isa::kLevel == pysid::kIsaScalar ? 2 * dd : dd;  // the chain's roundings (chain_step)
     ka = static_cast<float>(1.02 * (2 * n * u / (1 - n * u) + 2 * nc * u / (1 - nc * u) + 9 * u));
     kc = static_cast<float>(4.1 * u);
@@ -759,7 +761,8 @@ inline int32_t cand_code(const float* x, const int32_t* cr, int64_t mc, int64_t 
   *thr = best + e2;
   const V vt = Isa::set1(*thr);
   int64_t at_or_below = 0;  // scores <= thr: the best itself and its near-ties
-  for (int64_t v = 0; v < nv; ++v) at_or_below += __builtin_popcount(Isa::movemask(Isa::le(Isa::load(fs + v * W), vt)));
+  for (int64_t v = 0; v < nv; ++v)
+    at_or_below += __builtin_popcount(Isa::movemask(Isa::le(Isa::load(fs + v * W), vt)));
   *proven = bp < mc && at_or_below == 1;  // NaN scores or bound: re-scored
   return cr[bp < mc ? bp : 0];
 }
@@ -795,8 +798,8 @@ struct NearTies {
   float score[kPairCap];
 };
 
-__attribute__((noinline)) void near_ties_resolve(const float* xall, int64_t d, const float* cb, const float* cnorm, NearTies& p,
-                       int32_t* codes, float* dist) {
+__attribute__((noinline)) void near_ties_resolve(const float* xall, int64_t d, const float* cb, const float* cnorm,
+                                                 NearTies& p, int32_t* codes, float* dist) {
   int64_t t = 0;
   for (; t + 8 <= p.n; t += 8) {
     const float* xr[8];
