@@ -236,12 +236,15 @@ int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const flo
     if (cand[i] < 0 || cand[i] >= k) return kBadArgument;
   AlignedBuf nb;
   if (!nb.alloc(static_cast<int64_t>(sizeof(float)) * k)) return kOutOfMemory;
-  float* cnorm = static_cast<float*>(nb.p);
+  float* cnorm = static_cast<float*>(nb.p);  // the canonical squared norms (rq_cpu.cpp: panel_sqnorms' chain)
+  float cbound[2] = {0.0f, 0.0f};            // the error bound's max ||c_k|| (an upper bound) and max cnorm
   for (int64_t j = 0; j < k; ++j) {
     float s = 0.0f;
     for (int64_t e = 0; e < d; ++e) s = __builtin_fmaf(centroids[j * d + e], centroids[j * d + e], s);
     cnorm[j] = s;
+    cbound[1] = s > cbound[1] ? s : cbound[1];
   }
+  cbound[0] = static_cast<float>(1.01 + static_cast<double>(d) * 0x1p-24) * __builtin_sqrtf(cbound[1]);
   const Kernels kern = pick_kernels();
   const int64_t nchunks = (n + kCandChunk - 1) / kCandChunk;
   int nthreads = omp_get_max_threads();
@@ -250,7 +253,8 @@ int kmeans_assign_candidates_cpu(const float* x, int64_t n, int64_t d, const flo
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t i0 = c * kCandChunk;
-    kern.cand(x, i0, (n - i0 < kCandChunk) ? n : i0 + kCandChunk, d, centroids, cnorm, cand, m, codes, distances);
+    kern.cand(x, i0, (n - i0 < kCandChunk) ? n : i0 + kCandChunk, d, centroids, cnorm, cbound, cand, m, codes,
+              distances);
   }
   return kOk;
 }

@@ -628,19 +628,79 @@ void assign_topm(const Plan& p, int64_t i0, int64_t m, float* scratch, int64_t m
   }
 }
 
-// Restricted assignment of rows [i0, i1): each row's code is the candidate of least score
-// ||c||^2 - 2 x.c (cnorm: the centroids' squared norms) among cand[i * mc .. + mc), the
-// first in list order among equal scores; its distance is ||x - c||^2 from the differences.
-// The dot products run over d in W-wide chunks, four candidates at a time.
-// The candidate of least score ||c||^2 - 2 x.c among cr[0 .. mc) (the first in list order among
-// equal scores).
+// Restricted assignment of rows [i0, i1): each row's code is the candidate of least canonical
+// score (the score of this path's full search: fl(||c||^2 - 2 x.c), x.c one float32 chain over d
+// ascending, chain_step, ||c||^2 = cnorm: canonical squared norms) among cand[i * mc .. + mc), the
+// first in list order among equal scores; its distance is ||x - c||^2 from the differences. So a
+// row whose list holds its full-search code gets that code, bit for bit. The chain is latency-bound:
+// it only decides the near-ties of fast scores (assign_cand).
+//
+// One step of the full search's dot-product chain on this path: a fused multiply-add (AVX2 /
+// AVX-512: the canonical chain); the portable path's full search rounds a * b + c twice (built
+// without FMA on x86-64), so its re-score does the same and keeps its full search's codes.
+inline float chain_step(float a, float b, float c) {
+  if constexpr (Isa::kLevel == pysid::kIsaScalar) {
+    return a * b + c;
+  } else {
+    return __builtin_fmaf(a, b, c);
+  }
+}
+
+inline float canon_score(const float* x, const float* c, int64_t d, float cn) {
+  float s = 0.0f;
+  for (int64_t e = 0; e < d; ++e) s = chain_step(x[e], c[e], s);
+  return cn - 2.0f * s;  // 2 s is exact: one rounding
+}
+
+// x.c over d in W-wide chunks, a horizontal sum, then the tail (a fast dot, not the canonical one).
+inline float fast_dot(const float* x, const float* c, int64_t d) {
+  V a = Isa::zero();
+  int64_t e = 0;
+  for (; e + W <= d; e += W) a = Isa::fmadd(Isa::load(x + e), Isa::load(c + e), a);
+  float s = Isa::hsum(a);
+  for (; e < d; ++e) s += x[e] * c[e];
+  return s;
+}
+
+// The restricted search's error bound (cand_code): the fast score of every candidate is within
+//   E = ka ||x|| cmax + kc cn_max + tiny
+// of its canonical score, with u = 2^-24, n = 2 ceil(d / W) + 2W + 8 roundings at most on any
+// product's path of the fast sum (its lane chain, fused or not, the horizontal sum, the tail),
+// gamma_n = n u / (1 - n u), Cauchy-Schwarz (sum_e |x_e c_e| <= ||x|| ||c||) and
+//   ka = 1.02 (2 gamma_n + 2 gamma_d' + 9 u) (d' = d; 2d on the portable path: chain_step),
+//   kc = 4.1 u, tiny = (d + 8) 2^-140
+// (the two roundings of cn - 2 dot, the roundings of the comparisons and float32 underflow
+// included). cmax >= max_k ||c_k|| and cn_max = max_k cnorm_k (cbound[0], cbound[1]: over all k
+// centroids) and ||x|| are upper bounds (a factor 1.01 + d u covers their own float32 sums and
+// square roots).
+struct CandBound {
+  float ka, kc, tiny, up;
+  explicit CandBound(int64_t d) {
+    const double u = 0x1p-24, dd = static_cast<double>(d);
+    const double n = static_cast<double>(2 * ((d + W - 1) / W) + 2 * W + 8);
+    const double nc = Isa::kLevel == pysid::kIsaScalar ? 2 * dd : dd;  // the chain's roundings (chain_step)
+    ka = static_cast<float>(1.02 * (2 * n * u / (1 - n * u) + 2 * nc * u / (1 - nc * u) + 9 * u));
+    kc = static_cast<float>(4.1 * u);
+    tiny = static_cast<float>(static_cast<double>(d + 8) * 0x1p-140);
+    up = static_cast<float>(1.01 + dd * u);
+  }
+  float e(float xnrm, const float* cbound) const { return ka * xnrm * cbound[0] + kc * cbound[1] + tiny; }
+};
+
+constexpr int64_t kFastCap = 1024;  // longest list cand_code takes (assign_cand re-scores longer ones)
+
+// The fast best candidate among cr[0 .. mc) (the least fast score, the first in list order among
+// equal ones), mc <= kFastCap. The dot products run over d in W-wide chunks, eight (four, one)
+// candidates at a time, then a horizontal sum; the scores go to fs [kFastCap + W] and the best is
+// found with vector compares (no branch per candidate: their order is random). *thr = its fast
+// score + 2 E; *proven: every other candidate's fast score exceeds *thr, so the returned code is
+// the canonical best (every other canonical score >= fast_q - E > fast_b + E >= canonical_b).
+// Otherwise the canonical best is among the candidates q with fs[q] <= *thr (near_ties_push).
 inline int32_t cand_code(const float* x, const int32_t* cr, int64_t mc, int64_t d, const float* cb,
-                         const float* cnorm) {
-  float best = __builtin_inff();
-  int32_t bk = cr[0];
+                         const float* cnorm, float e2, float* fs, float* thr, bool* proven) {
   int64_t j = 0;
   // eight candidates at a time: eight independent FMA chains (four leave the FMA units half
-  // idle on the chains' latency); each candidate's sum is the same sequence as below
+  // idle on the chains' latency)
   for (; j + 8 <= mc; j += 8) {
     const float* cp[8];
 #pragma GCC unroll 8
@@ -661,13 +721,7 @@ inline int32_t cand_code(const float* x, const int32_t* cr, int64_t mc, int64_t 
 #pragma GCC unroll 8
       for (int q = 0; q < 8; ++q) s[q] += x[e] * cp[q][e];
     }
-    for (int q = 0; q < 8; ++q) {
-      const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
-      if (sc < best) {
-        best = sc;
-        bk = cr[j + q];
-      }
-    }
+    for (int q = 0; q < 8; ++q) fs[j + q] = cnorm[cr[j + q]] - 2.0f * s[q];
   }
   for (; j + 4 <= mc; j += 4) {
     const float* c0 = cb + static_cast<int64_t>(cr[j]) * d;
@@ -690,28 +744,27 @@ inline int32_t cand_code(const float* x, const int32_t* cr, int64_t mc, int64_t 
       s[2] += x[e] * c2[e];
       s[3] += x[e] * c3[e];
     }
-    for (int q = 0; q < 4; ++q) {
-      const float sc = cnorm[cr[j + q]] - 2.0f * s[q];
-      if (sc < best) {
-        best = sc;
-        bk = cr[j + q];
-      }
-    }
+    for (int q = 0; q < 4; ++q) fs[j + q] = cnorm[cr[j + q]] - 2.0f * s[q];
   }
-  for (; j < mc; ++j) {
-    const float* c = cb + static_cast<int64_t>(cr[j]) * d;
-    V a = Isa::zero();
-    int64_t e = 0;
-    for (; e + W <= d; e += W) a = Isa::fmadd(Isa::load(x + e), Isa::load(c + e), a);
-    float s = Isa::hsum(a);
-    for (; e < d; ++e) s += x[e] * c[e];
-    const float sc = cnorm[cr[j]] - 2.0f * s;
-    if (sc < best) {
-      best = sc;
-      bk = cr[j];
-    }
+  for (; j < mc; ++j) fs[j] = cnorm[cr[j]] - 2.0f * fast_dot(x, cb + static_cast<int64_t>(cr[j]) * d, d);
+  const int64_t nv = (mc + W - 1) / W;
+  for (int64_t q = mc; q < nv * W; ++q) fs[q] = __builtin_inff();
+  V vm = Isa::load(fs);
+  for (int64_t v = 1; v < nv; ++v) vm = Isa::min(vm, Isa::load(fs + v * W));
+  const float best = Isa::hmin(vm);
+  const V vb = Isa::set1(best);
+  int64_t bp = mc;  // the first position of the best score
+  for (int64_t v = 0; v < nv && bp == mc; ++v) {
+    const unsigned m = Isa::movemask(Isa::eq(Isa::load(fs + v * W), vb));
+    if (m) bp = v * W + __builtin_ctz(m);
   }
-  return bk;
+  *thr = best + e2;
+  const V vt = Isa::set1(*thr);
+  int64_t at_or_below = 0;  // scores <= thr: the best itself and its near-ties
+  for (int64_t v = 0; v < nv; ++v)
+    at_or_below += __builtin_popcount(Isa::movemask(Isa::le(Isa::load(fs + v * W), vt)));
+  *proven = bp < mc && at_or_below == 1;  // NaN scores or bound: re-scored
+  return cr[bp < mc ? bp : 0];
 }
 
 // ||x - c||^2 from the differences (one accumulator over W-wide chunks, then the tail) for two rows
@@ -733,24 +786,119 @@ inline void cand_dist2(const float* xa, const float* ca, const float* xb, const 
   *db = sb;
 }
 
+// Near-ties of the restricted search: (row, candidate) pairs whose canonical score decides the
+// row's code, re-scored in batches (eight independent FMA chains at a time: the chain is
+// latency-bound) and resolved row by row (its code and its distance). A row's pairs are
+// contiguous, in list order.
+constexpr int64_t kPairCap = 1024;
+struct NearTies {
+  int64_t n = 0;
+  int64_t row[kPairCap];
+  int32_t code[kPairCap];
+  float score[kPairCap];
+};
+
+__attribute__((noinline)) void near_ties_resolve(const float* xall, int64_t d, const float* cb, const float* cnorm,
+                                                 NearTies& p, int32_t* codes, float* dist) {
+  int64_t t = 0;
+  for (; t + 8 <= p.n; t += 8) {
+    const float* xr[8];
+    const float* cr[8];
+    float acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      xr[q] = xall + p.row[t + q] * d;
+      cr[q] = cb + static_cast<int64_t>(p.code[t + q]) * d;
+      acc[q] = 0.0f;
+    }
+    for (int64_t e = 0; e < d; ++e) {
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) acc[q] = chain_step(xr[q][e], cr[q][e], acc[q]);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) p.score[t + q] = cnorm[p.code[t + q]] - 2.0f * acc[q];
+  }
+  for (; t < p.n; ++t)
+    p.score[t] = canon_score(xall + p.row[t] * d, cb + static_cast<int64_t>(p.code[t]) * d, d, cnorm[p.code[t]]);
+  for (t = 0; t < p.n;) {  // per row: the least canonical score, the first in list order among equal ones
+    const int64_t r = p.row[t];
+    float best = p.score[t];
+    int32_t bk = p.code[t];
+    for (++t; t < p.n && p.row[t] == r; ++t) {
+      if (p.score[t] < best) {
+        best = p.score[t];
+        bk = p.code[t];
+      }
+    }
+    codes[r] = bk;
+    float dr, unused;
+    cand_dist2(xall + r * d, cb + static_cast<int64_t>(bk) * d, xall + r * d, cb + static_cast<int64_t>(bk) * d, d,
+               &dr, &unused);
+    dist[r] = dr;
+  }
+  p.n = 0;
+}
+
+// Queues row i's candidates that may hold its canonical best: fast scores fs[q] <= thr = fast_b + 2 E
+// (every fast score is within E of the canonical one: the canonical best always passes).
+__attribute__((noinline)) void near_ties_push(int64_t i, const int32_t* cr, int64_t mc, const float* fs, float thr,
+                                              NearTies& p) {
+  for (int64_t q = 0; q < mc; ++q) {
+    if (!(fs[q] > thr)) {  // NaN: queued
+      p.row[p.n] = i;
+      p.code[p.n] = cr[q];
+      ++p.n;
+    }
+  }
+}
+
 void assign_cand(const float* xall, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
-                 const int32_t* cand, int64_t mc, int32_t* codes, float* dist) {
+                 const float* cbound, const int32_t* cand, int64_t mc, int32_t* codes, float* dist) {
+  const CandBound bd(d);
+  NearTies ties;
+  float fs[kFastCap + W];
+  // row i's code: proven by the fast scores, or queued (its candidates near the fast best)
+  auto code_of = [&](int64_t i) -> bool {
+    const float* x = xall + i * d;
+    if (mc > kFastCap) {  // a list longer than cand_code takes: every candidate's canonical score
+      float cbest = __builtin_inff();
+      codes[i] = cand[i * mc];
+      for (int64_t q = 0; q < mc; ++q) {
+        const int32_t code = cand[i * mc + q];
+        const float sc = canon_score(x, cb + static_cast<int64_t>(code) * d, d, cnorm[code]);
+        if (sc < cbest) {
+          cbest = sc;
+          codes[i] = code;
+        }
+      }
+      return true;
+    }
+    const float e2 = 2.0f * bd.e(bd.up * __builtin_sqrtf(fast_dot(x, x, d)), cbound);
+    float thr;
+    bool proven;
+    codes[i] = cand_code(x, cand + i * mc, mc, d, cb, cnorm, e2, fs, &thr, &proven);
+    if (proven) return true;
+    if (ties.n + mc > kPairCap) near_ties_resolve(xall, d, cb, cnorm, ties, codes, dist);
+    near_ties_push(i, cand + i * mc, mc, fs, thr, ties);
+    return false;  // its code and distance come with near_ties_resolve
+  };
   // rows in pairs: the two distance chains (one accumulator each, latency-bound) run side by side
   for (int64_t i = i0; i < i1; i += 2) {
     const int64_t i2 = i + 1 < i1 ? i + 1 : i;  // an odd last row is paired with itself
     const float* xa = xall + i * d;
-    const float* xb = xall + i2 * d;
     if (i + 2 < i1) prefetch_row(xa + 2 * d, d);
     if (i + 3 < i1) prefetch_row(xa + 3 * d, d);
-    const int32_t ka = cand_code(xa, cand + i * mc, mc, d, cb, cnorm);
-    const int32_t kb = i2 == i ? ka : cand_code(xb, cand + i2 * mc, mc, d, cb, cnorm);
+    const bool pa = code_of(i);
+    const bool pb = i2 == i ? pa : code_of(i2);
+    if (!pa && !pb) continue;
+    const int64_t ia = pa ? i : i2, ib = pb ? i2 : i;  // a single proven row is paired with itself
     float da, db;
-    cand_dist2(xa, cb + static_cast<int64_t>(ka) * d, xb, cb + static_cast<int64_t>(kb) * d, d, &da, &db);
-    codes[i] = ka;
-    dist[i] = da;
-    codes[i2] = kb;
-    dist[i2] = db;
+    cand_dist2(xall + ia * d, cb + static_cast<int64_t>(codes[ia]) * d, xall + ib * d,
+               cb + static_cast<int64_t>(codes[ib]) * d, d, &da, &db);
+    dist[ia] = da;
+    dist[ib] = db;
   }
+  near_ties_resolve(xall, d, cb, cnorm, ties, codes, dist);
 }
 
 constexpr int64_t tile_rows() { return kRowsMax; }
@@ -779,9 +927,9 @@ void PYSID_ISA_FN(rq_assign_topm)(const Plan& plan, int64_t i0, int64_t m, float
   assign_topm(plan, i0, m, scratch, mc, cand);
 }
 void PYSID_ISA_FN(rq_assign_cand)(const float* x, int64_t i0, int64_t i1, int64_t d, const float* cb,
-                                  const float* cnorm, const int32_t* cand, int64_t mc, int32_t* codes,
-                                  float* dist) {
-  assign_cand(x, i0, i1, d, cb, cnorm, cand, mc, codes, dist);
+                                  const float* cnorm, const float* cbound, const int32_t* cand, int64_t mc,
+                                  int32_t* codes, float* dist) {
+  assign_cand(x, i0, i1, d, cb, cnorm, cbound, cand, mc, codes, dist);
 }
 int64_t PYSID_ISA_FN(rq_lanes)() { return W; }
 }  // namespace rqcpu

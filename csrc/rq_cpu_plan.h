@@ -105,10 +105,12 @@ int64_t rq_tile_rows_scalar();
 // k-means assignment with candidate lists (kmeans.h: kmeans_assign_topm_cpu /
 // kmeans_assign_candidates_cpu): one block of rows [i0, i0 + m) of a one-level plan, also
 // keeping each row's mc lowest-score codes in cand [n, mc]; scratch: topm_scratch_floats.
-// And the restricted search of rows [i0, i1) among their candidates.
+// And the restricted search of rows [i0, i1) among their candidates (cnorm: the centroids'
+// canonical squared norms, cbound: {an upper bound of max ||c_k||, max cnorm}; codes of the
+// canonical score).
 void rq_assign_topm_scalar(const Plan& plan, int64_t i0, int64_t m, float* scratch, int64_t mc, int32_t* cand);
 void rq_assign_cand_scalar(const float* x, int64_t i0, int64_t i1, int64_t d, const float* cb, const float* cnorm,
-                           const int32_t* cand, int64_t mc, int32_t* codes, float* dist);
+                           const float* cbound, const int32_t* cand, int64_t mc, int32_t* codes, float* dist);
 int64_t rq_lanes_scalar();
 #if defined(PYSID_X86)
 void rq_block_avx2(const Plan& plan, int64_t i0, int64_t m, float* scratch);
@@ -118,10 +120,10 @@ void rq_assign_bounded_avx512(const Plan& plan, Bounds& b, int64_t i0, int64_t i
 int64_t rq_tile_rows_avx2();
 void rq_assign_topm_avx2(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
 void rq_assign_topm_avx512(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
-void rq_assign_cand_avx2(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*,
-                         int64_t, int32_t*, float*);
-void rq_assign_cand_avx512(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*,
-                           int64_t, int32_t*, float*);
+void rq_assign_cand_avx2(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                         const int32_t*, int64_t, int32_t*, float*);
+void rq_assign_cand_avx512(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                           const int32_t*, int64_t, int32_t*, float*);
 int64_t rq_tile_rows_avx512();
 int64_t rq_lanes_avx2();
 int64_t rq_lanes_avx512();
@@ -134,8 +136,8 @@ struct Kernels {
   void (*bounded)(const Plan&, Bounds&, int64_t, int64_t, float*);
   int64_t W, tile;
   void (*topm)(const Plan&, int64_t, int64_t, float*, int64_t, int32_t*);
-  void (*cand)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const int32_t*, int64_t,
-               int32_t*, float*);
+  void (*cand)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const int32_t*,
+               int64_t, int32_t*, float*);
 };
 Kernels pick_kernels();
 

@@ -38,7 +38,12 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
   ``256 * k``, as faiss caps its training set per centroid) when N is larger; the Lloyd
   iterations always use every row. ``init_sample=0`` seeds on every row.
 * Lloyd: assignment by the exact nearest-codeword kernel of ``residual_quantize``
-  (float32 argmin, ties to the lowest index; no N x k matrix; on the C++ kernels, rows
+  (float32 argmin of the canonical score ``fl(||c||^2 - 2 x.c)``, ``x.c`` one float32 FMA chain
+  over d, ties to the lowest index; every assignment - full, top-m lists, restricted to the lists -
+  on the C++ engine's FMA paths and on the reference, which is why both run the same iterations
+  and ``pysid.fit`` gives the same codebooks and codes on both, bit for bit; the C++ portable path
+  without FMA rounds its chain twice per step and agrees within the reference's tolerance; no N x k
+  matrix; on the C++ kernels, rows
   whose code provably cannot change are not searched: Hamerly/Elkan bounds with the
   kernel's float error as margin, the same result bit for bit), update by a deterministic
   segmented sum accumulated in float64 (C++) or float32 (Triton). Stops after ``iters``
@@ -50,7 +55,9 @@ input under the backend in force; ``pysid.backends()`` lists the implementations
 * Candidate lists, ``candidates=m`` (``pysid.fit`` uses m = 8): a full assignment also keeps
   each row's m nearest centroids (the m lowest kernel scores, ties to the lower code); the
   next iterations search only those m (a restricted assignment: ~m/k of the arithmetic, each
-  row's m centroid rows read from cache) until the rtol rule would stop on a restricted
+  row's m centroid rows read from cache; a row whose list holds its full-search code gets that
+  code: the C++ kernel proves its lane-wise fast scores against an error bound and re-scores the
+  rare near-ties with the canonical chain) until the rtol rule would stop on a restricted
   assignment, or ``CANDIDATE_REFRESH`` (16) iterations have passed: then that iteration's
   assignment is a full one (renewing the lists), and the rule decides on it. A stop, the
   returned assignments and inertia therefore always come from a full, exact search (on the

@@ -480,8 +480,9 @@ class _RQKMeans(Method):
         codes = None
         if (not balanced and beam_width == 1 and not dedup.needs_residual
                 and x.dtype == torch.float32 and _kops.engine(x).lloyd_codes_are_greedy_codes):
-            # the last Lloyd assignments are the greedy codes already: on the C++ kernels each level's
-            # residual and scores are computed exactly as residual_quantize computes them
+            # the last Lloyd assignments are the greedy codes already: each level's residual is computed
+            # as residual_quantize computes it, and the scores are the canonical ones (the C++ kernels
+            # compute them as residual_quantize does; the reference engine computes them itself)
             codes = torch.stack(train_codes, 1)
         return _Trained(cbs, x, codes, None, {})
 

@@ -949,3 +949,87 @@ def test_seed_assign_bad_arguments():
         K.kmeans_assign_bf16(x.numpy(), c)
     codes, dist = K.kmeans_assign_bf16(x[:0], c)
     assert codes.shape == (0,) and dist.shape == (0,)
+
+
+def near_tie_problem(n=3000, k=64, d=32, seed=0):
+    """Rows tight around centres (distance << ||x||^2) and centroids in near-equal pairs around the
+    same centres: many rows whose two nearest centroids differ by less than the float32 error of
+    the score ||c||^2 - 2 x.c, where the summation order decides the code."""
+    g = torch.Generator().manual_seed(seed)
+    cen = torch.randn(k, d, generator=g) * 2
+    x = cen[torch.randint(0, k, (n,), generator=g)] + 0.01 * torch.randn(n, d, generator=g)
+    c = cen + 0.004 * torch.randn(k, d, generator=g)
+    c = torch.cat([c[: k // 2], c[: k // 2] + 0.004 * torch.randn(k // 2, d, generator=g)])
+    return x.contiguous(), c.contiguous(), g
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("d", [32, 37])
+def test_restricted_assign_takes_the_canonical_score_on_near_ties(monkeypatch, isa, d):
+    """kmeans_assign_candidates (C++, every SIMD path, and the reference) picks the candidate of least
+    canonical score fl(||c||^2 - 2 x.c) (dot: one float32 FMA chain over d; the full search's score),
+    the first in list order among equal ones: on near-ties the code is that of the plain definition
+    (pysid.reference.kmeans.canonical_scores_ref), and a list holding the full search's code gives
+    that code, bit for bit - so candidate lists never change a code the full search would keep."""
+    from pysid.ops import kmeans as kops
+    from pysid.reference.kmeans import canonical_scores_ref
+
+    monkeypatch.setenv("PYSID_CPU_ISA", isa)
+    x, c, g = near_tie_problem(d=d, seed=d)
+    n, k = x.shape[0], c.shape[0]
+    score = canonical_scores_ref(x, c)  # [N, K]: the plain definition
+    full = torch.argmin(score, 1)  # first minimum: the lowest code
+    # lists holding the full code and its near-equal twin (and six others), in increasing code order
+    cand = torch.stack([full, (full + k // 2) % k] + [torch.randint(0, k, (n,), generator=g) for _ in range(6)], 1)
+    cand = cand.sort(1).values.to(torch.int32).contiguous()
+    sc = score.gather(1, cand.long())
+    want = cand.long().gather(1, torch.argmin(sc, 1)[:, None])[:, 0]  # the first in list order
+    assert torch.equal(want, full)
+    d64 = dist_ref(x, c)
+    near = (d64.gather(1, full[:, None])[:, 0] - d64.gather(1, ((full + k // 2) % k)[:, None])[:, 0]).abs()
+    assert int((near < 1e-4).sum()) >= 20  # the problem has near-ties where summation order matters
+    cpu, ref = kops.engine(x, "cpu"), kops.engine(x, "reference")
+    # the portable path (no FMA on x86-64) rounds a * b + c twice in its full search, and its restricted
+    # search keeps that path's full-search codes instead (held to the reference's tolerance elsewhere)
+    order = ["scalar", "avx2", "avx512"]
+    hw = _native.cpu().cpu_isa()
+    fused = order.index(isa) > 0 and order.index(hw) > 0
+    for eng in (cpu, ref):
+        full_e = eng.assign(x, c)[0]  # this engine's (this path's) full search
+        if eng is ref or fused:
+            assert torch.equal(full_e, full), f"{eng}: {int((full_e != full).sum())} codes off the canonical score"
+        in_list = (cand.long() == full_e[:, None]).any(1)  # all rows, except on the portable path
+        codes, dist = eng.assign_candidates(x, c, cand)
+        assert torch.equal(codes[in_list], full_e[in_list]), f"{eng}: the restricted search left the full code"
+        if eng is ref or fused:
+            assert torch.equal(codes, want)
+        torch.testing.assert_close(dist.double(), d64.gather(1, codes[:, None])[:, 0], rtol=1e-5, atol=1e-6)
+        codes_m, _, lists = eng.assign_topm(x, c, 8)
+        assert torch.equal(codes_m, full_e)
+        assert torch.equal(eng.assign_candidates(x, c, lists)[0], full_e)
+    # duplicate candidates in a list and exact ties (equal centroids): the first in list order
+    c2 = c.clone()
+    c2[5] = c2[40]
+    cand2 = torch.tensor([[40, 5, 40], [5, 40, 5]], dtype=torch.int32).repeat(8, 1)
+    xx = c2[40].repeat(16, 1) + 0.001
+    for eng in (cpu, ref):
+        got = eng.assign_candidates(xx.contiguous(), c2, cand2.contiguous())[0]
+        assert torch.equal(got, cand2[:, 0].long())
+
+
+def test_canonical_reference_matches_its_plain_definition():
+    """The reference k-means primitives compute the canonical score only near each row's minimum
+    (float64 scores and a proven error bound): their codes and lists equal the plain definition's."""
+    from pysid.reference.kmeans import (canonical_scores_ref, kmeans_assign_canonical_ref,
+                                        kmeans_assign_candidates_ref, kmeans_topm_ref)
+
+    x, c, g = near_tie_problem(n=1500, k=48, d=20, seed=7)
+    score = canonical_scores_ref(x, c)
+    codes, dist = kmeans_assign_canonical_ref(x, c)
+    assert torch.equal(codes, torch.argmin(score, 1))
+    for m in (1, 2, 5):
+        want = torch.argsort(score, dim=1, stable=True)[:, :m].sort(1).values
+        assert torch.equal(kmeans_topm_ref(x, c, m), want)
+    cand = torch.stack([torch.randperm(48, generator=g)[:6] for _ in range(1500)])
+    want = cand.gather(1, torch.argmin(score.gather(1, cand), 1)[:, None])[:, 0]
+    assert torch.equal(kmeans_assign_candidates_ref(x, c, cand)[0], want)

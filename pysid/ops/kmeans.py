@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .. import _native, _native_kmeans
 from .._checks import check_precision
-from ..reference.kmeans import (kmeans_assign_bf16_ref, kmeans_assign_candidates_ref, kmeans_topm_ref,
-                                kmeans_update_ref, kmeanspp_candidates_ref)
+from ..reference.kmeans import (kmeans_assign_bf16_ref, kmeans_assign_candidates_ref, kmeans_assign_canonical_ref,
+                                kmeans_topm_ref, kmeans_update_ref, kmeanspp_candidates_ref)
 from ..reference.residual_quantize import residual_quantize_ref
 from .registry import FLOAT_DTYPES, KERNEL_DTYPES, BackendNotSupportedError, Inputs, get, register, select
 
@@ -54,8 +54,15 @@ def _prepare_contiguous(x: Tensor) -> Tensor:
 # path); the kernels never build an N x k matrix.
 
 
-@register("kmeans_assign", "reference", **_REF)
+# "greedy_codes": the final Lloyd assignments of float32 input are the greedy codes of the canonical
+# score (residual_quantize's C++ kernel on its FMA paths, the Triton and CUDA kernels), so fit takes them
+@register("kmeans_assign", "reference", traits=("greedy_codes",), **_REF)
 def _assign_reference(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 rows: the codes of the canonical score (those of the C++ kernels, bit for bit: the
+    reference and the C++ engine then run the same Lloyd iterations; ``residual_quantize_ref`` sums
+    with a GEMM and agrees within its tolerance); float64 rows: float64 scores."""
+    if x.dtype != torch.float64:
+        return kmeans_assign_canonical_ref(x, centroids)
     _, dist, codes = residual_quantize_ref(x, [centroids.to(x.dtype)])
     return codes[:, 0].long(), dist[:, 0]
 
@@ -134,7 +141,9 @@ class BoundedAssign:
 # exact assignment (the same as assign) and each row's m nearest centroids (the m lowest scores
 # ||c||^2 - 2 x.c, ties to the lower code) in increasing code order.
 # assign_candidates(x, centroids, cand) -> (codes [N] int64, distances [N] float32): the nearest
-# centroid among each row's candidates (ties: the first in list order).
+# centroid among each row's candidates by assign's score (float32 rows: the canonical score
+# fl(||c||^2 - 2 x.c), x.c one float32 FMA chain over d; ties: the first in list order), so a list
+# holding a row's full-search code gives that code; distances from the differences.
 
 
 @register("kmeans_assign_topm", "reference", **_REF)
@@ -322,12 +331,14 @@ class KMeansEngine:
     of one process in one call) and the candidate-list pair :attr:`assign_topm`
     (``assign_topm(x, c, m)``: ``assign``'s codes and distances, bit for bit, and each row's m
     nearest centroids) and :attr:`assign_candidates` (``assign_candidates(x, c, cand)``: the
-    nearest among each row's candidates), and :attr:`assign_seed` (``assign_seed(x, cand)``: the
+    nearest among each row's candidates by the same score as ``assign``: a list that holds a row's
+    ``assign`` code gives that code), and :attr:`assign_seed` (``assign_seed(x, cand)``: the
     k-means|| rounds' nearest candidate by bfloat16 distances).
 
     Capabilities: :attr:`lloyd_codes_are_greedy_codes` (the final Lloyd assignments of
-    float32 input equal ``residual_quantize``'s greedy codes bit for bit: the same kernel
-    computes both) and :attr:`cuda_graphs` (the k-means++ step may be captured and
+    float32 input are the greedy codes of the canonical score bit for bit, as
+    ``residual_quantize``'s C++ kernel gives them: the same kernel computes both on the C++ engine,
+    the reference computes the canonical score itself) and :attr:`cuda_graphs` (the k-means++ step may be captured and
     replayed as a CUDA graph).
 
     :attr:`precision`: ``"exact"`` or ``"fast"`` (``pysid.residual_quantize``'s option), given to

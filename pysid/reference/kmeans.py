@@ -57,9 +57,112 @@ def kmeanspp_candidates_ref(x: Tensor, cand: Tensor, mind: Tensor, weights: Tens
     return dist, m.sum(0)
 
 
+# --------------------------------------------------------------------------- the canonical score
+# The k-means assignments of every engine pick codes by the canonical score of the nearest-codeword
+# kernels (pysid.kernels.residual_quantize, tests/test_canonical_score.py): for float32 rows,
+# ``score_k = fl(cn_k - 2 dot_k)``, ``dot_k`` one float32 FMA chain ``acc = fma(x_d, c_kd, acc)``
+# over d = 0..D-1 from 0, ``cn_k`` the same chain of ``c_kd * c_kd``, exact ties to the lowest
+# code (lists: the first in list order). Float64 rows keep float64 scores.
+
+_U = 2.0**-24  # float32 unit roundoff
+
+
+def fma32(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """Correctly rounded float32 ``fma(a, b, c)``, elementwise (float32 operands, broadcast).
+
+    The product of two float32 values is exact in float64; the float64 sum is made round-to-odd
+    (TwoSum gives its exact remainder; an inexact sum with an even last bit moves one ulp towards
+    the exact value), and a round-to-odd value with >= 26 bits rounds to float32 correctly."""
+    p = a.double() * b.double()
+    cc = c.double()
+    s = p + cc
+    bp = s - cc
+    err = (p - bp) + (cc - (s - bp))  # s + err == p + cc exactly
+    bits = s.view(torch.int64)
+    fix = (err != 0) & ((bits & 1) == 0)
+    toward = torch.where((err > 0) == (s > 0), bits + 1, bits - 1)
+    return torch.where(fix, toward, bits).view(torch.float64).to(torch.float32)
+
+
+def fma_chain32(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_d a[..., d] * b[..., d]`` as one float32 FMA chain over d ascending from 0 (broadcast)."""
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    acc = torch.zeros(shape, dtype=torch.float32, device=a.device)
+    for j in range(a.shape[-1]):
+        acc = fma32(a[..., j], b[..., j], acc)
+    return acc
+
+
+def canonical_scores_ref(x: Tensor, centroids: Tensor) -> Tensor:
+    """The canonical scores [N, K] float32 of x [N, D] against centroids [K, D] (both as float32).
+
+    The plain definition (N K D emulated FMAs): the k-means primitives below give the codes of
+    these scores but compute them only near each row's minimum."""
+    x, c = x.to(torch.float32), centroids.to(torch.float32)
+    return fma_chain32(c, c)[None, :] - 2.0 * fma_chain32(x[:, None, :], c[None, :, :])
+
+
+def _near(x: Tensor, cg: Tensor, cn: Tensor) -> tuple[Tensor, Tensor]:
+    """float64 scores ``cn - 2 x.c`` (nearly exact) and a bound E >= |canonical - float64 score|,
+    for rows x [n, D] and centroids cg ([K, D]: every row against all; [n, m, D]: each row its own).
+
+    E = 1.01 (2 gamma_{D+2} + 4 u) (sum_d |x_d c_d| + cn) + (D + 2) 2^-140 (u = 2^-24): the
+    chain's error (gamma_D sum |x c|, twice), the rounding of cn - 2 dot, float32 underflow, and
+    (the 1.01) the float64 arithmetic here."""
+    xd, cd, cnd = x.double(), cg.double(), cn.double()
+    if cg.dim() == 2:
+        dot, a = xd @ cd.T, xd.abs() @ cd.abs().T
+    else:
+        dot, a = (xd[:, None, :] * cd).sum(-1), (xd.abs()[:, None, :] * cd.abs()).sum(-1)
+    n = x.shape[1] + 2
+    g = n * _U / (1 - n * _U)
+    e = 1.01 * (2 * g + 4 * _U) * (a + cnd) + n * 2.0**-140
+    return cnd - 2.0 * dot, e
+
+
+def _canonical_pick(x: Tensor, cg: Tensor, cn: Tensor, win: Tensor, m: int) -> Tensor:
+    """Positions [n, m] (increasing) of each row's m lowest canonical scores among the positions
+    where win [n, P] is set (at least m per row; among equal scores the lower position), with the
+    canonical score computed only for rows that have more than m such positions."""
+    cnt = win.sum(1)
+    key = torch.where(win, 0.0, float("inf")).to(torch.float64)
+    rows = (cnt > m).nonzero()[:, 0]
+    if rows.numel():
+        ri, pos = win[rows].nonzero(as_tuple=True)
+        row = rows[ri]
+        cc = cg[pos] if cg.dim() == 2 else cg[row, pos]
+        sc = cn[pos] if cn.dim() == 1 else cn[row, pos]
+        kr = torch.full((rows.numel(), win.shape[1]), float("inf"), dtype=torch.float64, device=x.device)
+        kr[ri, pos] = (sc - 2.0 * fma_chain32(x[row], cc)).double()
+        key[rows] = kr
+    return torch.argsort(key, dim=1, stable=True)[:, :m].sort(1).values
+
+
+def kmeans_assign_canonical_ref(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's nearest centroid by the canonical score (float32; ties to the lowest code).
+
+    Args:
+        x: [N, D] float tensor (computed as float32); centroids: [K, D].
+
+    Returns:
+        codes [N] int64 and squared distances [N] float32 ``||x - c||^2`` from the differences.
+    """
+    x, c = x.to(torch.float32), centroids.to(torch.float32)
+    cn = fma_chain32(c, c)
+    codes = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for i in range(0, x.shape[0], 4096):  # row chunks: never a full N x K matrix
+        xc = x[i : i + 4096]
+        s, e = _near(xc, c, cn)
+        win = (s - e) <= (s + e).min(1, keepdim=True).values  # may hold the canonical minimum
+        codes[i : i + 4096] = _canonical_pick(xc, c, cn, win, 1)[:, 0]
+    r = x - c[codes]
+    return codes, (r * r).sum(1)
+
+
 def kmeans_topm_ref(x: Tensor, centroids: Tensor, m: int) -> Tensor:
-    """Each row's m nearest centroids: the m lowest scores ``||c||^2 - 2 x.c`` (among equal
-    scores the lower codes), listed in increasing code order.
+    """Each row's m nearest centroids: the m lowest scores ``||c||^2 - 2 x.c`` (the canonical score
+    for float32 rows, float64 for float64 ones; among equal scores the lower codes), listed in
+    increasing code order.
 
     Args:
         x: [N, D] float tensor; centroids: [k, D]; 1 <= m <= k.
@@ -67,12 +170,21 @@ def kmeans_topm_ref(x: Tensor, centroids: Tensor, m: int) -> Tensor:
     Returns:
         [N, m] int64 codes.
     """
-    c = centroids.to(x.dtype)
     cand = torch.empty((x.shape[0], m), dtype=torch.int64, device=x.device)
-    for i in range(0, x.shape[0], 8192):  # row chunks: never a full N x k matrix
-        s = (c * c).sum(1)[None] - 2.0 * x[i : i + 8192] @ c.t()
-        order = torch.argsort(s, dim=1, stable=True)[:, :m]  # stable: ties to the lower code
-        cand[i : i + 8192] = order.sort(1).values
+    if x.dtype == torch.float64:
+        c = centroids.to(x.dtype)
+        for i in range(0, x.shape[0], 8192):  # row chunks: never a full N x k matrix
+            s = (c * c).sum(1)[None] - 2.0 * x[i : i + 8192] @ c.t()
+            order = torch.argsort(s, dim=1, stable=True)[:, :m]  # stable: ties to the lower code
+            cand[i : i + 8192] = order.sort(1).values
+        return cand
+    x, c = x.to(torch.float32), centroids.to(torch.float32)
+    cn = fma_chain32(c, c)
+    for i in range(0, x.shape[0], 4096):
+        xc = x[i : i + 4096]
+        s, e = _near(xc, c, cn)
+        hi = torch.kthvalue(s + e, m, dim=1, keepdim=True).values  # >= the m-th lowest canonical score
+        cand[i : i + 4096] = _canonical_pick(xc, c, cn, (s - e) <= hi, m)
     return cand
 
 
@@ -83,22 +195,36 @@ def kmeans_assign_candidates_ref(x: Tensor, centroids: Tensor, cand: Tensor) -> 
         x: [N, D] float tensor; centroids: [k, D]; cand: [N, m] integer codes in [0, k).
 
     Returns:
-        codes [N] int64: the candidate of least squared distance (the first in list order among
-        equal distances), and its squared distance [N] (x's dtype; float32 for half precision).
+        codes [N] int64: the candidate of least score (the canonical score for float32 rows, as
+        the full assignment: a list that holds the full assignment's code gives that code; float64
+        rows: least float64 distance), the first in list order among equal scores; and its squared
+        distance [N] from the differences (x's dtype; float32 for half precision).
     """
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    c = centroids.to(dt)
     cand = cand.long()
     codes = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=dt, device=x.device)
-    for i in range(0, x.shape[0], 4096):
-        cc = cand[i : i + 4096]
-        diff = x[i : i + 4096, None, :].to(dt) - c[cc]
-        dd = (diff * diff).sum(-1)
-        j = torch.argmin(dd, dim=1)  # the first minimum
-        codes[i : i + 4096] = cc.gather(1, j[:, None])[:, 0]
-        dist[i : i + 4096] = dd.gather(1, j[:, None])[:, 0]
-    return codes, dist
+    if x.dtype == torch.float64:
+        c = centroids.to(x.dtype)
+        dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        for i in range(0, x.shape[0], 4096):
+            cc = cand[i : i + 4096]
+            diff = x[i : i + 4096, None, :] - c[cc]
+            dd = (diff * diff).sum(-1)
+            j = torch.argmin(dd, dim=1)  # the first minimum
+            codes[i : i + 4096] = cc.gather(1, j[:, None])[:, 0]
+            dist[i : i + 4096] = dd.gather(1, j[:, None])[:, 0]
+        return codes, dist
+    x, c = x.to(torch.float32), centroids.to(torch.float32)
+    cn = fma_chain32(c, c)
+    rows = max(1, 2**22 // max(1, cand.shape[1] * x.shape[1]))  # [rows, m, D] float64 temporaries
+    for i in range(0, x.shape[0], rows):
+        xc, cc = x[i : i + rows], cand[i : i + rows]
+        cg, cng = c[cc], cn[cc]
+        s, e = _near(xc, cg, cng)
+        win = (s - e) <= (s + e).min(1, keepdim=True).values
+        pos = _canonical_pick(xc, cg, cng, win, 1)  # [n, 1]; ties: the first in list order
+        codes[i : i + rows] = cc.gather(1, pos)[:, 0]
+    r = x - c[codes]
+    return codes, (r * r).sum(1)
 
 
 def _bf16_pairs(v: Tensor) -> tuple[Tensor, Tensor]:
