@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pysid import _native
+from pysid.reference.kmeans import fma32, fma_chain32
 
 from conftest import requires_cuda, triton_devices
 from test_residual_quantize import check_greedy
@@ -38,28 +39,12 @@ PROPOSAL_KW = {"fp16": dict(_proposal="fp16"), "fp16-streamed": dict(_proposal="
 
 
 # --------------------------------------------------------------------------- the canonical score, in torch
-def fma_rn32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Correctly rounded float32 fma(a, b, c), elementwise: the product of two float32 values is
-    exact in float64; the float64 sum is made round-to-odd (TwoSum gives the exact remainder; an
-    inexact result with an even last bit moves one ulp towards the exact value), and rounding a
-    round-to-odd value with >= 24 + 2 bits to float32 is correct rounding (Boldo & Melquiond)."""
-    p = a.double() * b.double()
-    cc = c.double()
-    s = p + cc
-    bp = s - cc
-    err = (p - bp) + (cc - (s - bp))  # s + err == p + cc exactly
-    bits = s.view(torch.int64)
-    fix = (err != 0) & ((bits & 1) == 0)
-    toward = torch.where((err > 0) == (s > 0), bits + 1, bits - 1)
-    return torch.where(fix, toward, bits).view(torch.float64).to(torch.float32)
-
-
-def fma_chain(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_d a[..., d] * b[..., d] as one float32 FMA chain over d ascending, from 0."""
-    acc = torch.zeros(torch.broadcast_shapes(a.shape, b.shape)[:-1], dtype=torch.float32)
-    for j in range(a.shape[-1]):
-        acc = fma_rn32(a[..., j], b[..., j], acc)
-    return acc
+# fma_rn32: correctly rounded float32 fma(a, b, c), elementwise, in torch (float64 product, a
+# round-to-odd sum: Boldo & Melquiond); fma_chain: sum_d a[..., d] * b[..., d] as one float32 FMA chain
+# over d ascending, from 0. The reference engine's (pysid.reference.kmeans), checked against exact
+# rational arithmetic below (test_fma_rn32_is_correctly_rounded).
+fma_rn32 = fma32
+fma_chain = fma_chain32
 
 
 def canonical_codes(x: torch.Tensor, cbs: list[torch.Tensor]) -> torch.Tensor:
