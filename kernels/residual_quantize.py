@@ -422,21 +422,20 @@ def _pow2(e):
 
 
 @triton.jit
-def _split_fp16(v, s, inv_s):
-    """fp16(v * s) (s [BM] a power of two per row; clamped to the fp16 range: never inf) and
-    r_lo = v - fp16(v * s) / s, exact in float32 (Sterbenz in fp16's normal range; a multiple of
-    ulp(v) below it)."""
-    t = tl.minimum(tl.maximum(v * s[:, None], -65504.0), 65504.0)
-    h = t.to(tl.float16)
-    return h, v - h.to(tl.float32) * inv_s[:, None]
-
-
-@triton.jit
 def _to_fp16(v, s):
     """fp16(v * s) (s a power of two, broadcast to v; clamped to the fp16 range: never inf). With s from a
     bound >= max|v| (:func:`_fp16_exponent`) |v s| < 2^15: no clamping, and |v - fp16(v s) / s| <=
     2^-11 |v| + 2^-24 / s per element (fp16's normal range; below it, half the subnormal spacing)."""
     return tl.minimum(tl.maximum(v * s, -65504.0), 65504.0).to(tl.float16)
+
+
+@triton.jit
+def _split_fp16(v, s, inv_s):
+    """fp16(v * s) (s [BM] a power of two per row; clamped to the fp16 range: never inf) and
+    r_lo = v - fp16(v * s) / s, exact in float32 (Sterbenz in fp16's normal range; a multiple of
+    ulp(v) below it)."""
+    h = _to_fp16(v, s[:, None])
+    return h, v - h.to(tl.float32) * inv_s[:, None]
 
 
 @triton.jit
@@ -740,7 +739,7 @@ def _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL: tl.constexpr):
 
 @triton.jit
 def _topn_packed(key, kofs, kreal, sel_s, sel_f, sidx, NSEL: tl.constexpr, PB: tl.constexpr, BK: tl.constexpr):
-    """The NSEL smallest of one chunk's packed tf32 keys key [BM, PB, BK] (beam b, chunk-local code j:
+    """The NSEL smallest of one chunk's packed proposal keys key [BM, PB, BK] (beam b, chunk-local code j:
     the float32 score with its low log2(PB * BK) mantissa bits replaced by b * BK + j, INF where
     invalid: unique per row, so one ``min`` gives value and candidate) and of the running list
     (sel_s, sel_f) [BM, NP] together, ordered by (key, id), id = beam * kreal + code (kofs: the
@@ -1044,9 +1043,9 @@ def _rq_beam_kernel(
 
     FAST=False: exact, every candidate scored by the FMA chain (``tl.dot`` ieee on the GPU; spelled
     out with ``tl.fma`` under FMA_CHAIN). REDO (with FAST off): the same over the rows listed in
-    redo_ptr (N read from redo_ptr[0]). FAST: a tf32 pass proposes: per chunk of BK codewords a
-    tf32 GEMM of the pairs' tf32 residuals with the tf32 codebook, and the NP smallest packed tf32
-    keys of the row are kept (over all its beams; the chunk-local (beam, code) in the low
+    redo_ptr (N read from redo_ptr[0]). FAST: a proposal pass: per chunk of BK codewords a GEMM of
+    the pairs' residuals with the codebook (fp16 scaled or tf32: PROPOSAL, below), and the NP smallest
+    packed proposal keys of the row are kept (over all its beams; the chunk-local (beam, code) in the low
     log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the window) are re-scored
     exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
     taken; the row is proven when the NP-th key minus its packing error and the row's error bound is
@@ -1339,12 +1338,12 @@ def residual_quantize_triton(
             data). torch's global tf32
             flags never change either.
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
-            (tuning; greedy: of the tf32 pass, or of the exact pass with ``fast=False``; block_d:
+            (tuning; greedy: of the proposal pass, or of the exact pass with ``fast=False``; block_d:
             D-step of the MMA, the float32 re-check and the exact pass; block_u: D-slice of the
             passes over the residual).
         programs_per_sm: CUDA: persistent programs per SM (greedy and beam; tuning; default 1: ~200
             registers per thread x 256 threads).
-        _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the tf32 pass could
+        _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the proposal pass could
             not prove, #rows re-encoded by the exact pass) - for tests and tuning.
         quantized: greedy only: False skips writing the quantized rows (k-means assignment);
             the first returned tensor is then an empty [0, D] placeholder.
@@ -1432,7 +1431,7 @@ def residual_quantize_triton(
             return _Tiles(block_m or t.bm, block_k or t.bk, min(dp, block_d or t.bd), min(dp, block_u or t.bu),
                           num_warps or t.nw, num_stages or t.ns)
 
-        if fast:  # the overrides tune the tf32 pass; the exact (redo) pass keeps its tiles (its FMA
+        if fast:  # the overrides tune the proposal pass; the exact (redo) pass keeps its tiles (its FMA
             # dot holds both operand slices in registers) with the same BLOCK_M (the scratch slots)
             # and a BLOCK_K that divides the codebook padding
             tiles_fast = _override(tiles_fast)
@@ -1520,7 +1519,7 @@ def residual_quantize_triton(
         top0 = torch.empty((n, beam_width), dtype=torch.int32, device=dev)
         flag0 = torch.empty((n if fast and prove else 1,), dtype=torch.int32, device=dev)  # unproven at level 0
         nprog0 = min(nprog, triton.cdiv(n, m))
-        # fast=False: the exact kernels; fast: the tf32 proposal (+ exact re-score and proof), then
+        # fast=False: the exact kernels; fast: the proposal (+ exact re-score and proof), then
         # (precision="exact") the exact kernels over the unproven rows (no host sync: they read the count)
         passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
         for fast_pass, redo_pass in passes:
@@ -1536,7 +1535,7 @@ def residual_quantize_triton(
                 n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, BM=bm, LP=_next_pow2(levels), **kw)
         return q, dist, codes
 
-    # rows the tf32 pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)
+    # rows the proposal pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)
     redo = torch.zeros((n + 1 if fast else 1,), dtype=torch.int32, device=dev)
     tiles = triton.cdiv(n, bm)
     if dev.type == "cuda":

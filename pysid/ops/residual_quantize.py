@@ -291,7 +291,7 @@ def residual_quantize(x: Tensor, codebooks: Codebooks, *, beam_width: int = 1,
             path (a tensor-core pass on CUDA only proposes; a proof or an exact re-scan decides).
             ``"fast"``: on the Triton kernel, codes straight from the tensor-core pass (greedy:
             fp16 with exact power-of-two scaling per row and level, its nearest codeword; beam
-            search: tf32, its B best candidates), without the proof
+            search: the same fp16 proposal, its B best candidates), without the proof
             or the exact re-score: faster, and codes may differ from ``"exact"`` on near-ties
             (about 0.1 % of rows on random data). The C++ (CPU), CUDA C++ and reference backends
             are exact either way (equal results). torch's global tf32 settings
