@@ -89,7 +89,9 @@ answer:
   clustered data it is higher but stays correct.
 
 Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
-the dot (128 pairs per tile on the GPU); top-B over (beam, code) pairs by repeated min-extraction
+the dot (128 pairs per tile on the GPU, packed densely: 25 rows of 5 beams at B 5, not 16 rows of 8
+slots, 3 of them empty); top-B over (beam, code) pairs by repeated min-extraction (each pair's own
+best along the dot's rows, then merged per row through memory)
 ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. Level 0 (one beam
 per row: x) is its own kernel, a per-row top-B with 128 rows of one pair per tile
 (``_rq_beam_first_kernel``), whose B codes per row start the levels kernel (``_rq_beam_kernel``,
@@ -100,9 +102,9 @@ after the last level only the best one); the paths are back-pointers in a per-pr
 followed back at the end. ``fast=False``: the exact
 kernel (every candidate by the FMA chain). ``fast=True`` (default): a GEMM proposes the row's best NP
 candidates over all its beams (fp16 by default: fp16(c sc_l) from the host, fp16(r s) rounded from
-the float32 slot on the way to the MMA, s a power of two per row at level 0 and per tile of BM rows
-at later levels, from the largest ||r||: ``_beam_fp16_scales``; tf32 with ``_proposal="tf32"``:
-the tf32 rounding in slot 2), the window (NP - 1) is re-scored exactly with the canonical
+the float32 slot on the way to the MMA, s a power of two per row at level 0 and per tile at later
+levels, from the largest ||r||: ``_beam_fp16_scales``; tf32 with ``_proposal="tf32"``: the tf32
+rounding, the same way), the window (NP - 1) is re-scored exactly with the canonical
 chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
 unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
 kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). The proposal runs in chunks of 128
@@ -767,13 +769,13 @@ def _topn_packed(key, kofs, kreal, sel_s, sel_f, sidx, NSEL: tl.constexpr, PB: t
 
 
 @triton.jit
-def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+def _beam_chunk_dot(cur, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
                     BD: tl.constexpr, FAST: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
     """r.c [M, BK] of the M pairs' residuals (rows of a scratch slot [M, DP]) with codewords kb..kb+BK-1.
     FAST: the proposal GEMM over D in BD steps (cp.async operands, wgmma) with the proposal codebook
-    cbhi_ptr: PROPOSAL "fp16": fp16(r sr) rounded from the float32 slot cur on the way to the MMA (sr:
-    powers of two, broadcast to [M, BD]) and fp16(c sc_l) (the scaled dot, float32 accumulation);
-    "tf32": the tf32-rounded residuals of slot_t and the tf32 codebook. Else the canonical FMA chain
+    cbhi_ptr, the A operand rounded from the float32 slot cur on the way to the MMA: PROPOSAL "fp16":
+    fp16(r sr) (sr: powers of two, broadcast to [M, BD]) and fp16(c sc_l) (the scaled dot, float32
+    accumulation); "tf32": the tf32 roundings of r and of the codebook. Else the canonical FMA chain
     over d (``tl.dot`` ieee on the GPU; spelled out with ``tl.fma`` under FMA_CHAIN: the interpreter's
     ``tl.dot`` is a matmul)."""
     pm = tl.arange(0, M)
@@ -788,7 +790,7 @@ def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, B
                 a = _to_fp16(tl.load(cur + pm[:, None] * DP + cols[None, :]), sr)  # [M, BD]
                 acc = tl.dot(a, c, acc, out_dtype=tl.float32)
             else:
-                a = tl.load(slot_t + pm[:, None] * DP + cols[None, :])  # [M, BD]
+                a = _round_tf32(tl.load(cur + pm[:, None] * DP + cols[None, :]))  # [M, BD]
                 acc = tl.dot(a, c, acc, input_precision="tf32")
     elif FMA_CHAIN:  # the canonical chain spelled out (the interpreter's tl.dot is a matmul)
         for j in range(0, D):
@@ -805,91 +807,132 @@ def _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M: tl.constexpr, B
 
 
 @triton.jit
-def _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr, mult, sel_s, sel_f,
-                BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
-                BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr,
-                PROPOSAL: tl.constexpr):
-    """One chunk of codewords kb..kb+BK-1 merged into the running list (sel_s, sel_f) [BM, NP] of
-    :func:`_beam_level`: FAST: packed proposal keys (:func:`_topn_packed`; fp16: the dot unscaled by
-    mult = 2 / (s_r sc_l), powers of two broadcast to [BM, PB, BK]), else exact scores (:func:`_topn_merge`)."""
+def _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, valid, pb, sr, mult, sel_s,
+                sel_f, BEAM: tl.constexpr, M: tl.constexpr, RPB: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr,
+                BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr,
+                PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
+    """One chunk of codewords kb..kb+BK-1 merged into the M pairs' running lists (sel_s, sel_f) [M, NP] of
+    :func:`_beam_level` (pair p: ||r||^2 rn [M], valid [M], its beam pb [M]; reductions along the dot's
+    rows only): FAST: packed proposal keys (:func:`_topn_packed`; fp16: the dot unscaled by mult = 2 /
+    (s_r sc_l), powers of two, a [M, 1] tensor), else exact scores (:func:`_topn_merge`); ordered by
+    (key or score, id). RPB > 1: the lists live in this program's list scratch lst_ptr ([2, M, NP] int32)
+    between chunks, read here and written back (then a barrier), so they are not held in registers across
+    the next chunk's MMA (in registers the levels kernel spilled 20-36 B on triton 3.6 and 3.9)."""
     INF: tl.constexpr = float("inf")
-    M: tl.constexpr = BM * PB
-    pidx = tl.arange(0, PB)
     kk = tl.arange(0, BK)
     sidx = tl.arange(0, NP)
-    acc = _beam_chunk_dot(cur, slot_t, cb_ptr, cbhi_ptr, kb, D, sr, M, BK, DP, BD, FAST, FMA_CHAIN, PROPOSAL)
-    acc = tl.reshape(acc, [BM, PB, BK])
+    acc = _beam_chunk_dot(cur, cb_ptr, cbhi_ptr, kb, D, sr, M, BK, DP, BD, FAST, FMA_CHAIN, PROPOSAL)
+    acc = tl.reshape(acc, [M, 1, BK])  # (the 3-d form of the reductions: the 2-d one spilled on 3.6 and 3.9)
     cn = tl.load(cn_ptr + kb + kk)
     code = kb - kbeg + kk  # [BK]
     if FAST and PROPOSAL == "fp16":  # 2 r.c = acc * 2 / (s_r sc_l): exact (a power of two)
-        s = (cn[None, None, :] - acc * mult) + rn[:, :, None]
+        s = (cn[None, None, :] - acc * mult[:, :, None]) + rn[:, None, None]
     else:
-        s = (cn[None, None, :] - 2.0 * acc) + rn[:, :, None]  # the C++ kernel's association
-    ok = valid[:, :, None] & (code < kreal)[None, None, :] & (pidx < BEAM)[None, :, None]
+        s = (cn[None, None, :] - 2.0 * acc) + rn[:, None, None]  # the C++ kernel's association
+    ok = valid[:, None, None] & (code < kreal)[None, None, :]
+    NSEL: tl.constexpr = NP if FAST and PROVE else BEAM
     if FAST:  # packed keys: the low log2(PB * BK) mantissa bits of the proposal score hold (beam, code)
-        loc = pidx[None, :, None] * BK + kk[None, None, :]  # [1, PB, BK]
+        loc = pb[:, None, None] * BK + kk[None, None, :]  # [M, 1, BK]
         key = ((s.to(tl.int32, bitcast=True) & -(PB * BK)) | loc).to(tl.float32, bitcast=True)
-        key = tl.where(ok, key, INF)
-        if PROVE:
-            sel_s, sel_f = _topn_packed(key, kb - kbeg, kreal, sel_s, sel_f, sidx, NP, PB, BK)
-        else:
-            sel_s, sel_f = _topn_packed(key, kb - kbeg, kreal, sel_s, sel_f, sidx, BEAM, PB, BK)
+        s = tl.where(ok, key, INF)
     else:
         s = tl.where(ok, s, INF)
-        flat = pidx[None, :, None] * kreal + code[None, None, :]  # [1, PB, BK]: beam rank, then code
-        sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, BEAM)
+        flat = pb[:, None, None] * kreal + code[None, None, :]  # [M, 1, BK]: beam rank, then code
+    if RPB > 1:  # the pairs' running lists live in memory between chunks (not in registers across the MMA)
+        pi = tl.arange(0, M)
+        at = pi[:, None] * NP + sidx[None, :]
+        sel_s = tl.load(lst_ptr + at).to(tl.float32, bitcast=True)
+        sel_f = tl.load(lst_ptr + M * NP + at)
+    if FAST:
+        sel_s, sel_f = _topn_packed(s, kb - kbeg, kreal, sel_s, sel_f, sidx, NSEL, PB, BK)
+    else:
+        sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL)
+    if RPB > 1:
+        tl.store(lst_ptr + at, sel_s.to(tl.int32, bitcast=True))
+        tl.store(lst_ptr + M * NP + at, sel_f)
+        tl.debug_barrier()
     return sel_s, sel_f
 
 
 @triton.jit
-def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal, D, rn, valid, sr, mult, rlo_x,
-                gamma, gamma_chk, BEAM: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr,
-                BK: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr,
-                PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr, NST: tl.constexpr):
-    """One level's B best candidates of a tile of BM rows x PB beams (pair (row i, beam b) is row i * PB + b
-    of the slots; rn [BM, PB] its ||r||^2, valid [BM, PB]): (score [BM, BP], id = beam * kreal + code
-    [BM, BP], unsure [BM]) in (score, beam rank, code) order, missing entries INF / BIG. The score of
-    candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot the canonical FMA chain.
+def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbeg, kend, kreal, D, rn, valid,
+                sr, mult, rlo_x, gamma, gamma_chk, BEAM: tl.constexpr, M: tl.constexpr, RPB: tl.constexpr,
+                BM: tl.constexpr, PB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+                BD: tl.constexpr, NP: tl.constexpr, FAST: tl.constexpr, PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr,
+                PROPOSAL: tl.constexpr, NST: tl.constexpr):
+    """One level's B best candidates of a tile of M (row, beam) pairs, RPB per row, packed densely: pair p =
+    i * RPB + b is row i's beam b and row p of the slots (RB = M // RPB rows; BM >= RB, a power of two, rows
+    RB.. are padding; RPB 1: BM = M); rn [M] the pair's ||r||^2 (0 for invalid pairs), valid [M].
+    Returns (score [BM, BP], id = beam * kreal + code [BM, BP], unsure [BM]) in (score, beam rank, code)
+    order, missing entries INF / BIG. The score of candidate (b, k) is ``fl(fl(cn_k - 2 dot) + rn_b)``, dot
+    the canonical FMA chain.
+
+    The chunk loop keeps each pair's own NP best (:func:`_beam_chunk`; RPB > 1: in lst_ptr, this program's
+    list scratch); after it they are read in the rows' layout [BM, PB, NP] and merged by (key or score,
+    id): a row's NP best are among the NP best of its pairs, so the rows' lists are those of a search over
+    all the row's candidates at once. rn_ptr (RPB > 1): the pairs' ||r||^2 bits as the levels kernel stored
+    them (int32, pair order), for the window's re-score and the bound.
 
     FAST and PROVE: the proposal pass (PROPOSAL "fp16": fp16(r s_r) with s_r (sr, broadcast to the GEMM's
-    rows) a power of two per row or per tile, mult (broadcast to [BM, PB, BK]) = 2 / (s_r sc_l) unscaling
-    the dot, rlo_x (to [BM, PB]) the fp16 subnormals' part of the bound on ||r - r_hi||; "tf32": sr and
-    mult unused, rlo_x 0) keeps the row's NP smallest packed keys (over
-    all its beams; the proposal score with its low log2(PB * BK) mantissa bits replaced by the
-    chunk-local b * BK + code, ordered by (key, id): :func:`_topn_packed`); the first NP - 1 (the
-    window) are re-scored with the canonical chain and the B best of them taken by (exact score, id);
-    the row is unsure unless the NP-th key minus its packing error and the row's error bound is above
-    the B-th exact score. FAST without PROVE: the B best keys as they are (NP = BP; near-ties in key
-    order). Not FAST: exact, every score by the canonical chain, (score, id) order
-    (:func:`_topn_merge`). The stat row of level l: NST floats from stat_ptr + NST * l, (max||c_hi||,
-    max||c_lo||, max||c||^2, ...)."""
+    rows) a power of two per row or per tile, mult ([M, 1]) = 2 / (s_r sc_l) unscaling the dot, rlo_x
+    (to [BM]) the fp16 subnormals' part of the bound on ||r - r_hi||; "tf32": sr and mult unused, rlo_x
+    0) keeps the row's NP smallest packed keys (over all its beams; the proposal score with its low
+    log2(PB * BK) mantissa bits replaced by the chunk-local b * BK + code, ordered by (key, id):
+    :func:`_topn_packed`); the first NP - 1 (the window) are re-scored with the canonical chain and the B
+    best of them taken by (exact score, id); the row is unsure unless the NP-th key minus its packing
+    error and the row's error bound is above the B-th exact score. FAST without PROVE: the B best keys as
+    they are (NP = BP; near-ties in key order). Not FAST: exact, every score by the canonical chain,
+    (score, id) order (:func:`_topn_merge`). The stat row of level l: NST floats from stat_ptr + NST * l,
+    (max||c_hi||, max||c_lo||, max||c||^2, ...)."""
     INF: tl.constexpr = float("inf")
     BIG: tl.constexpr = 2147483647
+    RB: tl.constexpr = M // RPB
     mi = tl.arange(0, BM)
+    pi = tl.arange(0, M)
     pidx = tl.arange(0, PB)
     bidx = tl.arange(0, BP)
     sidx = tl.arange(0, NP)
-    sel_s = tl.full([BM, NP], INF, tl.float32)
-    sel_f = tl.full([BM, NP], BIG, tl.int32)
-    # The chunk loops. FAST: disable_licm (hoisted out of the loop, the packed keys' [BM, PB, BK]
-    # candidate numbers and masks stay live in registers across it: 255 registers and spills at BK 64 /
-    # 128 on 3.6 and 3.9); not FAST: a plain loop (with disable_licm the exact kernels went to 128
-    # registers and spilled 84-108 B on both versions).
+    pb = pi % RPB  # the pair's beam
+    sel_s = tl.full([M, NP], INF, tl.float32)
+    sel_f = tl.full([M, NP], BIG, tl.int32)
+    if RPB > 1:
+        at = pi[:, None] * NP + sidx[None, :]
+        tl.store(lst_ptr + at, sel_s.to(tl.int32, bitcast=True))
+        tl.store(lst_ptr + M * NP + at, sel_f)
+        tl.debug_barrier()
+    # The chunk loops. FAST: disable_licm (hoisted out of the loop, the packed keys' candidate numbers and
+    # masks stay live in registers across it: 255 registers and spills at BK 64 / 128 on 3.6 and 3.9);
+    # not FAST: a plain loop (with disable_licm the exact kernels went to 128 registers and spilled 84-108 B
+    # on both versions).
     if FAST:
         for kb in tl.range(kbeg, kend, BK, disable_licm=True):
-            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr,
-                                       mult, sel_s, sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL)
+            sel_s, sel_f = _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, valid, pb,
+                                       sr, mult, sel_s, sel_f, BEAM, M, RPB, BM, PB, BK, DP, BD, NP, FAST, PROVE,
+                                       FMA_CHAIN, PROPOSAL)
     else:
         for kb in range(kbeg, kend, BK):
-            sel_s, sel_f = _beam_chunk(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, kb, kbeg, kreal, D, rn, valid, sr,
-                                       mult, sel_s, sel_f, BEAM, BM, PB, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL)
+            sel_s, sel_f = _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, valid, pb,
+                                       sr, mult, sel_s, sel_f, BEAM, M, RPB, BM, PB, BK, DP, BD, NP, FAST, PROVE,
+                                       FMA_CHAIN, PROPOSAL)
+    if RPB > 1:  # the pairs' lists to the rows' layout (through memory), merged per row; the row's largest ||r||^2
+        NSEL: tl.constexpr = NP if FAST and PROVE else BEAM
+        rn_row = tl.max(tl.load(rn_ptr + mi[:, None] * RPB + pidx[None, :], mask=(mi < RB)[:, None] &
+                                (pidx < RPB)[None, :], other=0).to(tl.float32, bitcast=True), 1)  # [BM]
+        at3 = (mi[:, None, None] * RPB + pidx[None, :, None]) * NP + sidx[None, None, :]  # [BM, PB, NP]
+        m3 = ((mi < RB)[:, None, None] & (pidx < RPB)[None, :, None]) & (sidx < NSEL)[None, None, :]
+        s3 = tl.load(lst_ptr + at3, mask=m3, other=0x7F800000).to(tl.float32, bitcast=True)  # (INF's bits)
+        f3 = tl.load(lst_ptr + M * NP + at3, mask=m3, other=BIG)
+        sel_s, sel_f = _topn_merge(s3, f3, tl.full([BM, NP], INF, tl.float32), tl.full([BM, NP], BIG, tl.int32),
+                                   sidx, NSEL)
+    else:
+        rn_row = tl.where(valid, rn, 0.0)
     unsure = mi < 0  # none
     if FAST and PROVE:
         # exact re-score of the window (the first NP - 1 proposals): the canonical chain
         win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
         wb = tl.where(win, sel_f // kreal, 0)
         wc = tl.where(win, sel_f % kreal, 0)
-        wsrc = (mi[:, None] * PB + wb) * DP
+        wsrc = (mi[:, None] * RPB + wb) * DP
         wcw = (kbeg + wc) * DP
         # 16-byte loads of 4 columns, then their 4 FMAs in column order: the same chain (columns D..DP-1
         # of the slots and the packed codebook are zeros: fma(0, 0, acc) == acc)
@@ -901,27 +944,30 @@ def _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, 
             a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
             c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
             dot = _fma4(dot, a4, c4, BM, NP)
-        rn_w = tl.sum(tl.where(pidx[None, None, :] == wb[:, :, None], rn[:, None, :], 0.0), 2)
+        if RPB > 1:
+            rn_w = tl.load(rn_ptr + mi[:, None] * RPB + wb, mask=win, other=0).to(tl.float32, bitcast=True)
+        else:
+            rn_w = rn[:, None]
         cn_w = tl.load(cn_ptr + kbeg + wc)
         ex = (cn_w - 2.0 * dot) + rn_w
         ex = tl.where(win, ex, INF)
         top_s = tl.full([BM, BP], INF, tl.float32)
         top_f = tl.full([BM, BP], BIG, tl.int32)
         top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
-        # error bound of every proposal score against its canonical value, per pair (then the row's
-        # largest): the proposal dot (operands with 11-bit significands, products exact in float32:
-        # ||r_lo|| <= 2^-11 ||r|| + rlo_x (fp16: the subnormals' half spacing 2^-24 / s_r per column;
-        # tf32: 0), c_lo known; gamma: float32 accumulation; fp16: the unscaling is a power of two),
-        # the canonical chain's own error (gamma_chk), and the roundings of cn - 2 dot and of + rn on
-        # both sides and of this test.
+        # error bound of every proposal score against its canonical value, for the row's largest ||r||
+        # (the bound grows with ||r||; invalid pairs have rn 0): the proposal dot (operands with 11-bit
+        # significands, products exact in float32: ||r_lo|| <= 2^-11 ||r|| + rlo_x (fp16: the subnormals'
+        # half spacing 2^-24 / s_r per column; tf32: 0), c_lo known; gamma: float32 accumulation; fp16:
+        # the unscaling is a power of two), the canonical chain's own error (gamma_chk), and the roundings
+        # of cn - 2 dot and of + rn on both sides and of this test.
         chimax = tl.load(stat_ptr + NST * l)
         clomax = tl.load(stat_ptr + NST * l + 1)
         cnmax = tl.load(stat_ptr + NST * l + 2)
         cmax = chimax + clomax
-        r_n = tl.sqrt(rn)
+        r_n = tl.sqrt(rn_row)
         e_p = (2.0 * (((2.0 ** -11) * r_n + rlo_x) * chimax + r_n * clomax + gamma * r_n * chimax)
-               + 2.0 * gamma_chk * r_n * cmax + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn))
-        e_row = tl.max(tl.where(valid, e_p, 0.0), 1) * 1.0625 + 1e-30
+               + 2.0 * gamma_chk * r_n * cmax + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn_row))
+        e_row = e_p * 1.0625 + 1e-30
         nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
         s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
         # The packing error: a key and its tf32 score share sign, exponent and all but the low
@@ -946,10 +992,10 @@ def _rq_beam_first_kernel(
     COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr,
 ):
     """Level 0 of the beam search: every row has one beam (x itself), so a tile is BM rows of one pair
-    each (the same M = BM rows of the dot as the later levels' BM / BP rows x BP beams). Writes each
+    each (the same M = BM rows of the dot as the later levels' M pairs). Writes each
     row's B best codes of x in (score, code) order to top_ptr [N, BEAM] (-1 where K_0 < B), with the
     scores, proof and exact re-score of :func:`_beam_level` (the same bits as level 0 of the previous
-    fused kernel: ``||x||^2`` is the same [rows, pairs, BU] slice sum). FAST and PROVE: flag_ptr[row]
+    fused kernel: ``||x||^2`` is the same [pairs, BU] slice sum). FAST and PROVE: flag_ptr[row]
     = 1 for rows the window cannot prove (the levels kernel appends them to the redo list). REDO
     (with FAST off): the exact pass over the rows listed in redo_ptr. FAST with PROPOSAL "fp16": the
     GEMM rounds fp16(x s_r) from slot 0 on the way to the MMA, s_r = 2^e_r per row from ||x||
@@ -960,12 +1006,10 @@ def _rq_beam_first_kernel(
     SPAN_U: tl.constexpr = DP if DP <= 256 else BU  # the residual passes: slices unrolled up to DP 256, else a loop
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    cur = scratch_ptr + pid.to(tl.int64) * (3 * BM * DP)  # the levels kernel's slot 0 ...
-    slot_t = cur + 2 * BM * DP  # ... and its tf32 operand slot (unused by the fp16 proposal)
+    cur = scratch_ptr + pid.to(tl.int64) * (2 * BM * DP)  # the levels kernel's slot 0
     mi = tl.arange(0, BM)
     uu = tl.arange(0, BU)
     bidx = tl.arange(0, BP)
-    zero1 = tl.arange(0, 1)
     kend = tl.load(poff_ptr + 1)  # level 0 starts at row 0 of the packed codebook
     kreal = tl.load(kreal_ptr)
     n_rows = N
@@ -978,34 +1022,31 @@ def _rq_beam_first_kernel(
             rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
         tl.debug_barrier()  # the previous tile's reads of the slots are done
-        # x into the slots and ||x||^2, as [BM, 1, BU] slices (the levels' [rows, beams, BU] form)
-        sq = tl.zeros([BM, 1, BU], dtype=tl.float32)
+        # x into the slots and ||x||^2, as [BM, BU] slices (the levels' [pairs, BU] form)
+        sq = tl.zeros([BM, BU], dtype=tl.float32)
         for ub in range(0, DP, SPAN_U):
             for u0 in tl.static_range(0, SPAN_U, BU):
                 cu = ub + u0 + uu
-                xmask = rmask[:, None, None] & (cu < D)[None, None, :]
-                xv = tl.load(x_ptr + rows64[:, None, None] * stride_xm + cu[None, None, :] * stride_xd, mask=xmask,
+                xmask = rmask[:, None] & (cu < D)[None, :]
+                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask,
                              other=0.0).to(tl.float32)
-                at = (mi[:, None, None] + zero1[None, :, None]) * DP + cu[None, None, :]
+                at = mi[:, None] * DP + cu[None, :]
                 tl.store(cur + at, xv)
-                if FAST and not FP16:
-                    tl.store(slot_t + at, _round_tf32(xv))
                 sq += xv * xv
-        rn = tl.sum(sq, 2)  # [BM, 1]
+        rn = tl.sum(sq, 1)  # [BM]
         if FP16:  # one scale per row (the GEMM rounds fp16(x s_r) on the way from slot 0)
-            sr, mult, rlo_x = _beam_fp16_scales(tl.max(rn, 1), tl.load(stat_ptr + 3).to(tl.int32), DP)
+            sr, mult, rlo_x = _beam_fp16_scales(rn, tl.load(stat_ptr + 3).to(tl.int32), DP)
             sr = sr[:, None]
-            mult = mult[:, None, None]
-            rlo_x = rlo_x[:, None]
+            mult = mult[:, None]
         else:  # (placeholders: unused)
             sr = rn
             mult = rn
-            rlo_x = tl.zeros([BM, 1], dtype=tl.float32)
+            rlo_x = tl.zeros([BM], dtype=tl.float32)
         tl.debug_barrier()
-        valid = (rows[:, None] >= 0) & (zero1[None, :] == 0)  # [BM, 1]
-        sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, 0, 0, kend, kreal, D,
-                                           rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, 1, BP, BK, DP, BD, NP,
-                                           FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
+        valid = rows >= 0  # [BM]
+        sel_s, sel_f, unsure = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, flag_ptr, flag_ptr, 0, 0,
+                                           kend, kreal, D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, 1, BM,
+                                           1, BP, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
         code = tl.where(sel_s < INF, sel_f, -1)  # beam 0 only: the id is the code
         tl.store(top_ptr + rows64[:, None] * BEAM + bidx[None, :], code, mask=rmask[:, None] & (bidx < BEAM)[None, :])
         if FAST and PROVE:
@@ -1018,24 +1059,27 @@ def _rq_beam_first_kernel(
 @triton.jit
 def _rq_beam_kernel(
     x_ptr, cb_ptr, cbhi_ptr, cn_ptr, poff_ptr, kreal_ptr, stat_ptr, top_ptr, flag_ptr,
-    q_ptr, dist_ptr, code_ptr, scratch_ptr, path_ptr, redo_ptr, fallback_ptr,
+    q_ptr, dist_ptr, code_ptr, scratch_ptr, path_ptr, lst_ptr, redo_ptr, fallback_ptr,
     N, D, L, stride_xm, stride_xd, gamma, gamma_chk,
-    BEAM: tl.constexpr, BP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
+    BEAM: tl.constexpr, BP: tl.constexpr, M: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr,
     LP: tl.constexpr, BD: tl.constexpr, BU: tl.constexpr, FAST: tl.constexpr, REDO: tl.constexpr,
     PROVE: tl.constexpr, NP: tl.constexpr, COUNT_FALLBACK: tl.constexpr, FMA_CHAIN: tl.constexpr,
     PROPOSAL: tl.constexpr,
 ):
     """Beam search, levels 1..L-1 (level 0: :func:`_rq_beam_first_kernel`, whose B codes per row,
-    top_ptr [N, BEAM], start every row's beams). Persistent programs; a tile is BM rows x BP beams = M
-    (row, beam) pairs, the rows of the dot. The pairs' residuals live in this program's scratch slots
-    [M, DP] (L2; slots 0 and 1: the float32 residuals, one read, the other written, swapped per level;
-    slot 2: the tf32 proposal's MMA operand, the tf32 rounding of the current one; unused by the fp16
-    proposal), never in registers:
-    the score dot runs over D in BD steps, the new residuals (parent's residual minus the chosen
-    codeword, a gather by row index; x minus the codeword after level 0) and their norms in
-    [BM, BP, BU] slices. Only valid pairs (fewer than B where K_0 < B, or K_0 K_1 ... < B) are read
-    and written, after the last level only the best one (its distance and the quantized row) and no
-    tf32 copy; an invalid pair's slot rows keep stale finite values, which its masked scores ignore.
+    top_ptr [N, BEAM], start every row's beams). Persistent programs; a tile is M (row, beam) pairs, the
+    rows of the dot, packed densely: RB = M // BEAM rows of BEAM pairs each, pair p = row i * BEAM + beam b
+    (M 128 at B 5: 25 rows, 3 padding pairs; a row-major [rows, next_pow2(B)] tile would leave 3/8 of the
+    MMA, the operand streaming and the epilogue to beams that do not exist). The rows' own values (lists,
+    proof, outputs) use a [BM, ...] layout, BM = next_pow2(RB) (rows RB.. masked); the pairs' lists reach it
+    through memory (:func:`_beam_level`). The pairs' residuals live in this program's scratch slots [M, DP]
+    (L2; slots 0 and 1, one read, the other written, swapped per level), never in registers: the score dot
+    runs over D in BD steps, the new residuals (parent's residual minus the chosen codeword, a gather by
+    row index; x minus the codeword after level 0) and their norms in [M, BU] slices. Only valid pairs
+    (fewer than B where K_0 < B, or K_0 K_1 ... < B) are read and written, after the last level only the
+    best one (its distance and the quantized row); an invalid pair's slot rows keep stale finite values,
+    which its masked scores ignore. The back-pointers (parent, code, ||r||^2 bits per level and pair)
+    are in path_ptr: written by rows, read back by pairs.
 
     The score of candidate (beam b, code k) is ``fl(fl(cn_k - 2 dot) + rn_b)`` (rn_b = ||r_b||^2 as
     this kernel sums it, dot the canonical FMA chain), the B best of a row's B*K candidates kept in
@@ -1045,73 +1089,75 @@ def _rq_beam_kernel(
     out with ``tl.fma`` under FMA_CHAIN). REDO (with FAST off): the same over the rows listed in
     redo_ptr (N read from redo_ptr[0]). FAST: a proposal pass: per chunk of BK codewords a GEMM of
     the pairs' residuals with the codebook (fp16 scaled or tf32: PROPOSAL, below), and the NP smallest
-    packed proposal keys of the row are kept (over all its beams; the chunk-local (beam, code) in the low
-    log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the window) are re-scored
+    packed proposal keys of the row are kept (over all its beams: each pair's NP, then merged per row;
+    the chunk-local (beam, code) in the low log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the window) are re-scored
     exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
     taken; the row is proven when the NP-th key minus its packing error and the row's error bound is
     above the B-th exact score (then every candidate outside the window is worse than all B chosen,
     ties included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the
     exact passes re-encode them). Without PROVE (precision="fast"): the B best keys as they are
     (NP = BP). PROPOSAL "fp16": the GEMM's operands are fp16(c sc_l) (the host's) and fp16(r s_r),
-    rounded from the float32 slot on the way to the MMA (no operand slot: slot 2 serves tf32 only),
-    with powers of two sc_l per level and s per tile and level, shared by its rows and beams, from the
+    rounded from the float32 slot on the way to the MMA (tf32: its rounding, the same way), with powers
+    of two sc_l per level and s per tile and level, shared by its rows and beams, from the
     largest of their ||r|| (:func:`_beam_fp16_scales`); the proof's ||r_lo|| is bounded by
     2^-11 ||r|| + DP 2^-24 / s (fp16 subnormals: a row ~2^28 below its tile's largest is redone)."""
     INF: tl.constexpr = float("inf")
-    M: tl.constexpr = BM * BP
+    RB: tl.constexpr = M // BEAM  # rows per tile (pairs RB * BEAM.. are padding)
     FP16: tl.constexpr = FAST and PROPOSAL == "fp16"
     NST: tl.constexpr = 5 if PROPOSAL == "fp16" else 3  # floats per level in stat_ptr
     SPAN_U: tl.constexpr = DP if DP <= 256 else BU  # the residual passes: slices unrolled up to DP 256, else a loop
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    slot_a = scratch_ptr + pid.to(tl.int64) * (3 * M * DP)
+    slot_a = scratch_ptr + pid.to(tl.int64) * (2 * M * DP)
     slot_b = slot_a + M * DP
-    slot_t = slot_b + M * DP  # the tf32 proposal's operand: the tf32 rounding of the current residuals
     pp = path_ptr + pid.to(tl.int64) * (L * 3 * M)  # per level and pair: parent, code, distance (backtracked)
+    lst = lst_ptr + pid.to(tl.int64) * (2 * M * NP)  # the pairs' candidate lists on their way to the rows
     mi = tl.arange(0, BM)
     bidx = tl.arange(0, BP)
     uu = tl.arange(0, BU)
-    pair = mi[:, None] * BP + bidx[None, :]  # [BM, BP]: the pair's row in a slot
+    pi = tl.arange(0, M)  # pair pi: row pi // BEAM of the tile, its beam pi % BEAM
+    prow = pi // BEAM
+    pbeam = pi % BEAM
+    at_r = mi[:, None] * BEAM + bidx[None, :]  # [BM, BP]: a row's beams as pairs
+    am_r = (mi < RB)[:, None] & (bidx < BEAM)[None, :]
     n_rows = N
     if REDO:
         n_rows = tl.load(redo_ptr)
-    for tile in range(pid, tl.cdiv(n_rows, BM), nprog):
-        rows = tile * BM + mi
-        rmask = rows < n_rows
+    for tile in range(pid, tl.cdiv(n_rows, RB), nprog):
+        rows = tile * RB + mi
+        rmask = (mi < RB) & (rows < n_rows)
+        prows = tile * RB + prow
+        pmask = (prow < RB) & (prows < n_rows)
         if REDO:
             rows = tl.load(redo_ptr + 1 + rows, mask=rmask, other=0)
+            prows = tl.load(redo_ptr + 1 + prows, mask=pmask, other=0)
         rows64 = rows.to(tl.int64)
+        prows64 = prows.to(tl.int64)
         cur = slot_a
         nxt = slot_b
         tl.debug_barrier()  # the previous tile's reads of the slots are done
         # level 0's choice (the first kernel): beam b = x - c_0[code_b], parent 0
-        code = tl.load(top_ptr + rows64[:, None] * BEAM + bidx[None, :], mask=rmask[:, None] & (bidx < BEAM)[None, :],
-                       other=-1)
+        code = tl.load(top_ptr + prows64 * BEAM + pbeam, mask=pmask, other=-1)
         valid = code >= 0
         code = tl.where(valid, code, 0)
-        parent = tl.zeros([BM, BP], dtype=tl.int32)
+        parent = tl.zeros([M], dtype=tl.int32)
         cw = code.to(tl.int64) * DP  # level 0 starts at row 0 of the packed codebook
         # the residuals of the valid pairs (after the last level only the best one's: its distance and q)
-        more = (tl.zeros([BM, BP], dtype=tl.int32) + L) > 1  # (a tensor: L == 1 is specialised to a constant)
-        v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
-        t3 = v3 & more[:, :, None]  # the tf32 operand copy: for a next level's MMA only
-        sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+        more = (tl.zeros([M], dtype=tl.int32) + L) > 1  # (a tensor: L == 1 is specialised to a constant)
+        v2 = (valid & ((pbeam == 0) | more))[:, None]
+        sq = tl.zeros([M, BU], dtype=tl.float32)
         for ub in range(0, DP, SPAN_U):
             for u0 in tl.static_range(0, SPAN_U, BU):
                 cu = ub + u0 + uu
-                # x as [BM, BU] (a [BM, BP, BU] load of it: 255 registers and a 56-byte stack on triton 3.9)
-                xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd,
-                             mask=rmask[:, None] & (cu < D)[None, :], other=0.0)
-                rv = xv.to(tl.float32)[:, None, :] - tl.load(cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
-                tl.store(cur + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-                if FAST and not FP16:
-                    tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
+                m2 = v2 & (cu < D)[None, :]  # (pairs not written: r = 0, ||r||^2 = 0)
+                xv = tl.load(x_ptr + prows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=m2, other=0.0)
+                rv = xv.to(tl.float32) - tl.load(cb_ptr + cw[:, None] + cu[None, :], mask=v2, other=0.0)
+                tl.store(cur + pi[:, None] * DP + cu[None, :], rv, mask=v2)
                 sq += rv * rv
-        rn = tl.where(v3, sq, 0.0)  # pairs not written: 0 (a select per slice above: 255 registers and a 56-byte stack on 3.9)
-        rn = tl.sum(rn, 2)  # [BM, BP]
-        tl.store(pp + pair, parent)
-        tl.store(pp + M + pair, code)
-        tl.store(pp + 2 * M + pair, rn.to(tl.int32, bitcast=True))
+        rn = tl.sum(sq, 1)  # [M]
+        tl.store(pp + pi, parent)
+        tl.store(pp + M + pi, code)
+        tl.store(pp + 2 * M + pi, rn.to(tl.int32, bitcast=True))
         if FAST and PROVE:
             redo = tl.load(flag_ptr + rows, mask=rmask, other=0)  # unproven at level 0
         else:
@@ -1122,51 +1168,51 @@ def _rq_beam_kernel(
             kend = tl.load(poff_ptr + l + 1)
             kreal = tl.load(kreal_ptr + l)
             if FP16:  # one scale per tile and level (the GEMM rounds fp16(r s) on the way from the slot). Per
-                # row (a [BM * BP, 1] broadcast in the operand's layout): 255 registers and a 20-byte spill on
-                # 3.9. A scalar mult made triton 3.6 emit a degenerate HGMMA (64x8x16, RZ operands) in place
-                # of the proposal's MMA: a [BM, 1, 1] tensor keeps the real one (sm_90 SASS, 2026-12-05).
-                sr, mult, rlo_x = _beam_fp16_scales(tl.max(tl.max(rn, 1), 0),
-                                                    tl.load(stat_ptr + NST * l + 3).to(tl.int32), DP)
-                mult = mult + tl.zeros([BM, 1, 1], dtype=tl.float32)
-                rlo_x = rlo_x + tl.zeros([BM, 1], dtype=tl.float32)
+                # row (a [M, 1] broadcast in the operand's layout): 255 registers and a 20-byte spill on 3.9. A
+                # scalar mult made triton 3.6 emit a degenerate HGMMA (64x8x16, RZ operands) in place of the
+                # proposal's MMA: a [M, 1] tensor keeps the real one (sm_90 SASS, 2026-12-05).
+                sr, mult, rlo_x = _beam_fp16_scales(tl.max(rn, 0), tl.load(stat_ptr + NST * l + 3).to(tl.int32), DP)
+                mult = mult + tl.zeros([M, 1], dtype=tl.float32)
+                rlo_x = rlo_x + tl.zeros([BM], dtype=tl.float32)
             else:  # (placeholders: unused)
                 sr = rn
                 mult = rn
-                rlo_x = tl.zeros([BM, 1], dtype=tl.float32)
-            sel_s, sel_f, unsure = _beam_level(cur, slot_t, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, l, kbeg, kend, kreal,
-                                               D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, BP, BP, BK, DP,
-                                               BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
+                rlo_x = tl.zeros([BM], dtype=tl.float32)
+            sel_s, sel_f, unsure = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst,
+                                               pp + (3 * l - 1) * M, l, kbeg, kend, kreal, D, rn, valid, sr, mult, rlo_x,
+                                               gamma, gamma_chk, BEAM, M, BEAM, BM, BP, BP, BK, DP, BD, NP, FAST, PROVE,
+                                               FMA_CHAIN, PROPOSAL, NST)
             if FAST and PROVE:
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
-            valid = sel_s < INF
-            parent = tl.where(valid, sel_f // kreal, 0)
-            code = tl.where(valid, sel_f % kreal, 0)
-            src = mi[:, None] * BP + parent  # [BM, BP]: the parent's row in the current slot
+            # back-pointers (in memory, not registers: the paths are followed back at the end), from the rows'
+            # layout to the pairs' (code -1: no such candidate)
+            ok = sel_s < INF
+            tl.store(pp + (3 * l) * M + at_r, tl.where(ok, sel_f // kreal, 0), mask=am_r)
+            tl.store(pp + (3 * l + 1) * M + at_r, tl.where(ok, sel_f % kreal, -1), mask=am_r)
+            tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
+            parent = tl.load(pp + (3 * l) * M + pi, mask=prow < RB, other=0)
+            code = tl.load(pp + (3 * l + 1) * M + pi, mask=prow < RB, other=-1)
+            valid = code >= 0
+            code = tl.where(valid, code, 0)
+            src = prow * BEAM + parent  # [M]: the parent's row in the current slot
             cw = (kbeg + code).to(tl.int64) * DP
             # valid pairs only (the others' loads and stores are masked off); after the last level only
             # the best beam's residual is needed (its distance and q), and no tf32 copy
-            more = (tl.zeros([BM, BP], dtype=tl.int32) + l) < L - 1
-            v3 = (valid & ((bidx == 0)[None, :] | more))[:, :, None]
-            t3 = v3 & more[:, :, None]
-            tl.debug_barrier()  # the dot's reads of the current slot are done (the next slot is free)
-            sq = tl.zeros([BM, BP, BU], dtype=tl.float32)
+            more = (tl.zeros([M], dtype=tl.int32) + l) < L - 1
+            v2 = (valid & ((pbeam == 0) | more))[:, None]
+            sq = tl.zeros([M, BU], dtype=tl.float32)
             for ub in range(0, DP, SPAN_U):
                 for u0 in tl.static_range(0, SPAN_U, BU):
                     cu = ub + u0 + uu
-                    rv = tl.load(cur + src[:, :, None] * DP + cu[None, None, :], mask=v3, other=0.0) - tl.load(
-                        cb_ptr + cw[:, :, None] + cu[None, None, :], mask=v3, other=0.0)
-                    tl.store(nxt + pair[:, :, None] * DP + cu[None, None, :], rv, mask=v3)
-                    if FAST and not FP16:
-                        tl.store(slot_t + pair[:, :, None] * DP + cu[None, None, :], _round_tf32(rv), mask=t3)
+                    rv = tl.load(cur + src[:, None] * DP + cu[None, :], mask=v2, other=0.0) - tl.load(
+                        cb_ptr + cw[:, None] + cu[None, :], mask=v2, other=0.0)
+                    tl.store(nxt + pi[:, None] * DP + cu[None, :], rv, mask=v2)
                     sq += rv * rv
-            rn = tl.sum(sq, 2)
-            # back-pointers (in memory, not registers: the paths are followed back at the end)
-            tl.store(pp + (3 * l) * M + pair, parent)
-            tl.store(pp + (3 * l + 1) * M + pair, code)
-            tl.store(pp + (3 * l + 2) * M + pair, rn.to(tl.int32, bitcast=True))
+            rn = tl.sum(sq, 1)
+            tl.store(pp + (3 * l + 2) * M + pi, rn.to(tl.int32, bitcast=True))
             tl.debug_barrier()  # the new residuals are visible to every thread
             tmp = cur
             cur = nxt
@@ -1175,10 +1221,10 @@ def _rq_beam_kernel(
         b = tl.zeros([BM], dtype=tl.int32)
         for i in range(0, L):
             l = L - 1 - i
-            at = pp + mi * BP + b
-            c0 = tl.load(at + (3 * l + 1) * M)
-            d0 = tl.load(at + (3 * l + 2) * M).to(tl.float32, bitcast=True)
-            b = tl.load(at + (3 * l) * M)
+            at = pp + mi * BEAM + b
+            c0 = tl.load(at + (3 * l + 1) * M, mask=rmask, other=0)
+            d0 = tl.load(at + (3 * l + 2) * M, mask=rmask, other=0).to(tl.float32, bitcast=True)
+            b = tl.load(at + (3 * l) * M, mask=rmask, other=0)
             tl.store(code_ptr + rows64 * L + l, c0, mask=rmask)
             tl.store(dist_ptr + rows64 * L + l, d0, mask=rmask)
         for ub in range(0, DP, SPAN_U):
@@ -1186,7 +1232,7 @@ def _rq_beam_kernel(
                 cu = ub + u0 + uu
                 xmask = rmask[:, None] & (cu < D)[None, :]
                 xv = tl.load(x_ptr + rows64[:, None] * stride_xm + cu[None, :] * stride_xd, mask=xmask, other=0.0)
-                r0 = tl.load(cur + (mi * BP)[:, None] * DP + cu[None, :])
+                r0 = tl.load(cur + (mi * BEAM)[:, None] * DP + cu[None, :], mask=xmask, other=0.0)
                 tl.store(q_ptr + rows64[:, None] * D + cu[None, :], xv.to(tl.float32) - r0, mask=xmask)
         if FAST and PROVE:
             _append_redo(redo, rows, redo_ptr, fallback_ptr, COUNT_FALLBACK)
@@ -1340,7 +1386,8 @@ def residual_quantize_triton(
         block_m, block_k, num_warps, num_stages, block_d, block_u: override the tile heuristic
             (tuning; greedy: of the proposal pass, or of the exact pass with ``fast=False``; block_d:
             D-step of the MMA, the float32 re-check and the exact pass; block_u: D-slice of the
-            passes over the residual).
+            passes over the residual; beam: a tile is block_m x next_pow2(B) (row, beam) pairs, the
+            rows of the dot, holding block_m x next_pow2(B) // B rows of B beams each).
         programs_per_sm: CUDA: persistent programs per SM (greedy and beam; tuning; default 1: ~200
             registers per thread x 256 threads).
         _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the proposal pass could
@@ -1442,15 +1489,15 @@ def residual_quantize_triton(
         bm, bk = tiles_fast.bm, tiles_fast.bk
     else:
         bp = _next_pow2(beam_width)
-        bm = max(1, (64 if _INTERPRET else 128) // bp)  # (row, beam) pairs per tile: 128 on the GPU
-        # BLOCK_K: the tf32 pass 128 (both kernels: A re-read twice per level at K 256, not 8 times; its
-        # packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the redo
-        # tier) 64 on the GPU: no spills on triton 3.6 or 3.9 with BU 16 (tests/test_sm90_compile.py; the
-        # levels kernel's tf32 pass at BK 64: 8 / 8 B spilled on 3.6, a 64-byte stack on 3.9); block_k sets
-        # the pass that runs first (beam: a power of two in [16, 1024]). BU (and BM, BP, warps)
-        # must be the same in every pass: ||r||^2 is a tl.sum over BU-wide slices, and the redone rows are
-        # bit for bit the exact kernel's.
-        bk_exact = 32 if _INTERPRET else 64
+        bm = max(1, (64 if _INTERPRET else 128) // bp)  # x BP = (row, beam) pairs per tile: 128 on the GPU
+        # BLOCK_K: the proposal pass 128 (both kernels: A re-read twice per level at K 256, not 8 times;
+        # its packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the
+        # redo tier) 32 with 2 stages on the GPU: no spills on triton 3.6 or 3.9 with BU 16
+        # (tests/test_sm90_compile.py; with the dense pair tiles BK 64 / 3 stages spilled 4-12 B on 3.6 and
+        # left a 16-48 B stack on 3.9); block_k sets the pass that runs first (beam: a power of two in
+        # [16, 1024]). BU (and BM, BP, warps) must be the same in every pass: ||r||^2 is a tl.sum over
+        # BU-wide slices, and the redone rows are bit for bit the exact kernel's.
+        bk_exact = 32
         bk = 32 if _INTERPRET else 128
         if block_k is not None and (block_k < 16 or block_k > 1024 or block_k & (block_k - 1)):
             # (the packed keys hold log2(BP * BLOCK_K) <= 14 low mantissa bits of the score)
@@ -1459,10 +1506,11 @@ def residual_quantize_triton(
             bk, bk_exact = (block_k, min(block_k, bk_exact)) if fast else (block_k, block_k)
         elif not fast:
             bk = bk_exact
-        nw, ns = (4, 1) if _INTERPRET else (8, 3)
+        nw, ns, ns_exact = (4, 1, 1) if _INTERPRET else (8, 3, 2)
         bm = block_m or bm
         nw = num_warps or nw
         ns = num_stages or ns
+        ns_exact = num_stages or ns_exact
 
     # codebook padded per level to a multiple of BLOCK_K rows and to DP columns (no masks
     # in the kernel); padding rows get ||c||^2 = 3e38 so they never win.
@@ -1498,21 +1546,25 @@ def residual_quantize_triton(
 
     if beam_width > 1:
         bp = _next_pow2(beam_width)
-        m = bm * bp
-        if dev.type == "cuda":  # persistent: one program per SM, its three residual slots in L2
-            nprog = min(grid[0], (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
-            nprog = max(1, min(nprog, _SCRATCH_BYTES // (3 * m * dp * 4)))
+        m = bm * bp  # (row, beam) pairs per tile, the rows of the dot: m // B rows of B pairs each, packed densely
+        rb = m // beam_width
+        tiles = triton.cdiv(n, rb)
+        if dev.type == "cuda":  # persistent: one program per SM, its two residual slots in L2
+            nprog = min(tiles, (programs_per_sm or 1) * torch.cuda.get_device_properties(dev).multi_processor_count)
+            nprog = max(1, min(nprog, _SCRATCH_BYTES // (2 * m * dp * 4)))
         else:
-            nprog = min(grid[0], 2)
+            nprog = min(tiles, 2)
         # zeros: an invalid pair's slot rows are never written (their scores are masked), so they hold
         # finite values from the start (no NaN garbage in the MMA's rows)
-        scratch = torch.zeros((nprog, 3, m, dp), dtype=torch.float32, device=dev)
+        scratch = torch.zeros((nprog, 2, m, dp), dtype=torch.float32, device=dev)
         paths = torch.empty((nprog, levels, 3, m), dtype=torch.int32, device=dev)
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
         bu = min(dp, block_u or (dp if _INTERPRET else (16 if dp <= 256 else 32)))  # (beyond DP 256 the kernels loop
         # over the slices of their residual passes: unrolled at D 1024 with BU 64 they spilled 36 / 48 B on 3.6)
         # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
         np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
+        np_lists = np_win if fast and prove else bp
+        lists = torch.empty((nprog, 2, m, np_lists), dtype=torch.int32, device=dev)  # the pairs' lists -> rows
         redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)
         # level 0 (one beam per row: x) is a per-row top-B of x's scores in tiles of M rows (the first
         # kernel), its B codes per row in top0; the levels kernel starts each row's beams from them
@@ -1524,15 +1576,17 @@ def residual_quantize_triton(
         passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
         for fast_pass, redo_pass in passes:
             kw = dict(BEAM=beam_width, BP=bp, BK=bk if fast_pass else bk_exact, DP=dp, BD=bd, BU=bu, FAST=fast_pass,
-                      REDO=redo_pass, PROVE=prove and fast_pass, NP=np_win if fast_pass and prove else bp,
+                      REDO=redo_pass, PROVE=prove and fast_pass, NP=np_lists if fast_pass else bp,
                       COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
-                      PROPOSAL=proposal if fast_pass else "tf32", num_warps=nw, num_stages=ns)  # (exact: one compile)
+                      PROPOSAL=proposal if fast_pass else "tf32", num_warps=nw,
+                      num_stages=ns if fast_pass else ns_exact)  # (exact: one compile)
             _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, counter,
                 n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)
             _rq_beam_kernel[(nprog,)](
-                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, redo, counter,
-                n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, BM=bm, LP=_next_pow2(levels), **kw)
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, lists, redo,
+                counter, n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, M=m, BM=_next_pow2(rb),
+                LP=_next_pow2(levels), **kw)
         return q, dist, codes
 
     # rows the proposal pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)

@@ -418,7 +418,7 @@ def test_op_runs_the_fast_beam_kernel(monkeypatch):
 
 @needs_triton
 def test_invalid_pairs_are_never_written(monkeypatch):
-    """Beams that do not exist (pairs B..BP-1 of every row, and the missing ones where K_0 K_1 < B) cost
+    """Beams that do not exist (the missing ones where K_0 K_1 < B, and a tile's pairs beyond its rows) cost
     no residual traffic: their slot rows keep whatever they held (a sentinel here) in every pass, and
     the outputs are the exact kernels' all the same."""
     import pysid.kernels.residual_quantize as kmod
@@ -442,11 +442,14 @@ def test_invalid_pairs_are_never_written(monkeypatch):
         scratch.clear()
         assert same(launch(x, cbs, 5, **kw), exact)
         (sl,) = scratch
+        n = x.shape[0]
         nprog, _, m, dp = sl.shape
-        pairs = sl.view(nprog, 3, m // 8, 8, dp)[:, 1]  # slot 1 (level 1's residuals): BP 8 beams per row
-        # (slot 0 holds x for the first kernel, the tf32 slot its rounding: written whole)
-        assert (pairs[:, :, 4:] == 7.0).all()  # at most 4 beams exist after level 1 (K_0 K_1 = 4 < 5)
-        assert (pairs[:, :x.shape[0], :4] != 7.0).all()  # the 4 that exist were written (one tile per program)
+        assert nprog == 1 and m >= 5 * n  # one tile: its pairs are row * 5 + beam, densely
+        pairs = sl[0, 1, :5 * n].view(n, 5, dp)  # slot 1 (level 1's residuals; slot 0 holds x for the first
+        # kernel: written whole)
+        assert (pairs[:, 4:] == 7.0).all()  # at most 4 beams exist after level 1 (K_0 K_1 = 4 < 5)
+        assert (pairs[:, :4] != 7.0).all()  # the 4 that exist were written
+        assert (sl[0, 1, 5 * n:] == 7.0).all()  # the tile's pairs beyond its rows
 
 
 @requires_cuda

@@ -39,13 +39,14 @@ def kernel_jobs() -> list[dict]:
     greedy16_sig = dict(greedy_sig, cbhi_ptr="*fp16")
     beam_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                 "kreal_ptr": "*i32", "stat_ptr": F32, "top_ptr": "*i32", "flag_ptr": "*i32", "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
-                "scratch_ptr": F32, "path_ptr": "*i32", "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
+                "scratch_ptr": F32, "path_ptr": "*i32", "lst_ptr": "*i32", "redo_ptr": "*i32", "fallback_ptr": "*i32", "N": I32,
                 "D": I32, "L": I32, "stride_xm": I32, "stride_xd": I32, "gamma": "fp32", "gamma_chk": "fp32"}
-    # residual_quantize_triton(beam_width=5) on CUDA: BM 16 rows x BP 8 beams, BD 16, BU 16, 8 warps, 3 stages;
+    # residual_quantize_triton(beam_width=5) on CUDA: M 128 (row, beam) pairs, 25 rows of 5 packed densely (BM 32:
+    # the rows' layout, padded), BP 8 (packing, list width), BD 16, BU 16, 8 warps, 3 stages;
     # BK 128 in the proposal pass (packed keys; it keeps NP 8 candidates per row: window 7; fp16 by default, the
-    # codebook operand cbhi_ptr then fp16; tf32 on request), 64 in the exact kernel / redo (the tf32 pass at BK 64
-    # spilled 32 / 32 B on 3.9 and 3.6 before the chunk loop's disable_licm, 8 / 8 on 3.6 after it: 2026-12-05)
-    beam = dict(BEAM=5, BP=8, BM=16, BK=128, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False,
+    # codebook operand cbhi_ptr then fp16; tf32 on request), 32 with 2 stages in the exact kernel / redo (BK 64 with
+    # 3 stages spilled 4-12 B on 3.6 with the dense pair tiles, 2026-12-05)
+    beam = dict(BEAM=5, BP=8, M=128, BM=32, BK=128, DP=256, LP=4, BD=16, BU=16, COUNT_FALLBACK=False, FMA_CHAIN=False,
                 PROPOSAL="tf32")
     # level 0 (_rq_beam_first_kernel): one pair per row, BM 128 rows, the same BP (list width), BK, BD, BU
     first_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32", "kreal_ptr": "*i32",
@@ -103,9 +104,9 @@ def kernel_jobs() -> list[dict]:
              divisible=div, constexprs=dict(greedy, DP=1024, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
              num_warps=8, num_stages=3),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
+             constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=False, REDO=True, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
+             constexprs=dict(beam, FAST=False, REDO=True, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
         dict(name="rq_beam5_fast", module=rq, kernel="_rq_beam_kernel", signature=beam16_sig, divisible=div,
              constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"), num_warps=8,
              num_stages=3),
@@ -116,10 +117,10 @@ def kernel_jobs() -> list[dict]:
              constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="tf32"), num_warps=8,
              num_stages=3),
         dict(name="rq_beam5_first", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig, divisible=div,
-             constexprs=dict(first, FAST=False, REDO=False, PROVE=False, NP=8, BK=64), num_warps=8, num_stages=3),
+             constexprs=dict(first, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
         dict(name="rq_beam5_first_redo", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
-             divisible=div, constexprs=dict(first, FAST=False, REDO=True, PROVE=False, NP=8, BK=64), num_warps=8,
-             num_stages=3),
+             divisible=div, constexprs=dict(first, FAST=False, REDO=True, PROVE=False, NP=8, BK=32), num_warps=8,
+             num_stages=2),
         dict(name="rq_beam5_first_fast", module=rq, kernel="_rq_beam_first_kernel", signature=first16_sig,
              divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"),
              num_warps=8, num_stages=3),
