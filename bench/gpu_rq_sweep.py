@@ -79,13 +79,15 @@ def main() -> None:
                 # 2026-12-05 (fifth session): the beam proposal is fp16 (scaled per row / tile and level, A rounded
                 # from the float32 slot on the way to the MMA); the former tf32 proposal beside it
                 ("beam 5 tf32 proposal", {"beam": 5, "_proposal": "tf32"}),
-                # two co-resident programs per SM (one's epilogue under the other's MMA and streaming): 8 rows x
-                # 8 beams, 4 warps; sm_90 on triton 3.6: 240 registers (first kernel 216), no spill, 22 KB of
-                # shared memory (3.9: 255 registers and 4 B spilled; 2 stages: none)
+                # two co-resident programs per SM (one's epilogue under the other's MMA and streaming): 64 pairs
+                # (12 rows x 5 beams since the dense tiles of 2026-12-05, sixth session), 4 warps; sm_90: 255
+                # registers and 4 / 4 B spilled on triton 3.6 (3.9: 203, none). Before the dense tiles (8 rows x 8
+                # slots): 240 registers on 3.6, no spill
                 ("beam 5 bm8 w4 2/SM", {"beam": 5, "block_m": 8, "num_warps": 4, "programs_per_sm": 2}),
                 ("beam 5 window 15", {"beam": 5, "beam_window": 15}),
                 ("beam 5 bm8", {"beam": 5, "block_m": 8}), ("beam 5 bk64", {"beam": 5, "block_k": 64}),
                 ("beam 5 bd32", {"beam": 5, "block_d": 32}), ("beam 5 w4", {"beam": 5, "num_warps": 4}),
+                # (the exact kernel's default is BK 32 / 2 stages since the dense tiles; BK 64 spills 4 B on 3.6)
                 ("beam 5 exact kernel bk64", {"beam": 5, "fast": False, "block_k": 64}),
                 # 2026-12-05 (beamk2): the tf32 pass's epilogue on packed (score, candidate) keys, default BLOCK_K
                 # 128 in both beam kernels (A re-read 2x per level at K 256); "beam 5 bk64" above: BK 64 spills a
