@@ -1044,6 +1044,7 @@ def _rq_beam_first_kernel(
             rlo_x = tl.zeros([BM], dtype=tl.float32)
         tl.debug_barrier()
         valid = rows >= 0  # [BM]
+        # (one pair per row: M = BM rows, RPB 1, no list scratch or stored norms: flag_ptr stands in for both)
         sel_s, sel_f, unsure = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, flag_ptr, flag_ptr, 0, 0,
                                            kend, kreal, D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, 1, BM,
                                            1, BP, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
