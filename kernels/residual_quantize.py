@@ -928,7 +928,41 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         rn_row = tl.where(valid, rn, 0.0)
     unsure = mi < 0  # none
     if FAST and PROVE:
-        # exact re-score of the window (the first NP - 1 proposals): the canonical chain
+        # error bound of every proposal score against its canonical value, for the row's largest ||r||
+        # (the bound grows with ||r||; invalid pairs have rn 0): the proposal dot (operands with 11-bit
+        # significands, products exact in float32: ||r_lo|| <= 2^-11 ||r|| + rlo_x (fp16: the subnormals'
+        # half spacing 2^-24 / s_r per column; tf32: 0), c_lo known; gamma: float32 accumulation; fp16:
+        # the unscaling is a power of two), the canonical chain's own error (gamma_chk), and the roundings
+        # of cn - 2 dot and of + rn on both sides and of the tests below.
+        chimax = tl.load(stat_ptr + NST * l)
+        clomax = tl.load(stat_ptr + NST * l + 1)
+        cnmax = tl.load(stat_ptr + NST * l + 2)
+        cmax = chimax + clomax
+        r_n = tl.sqrt(rn_row)
+        e_p = (2.0 * (((2.0 ** -11) * r_n + rlo_x) * chimax + r_n * clomax + gamma * r_n * chimax)
+               + 2.0 * gamma_chk * r_n * cmax + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn_row))
+        e_row = e_p * 1.0625 + 1e-30
+        # The packing error: a key and its proposal score share sign, exponent and all but the low
+        # P = log2(PB * BK) mantissa bits, so |key - s| < 2^P ulp <= 2^(P-23) |key| (+ 2^(P-149) for
+        # subnormals, inside e_row's 1e-30): a candidate's exact score lies in [key - pk - e_row, key + pk +
+        # e_row], pk = 2^(P-22) |key| (2^(P-22): room for the rounding of these tests).
+        # Rows whose first B + 1 keys have pairwise disjoint intervals: their key order is the exact order
+        # (strictly: no exact ties) and every other candidate is worse than the B-th, so the first B keys
+        # are the exact answer and their window needs no re-score (its loads are masked off).
+        # (fp16 only: with the tf32 proposal the test spilled 16-20 B on triton 3.6; tf32 re-scores every row)
+        sep = mi < 0
+        if PROPOSAL == "fp16":
+            sep = mi >= 0
+            k_i = tl.sum(tl.where(sidx[None, :] == 0, sel_s, 0.0), 1)
+            prev_hi = (k_i + (PB * BK * 2.0 ** -22) * tl.abs(k_i)) + e_row
+            for i in tl.static_range(1, BEAM + 1):
+                k_i = tl.sum(tl.where(sidx[None, :] == i, sel_s, 0.0), 1)
+                pk_i = (PB * BK * 2.0 ** -22) * tl.abs(k_i)
+                sep = sep & (((k_i - pk_i) - e_row) > prev_hi)
+                prev_hi = (k_i + pk_i) + e_row
+        nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
+        thr = tl.where(nxt_v < INF, (nxt_v - (PB * BK * 2.0 ** -22) * tl.abs(nxt_v)) - e_row, float("nan"))
+        # exact re-score of the other rows' window (the first NP - 1 proposals): the canonical chain
         win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
         wb = tl.where(win, sel_f // kreal, 0)
         wc = tl.where(win, sel_f % kreal, 0)
@@ -938,7 +972,7 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         # of the slots and the packed codebook are zeros: fma(0, 0, acc) == acc)
         dot = tl.zeros([BM, NP], dtype=tl.float32)
         j4 = tl.arange(0, 4)
-        w3 = win[:, :, None]
+        w3 = (win & ~sep[:, None])[:, :, None]
         for j0 in range(0, D, 4):
             j0 = tl.multiple_of(j0, 4)
             a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
@@ -949,35 +983,15 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         else:
             rn_w = rn[:, None]
         cn_w = tl.load(cn_ptr + kbeg + wc)
-        ex = (cn_w - 2.0 * dot) + rn_w
+        ex = tl.where(sep[:, None], sel_s, (cn_w - 2.0 * dot) + rn_w)  # (separated rows: the keys' order)
         ex = tl.where(win, ex, INF)
         top_s = tl.full([BM, BP], INF, tl.float32)
         top_f = tl.full([BM, BP], BIG, tl.int32)
         top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
-        # error bound of every proposal score against its canonical value, for the row's largest ||r||
-        # (the bound grows with ||r||; invalid pairs have rn 0): the proposal dot (operands with 11-bit
-        # significands, products exact in float32: ||r_lo|| <= 2^-11 ||r|| + rlo_x (fp16: the subnormals'
-        # half spacing 2^-24 / s_r per column; tf32: 0), c_lo known; gamma: float32 accumulation; fp16:
-        # the unscaling is a power of two), the canonical chain's own error (gamma_chk), and the roundings
-        # of cn - 2 dot and of + rn on both sides and of this test.
-        chimax = tl.load(stat_ptr + NST * l)
-        clomax = tl.load(stat_ptr + NST * l + 1)
-        cnmax = tl.load(stat_ptr + NST * l + 2)
-        cmax = chimax + clomax
-        r_n = tl.sqrt(rn_row)
-        e_p = (2.0 * (((2.0 ** -11) * r_n + rlo_x) * chimax + r_n * clomax + gamma * r_n * chimax)
-               + 2.0 * gamma_chk * r_n * cmax + (2.0 ** -21) * (cnmax + 2.0 * r_n * cmax + rn_row))
-        e_row = e_p * 1.0625 + 1e-30
-        nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
+        # every candidate outside the window (key >= nxt_v, the (key, id) order) has an exact score >= thr:
+        # the row is proven when that is above the B-th exact score (strict: ties redo)
         s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
-        # The packing error: a key and its tf32 score share sign, exponent and all but the low
-        # P = log2(PB * BK) mantissa bits, so |key - s| < 2^P ulp <= 2^(P-23) |key| (+ 2^(P-149) for
-        # subnormals, inside e_row's 1e-30), and s >= g(key) = key - 2^(P-23) |key|, g increasing:
-        # every candidate outside the window (key >= nxt_v, the (key, id) order) has a tf32 score
-        # >= g(nxt_v) and an exact score >= g(nxt_v) - e_row. (2^(P-22): room for the rounding of
-        # this test.) The row is proven when that is above the B-th exact score (strict: ties redo).
-        pack = (PB * BK * 2.0 ** -22) * tl.abs(nxt_v)
-        unsure = (nxt_v < INF) & ((nxt_v - pack - e_row) <= s_b)
+        unsure = ~sep & (thr <= s_b)
         sel_s = top_s
         sel_f = top_f
     return sel_s, sel_f, unsure
