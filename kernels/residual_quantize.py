@@ -878,8 +878,9 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
     (to [BM]) the fp16 subnormals' part of the bound on ||r - r_hi||; "tf32": sr and mult unused, rlo_x
     0) keeps the row's NP smallest packed keys (over all its beams; the proposal score with its low
     log2(PB * BK) mantissa bits replaced by the chunk-local b * BK + code, ordered by (key, id):
-    :func:`_topn_packed`); the first NP - 1 (the window) are re-scored with the canonical chain and the B
-    best of them taken by (exact score, id); the row is unsure unless the NP-th key minus its packing
+    :func:`_topn_packed`); the first NP - 1 (the window) are re-scored with the canonical chain (fp16: in
+    rows whose first B + 1 keys are not provably in the exact order only) and the B best of them taken by
+    (exact score, id); the row is unsure unless the NP-th key minus its packing
     error and the row's error bound is above the B-th exact score. FAST without PROVE: the B best keys as
     they are (NP = BP; near-ties in key order). Not FAST: exact, every score by the canonical chain,
     (score, id) order (:func:`_topn_merge`). The stat row of level l: NST floats from stat_ptr + NST * l,
@@ -1105,9 +1106,10 @@ def _rq_beam_kernel(
     redo_ptr (N read from redo_ptr[0]). FAST: a proposal pass: per chunk of BK codewords a GEMM of
     the pairs' residuals with the codebook (fp16 scaled or tf32: PROPOSAL, below), and the NP smallest
     packed proposal keys of the row are kept (over all its beams: each pair's NP, then merged per row;
-    the chunk-local (beam, code) in the low log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the window) are re-scored
-    exactly (the canonical FMA chain over d, the same bits as the exact pass), the B best of them
-    taken; the row is proven when the NP-th key minus its packing error and the row's error bound is
+    the chunk-local (beam, code) in the low log2(BP * BK) mantissa bits). PROVE: the first NP - 1 (the
+    window) are re-scored exactly (the canonical FMA chain over d, the same bits as the exact pass; fp16:
+    not in rows whose first B + 1 keys are apart by more than their error bounds, whose key order is
+    then the exact one), the B best of them taken; the row is proven when the NP-th key minus its packing error and the row's error bound is
     above the B-th exact score (then every candidate outside the window is worse than all B chosen,
     ties included); rows unproven here or at level 0 (flag_ptr) are appended to the redo list (the
     exact passes re-encode them). Without PROVE (precision="fast"): the B best keys as they are
