@@ -15,8 +15,12 @@
 # Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
 # Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
-# The full list does not fit one call: the second call (fresh machine or warm, ~420 s) is
-#   BUDGET_S=470 bench/gpu_check.sh OUTDIR2 "build rq_sweep bench_kmeans profile"
+# The full list does not fit one call: the second call, made at once (the machine still warm: the build is
+# kept, and its stage is quick), is
+#   BUDGET_S=<device seconds left - 60> bench/gpu_check.sh OUTDIR2 "build rq_sweep bench_kmeans profile"
+# (a session has 15 device minutes in all, the machine's start included: after a first call of ~8 minutes
+# about 5 are left, so the second call's budget is what `status` says is left, less a minute for the transfers;
+# every stage is packed into TAR_TO as it ends, so a call cut short still returns the stages it finished)
 # (rq_sweep, first: the greedy fp16 proposal (resident A) against the tf32 proposal, the streamed fp16 A and the
 # second tier off / on on every shape, with unsure / redone / tier counts; then beam 5 against greedy: the exact
 # beam kernel beside the packed-key tf32-proposing one, BK 128 / 64 / 32; then the tile variants. bench_kmeans:

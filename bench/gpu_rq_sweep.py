@@ -5,8 +5,8 @@ For each shape and data kind: the default config (greedy: the fp16 proposal), th
 off / on (``_tier2``; by default it runs where a level has K >= 1024), the fallback counters
 ((row, level) pairs the proposal pass could not prove, rows it listed; greedy: the second tier's
 unproven pairs and the rows it sent to the exact pass), tile variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
-tf32-proposing one with its proof and redo (its unsure / redone counts) and without (precision
-fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
+tf32-proposing one with its proof and redo (its unsure / redone counts, and the (row, level) pairs
+whose window re-score the fp16 proposal skipped) and without (precision fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
 beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast);
 beam BLOCK_K rows: the default 128 against 64 and 32 (the tf32 pass's packed-key epilogue).
 Rows run in priority order (greedy variants on every shape, then beam 5, then tiles) and the JSON is
@@ -142,13 +142,15 @@ def main() -> None:
                 counted = ("default", "greedy tf32 proposal", "greedy no second tier", "greedy second tier on",
                            "greedy fp16 streamed A")
                 if name in counted or (beam > 1 and kw.get("fast", True) and kw.get("precision") != "fast"):
-                    cnt = torch.zeros(4 if beam == 1 else 2, dtype=torch.int32, device=args.device)
+                    cnt = torch.zeros(4 if beam == 1 else 3, dtype=torch.int32, device=args.device)
                     residual_quantize_triton(x, packed, offs, beam, _fallback_counter=cnt, **kw)
                     # greedy: redone_rows = rows the top-4 pass lists (for the second tier where it
                     # runs, else the exact pass); tier2_*: the tier's unproven pairs and rows it sends on
                     row["unsure_row_levels"], row["redone_rows"] = cnt.tolist()[:2]
                     if beam == 1:
                         row["tier2_unsure_row_levels"], row["tier2_to_exact_rows"] = cnt.tolist()[2:]
+                    else:  # row-levels whose first B + 1 keys proved the order: no window re-score
+                        row["window_skipped_row_levels"] = cnt.tolist()[2]
             except Exception as e:  # noqa: BLE001 - a failing variant is a row
                 row = dict(d=d, k=k, levels=levels, data=kind, variant=name, error=f"{type(e).__name__}: {e}"[:200])
             rows.append(row)

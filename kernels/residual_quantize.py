@@ -928,6 +928,7 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
     else:
         rn_row = tl.where(valid, rn, 0.0)
     unsure = mi < 0  # none
+    sep = mi < 0  # rows whose window re-score was skipped (their keys prove the order): none
     if FAST and PROVE:
         # error bound of every proposal score against its canonical value, for the row's largest ||r||
         # (the bound grows with ||r||; invalid pairs have rn 0): the proposal dot (operands with 11-bit
@@ -947,22 +948,22 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         # P = log2(PB * BK) mantissa bits, so |key - s| < 2^P ulp <= 2^(P-23) |key| (+ 2^(P-149) for
         # subnormals, inside e_row's 1e-30): a candidate's exact score lies in [key - pk - e_row, key + pk +
         # e_row], pk = 2^(P-22) |key| (2^(P-22): room for the rounding of these tests).
+        PKF: tl.constexpr = PB * BK * 2.0 ** -22  # 2^(P-22)
         # Rows whose first B + 1 keys have pairwise disjoint intervals: their key order is the exact order
         # (strictly: no exact ties) and every other candidate is worse than the B-th, so the first B keys
         # are the exact answer and their window needs no re-score (its loads are masked off).
         # (fp16 only: with the tf32 proposal the test spilled 16-20 B on triton 3.6; tf32 re-scores every row)
-        sep = mi < 0
         if PROPOSAL == "fp16":
             sep = mi >= 0
             k_i = tl.sum(tl.where(sidx[None, :] == 0, sel_s, 0.0), 1)
-            prev_hi = (k_i + (PB * BK * 2.0 ** -22) * tl.abs(k_i)) + e_row
+            prev_hi = (k_i + PKF * tl.abs(k_i)) + e_row
             for i in tl.static_range(1, BEAM + 1):
                 k_i = tl.sum(tl.where(sidx[None, :] == i, sel_s, 0.0), 1)
-                pk_i = (PB * BK * 2.0 ** -22) * tl.abs(k_i)
+                pk_i = PKF * tl.abs(k_i)
                 sep = sep & (((k_i - pk_i) - e_row) > prev_hi)
                 prev_hi = (k_i + pk_i) + e_row
         nxt_v = tl.sum(tl.where(sidx[None, :] == NP - 1, sel_s, 0.0), 1)  # the NP-th packed key
-        thr = tl.where(nxt_v < INF, (nxt_v - (PB * BK * 2.0 ** -22) * tl.abs(nxt_v)) - e_row, float("nan"))
+        thr = tl.where(nxt_v < INF, (nxt_v - PKF * tl.abs(nxt_v)) - e_row, float("nan"))
         # exact re-score of the other rows' window (the first NP - 1 proposals): the canonical chain
         win = (sidx[None, :] < NP - 1) & (sel_f < BIG)  # [BM, NP]
         wb = tl.where(win, sel_f // kreal, 0)
@@ -973,17 +974,18 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         # of the slots and the packed codebook are zeros: fma(0, 0, acc) == acc)
         dot = tl.zeros([BM, NP], dtype=tl.float32)
         j4 = tl.arange(0, 4)
-        w3 = (win & ~sep[:, None])[:, :, None]
+        wre = win & ~sep[:, None]  # the window entries re-scored (none in separated rows)
+        w3 = wre[:, :, None]
         for j0 in range(0, D, 4):
             j0 = tl.multiple_of(j0, 4)
             a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
             c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
             dot = _fma4(dot, a4, c4, BM, NP)
         if RPB > 1:
-            rn_w = tl.load(rn_ptr + mi[:, None] * RPB + wb, mask=win, other=0).to(tl.float32, bitcast=True)
+            rn_w = tl.load(rn_ptr + mi[:, None] * RPB + wb, mask=wre, other=0).to(tl.float32, bitcast=True)
         else:
             rn_w = rn[:, None]
-        cn_w = tl.load(cn_ptr + kbeg + wc)
+        cn_w = tl.load(cn_ptr + kbeg + wc, mask=wre, other=0.0)
         ex = tl.where(sep[:, None], sel_s, (cn_w - 2.0 * dot) + rn_w)  # (separated rows: the keys' order)
         ex = tl.where(win, ex, INF)
         top_s = tl.full([BM, BP], INF, tl.float32)
@@ -995,7 +997,7 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         unsure = ~sep & (thr <= s_b)
         sel_s = top_s
         sel_f = top_f
-    return sel_s, sel_f, unsure
+    return sel_s, sel_f, unsure, sep
 
 
 @triton.jit
@@ -1060,9 +1062,9 @@ def _rq_beam_first_kernel(
         tl.debug_barrier()
         valid = rows >= 0  # [BM]
         # (one pair per row: M = BM rows, RPB 1, no list scratch or stored norms: flag_ptr stands in for both)
-        sel_s, sel_f, unsure = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, flag_ptr, flag_ptr, 0, 0,
-                                           kend, kreal, D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM, 1, BM,
-                                           1, BP, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
+        sel_s, sel_f, unsure, sep = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, flag_ptr, flag_ptr, 0, 0,
+                                                kend, kreal, D, rn, valid, sr, mult, rlo_x, gamma, gamma_chk, BEAM, BM,
+                                                1, BM, 1, BP, BK, DP, BD, NP, FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
         code = tl.where(sel_s < INF, sel_f, -1)  # beam 0 only: the id is the code
         tl.store(top_ptr + rows64[:, None] * BEAM + bidx[None, :], code, mask=rmask[:, None] & (bidx < BEAM)[None, :])
         if FAST and PROVE:
@@ -1070,6 +1072,7 @@ def _rq_beam_first_kernel(
             tl.store(flag_ptr + rows, unsure.to(tl.int32), mask=rmask)
             if COUNT_FALLBACK:
                 tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
+                tl.atomic_add(fallback_ptr + 2, tl.sum((sep & rmask).to(tl.int32), 0))
 
 
 @triton.jit
@@ -1195,15 +1198,16 @@ def _rq_beam_kernel(
                 sr = rn
                 mult = rn
                 rlo_x = tl.zeros([BM], dtype=tl.float32)
-            sel_s, sel_f, unsure = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst,
-                                               pp + (3 * l - 1) * M, l, kbeg, kend, kreal, D, rn, valid, sr, mult, rlo_x,
-                                               gamma, gamma_chk, BEAM, M, BEAM, BM, BP, BP, BK, DP, BD, NP, FAST, PROVE,
-                                               FMA_CHAIN, PROPOSAL, NST)
+            sel_s, sel_f, unsure, sep = _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst,
+                                                    pp + (3 * l - 1) * M, l, kbeg, kend, kreal, D, rn, valid, sr, mult,
+                                                    rlo_x, gamma, gamma_chk, BEAM, M, BEAM, BM, BP, BP, BK, DP, BD, NP,
+                                                    FAST, PROVE, FMA_CHAIN, PROPOSAL, NST)
             if FAST and PROVE:
                 unsure = unsure & rmask
                 redo = redo | unsure.to(tl.int32)
                 if COUNT_FALLBACK:
                     tl.atomic_add(fallback_ptr, tl.sum(unsure.to(tl.int32), 0))
+                    tl.atomic_add(fallback_ptr + 2, tl.sum((sep & rmask).to(tl.int32), 0))
             # back-pointers (in memory, not registers: the paths are followed back at the end), from the rows'
             # layout to the pairs' (code -1: no such candidate)
             ok = sel_s < INF
@@ -1408,7 +1412,9 @@ def residual_quantize_triton(
         programs_per_sm: CUDA: persistent programs per SM (greedy and beam; tuning; default 1: ~200
             registers per thread x 256 threads).
         _fallback_counter: optional int32 [2] tensor: adds (#(row, level) pairs the proposal pass could
-            not prove, #rows re-encoded by the exact pass) - for tests and tuning.
+            not prove, #rows re-encoded by the exact pass) - for tests and tuning. Beam search: a third
+            entry, where there is one, gets the (row, level) pairs whose window re-score was skipped
+            (their first B + 1 proposal keys proved the order; fp16 proposal with the proof).
         quantized: greedy only: False skips writing the quantized rows (k-means assignment);
             the first returned tensor is then an empty [0, D] placeholder.
         _fma_chain: the exact pass spells its FMA chain out with ``tl.fma`` (default: under the
@@ -1588,6 +1594,8 @@ def residual_quantize_triton(
         top0 = torch.empty((n, beam_width), dtype=torch.int32, device=dev)
         flag0 = torch.empty((n if fast and prove else 1,), dtype=torch.int32, device=dev)  # unproven at level 0
         nprog0 = min(nprog, triton.cdiv(n, m))
+        # the beam counters: (unproven row-levels, redone rows, row-levels whose window re-score was skipped)
+        bcount = torch.zeros((3,), dtype=torch.int32, device=dev) if _fallback_counter is not None else counter
         # fast=False: the exact kernels; fast: the proposal (+ exact re-score and proof), then
         # (precision="exact") the exact kernels over the unproven rows (no host sync: they read the count)
         passes = [(False, False)] if not fast else [(True, False)] + ([(False, True)] if prove else [])
@@ -1598,12 +1606,15 @@ def residual_quantize_triton(
                       PROPOSAL=proposal if fast_pass else "tf32", num_warps=nw,
                       num_stages=ns if fast_pass else ns_exact)  # (exact: one compile)
             _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
-                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, counter,
+                x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, bcount,
                 n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)
             _rq_beam_kernel[(nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, lists, redo,
-                counter, n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, M=m, BM=_next_pow2(rb),
+                bcount, n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, M=m, BM=_next_pow2(rb),
                 LP=_next_pow2(levels), **kw)
+        if _fallback_counter is not None:
+            nc = min(3, _fallback_counter.numel())
+            _fallback_counter[:nc] += bcount[:nc]
         return q, dist, codes
 
     # rows the proposal pass cannot prove: [0] = count, [1:] = the rows (order: whichever program comes first)
