@@ -14,7 +14,8 @@
 # (a stage with < 15 s left is skipped and says so). profile = the older full-section Nsight run.
 # Expects the GPU machine's preinstalled toolchain (torch, triton, nvcc,
 # scikit-build-core, pybind11, cmake, ninja, pytest); installs nothing from the network.
-# Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present.
+# Optional peers (flash-kmeans, fast-pytorch-kmeans) are installed from ./.whl if present (bench/gpu_prepare.sh
+# downloads them here; the device call carries .whl).
 # The full list does not fit one call: the second call, made at once (the machine still warm: the build is
 # kept, and its stage is quick), is
 #   BUDGET_S=<device seconds left - 60> bench/gpu_check.sh OUTDIR2 "build rq_sweep bench_kmeans profile"
