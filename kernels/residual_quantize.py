@@ -1266,7 +1266,8 @@ def _next_pow2(v: int) -> int:
 
 class _Tiles(NamedTuple):
     """One launch's tiles: rows per program, codewords per chunk, D-step of the MMA / re-check /
-    exact FMA dot, D-slice of the passes over the residual, warps, pipeline stages."""
+    exact FMA dot, D-slice of the passes over the residual, warps, pipeline stages, and the
+    register limit given to ptxas (``maxnreg``; None: ptxas chooses)."""
 
     bm: int
     bk: int
@@ -1274,9 +1275,10 @@ class _Tiles(NamedTuple):
     bu: int
     nw: int
     ns: int
+    mr: int | None = None
 
 
-def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Tiles]:
+def _greedy_config(dp: int, n: int, resident: bool = False, quantized: bool = True) -> tuple[_Tiles, _Tiles]:
     """Tiles of the greedy kernel's proposal pass (fp16 or tf32) and of its exact pass (fast=False,
     and the redo of unproven rows); the same BLOCK_M (the scratch slots).
 
@@ -1291,7 +1293,15 @@ def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Ti
     spill at D 512 and 1024 on 3.6 and 3.9 (fp16 228 / 220 registers, tier 229 / 241, tf32 222 / 221,
     exact 206 / 218). Registers and spills checked by compiling for sm_90 on triton 3.6 and the installed
     one (tests/test_sm90_compile.py, D 256 and 1024): BD 32 or BU 32 make the tf32 pass spill on 3.6 at
-    D 256, BU < 64 the exact pass at D = 64 (2026-12-04)."""
+    D 256, BU < 64 the exact pass at D = 64 (2026-12-04).
+
+    The exact pass's register limit (2026-12-05, seventh session; sm_90 compiles of every DP from 16 to 1024,
+    with and without the quantized rows, redo and whole pass): left to itself, ptxas 3.6 often settles on 128
+    registers and spills (the k-means assignment's redo, ``quantized=False``, at DP 64-256: 16-24 B; the
+    encode's redo at DP 16 / 32: 4-8 B); ``maxnreg=255`` makes it allocate freely there (157-216 registers,
+    no spill on 3.6 or 3.9), while at DP >= 64 with the quantized rows the same limit spills (4-84 B) and
+    ptxas's own choice does not. So: 255 without the quantized rows or at DP <= 32, else ptxas's choice
+    (tests/test_sm90_compile.py compiles these passes)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
         bm = max(16, min(128, _next_pow2(max(n, 1))))
         t = _Tiles(bm, 64, dp, dp, 4, 1)
@@ -1300,7 +1310,8 @@ def _greedy_config(dp: int, n: int, resident: bool = False) -> tuple[_Tiles, _Ti
     # spills on 3.6). resident A (fp16, DP <= 256): 64 KB of A + 2 stages x 32 KB of codebook chunk (BK 64)
     bu = 16 if dp <= 256 else 32
     return (_Tiles(128, 64, 16, bu, 8, 2) if resident else _Tiles(128, 128, 16, bu, 8, 3),
-            _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8, 3))  # exact: BU 16 at D 64 spills
+            _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8, 3,  # exact: BU 16 at D 64 spills
+                   255 if not quantized or dp <= 32 else None))
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
@@ -1495,11 +1506,11 @@ def residual_quantize_triton(
     ks = [b - a for a, b in zip(offsets, offsets[1:])]
 
     if beam_width == 1:
-        tiles_fast, tiles_exact = _greedy_config(dp, n, resident)
+        tiles_fast, tiles_exact = _greedy_config(dp, n, resident, bool(quantized))
 
         def _override(t: _Tiles) -> _Tiles:
             return _Tiles(block_m or t.bm, block_k or t.bk, min(dp, block_d or t.bd), min(dp, block_u or t.bu),
-                          num_warps or t.nw, num_stages or t.ns)
+                          num_warps or t.nw, num_stages or t.ns, t.mr)
 
         if fast:  # the overrides tune the proposal pass; the exact (redo) pass keeps its tiles (its FMA
             # dot holds both operand slices in registers) with the same BLOCK_M (the scratch slots)
@@ -1655,6 +1666,6 @@ def residual_quantize_triton(
             PACK_BITS=int(math.log2(t.bk)), COUNT_FALLBACK=_fallback_counter is not None, STORE_Q=bool(quantized),
             FMA_CHAIN=bool(fma_chain), PROVE=prove, PROPOSAL=proposal, NP=np2 if name == "tier2" else 4,
             RESIDENT=resident and name == "fast",
-            num_warps=t.nw, num_stages=t.ns,
+            num_warps=t.nw, num_stages=t.ns, **({"maxnreg": t.mr} if t.mr else {}),
         )
     return q, dist, codes

@@ -106,7 +106,7 @@ for job in json.loads(sys.argv[1]):
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
              for a, v in signature.items() if v.startswith("*") or a in div}
     kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": job["num_warps"], "num_stages": job.get("num_stages", 3)})
+                            options=dict({"num_warps": job["num_warps"], "num_stages": job.get("num_stages", 3)}, **({"maxnreg": job["maxnreg"]} if job.get("maxnreg") else {})))
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:

@@ -279,6 +279,43 @@ def test_triton_fast_path_redoes_unproven_rows_exactly(proposal):
         assert all(torch.equal(a, b) for a, b in zip(fast, default))
 
 
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+def test_exact_pass_register_limit_reaches_the_launch(monkeypatch):
+    """The exact pass's ptxas register limit (_greedy_config: maxnreg 255 without the quantized rows, as in a
+    k-means assignment) is passed to its launches - the redo and fast=False - and changes no output."""
+    from pysid.kernels import residual_quantize as rq
+
+    dev = TRITON[0]
+    x, cbs = make_problem(3, 40, 24, [33])
+    packed, off = cbs[0].contiguous().to(dev), [0, 33]
+    x = x.to(dev)
+    want = [rq.residual_quantize_triton(x, packed, off, quantized=False, **kw) for kw in ({}, {"fast": False})]
+    config, seen = rq._greedy_config, []
+
+    def limited(dp, n, resident=False, quantized=True):
+        fast, exact = config(dp, n, resident, quantized)
+        assert not quantized
+        return fast, exact._replace(mr=255)
+
+    class Spy:  # records each launch's keyword arguments, then launches
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append((kw["FAST"], kw.get("maxnreg")))
+                return self.kernel[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(rq, "_greedy_config", limited)
+    monkeypatch.setattr(rq, "_rq_greedy_kernel", Spy(rq._rq_greedy_kernel))
+    redone = rq.residual_quantize_triton(x, packed, off, quantized=False, _force_redo=True)  # every row redone
+    exact = rq.residual_quantize_triton(x, packed, off, quantized=False, fast=False)
+    assert torch.equal(redone[2], want[0][2])  # (distances: the passes' slices may differ on a GPU)
+    assert all(torch.equal(a, b) for a, b in zip(exact, want[1]))
+    assert seen == [(True, None), (False, 255), (False, 255)]
+
+
 @requires_cuda
 @pytest.mark.parametrize("impl", ["cuda", "triton", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -24,7 +24,8 @@ def _mod(name: str) -> str:
 
 
 def kernel_jobs() -> list[dict]:
-    """Every Triton kernel at its default GPU configuration for D = 256 (N = 2^20)."""
+    """Every Triton kernel at its default GPU configuration for D = 256 (N = 2^20); the greedy passes also at
+    D 32, 64 and 1024 and without the quantized rows (a k-means assignment)."""
     rq = _mod("residual_quantize.py")
     greedy_sig = {"x_ptr": F32, "cb_ptr": F32, "cbhi_ptr": F32, "cn_ptr": F32, "poff_ptr": "*i32",
                   "kreal_ptr": "*i32", "stat_ptr": F32, "q_ptr": F32, "dist_ptr": F32, "code_ptr": "*i32",
@@ -103,6 +104,33 @@ def kernel_jobs() -> list[dict]:
         dict(name="rq_greedy_redo_d1024", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
              divisible=div, constexprs=dict(greedy, DP=1024, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
              num_warps=8, num_stages=3),
+        # the k-means assignment on CUDA (residual_quantize_triton(..., quantized=False): a Lloyd step): the
+        # proposal, the second tier (K >= 1024) and the exact redo without the quantized rows; the redo with
+        # maxnreg 255 (_greedy_config: left to ptxas, 3.6 chose 128 registers and spilled 20 B at D 256, 16 B at
+        # D 64, 2026-12-05)
+        dict(name="rq_greedy_fast_resident_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True,
+                                            STORE_Q=False), num_warps=8, num_stages=2),
+        dict(name="rq_greedy_tier2_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16,
+                                            STORE_Q=False), num_warps=8, num_stages=3),
+        dict(name="rq_greedy_redo_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True, STORE_Q=False),
+             num_warps=8, num_stages=3, maxnreg=255),
+        dict(name="rq_greedy_redo_assign_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True,
+                                            STORE_Q=False), num_warps=8, num_stages=3, maxnreg=255),
+        # D 64 (a goal shape of issue 15) and small D: the resident proposal and the redo (BU = DP up to 64;
+        # maxnreg 255 at DP <= 32, where ptxas 3.6 chose 128 registers and spilled 4-8 B)
+        dict(name="rq_greedy_fast_resident_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False,
+                                            RESIDENT=True), num_warps=8, num_stages=2),
+        dict(name="rq_greedy_redo_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
+             num_warps=8, num_stages=3),
+        dict(name="rq_greedy_redo_d32", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
+             divisible=div, constexprs=dict(greedy, DP=32, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True),
+             num_warps=8, num_stages=3, maxnreg=255),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
              constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
@@ -168,6 +196,11 @@ EXPECT_SASS = {
     "rq_greedy_redo": {"ldg128": 1, "stg128": 1},    # 16-byte residual passes
     "rq_greedy_fast_d1024": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_greedy_redo_d1024": {"ldg128": 1, "stg128": 1},
+    # the k-means assignment's passes (no quantized rows) and D 64
+    "rq_greedy_fast_resident_assign": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_tier2_assign": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
+    "rq_greedy_redo_assign": {"ldg128": 1, "stg128": 1},
+    "rq_greedy_fast_resident_d64": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
     # the beam's proposal pass (fp16 with / without the proof; tf32 on request): fp16 (tf32) wgmma, operands by
@@ -191,7 +224,9 @@ EXPECT_SASS = {
 
 # Forms a kernel must not show: 4-byte cp.async of an operand that is 16-byte aligned (the _opaque_zero
 # regression of 2026-12-04: 128 LDGSTS.E per codebook chunk)
-FORBID_SASS = {"rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
+FORBID_SASS = {"rq_greedy_fast_resident_assign": ("ldgsts32", "wgmma_tf32"), "rq_greedy_tier2_assign": ("ldgsts32", "wgmma_tf32"),
+               "rq_greedy_fast_resident_d64": ("ldgsts32", "wgmma_tf32"), "rq_greedy_redo_assign": ("ldgsts32",),
+               "rq_greedy_fast": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_resident": ("ldgsts32", "wgmma_tf32"), "rq_greedy_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_tier2": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_redo": ("ldgsts32",), "rq_greedy_fast_d1024": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_fast_noproof": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast_tf32": ("ldgsts32", "wgmma_f16"),
@@ -281,3 +316,25 @@ def test_cuda_kernel_compiles_without_spills():
     assert rec["regs"] <= 128, rec["ptxas_log"]
     if "sass" in rec:
         assert rec["sass"]["ldl"] == 0 and rec["sass"]["stl"] == 0, rec
+
+
+def test_greedy_jobs_are_the_configs_the_gpu_runs(monkeypatch):
+    """The greedy jobs above compile what residual_quantize_triton launches on a GPU: BLOCK_M, BLOCK_K, BLOCK_D,
+    BLOCK_U, warps, stages and ptxas's register limit of _greedy_config (its GPU branch) for the job's D, pass
+    (proposal: FAST and not REDO; the exact pass and its redo: not FAST) and quantized rows (STORE_Q)."""
+    pytest.importorskip("triton")
+    from pysid.kernels import residual_quantize as rq
+
+    monkeypatch.setattr(rq, "_INTERPRET", False)
+    checked = 0
+    for job in kernel_jobs():
+        c = job["constexprs"]
+        if job["kernel"] != "_rq_greedy_kernel" or (c["FAST"] and c["REDO"]):  # (the tier: the host derives its BK)
+            continue
+        fast, exact = rq._greedy_config(c["DP"], 1 << 20, c["RESIDENT"], c["STORE_Q"])
+        t = fast if c["FAST"] else exact
+        got = dict(BM=c["BM"], BK=c["BK"], BD=c["BD"], BU=c["BU"], nw=job["num_warps"], ns=job["num_stages"],
+                   mr=job.get("maxnreg"))
+        assert got == dict(BM=t.bm, BK=t.bk, BD=t.bd, BU=t.bu, nw=t.nw, ns=t.ns, mr=t.mr), job["name"]
+        checked += 1
+    assert checked >= 10
