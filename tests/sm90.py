@@ -105,8 +105,11 @@ for job in json.loads(sys.argv[1]):
     div = set(job.get("divisible", []))
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
              for a, v in signature.items() if v.startswith("*") or a in div}
+    options = {"num_warps": job["num_warps"], "num_stages": job.get("num_stages", 3)}
+    if job.get("maxnreg"):  # ptxas's register limit (.maxnreg), as the launch passes it
+        options["maxnreg"] = job["maxnreg"]
     kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                            options=dict({"num_warps": job["num_warps"], "num_stages": job.get("num_stages", 3)}, **({"maxnreg": job["maxnreg"]} if job.get("maxnreg") else {})))
+                            options=options)
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -136,7 +139,7 @@ def sm90_compile(jobs: list[dict], python: str | None = None) -> list[dict] | No
     shared_res (cuobjdump -res-usage), shared (Triton's shared memory per program), sass ({form: count}); None where no ptxas/cuobjdump.
 
     A job: module (file path), kernel (name), signature ({arg: type} without constexprs),
-    constexprs ({name: value}), num_warps, optional num_stages, name, divisible (int args known
+    constexprs ({name: value}), num_warps, optional num_stages and maxnreg, name, divisible (int args known
     to be multiples of 16)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
