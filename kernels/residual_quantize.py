@@ -1300,7 +1300,9 @@ def _greedy_config(dp: int, n: int, resident: bool = False, quantized: bool = Tr
     registers and spills (the k-means assignment's redo, ``quantized=False``, at DP 64-256: 16-24 B; the
     encode's redo at DP 16 / 32: 4-8 B); ``maxnreg=255`` makes it allocate freely there (157-216 registers,
     no spill on 3.6 or 3.9), while at DP >= 64 with the quantized rows the same limit spills (4-84 B) and
-    ptxas's own choice does not. So: 255 without the quantized rows or at DP <= 32, else ptxas's choice
+    ptxas's own choice does not. So: 255 without the quantized rows or at DP <= 32, else ptxas's choice.
+    With the quantized rows at DP 64 / 128 the whole exact pass (fast=False) spilled 36-60 B on 3.6 with 3
+    stages whatever the limit; 2 stages spill neither it nor the redo on either version
     (tests/test_sm90_compile.py compiles these passes)."""
     if _INTERPRET:  # the interpreter pays per program and per loop step: big tiles, few steps
         bm = max(16, min(128, _next_pow2(max(n, 1))))
@@ -1310,8 +1312,8 @@ def _greedy_config(dp: int, n: int, resident: bool = False, quantized: bool = Tr
     # spills on 3.6). resident A (fp16, DP <= 256): 64 KB of A + 2 stages x 32 KB of codebook chunk (BK 64)
     bu = 16 if dp <= 256 else 32
     return (_Tiles(128, 64, 16, bu, 8, 2) if resident else _Tiles(128, 128, 16, bu, 8, 3),
-            _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8, 3,  # exact: BU 16 at D 64 spills
-                   255 if not quantized or dp <= 32 else None))
+            _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8,  # exact: BU 16 at D 64 spills
+                   2 if quantized and 64 <= dp <= 128 else 3, 255 if not quantized or dp <= 32 else None))
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
