@@ -77,67 +77,44 @@ def kernel_jobs() -> list[dict]:
               "out_s_ptr": F32, "out_p_ptr": "*i64", "out_t_ptr": "*i64", "out_n_ptr": "*i64", "status_ptr": "*i32",
               "K": I32, "FAN": I32, "n_nodes": I32, "lp_stride": I32, "E": I32}
     div = ["D", "stride_xm"]
+
+    def gj(name, stages, sig=greedy16_sig, maxnreg=None, **cx):  # a greedy job: 8 warps, constexprs over `greedy`
+        return dict(name=name, module=rq, kernel="_rq_greedy_kernel", signature=sig, divisible=div,
+                    constexprs=dict(greedy, **cx), num_warps=8, num_stages=stages,
+                    **({"maxnreg": maxnreg} if maxnreg else {}))
+
     return [
-        dict(name="rq_greedy_fast", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
-             constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False), num_warps=8, num_stages=3),
-        dict(name="rq_greedy_fast_noproof", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROVE=False),
-             num_warps=8, num_stages=3),
+        gj("rq_greedy_fast", 3, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False),
+        gj("rq_greedy_fast_noproof", 3, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROVE=False),
         # resident A (the default at D <= 256 with the fp16 proposal): BK 64, 2 stages
-        dict(name="rq_greedy_fast_resident", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True),
-             num_warps=8, num_stages=2),
-        dict(name="rq_greedy_fast_tf32", module=rq, kernel="_rq_greedy_kernel", signature=greedy_sig, divisible=div,
-             constexprs=dict(greedy, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROPOSAL="tf32"),
-             num_warps=8, num_stages=3),
-        dict(name="rq_greedy_tier2", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
-             constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16), num_warps=8,
-             num_stages=3),
-        dict(name="rq_greedy_redo", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig, divisible=div,
-             constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True), num_warps=8, num_stages=3),
+        gj("rq_greedy_fast_resident", 2, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True),
+        gj("rq_greedy_fast_tf32", 3, BK=128, BU=16, PACK_BITS=7, FAST=True, REDO=False, PROPOSAL="tf32",
+           sig=greedy_sig),
+        gj("rq_greedy_tier2", 3, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16),
+        gj("rq_greedy_redo", 3, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True),
         # D 768 / 1024 embeddings (DP 1024): the fp16 proposal streamed (no resident A beyond DP 256), BU 32, and
         # the exact pass, BU 64: the passes over the residual loop over their slices (unrolled they spilled 248 /
         # 268 B on 3.6 and 1.9 KB on 3.9 until 2026-12-05)
-        dict(name="rq_greedy_fast_d1024", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=1024, BK=128, BU=32, PACK_BITS=7, FAST=True, REDO=False),
-             num_warps=8, num_stages=3),
-        dict(name="rq_greedy_redo_d1024", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=1024, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
-             num_warps=8, num_stages=3),
+        gj("rq_greedy_fast_d1024", 3, DP=1024, BK=128, BU=32, PACK_BITS=7, FAST=True, REDO=False),
+        gj("rq_greedy_redo_d1024", 3, DP=1024, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
         # the k-means assignment on CUDA (residual_quantize_triton(..., quantized=False): a Lloyd step): the
         # proposal, the second tier (K >= 1024) and the exact redo without the quantized rows; the redo with
         # maxnreg 255 (_greedy_config: left to ptxas, 3.6 chose 128 registers and spilled 20 B at D 256, 16 B at
         # D 64, 2026-12-05)
-        dict(name="rq_greedy_fast_resident_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True,
-                                            STORE_Q=False), num_warps=8, num_stages=2),
-        dict(name="rq_greedy_tier2_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16,
-                                            STORE_Q=False), num_warps=8, num_stages=3),
-        dict(name="rq_greedy_redo_assign", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True, STORE_Q=False),
-             num_warps=8, num_stages=3, maxnreg=255),
-        dict(name="rq_greedy_redo_assign_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True,
-                                            STORE_Q=False), num_warps=8, num_stages=3, maxnreg=255),
+        gj("rq_greedy_fast_resident_assign", 2, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True,
+           STORE_Q=False),
+        gj("rq_greedy_tier2_assign", 3, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=True, NP=16, STORE_Q=False),
+        gj("rq_greedy_redo_assign", 3, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True, STORE_Q=False, maxnreg=255),
+        gj("rq_greedy_redo_assign_d64", 3, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True, STORE_Q=False,
+           maxnreg=255),
         # D 64 (a goal shape of issue 15) and small D: the resident proposal and the redo (BU = DP up to 64;
         # maxnreg 255 at DP <= 32, where ptxas 3.6 chose 128 registers and spilled 4-8 B)
-        dict(name="rq_greedy_fast_resident_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False,
-                                            RESIDENT=True), num_warps=8, num_stages=2),
+        gj("rq_greedy_fast_resident_d64", 2, DP=64, BK=64, BU=16, PACK_BITS=6, FAST=True, REDO=False, RESIDENT=True),
         # (2 stages at D 64 / 128 with the quantized rows: with 3 the whole exact pass spilled 36-60 B on 3.6)
-        dict(name="rq_greedy_redo_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
-             num_warps=8, num_stages=2),
-        dict(name="rq_greedy_exact_d64", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=False),
-             num_warps=8, num_stages=2),
-        dict(name="rq_greedy_exact_d128", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=128, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=False),
-             num_warps=8, num_stages=2),
-        dict(name="rq_greedy_redo_d32", module=rq, kernel="_rq_greedy_kernel", signature=greedy16_sig,
-             divisible=div, constexprs=dict(greedy, DP=32, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True),
-             num_warps=8, num_stages=3, maxnreg=255),
+        gj("rq_greedy_redo_d64", 2, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=True),
+        gj("rq_greedy_exact_d64", 2, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=False),
+        gj("rq_greedy_exact_d128", 2, DP=128, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=False),
+        gj("rq_greedy_redo_d32", 3, DP=32, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True, maxnreg=255),
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
              constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
