@@ -115,10 +115,17 @@ def kernel_jobs() -> list[dict]:
         gj("rq_greedy_exact_d64", 2, DP=64, BK=64, BU=64, PACK_BITS=6, FAST=False, REDO=False),
         gj("rq_greedy_exact_d128", 2, DP=128, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=False),
         gj("rq_greedy_redo_d32", 3, DP=32, BK=64, BU=32, PACK_BITS=6, FAST=False, REDO=True, maxnreg=255),
+        # the exact levels kernel (whole pass and redo) with maxnreg 255: left to ptxas, 128 registers and 32-104 B
+        # of spill at B 2-4 (2026-12-05); B 2 (64 rows of 2 beams per tile) beside B 5
         dict(name="rq_beam5", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
+             constexprs=dict(beam, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2,
+             maxnreg=255),
         dict(name="rq_beam5_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
-             constexprs=dict(beam, FAST=False, REDO=True, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
+             constexprs=dict(beam, FAST=False, REDO=True, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2,
+             maxnreg=255),
+        dict(name="rq_beam2_redo", module=rq, kernel="_rq_beam_kernel", signature=beam_sig, divisible=div,
+             constexprs=dict(beam, BEAM=2, BP=2, BM=64, FAST=False, REDO=True, PROVE=False, NP=2, BK=32), num_warps=8,
+             num_stages=2, maxnreg=255),
         dict(name="rq_beam5_fast", module=rq, kernel="_rq_beam_kernel", signature=beam16_sig, divisible=div,
              constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"), num_warps=8,
              num_stages=3),
@@ -187,6 +194,7 @@ EXPECT_SASS = {
     "rq_greedy_fast_resident_d64": {"wgmma": 1, "wgmma_f16": 1, "ldgsts128": 1, "ldg128": 1, "stg128": 1},
     "rq_beam5": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},  # 16-byte residual passes; dot operands by cp.async
     "rq_beam5_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam2_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
     # the beam's proposal pass (fp16 with / without the proof; tf32 on request): fp16 (tf32) wgmma, operands by
     # 16-byte cp.async
     "rq_beam5_fast": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
