@@ -6,8 +6,9 @@ off / on (``_tier2``; by default it runs where a level has K >= 1024), the fallb
 ((row, level) pairs the proposal pass could not prove, rows it listed; greedy: the second tier's
 unproven pairs and the rows it sent to the exact pass), tile variants, and the CUDA kernel; at D 256 K 256 L 3 beam 5 as well: the exact beam kernel, the
 tf32-proposing one with its proof and redo (its unsure / redone counts, and the (row, level) pairs
-whose window re-score the fp16 proposal skipped) and without (precision fast), x_greedy = time / greedy default time (issue 15's goal: <= 6), same_codes_as_default of a
-beam row = share of rows with the exact beam kernel's codes (1.0 expected unless precision fast);
+whose window re-score the fp16 proposal skipped) and without (precision fast), x_greedy = time / greedy
+default time (issue 15's goal: <= 6), same_codes_as_default of a beam row = share of rows with the exact
+beam kernel's codes (1.0 expected unless precision fast);
 beam BLOCK_K rows: the default 128 against 64 and 32 (the tf32 pass's packed-key epilogue).
 Rows run in priority order (greedy variants on every shape, then beam 5, then tiles) and the JSON is
 rewritten after each, so a run cut short by its time limit keeps what matters most.

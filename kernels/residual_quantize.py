@@ -133,6 +133,9 @@ _PAD_SCORE = 3.0e38  # ||c||^2 of padding codewords: never chosen over a real on
 _MAX_BEAM = 16
 _SCRATCH_BYTES = 160 << 20  # the persistent programs' residual slots: at most this much memory
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# ptxas's register limit (maxnreg) for the exact passes that spilled when ptxas chose it (greedy: _greedy_config;
+# beam: the levels kernel's exact launches): left to itself, ptxas settled on 128 registers and spilled there
+_EXACT_MAXNREG = 255
 _TIER2_NP = 16  # greedy second tier: proposals kept per row (NP - 1 re-checked)
 _TIER2_MIN_K = 1024  # greedy second tier: runs where some level has at least this many codewords
 
@@ -1313,7 +1316,7 @@ def _greedy_config(dp: int, n: int, resident: bool = False, quantized: bool = Tr
     bu = 16 if dp <= 256 else 32
     return (_Tiles(128, 64, 16, bu, 8, 2) if resident else _Tiles(128, 128, 16, bu, 8, 3),
             _Tiles(128, 64, 16, dp if dp <= 64 else (32 if dp <= 256 else 64), 8,  # exact: BU 16 at D 64 spills
-                   2 if quantized and 64 <= dp <= 128 else 3, 255 if not quantized or dp <= 32 else None))
+                   2 if quantized and 64 <= dp <= 128 else 3, _EXACT_MAXNREG if not quantized or dp <= 32 else None))
 
 
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
@@ -1621,13 +1624,13 @@ def residual_quantize_triton(
             _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, bcount,
                 n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)
+            # (the exact levels kernel, whole pass and redo, with the register limit: left to ptxas it spilled
+            # 32-104 B at B 2-4 on triton 3.9 and 3.6; with it no spill at B 2-16 on either, 2026-12-05,
+            # tests/test_sm90_compile.py)
             _rq_beam_kernel[(nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, lists, redo,
                 bcount, n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, M=m, BM=_next_pow2(rb),
-                LP=_next_pow2(levels), **kw, **({} if fast_pass else {"maxnreg": 255}))
-            # (the exact levels kernel, whole pass and redo: left to itself ptxas settled on 128 registers and
-            # spilled 32-104 B at B 2-4 on triton 3.9 and 3.6; with maxnreg 255 no spill at B 2-16 on either,
-            # 2026-12-05, tests/test_sm90_compile.py)
+                LP=_next_pow2(levels), **kw, **({} if fast_pass else {"maxnreg": _EXACT_MAXNREG}))
         if _fallback_counter is not None:
             nc = min(3, _fallback_counter.numel())
             _fallback_counter[:nc] += bcount[:nc]
