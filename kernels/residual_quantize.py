@@ -90,7 +90,7 @@ answer:
 
 Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
 the dot (128 pairs per tile on the GPU, packed densely: 25 rows of 5 beams at B 5, not 16 rows of 8
-slots, 3 of them empty); top-B over (beam, code) pairs by repeated min-extraction (each pair's own
+slots, 3 of them empty; 64 where the lists hold 16 or more, B > 5 or a wider window); top-B over (beam, code) pairs by repeated min-extraction (each pair's own
 best along the dot's rows, then merged per row through memory)
 ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. Level 0 (one beam
 per row: x) is its own kernel, a per-row top-B with 128 rows of one pair per tile
@@ -110,7 +110,8 @@ unproven rows are re-encoded by the exact kernel (a second launch over the liste
 kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). The proposal runs in chunks of 128
 codewords (A re-read twice per level at K = 256) with packed keys (``_topn_packed``): the low
 log2(PB * BK) mantissa bits of each proposal score hold the candidate's chunk-local (beam, code), so one
-``min`` per extraction gives value and candidate; the proof adds the packing error
+``min`` per extraction gives value and candidate (B > 8 or lists of 32: a bitonic top-k of (key, id) as
+int64 per chunk, the same order); the proof adds the packing error
 (``2^(P-22) |key|`` at the NP-th key; the fp16 operand's r_lo bound adds the subnormals' DP 2^-24 / s).
 ``precision="fast"``: the B best packed keys, no proof (scores
 equal above the packing bits rank by (beam, code) in the chunk, then by id across chunks, so near-ties
@@ -816,9 +817,9 @@ def _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, 
                 PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
     """One chunk of codewords kb..kb+BK-1 merged into the M pairs' running lists (sel_s, sel_f) [M, NP] of
     :func:`_beam_level` (pair p: ||r||^2 rn [M], valid [M], its beam pb [M]; reductions along the dot's
-    rows only): FAST: packed proposal keys (:func:`_topn_packed`; fp16: the dot unscaled by mult = 2 /
-    (s_r sc_l), powers of two, a [M, 1] tensor), else exact scores (:func:`_topn_merge`); ordered by
-    (key or score, id). RPB > 1: the lists live in this program's list scratch lst_ptr ([2, M, NP] int32)
+    rows only): FAST: packed proposal keys (:func:`_topn_packed`, or with lists of 32 or more and B > 8 a
+    bitonic top-k of (key, id) as int64; fp16: the dot unscaled by mult = 2 / (s_r sc_l), powers of two, a [M, 1]
+    tensor), else exact scores (:func:`_topn_merge`); ordered by (key or score, id). RPB > 1: the lists live in this program's list scratch lst_ptr ([2, M, NP] int32)
     between chunks, read here and written back (then a barrier), so they are not held in registers across
     the next chunk's MMA (in registers the levels kernel spilled 20-36 B on triton 3.6 and 3.9)."""
     INF: tl.constexpr = float("inf")
@@ -846,7 +847,15 @@ def _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, 
         at = pi[:, None] * NP + sidx[None, :]
         sel_s = tl.load(lst_ptr + at).to(tl.float32, bitcast=True)
         sel_f = tl.load(lst_ptr + M * NP + at)
-    if FAST:
+    if FAST and BK >= NP and (NSEL >= 32 or BEAM > 8):  # lists of 32 (B >= 14 or a window over 15), or B > 8:
+        # a bitonic top-k of (key, id) as int64, the same order (on triton 3.6 at B 16 the NSEL min-extractions
+        # per chunk spilled 628 B in the first kernel, 28 B in the levels kernel and 8 B without the proof;
+        # with the top-k none at B 9-16, and 150-250 registers in place of 220-255, 2026-12-06)
+        k64 = _key64(tl.reshape(s, [M, BK]), pb[:, None] * kreal + (kb - kbeg + kk)[None, :])
+        both = tl.reshape(tl.join(_key64(sel_s, sel_f), ~tl.topk(~k64, NP)), [M, 2 * NP])
+        sel_s, sel_f = _unkey64(~tl.topk(~both, NP))
+        sel_f = tl.where(sel_s < INF, sel_f, 2147483647)
+    elif FAST:
         sel_s, sel_f = _topn_packed(s, kb - kbeg, kreal, sel_s, sel_f, sidx, NSEL, PB, BK)
     else:
         sel_s, sel_f = _topn_merge(s, flat, sel_s, sel_f, sidx, NSEL)
@@ -981,7 +990,12 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         w3 = wre[:, :, None]
         for j0 in range(0, D, 4):
             j0 = tl.multiple_of(j0, 4)
-            a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
+            if RPB > 1:  # the window's pairs' residuals
+                a4 = tl.load(cur + (wsrc[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)  # [BM, NP, 4]
+            else:  # one pair per row: the row's one residual, loaded once and broadcast (not gathered [BM, NP,
+                # 4]: at B 16 with 128 rows the first kernel's spill fell from 1.2 KB to 740 B on 3.6 with this)
+                a4 = tl.load(cur + (mi[:, None] * DP + j0) + j4[None, :], mask=~sep[:, None], other=0.0)
+                a4 = tl.broadcast_to(a4[:, None, :], [BM, NP, 4])
             c4 = tl.load(cb_ptr + (wcw[:, :, None] + j0) + j4[None, None, :], mask=w3, other=0.0)
             dot = _fma4(dot, a4, c4, BM, NP)
         if RPB > 1:
@@ -991,9 +1005,15 @@ def _beam_level(cur, cb_ptr, cbhi_ptr, cn_ptr, stat_ptr, lst_ptr, rn_ptr, l, kbe
         cn_w = tl.load(cn_ptr + kbeg + wc, mask=wre, other=0.0)
         ex = tl.where(sep[:, None], sel_s, (cn_w - 2.0 * dot) + rn_w)  # (separated rows: the keys' order)
         ex = tl.where(win, ex, INF)
-        top_s = tl.full([BM, BP], INF, tl.float32)
-        top_f = tl.full([BM, BP], BIG, tl.int32)
-        top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
+        if RPB == 1 and NP >= 32:  # (the first kernel's [rows, 32] windows: a bitonic top-k of (score, id), the
+            # same order (scores are never -0); B extractions spilled 52-128 B at B 14 on triton 3.6, 2026-12-06)
+            top_s, top_f = _unkey64(~tl.topk(~_key64(ex, sel_f), BP))
+            top_s = tl.where(bidx[None, :] < BEAM, top_s, INF)
+            top_f = tl.where(top_s < INF, top_f, BIG)
+        else:
+            top_s = tl.full([BM, BP], INF, tl.float32)
+            top_f = tl.full([BM, BP], BIG, tl.int32)
+            top_s, top_f = _topn_merge(ex[:, None, :], sel_f[:, None, :], top_s, top_f, bidx, BEAM)
         # every candidate outside the window (key >= nxt_v, the (key, id) order) has an exact score >= thr:
         # the row is proven when that is above the B-th exact score (strict: ties redo)
         s_b = tl.sum(tl.where(bidx[None, :] == BEAM - 1, top_s, 0.0), 1)  # the B-th exact score
@@ -1319,6 +1339,36 @@ def _greedy_config(dp: int, n: int, resident: bool = False, quantized: bool = Tr
                    2 if quantized and 64 <= dp <= 128 else 3, _EXACT_MAXNREG if not quantized or dp <= 32 else None))
 
 
+class _BeamTiles(NamedTuple):
+    bm: int  # rows per tile; x BP: the (row, beam) pairs, the rows of the dot
+    np: int  # the proposal's list per row (NP): it re-scores NP - 1 (the window)
+    bk: int  # BLOCK_K of the proposal pass
+    bk_exact: int  # BLOCK_K of the exact kernels (fast=False, and the redo)
+    nw: int
+    ns: int  # pipeline stages of the proposal pass
+    ns_exact: int
+
+
+def _beam_config(beam_width: int, beam_window: int | None = None) -> _BeamTiles:
+    """The beam kernels' default tiles (the interpreter's where TRITON_INTERPRET=1). BU (and BM, BP, warps)
+    must be the same in every pass: ||r||^2 is a tl.sum over BU-wide slices, and the redone rows are bit
+    for bit the exact kernel's."""
+    bp = _next_pow2(beam_width)
+    np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
+    # (row, beam) pairs per tile: 128 on the GPU; 64 with lists of 16 or more (beam_width > 5 or a window
+    # over 7): at 128 pairs the proposal spilled 4-12 B at B 8 and the exact first kernel 68-72 B at B 12-16
+    # on triton 3.6; at 64 (and the exact BLOCK_K below) none at B 6-16 on 3.6 or 3.9, 2026-12-06
+    bm = max(1, (64 if _INTERPRET or max(np_win, bp) >= 16 else 128) // bp)
+    # BLOCK_K: the proposal pass 128 (both kernels: A re-read twice per level at K 256, not 8 times;
+    # its packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the
+    # redo tier) 32 with 2 stages on the GPU: no spills on triton 3.6 or 3.9 with BU 16
+    # (tests/test_sm90_compile.py; with the dense pair tiles BK 64 / 3 stages spilled 4-12 B on 3.6 and
+    # left a 16-48 B stack on 3.9), 16 where BP is 16 (B > 8: BK 32 spilled 16-40 B)
+    if _INTERPRET:
+        return _BeamTiles(bm, np_win, 32, 32, 4, 1, 1)
+    return _BeamTiles(bm, np_win, 128, 32 if bp < 16 else 16, 8, 3, 2)
+
+
 def _round_tf32_host(c: torch.Tensor) -> torch.Tensor:
     bits = c.contiguous().view(torch.int32)
     hi = ((bits + 0x1000) & -8192).view(torch.float32)
@@ -1528,16 +1578,8 @@ def residual_quantize_triton(
         bm, bk = tiles_fast.bm, tiles_fast.bk
     else:
         bp = _next_pow2(beam_width)
-        bm = max(1, (64 if _INTERPRET else 128) // bp)  # x BP = (row, beam) pairs per tile: 128 on the GPU
-        # BLOCK_K: the proposal pass 128 (both kernels: A re-read twice per level at K 256, not 8 times;
-        # its packed-key epilogue is one reduction per extraction), the exact kernel (fast=False, and the
-        # redo tier) 32 with 2 stages on the GPU: no spills on triton 3.6 or 3.9 with BU 16
-        # (tests/test_sm90_compile.py; with the dense pair tiles BK 64 / 3 stages spilled 4-12 B on 3.6 and
-        # left a 16-48 B stack on 3.9); block_k sets the pass that runs first (beam: a power of two in
-        # [16, 1024]). BU (and BM, BP, warps) must be the same in every pass: ||r||^2 is a tl.sum over
-        # BU-wide slices, and the redone rows are bit for bit the exact kernel's.
-        bk_exact = 32
-        bk = 32 if _INTERPRET else 128
+        bm, np_win, bk, bk_exact, nw, ns, ns_exact = _beam_config(beam_width, beam_window)
+        # block_k sets the pass that runs first (beam: a power of two in [16, 1024])
         if block_k is not None and (block_k < 16 or block_k > 1024 or block_k & (block_k - 1)):
             # (the packed keys hold log2(BP * BLOCK_K) <= 14 low mantissa bits of the score)
             raise ValueError(f"beam search: block_k must be a power of two in [16, 1024], got {block_k}")
@@ -1545,7 +1587,6 @@ def residual_quantize_triton(
             bk, bk_exact = (block_k, min(block_k, bk_exact)) if fast else (block_k, block_k)
         elif not fast:
             bk = bk_exact
-        nw, ns, ns_exact = (4, 1, 1) if _INTERPRET else (8, 3, 2)
         bm = block_m or bm
         nw = num_warps or nw
         ns = num_stages or ns
@@ -1600,8 +1641,6 @@ def residual_quantize_triton(
         bd = min(dp, block_d or (dp if _INTERPRET else 16))
         bu = min(dp, block_u or (dp if _INTERPRET else (16 if dp <= 256 else 32)))  # (beyond DP 256 the kernels loop
         # over the slices of their residual passes: unrolled at D 1024 with BU 64 they spilled 36 / 48 B on 3.6)
-        # the fast pass keeps the NP best tf32 candidates of a row: it re-scores NP - 1 (the window)
-        np_win = _next_pow2(max(int(beam_window or _next_pow2(beam_width + 3) - 1), beam_width) + 1)
         np_lists = np_win if fast and prove else bp
         lists = torch.empty((nprog, 2, m, np_lists), dtype=torch.int32, device=dev)  # the pairs' lists -> rows
         redo = torch.zeros((n + 1 if fast and prove else 1,), dtype=torch.int32, device=dev)
@@ -1621,16 +1660,18 @@ def residual_quantize_triton(
                       COUNT_FALLBACK=_fallback_counter is not None, FMA_CHAIN=bool(fma_chain),
                       PROPOSAL=proposal if fast_pass else "tf32", num_warps=nw,
                       num_stages=ns if fast_pass else ns_exact)  # (exact: one compile)
+            # (the exact kernels, whole pass and redo, with the register limit: left to ptxas the levels kernel
+            # spilled 32-104 B at B 2-4 on triton 3.9 and 3.6 (2026-12-05), the first kernel 36 B at B 12 on 3.6
+            # (2026-12-06); with it no spill at B 2-16 on either, tests/test_sm90_compile.py)
+            if not fast_pass:
+                kw["maxnreg"] = _EXACT_MAXNREG
             _rq_beam_first_kernel[(nprog0 if not redo_pass else nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, scratch, redo, bcount,
                 n, d, x.stride(0), x.stride(1), gamma, gamma_chk, BM=m, **kw)
-            # (the exact levels kernel, whole pass and redo, with the register limit: left to ptxas it spilled
-            # 32-104 B at B 2-4 on triton 3.9 and 3.6; with it no spill at B 2-16 on either, 2026-12-05,
-            # tests/test_sm90_compile.py)
             _rq_beam_kernel[(nprog,)](
                 x, cb, cbhi, cn, poff_t, kreal_t, stat, top0, flag0, q, dist, codes, scratch, paths, lists, redo,
                 bcount, n, d, levels, x.stride(0), x.stride(1), gamma, gamma_chk, M=m, BM=_next_pow2(rb),
-                LP=_next_pow2(levels), **kw, **({} if fast_pass else {"maxnreg": _EXACT_MAXNREG}))
+                LP=_next_pow2(levels), **kw)
         if _fallback_counter is not None:
             nc = min(3, _fallback_counter.numel())
             _fallback_counter[:nc] += bcount[:nc]

@@ -146,6 +146,7 @@ CANONICAL_CASES = [  # seed, n, d, ks, scale, beam, tiles
     (5, 7, 16, [33], 1.0, 2, {}),  # L = 1
     (6, 5, 7, [3], 1.0, 5, {}),  # L = 1 with K < B
     (9, 11, 16, [9, 9, 9], 1.0, 16, {}),  # B 16 > K_0
+    (10, 9, 16, [40, 17], 1.0, 12, {}),  # B > 8: the proposal's lists by a bitonic top-k, two chunks at level 0
     (2, 13, 40, [40, 17, 33], 1.0, 3, dict(block_m=2, block_k=16, block_d=16, block_u=16)),  # GPU-shaped tiles
 ]
 
@@ -205,8 +206,8 @@ def test_fast_beam_bk128_several_chunks():
     """The GPU's tf32 BLOCK_K (128: packed keys of log2(BP) + 7 bits in the levels kernel, 7 in the
     first) with GPU-shaped tiles and several chunks per level (K 300: 3 chunks, K 140: 2), exact
     duplicates in different chunks at the same chunk-local place (equal packed keys: the list's tie
-    goes to the lower id), the near-ties of nasty_problem: the default path, the forced redo and a
-    wider window return the exact kernel's bits, and canonical_beam's; precision="fast" stays
+    goes to the lower id), the near-ties of nasty_problem: the default path, the forced redo and
+    wider windows return the exact kernel's bits, and canonical_beam's; precision="fast" stays
     consistent."""
     x, cbs = nasty_problem(17, 9, 24, [300, 140], 1.0)
     for c in cbs:
@@ -224,6 +225,7 @@ def test_fast_beam_bk128_several_chunks():
     assert same(launch(x, cbs, beam, _force_redo=True, _fallback_counter=counter, **tiles), exact)
     assert counter[1] == x.shape[0]
     assert same(launch(x, cbs, beam, beam_window=15, **tiles), exact)
+    assert same(launch(x, cbs, beam, beam_window=31, **tiles), exact)  # (lists of 32: the bitonic top-k)
     tf32 = launch(x, cbs, beam, precision="fast", **tiles)
     check_consistent(x, cbs, tf32)
     assert tf32.codes[1, 0] == 0  # the tied keys of codes 0, 128, 256: the lowest id first
@@ -282,6 +284,29 @@ def test_window_misses_are_proven_unsure_and_redone():
     assert same(wide, exact)
 
 
+@needs_triton
+def test_one_beam_fills_the_window():
+    """A row's window may hold one beam's candidates only. Level 1 holds window_trap's 24 near-equal copies
+    (equal fp16 keys, so the proposal ranks them by index, the exact order the reverse); beam 0 (x - 0) is
+    near them, the other four beams (x - 100) far from everything. Window 31 (lists of 32: the bitonic
+    top-k of (key, id)) holds all 24 copies of beam 0: the exact best 5 (copies 23..19) are re-scored
+    there and proven. Window 15 holds copies 0..14 only, and the 16th key (copy 15) ties them: every row
+    unsure, redone. Both give the exact kernel's outputs."""
+    x, cbs = window_trap(copies=24)
+    c0 = torch.full((5, x.shape[1]), 100.0)
+    c0[0] = 0.0
+    cbs = [c0] + cbs
+    n, beam = x.shape[0], 5
+    exact = launch(x, cbs, beam, fast=False)
+    assert (exact.codes[:, 0] == 0).all() and (exact.codes[:, 1] == 23).all()
+    for window, unsure in ((31, 0), (15, n)):
+        counter = torch.zeros(3, dtype=torch.int32, device=TRITON[0])
+        fast = launch(x, cbs, beam, beam_window=window, _fallback_counter=counter)
+        assert counter.tolist() == [unsure, unsure, 0]  # (equal keys: never separated)
+        assert same(fast, exact)
+        assert same(launch(x, cbs, beam, beam_window=window, _proposal="tf32"), exact)
+
+
 def packing_trap(n: int = 3, d: int = 2, k: int = 64):
     """Scores that the packed keys order against the tf32 (and exact) order. x = (4096, 0, ...) and
     c_j = (-m_j / 8192, 0, ...), tf32-exact: every score (tf32 and exact) is fl(2^24 + m_j) = 2^24 + m_j
@@ -309,7 +334,8 @@ def test_packing_error_is_in_the_proof(levels):
     proof must count the packing error and send every row to the redo tier (the exact kernel's bits,
     canonical_beam's too); a window holding the whole bucket proves every row; precision="fast" keeps
     the key order (code 0 first). levels 2: a one-codeword level 0, the trap at level 1 (the levels
-    kernel: packed (beam, code) numbers)."""
+    kernel: packed (beam, code) numbers). Window 31: the lists of 32 keys are kept by a bitonic top-k of
+    (key, id), the same order."""
     x, cbs = packing_trap()
     if levels == 2:
         cbs = [torch.zeros(1, x.shape[1])] + cbs
@@ -322,10 +348,11 @@ def test_packing_error_is_in_the_proof(levels):
     fast = launch(x, cbs, beam, _fallback_counter=counter, **tiles)
     assert same(fast, exact)
     assert counter.tolist() == [n, n]
-    counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    wide = launch(x, cbs, beam, beam_window=15, _fallback_counter=counter, **tiles)
-    assert counter.tolist() == [0, 0]
-    assert same(wide, exact)
+    for window in (15, 31):  # (31: the lists of 32 by a bitonic top-k)
+        counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
+        wide = launch(x, cbs, beam, beam_window=window, _fallback_counter=counter, **tiles)
+        assert counter.tolist() == [0, 0]
+        assert same(wide, exact)
     tf32 = launch(x, cbs, beam, precision="fast", **tiles)
     assert (tf32.codes[:, -1] == 0).all()
 
@@ -388,15 +415,16 @@ def test_separated_rows_skip_the_window_re_score():
 
 
 @needs_triton
-def test_precision_fast_beam_skips_the_proof():
+@pytest.mark.parametrize("beam", [5, 12])
+def test_precision_fast_beam_skips_the_proof(beam):
     """precision="fast": no row listed, no redo launch; distances consistent with the codes and the
-    final distance within the tf32 tolerance of the exact beam's."""
+    final distance within the tf32 tolerance of the exact beam's (B 12: the lists by the bitonic top-k)."""
     x, cbs = nasty_problem(3, 19, 33, [33, 9], 37.0)
     counter = torch.zeros(2, dtype=torch.int32, device=TRITON[0])
-    out = launch(x, cbs, 5, precision="fast", _fallback_counter=counter)
+    out = launch(x, cbs, beam, precision="fast", _fallback_counter=counter)
     assert counter.tolist() == [0, 0]
     check_consistent(x, cbs, out)
-    exact = launch(x, cbs, 5, fast=False)
+    exact = launch(x, cbs, beam, fast=False)
     scale = (x.double() ** 2).sum(1) + sum((c.double() ** 2).sum(1).max() for c in cbs) + 1.0
     assert ((out.distances[:, -1].double() - exact.distances[:, -1].double()).abs() <= 2e-3 * scale).all()
 
@@ -405,8 +433,8 @@ def test_precision_fast_beam_skips_the_proof():
 def test_op_runs_the_fast_beam_kernel(monkeypatch):
     """pysid.residual_quantize(beam_width=B) on the Triton backend runs level 0 as a per-row top-B (the
     first kernel: one pair per row, M rows per tile) and the later levels in the (row, beam) kernel:
-    the tf32 proposal with the caller's precision, then the exact redo of both (the levels kernel's with
-    ptxas's register limit 255); the codes are the exact kernels'."""
+    the proposal with the caller's precision, then the exact redo of both (with ptxas's register
+    limit 255); the codes are the exact kernels'."""
     import pysid.kernels.residual_quantize as kmod
 
     seen = []
@@ -428,9 +456,9 @@ def test_op_runs_the_fast_beam_kernel(monkeypatch):
     with pysid.backend("triton"):
         out = pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4)
     m = seen[0][4]  # rows of the dot: the first kernel's rows per tile = the levels kernel's pairs per tile
-    # (the exact levels kernel's launch carries ptxas's register limit: 255)
+    # (the exact kernels' launches carry ptxas's register limit: 255)
     assert seen == [("first", True, False, True, m, None), ("levels", True, False, True, m, None),
-                    ("first", False, True, False, m, None), ("levels", False, True, False, m, 255)]
+                    ("first", False, True, False, m, 255), ("levels", False, True, False, m, 255)]
     seen.clear()
     with pysid.backend("triton"):
         pysid.residual_quantize(x.to(TRITON[0]), [c.to(TRITON[0]) for c in cbs], beam_width=4, precision="fast")

@@ -136,10 +136,24 @@ def kernel_jobs() -> list[dict]:
              constexprs=dict(beam, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="tf32"), num_warps=8,
              num_stages=3),
         dict(name="rq_beam5_first", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig, divisible=div,
-             constexprs=dict(first, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2),
+             constexprs=dict(first, FAST=False, REDO=False, PROVE=False, NP=8, BK=32), num_warps=8, num_stages=2,
+             maxnreg=255),
         dict(name="rq_beam5_first_redo", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
              divisible=div, constexprs=dict(first, FAST=False, REDO=True, PROVE=False, NP=8, BK=32), num_warps=8,
-             num_stages=2),
+             num_stages=2, maxnreg=255),
+        # wide beams (lists of 16 or more: 64 pairs per tile): B 12's exact redo (BK 16, the register limit: left
+        # to ptxas, 128 registers and 36 B of spill on 3.6), B 16's fp16 proposal (B > 8: the bitonic top-k; with
+        # min-extractions it spilled 628 B in the first kernel, 8 B in the levels kernel without the proof, on 3.6),
+        # 2026-12-06
+        dict(name="rq_beam12_first_redo", module=rq, kernel="_rq_beam_first_kernel", signature=first_sig,
+             divisible=div, constexprs=dict(first, BEAM=12, BP=16, BM=64, FAST=False, REDO=True, PROVE=False, NP=16,
+                                            BK=16), num_warps=8, num_stages=2, maxnreg=255),
+        dict(name="rq_beam16_first_fast", module=rq, kernel="_rq_beam_first_kernel", signature=first16_sig,
+             divisible=div, constexprs=dict(first, BEAM=16, BP=16, BM=64, FAST=True, REDO=False, PROVE=True, NP=32,
+                                            PROPOSAL="fp16"), num_warps=8, num_stages=3),
+        dict(name="rq_beam16_fast_noproof", module=rq, kernel="_rq_beam_kernel", signature=beam16_sig, divisible=div,
+             constexprs=dict(beam, BEAM=16, BP=16, M=64, BM=4, FAST=True, REDO=False, PROVE=False, NP=16,
+                             PROPOSAL="fp16"), num_warps=8, num_stages=3),
         dict(name="rq_beam5_first_fast", module=rq, kernel="_rq_beam_first_kernel", signature=first16_sig,
              divisible=div, constexprs=dict(first, FAST=True, REDO=False, PROVE=True, NP=8, PROPOSAL="fp16"),
              num_warps=8, num_stages=3),
@@ -204,6 +218,9 @@ EXPECT_SASS = {
     # operands by 16-byte cp.async; fp16 (tf32) wgmma in the fast passes
     "rq_beam5_first": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "rq_beam5_first_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam12_first_redo": {"ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam16_first_fast": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
+    "rq_beam16_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "rq_beam5_first_fast": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "rq_beam5_first_fast_noproof": {"wgmma": 1, "wgmma_f16": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
     "rq_beam5_first_fast_tf32": {"wgmma": 1, "wgmma_tf32": 1, "ldg128": 1, "stg128": 1, "ldgsts128": 1},
@@ -222,7 +239,8 @@ FORBID_SASS = {"rq_greedy_fast_resident_assign": ("ldgsts32", "wgmma_tf32"), "rq
                "rq_greedy_fast_tf32": ("ldgsts32", "wgmma_f16"), "rq_greedy_tier2": ("ldgsts32", "wgmma_tf32"),
                "rq_greedy_redo": ("ldgsts32",), "rq_greedy_fast_d1024": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_fast_noproof": ("ldgsts32", "wgmma_tf32"), "rq_beam5_fast_tf32": ("ldgsts32", "wgmma_f16"),
-               "rq_beam5_first_fast": ("ldgsts32", "wgmma_tf32"),
+               "rq_beam5_first_fast": ("ldgsts32", "wgmma_tf32"), "rq_beam16_first_fast": ("ldgsts32", "wgmma_tf32"),
+               "rq_beam16_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_first_fast_noproof": ("ldgsts32", "wgmma_tf32"),
                "rq_beam5_first_fast_tf32": ("ldgsts32", "wgmma_f16")}
 
@@ -330,3 +348,35 @@ def test_greedy_jobs_are_the_configs_the_gpu_runs(monkeypatch):
         assert got == dict(BM=t.bm, BK=t.bk, BD=t.bd, BU=t.bu, nw=t.nw, ns=t.ns, mr=t.mr), job["name"]
         checked += 1
     assert checked >= 10
+
+
+def test_beam_jobs_are_the_configs_the_gpu_runs(monkeypatch):
+    """The beam jobs above compile what residual_quantize_triton launches on a GPU for their beam width (the
+    default window): pairs per tile (the levels kernel's M, the first kernel's BM), the levels kernel's rows
+    (BM), BLOCK_K, the list width NP, warps, stages and the exact kernels' register limit (_beam_config's GPU
+    branch)."""
+    pytest.importorskip("triton")
+    from pysid.kernels import residual_quantize as rq
+
+    monkeypatch.setattr(rq, "_INTERPRET", False)
+    checked = 0
+    for job in kernel_jobs():
+        c = job["constexprs"]
+        if job["kernel"] not in ("_rq_beam_kernel", "_rq_beam_first_kernel"):
+            continue
+        t = rq._beam_config(c["BEAM"])
+        bp = rq._next_pow2(c["BEAM"])
+        m = t.bm * bp
+        want = dict(BP=bp, BK=t.bk if c["FAST"] else t.bk_exact, NP=t.np if c["FAST"] and c["PROVE"] else bp,
+                    nw=t.nw, ns=t.ns if c["FAST"] else t.ns_exact, mr=None if c["FAST"] else rq._EXACT_MAXNREG)
+        got = dict(BP=c["BP"], BK=c["BK"], NP=c["NP"], nw=job["num_warps"], ns=job["num_stages"], mr=job.get("maxnreg"))
+        if job["kernel"] == "_rq_beam_kernel":
+            want.update(M=m, BM=rq._next_pow2(m // c["BEAM"]))
+            got.update(M=c["M"], BM=c["BM"])
+        else:
+            want.update(BM=m)
+            got.update(BM=c["BM"])
+        assert got == want, job["name"]
+        checked += 1
+    assert checked >= 10
+
