@@ -88,34 +88,33 @@ answer:
   (probability ~(3.5 * 2E/sigma)^3, ~1e-4 per row for D=256, ~3e-5 for D=64); on
   clustered data it is higher but stays correct.
 
-Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of
-the dot (128 pairs per tile on the GPU, packed densely: 25 rows of 5 beams at B 5, not 16 rows of 8
-slots, 3 of them empty; 64 where the lists hold 16 or more, B > 5 or a wider window); top-B over (beam, code) pairs by repeated min-extraction (each pair's own
-best along the dot's rows, then merged per row through memory)
-ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) + ||r_b||^2)``. Level 0 (one beam
-per row: x) is its own kernel, a per-row top-B with 128 rows of one pair per tile
-(``_rq_beam_first_kernel``), whose B codes per row start the levels kernel (``_rq_beam_kernel``,
-levels 1..L-1); both share the proposal, proof and re-score (``_beam_level``). The pairs' residuals
-live in scratch slots per program (L2; swapped per level): each new residual is its parent's row of
-the old slot minus the chosen codeword (a gather by row index, 16-byte slices; valid pairs only, and
-after the last level only the best one); the paths are back-pointers in a per-program scratch array,
-followed back at the end. ``fast=False``: the exact
-kernel (every candidate by the FMA chain). ``fast=True`` (default): a GEMM proposes the row's best NP
-candidates over all its beams (fp16 by default: fp16(c sc_l) from the host, fp16(r s) rounded from
-the float32 slot on the way to the MMA, s a power of two per row at level 0 and per tile at later
-levels, from the largest ||r||: ``_beam_fp16_scales``; tf32 with ``_proposal="tf32"``: the tf32
-rounding, the same way), the window (NP - 1) is re-scored exactly with the canonical
-chain, a per-row error bound proves that no candidate outside the window can enter the B best, and
-unproven rows are re-encoded by the exact kernel (a second launch over the listed rows): the exact
-kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring). The proposal runs in chunks of 128
-codewords (A re-read twice per level at K = 256) with packed keys (``_topn_packed``): the low
-log2(PB * BK) mantissa bits of each proposal score hold the candidate's chunk-local (beam, code), so one
-``min`` per extraction gives value and candidate (B > 8 or lists of 32: a bitonic top-k of (key, id) as
-int64 per chunk, the same order); the proof adds the packing error
+Beam search (``1 < beam_width <= 16``): persistent programs; the (row, beam) pairs form the rows of the
+dot (128 pairs per tile on the GPU, packed densely: 25 rows of 5 beams at B 5, not 16 rows of 8 slots, 3
+of them empty; 64 where the lists hold 16 or more, B > 5 or a wider window: ``_beam_config``); top-B
+over (beam, code) pairs by repeated min-extraction (each pair's own best along the dot's rows, then
+merged per row through memory) ordered by (score, beam rank, code), score ``fl(fl(cn_k - 2 dot) +
+||r_b||^2)``. Level 0 (one beam per row: x) is its own kernel, a per-row top-B with as many rows of one
+pair per tile (``_rq_beam_first_kernel``), whose B codes per row start the levels kernel
+(``_rq_beam_kernel``, levels 1..L-1); both share the proposal, proof and re-score (``_beam_level``). The
+pairs' residuals live in scratch slots per program (L2; swapped per level): each new residual is its
+parent's row of the old slot minus the chosen codeword (a gather by row index, 16-byte slices; valid
+pairs only, and after the last level only the best one); the paths are back-pointers in a per-program
+scratch array, followed back at the end. ``fast=False``: the exact kernel (every candidate by the FMA
+chain). ``fast=True`` (default): a GEMM proposes the row's best NP candidates over all its beams (fp16
+by default: fp16(c sc_l) from the host, fp16(r s) rounded from the float32 slot on the way to the MMA, s
+a power of two per row at level 0 and per tile at later levels, from the largest ||r||:
+``_beam_fp16_scales``; tf32 with ``_proposal="tf32"``: the tf32 rounding, the same way), the window
+(NP - 1) is re-scored exactly with the canonical chain, a per-row error bound proves that no candidate
+outside the window can enter the B best, and unproven rows are re-encoded by the exact kernel (a second
+launch over the listed rows): the exact kernel's outputs bit for bit (``_rq_beam_kernel``'s docstring).
+The proposal runs in chunks of 128 codewords (A re-read twice per level at K = 256) with packed keys
+(``_topn_packed``): the low log2(PB * BK) mantissa bits of each proposal score hold the candidate's
+chunk-local (beam, code), so one ``min`` per extraction gives value and candidate (B > 8 or lists of 32:
+a bitonic top-k of (key, id) as int64 per chunk, the same order); the proof adds the packing error
 (``2^(P-22) |key|`` at the NP-th key; the fp16 operand's r_lo bound adds the subnormals' DP 2^-24 / s).
-``precision="fast"``: the B best packed keys, no proof (scores
-equal above the packing bits rank by (beam, code) in the chunk, then by id across chunks, so near-ties
-can order differently from the float32 scores).
+``precision="fast"``: the B best packed keys, no proof (scores equal above the packing bits rank by
+(beam, code) in the chunk, then by id across chunks, so near-ties can order differently from the float32
+scores).
 """
 
 from __future__ import annotations
@@ -817,11 +816,12 @@ def _beam_chunk(cur, cb_ptr, cbhi_ptr, cn_ptr, lst_ptr, kb, kbeg, kreal, D, rn, 
                 PROVE: tl.constexpr, FMA_CHAIN: tl.constexpr, PROPOSAL: tl.constexpr):
     """One chunk of codewords kb..kb+BK-1 merged into the M pairs' running lists (sel_s, sel_f) [M, NP] of
     :func:`_beam_level` (pair p: ||r||^2 rn [M], valid [M], its beam pb [M]; reductions along the dot's
-    rows only): FAST: packed proposal keys (:func:`_topn_packed`, or with lists of 32 or more and B > 8 a
-    bitonic top-k of (key, id) as int64; fp16: the dot unscaled by mult = 2 / (s_r sc_l), powers of two, a [M, 1]
-    tensor), else exact scores (:func:`_topn_merge`); ordered by (key or score, id). RPB > 1: the lists live in this program's list scratch lst_ptr ([2, M, NP] int32)
-    between chunks, read here and written back (then a barrier), so they are not held in registers across
-    the next chunk's MMA (in registers the levels kernel spilled 20-36 B on triton 3.6 and 3.9)."""
+    rows only): FAST: packed proposal keys (:func:`_topn_packed`; with B > 8 or lists of 32 a bitonic
+    top-k of (key, id) as int64; fp16: the dot unscaled by mult = 2 / (s_r sc_l), powers of two, a [M, 1]
+    tensor), else exact scores (:func:`_topn_merge`); ordered by (key or score, id). RPB > 1: the lists
+    live in this program's list scratch lst_ptr ([2, M, NP] int32) between chunks, read here and written
+    back (then a barrier), so they are not held in registers across the next chunk's MMA (in registers the
+    levels kernel spilled 20-36 B on triton 3.6 and 3.9)."""
     INF: tl.constexpr = float("inf")
     kk = tl.arange(0, BK)
     sidx = tl.arange(0, NP)
