@@ -134,7 +134,7 @@ _MAX_BEAM = 16
 _SCRATCH_BYTES = 160 << 20  # the persistent programs' residual slots: at most this much memory
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # ptxas's register limit (maxnreg) for the exact passes that spilled when ptxas chose it (greedy: _greedy_config;
-# beam: the levels kernel's exact launches): left to itself, ptxas settled on 128 registers and spilled there
+# beam: both kernels' exact launches): left to itself, ptxas settled on 128 registers and spilled there
 _EXACT_MAXNREG = 255
 _TIER2_NP = 16  # greedy second tier: proposals kept per row (NP - 1 re-checked)
 _TIER2_MIN_K = 1024  # greedy second tier: runs where some level has at least this many codewords
